@@ -1,0 +1,337 @@
+r"""Step-size controllers: constant steps and the PID controller.
+
+Controllers work in the loop's internal time, which always increases (a reverse-time solve
+runs in $\tau = -t$). They decide acceptance and the next step; clipping to ``step_ts`` and
+``jump_ts`` happens here, clipping to the end of the interval in the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .solver import AbstractSolver
+from .terms import AbstractTerm, broadcast_time
+
+__all__ = ["AbstractStepSizeController", "ConstantStepSize", "PIDController", "rms_norm"]
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rms_norm(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Root-mean-square norm: over all elements, or over all but the first when per sample."""
+    if per_sample:
+        x = x.reshape(x.shape[0], -1)
+        return torch.linalg.vector_norm(x, dim=1) / math.sqrt(x.shape[1])
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def _as_time_grid(name: str, value: Any) -> torch.Tensor | None:
+    if value is None:
+        return None
+    grid = torch.as_tensor(value)
+    if (
+        grid.ndim != 1
+        or not torch.is_floating_point(grid)
+        and grid.dtype
+        not in (
+            torch.int32,
+            torch.int64,
+        )
+    ):
+        raise ValueError(
+            f"`{name}` must be a 1-D sequence of times, got shape {tuple(grid.shape)} and "
+            f"dtype {grid.dtype}."
+        )
+    return grid
+
+
+class AbstractStepSizeController(abc.ABC):
+    """Base class of step-size controllers.
+
+    How to write a controller:
+
+    1. ``init(...)`` returns the end of the first step and the controller state.
+    2. ``adapt(t0, t1, y0, y1, y_error, error_order, state)`` returns
+       ``(accept, next_t0, next_t1, made_jump, state)``; every time has the batch shape of the
+       solve (``()`` joint, ``(batch,)`` per sample).
+    3. ``per_sample`` says whether each sample steps on its own.
+    """
+
+    per_sample: bool = False
+    dtmin: float | None = None
+    step_ts: torch.Tensor | None = None
+    jump_ts: torch.Tensor | None = None
+
+    @abc.abstractmethod
+    def init(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        dt0: torch.Tensor | None,
+        args: Any,
+        solver: AbstractSolver,
+        vf0: Any,
+        norm: Norm,
+    ) -> tuple[torch.Tensor, Any, int]:
+        """Return ``(end of the first step, state, vector-field evaluations used)``."""
+
+    @abc.abstractmethod
+    def adapt(
+        self,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        y_error: torch.Tensor | None,
+        error_order: int | None,
+        state: Any,
+        norm: Norm,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any]: ...
+
+    def prepare(
+        self, direction: float, dtype: torch.dtype, device: torch.device
+    ) -> AbstractStepSizeController:
+        """A copy whose grids live in the loop's internal time ``τ = direction·t``, cast once."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for name in ("step_ts", "jump_ts"):
+            grid = getattr(self, name)
+            if grid is not None:
+                grid = torch.sort(grid.to(dtype=dtype, device=device) * direction).values
+            setattr(new, name, grid)
+        return new
+
+    def _clip(self, t0: torch.Tensor, t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip a proposed step [t0, t1] to the next step_ts / jump_ts point after t0.
+
+        Returns the end of the step and whether it ends on a jump.
+        """
+        at_jump = torch.zeros_like(t0, dtype=torch.bool)
+        for grid, is_jump in ((self.step_ts, False), (self.jump_ts, True)):
+            if grid is None:
+                continue
+            idx = torch.searchsorted(grid, t0.detach().reshape(-1), right=True).reshape(t0.shape)
+            nxt = grid[idx.clamp(max=grid.numel() - 1)]
+            hit = (idx < grid.numel()) & (nxt <= t1)
+            t1 = torch.where(hit, nxt, t1)
+            if is_jump:
+                at_jump = hit
+            elif self.jump_ts is not None:
+                at_jump = at_jump & ~hit
+        return t1, at_jump
+
+
+class ConstantStepSize(AbstractStepSizeController):
+    """Steps of a constant size ``dt0`` (given to ``solve``), never rejected.
+
+    Steps are shortened to land on ``step_ts`` and ``jump_ts`` and on the end of the interval.
+
+    Args:
+        step_ts: times the solver must step to exactly.
+        jump_ts: discontinuities of the vector field: stepped to exactly, and the
+            first-same-as-last evaluation is redone after them.
+        per_sample: step each sample on its own clock (for per-sample ``t0``/``t1``/``ts``).
+    """
+
+    def __init__(
+        self,
+        *,
+        step_ts: Sequence[float] | torch.Tensor | None = None,
+        jump_ts: Sequence[float] | torch.Tensor | None = None,
+        per_sample: bool = False,
+    ) -> None:
+        self.step_ts = _as_time_grid("step_ts", step_ts)
+        self.jump_ts = _as_time_grid("jump_ts", jump_ts)
+        self.per_sample = bool(per_sample)
+
+    def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
+        if dt0 is None:
+            raise ValueError(
+                "ConstantStepSize needs a step size: pass `dt0=` to solve (e.g. dt0=0.01)."
+            )
+        end, at_jump = self._clip(t0, t0 + dt0)
+        return end, (dt0, at_jump), 0
+
+    def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
+        dt0, made_jump = state
+        accept = torch.ones_like(t0, dtype=torch.bool)
+        next_t1, at_jump = self._clip(t1, t1 + dt0)
+        return accept, t1, next_t1, made_jump, (dt0, at_jump)
+
+    def __repr__(self) -> str:
+        return f"ConstantStepSize(per_sample={self.per_sample})"
+
+
+def _positive(name: str, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if not torch.is_floating_point(value) or value.numel() == 0 or not bool((value > 0).all()):
+            raise ValueError(
+                f"PIDController: `{name}` must be positive, got a tensor of shape "
+                f"{tuple(value.shape)} and dtype {value.dtype} with min "
+                f"{value.min().item() if value.numel() else 'n/a'}."
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"PIDController: `{name}` must be a positive number or tensor, got {value!r}. "
+            f"Use e.g. {name}=1e-6."
+        )
+    return float(value)
+
+
+class PIDController(AbstractStepSizeController):
+    r"""Adaptive steps from an embedded error estimate, with a PID controller.
+
+    The error of a step is $\varepsilon = \| e / (\mathrm{atol} + \mathrm{rtol}\,
+    \max(|y_0|, |y_1|)) \|$ (root mean square by default); the step is accepted when
+    $\varepsilon \le 1$ and the next step is
+    $h \cdot \mathrm{safety}\cdot \varepsilon_n^{-\beta_1}\varepsilon_{n-1}^{-\beta_2}
+    \varepsilon_{n-2}^{-\beta_3}$ with $\beta_1 = (p+i+d)/k$, $\beta_2 = -(p+2d)/k$,
+    $\beta_3 = d/k$ and $k$ the solver's error order; the factor is clipped to
+    ``[factormin, factormax]`` (at most 1 after a rejection). ``pcoeff=0, icoeff=1,
+    dcoeff=0`` is the classical integral controller.
+
+    Args:
+        rtol, atol: relative and absolute tolerances: numbers, or tensors broadcastable to the
+            state for per-component tolerances.
+        pcoeff, icoeff, dcoeff: PID coefficients (e.g. 0.4, 0.3, 0 for a smoother controller).
+        dtmin: a step smaller than this ends the solve with ``DT_UNDERFLOW``.
+        dtmax: the largest step.
+        safety, factormin, factormax: factor bounds, see above.
+        norm: ``norm(x) -> scalar`` (joint) or ``(batch,)`` (per sample) replacing the RMS
+            norm; a seminorm that ignores some components is a norm too.
+        step_ts: times to step to exactly.
+        jump_ts: discontinuities: stepped to exactly, first-same-as-last redone after them.
+        per_sample: each sample its own step size, acceptance and status.
+    """
+
+    def __init__(
+        self,
+        rtol: float | torch.Tensor = 1e-5,
+        atol: float | torch.Tensor = 1e-6,
+        *,
+        pcoeff: float = 0.0,
+        icoeff: float = 1.0,
+        dcoeff: float = 0.0,
+        dtmin: float | None = None,
+        dtmax: float | None = None,
+        safety: float = 0.9,
+        factormin: float = 0.2,
+        factormax: float = 10.0,
+        norm: Norm | None = None,
+        step_ts: Sequence[float] | torch.Tensor | None = None,
+        jump_ts: Sequence[float] | torch.Tensor | None = None,
+        per_sample: bool = False,
+    ) -> None:
+        self.rtol = _positive("rtol", rtol)
+        self.atol = _positive("atol", atol)
+        for name, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"PIDController: `{name}` must be a number, got {v!r}.")
+        if pcoeff == 0 and icoeff == 0 and dcoeff == 0:
+            raise ValueError(
+                "PIDController: `pcoeff`, `icoeff` and `dcoeff` are all 0, so the step size "
+                "would never change; use icoeff=1 (integral control)."
+            )
+        self.pcoeff, self.icoeff, self.dcoeff = float(pcoeff), float(icoeff), float(dcoeff)
+        self.dtmin = None if dtmin is None else _positive("dtmin", dtmin)
+        self.dtmax = None if dtmax is None else _positive("dtmax", dtmax)
+        if self.dtmin is not None and self.dtmax is not None and self.dtmin > self.dtmax:
+            raise ValueError(f"PIDController: `dtmin` ({dtmin}) is larger than `dtmax` ({dtmax}).")
+        if not 0 < safety <= 1:
+            raise ValueError(f"PIDController: `safety` must be in (0, 1], got {safety!r}.")
+        if not 0 < factormin < 1 < factormax:
+            raise ValueError(
+                "PIDController: need 0 < factormin < 1 < factormax, got "
+                f"factormin={factormin!r}, factormax={factormax!r}."
+            )
+        self.safety, self.factormin, self.factormax = float(safety), factormin, factormax
+        if norm is not None and not callable(norm):
+            raise TypeError(f"PIDController: `norm` must be callable, got {type(norm).__name__}.")
+        self.norm = norm
+        self.step_ts = _as_time_grid("step_ts", step_ts)
+        self.jump_ts = _as_time_grid("jump_ts", jump_ts)
+        self.per_sample = bool(per_sample)
+
+    def _scaled_norm(self, e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor | None, norm):
+        scale = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+        scale = scale * self.rtol + self.atol
+        return norm(e / scale)
+
+    def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
+        nfe = 0
+        if dt0 is None:
+            # Hairer, Nørsett & Wanner (1993), Solving ODEs I, II.4: a first guess from the
+            # sizes of y0 and f0, refined with one more evaluation of f.
+            unit = terms.prod(vf0, terms.contr(t0, t0 + 1))
+            d0 = self._scaled_norm(y0, y0, None, norm)
+            d1 = self._scaled_norm(unit, y0, None, norm)
+            small = (d0 < 1e-5) | (d1 < 1e-5)
+            h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
+            h0 = h0.to(t0.dtype)
+            h0 = torch.minimum(h0, t1 - t0).clamp_min(torch.finfo(t0.dtype).eps)
+            if self.dtmax is not None:
+                h0 = h0.clamp(max=self.dtmax)
+            y1 = y0 + broadcast_time(h0, y0).to(y0.dtype) * unit
+            f1 = terms.prod(terms.vf(t0 + h0, y1, args), terms.contr(t0, t0 + 1))
+            nfe = 1
+            d2 = self._scaled_norm(f1 - unit, y0, None, norm) / h0.to(y0.dtype)
+            dmax = torch.maximum(d1, d2)
+            order = solver.order
+            h1 = torch.where(
+                dmax <= 1e-15,
+                torch.clamp_min(h0 * 1e-3, 1e-6),
+                (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / (order + 1)),
+            ).to(t0.dtype)
+            dt0 = torch.minimum(100 * h0, h1)
+        if self.dtmax is not None:
+            dt0 = dt0.clamp(max=self.dtmax)
+        end, at_jump = self._clip(t0, t0 + dt0)
+        one = torch.ones_like(t0, dtype=y0.dtype)
+        return end, (one, one, at_jump), nfe
+
+    def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
+        if y_error is None or error_order is None:
+            raise ValueError(
+                "PIDController needs a solver with an error estimate; this solver has none. "
+                "Use an adaptive solver (Dopri5, Tsit5, ...) or ConstantStepSize with dt0=."
+            )
+        prev1, prev2, at_jump = state
+        ratio = self._scaled_norm(y_error, y0, y1, norm)
+        # A non-finite error is a failed step: reject and shrink as far as allowed.
+        ratio = torch.nan_to_num(ratio, nan=math.inf)
+        accept = ratio <= 1.0
+        k = float(error_order)
+        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+        factor = self.safety * ratio.clamp_min(1e-10) ** (-b1)
+        if self.pcoeff != 0 or self.dcoeff != 0:
+            b2 = -(self.pcoeff + 2 * self.dcoeff) / k
+            b3 = self.dcoeff / k
+            factor = factor * prev1 ** (-b2) * prev2 ** (-b3)
+        fmax = torch.where(accept, self.factormax, 1.0)
+        factor = torch.minimum(factor.clamp(min=self.factormin), fmax).to(t0.dtype)
+        dt = (t1 - t0) * factor
+        if self.dtmax is not None:
+            dt = dt.clamp(max=self.dtmax)
+        next_t0 = torch.where(accept, t1, t0)
+        made_jump = at_jump & accept
+        next_t1, at_jump = self._clip(next_t0, next_t0 + dt)
+        if self.pcoeff != 0 or self.dcoeff != 0:
+            prev1, prev2 = (
+                torch.where(accept, ratio.clamp_min(1e-10), prev1),
+                torch.where(accept, prev1, prev2),
+            )
+        return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)
+
+    def __repr__(self) -> str:
+        return (
+            f"PIDController(rtol={self.rtol!r}, atol={self.atol!r}, pcoeff={self.pcoeff}, "
+            f"icoeff={self.icoeff}, dcoeff={self.dcoeff}, per_sample={self.per_sample})"
+        )

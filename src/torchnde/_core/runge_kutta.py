@@ -1,0 +1,144 @@
+r"""The explicit Runge–Kutta engine: one step for any :class:`ButcherTableau`.
+
+Stage increments are stored already multiplied by the control (``k_i = prod(vf_i, dX)``;
+``h f_i`` for an ODE) in one preallocated tensor ``K`` of shape ``(stages, *y.shape)``, so each
+stage is a single fused ``y0 + K^T a_i`` (``addmv``) and the solution, the error estimate and
+the dense output are each one matrix-vector product. The vector field at the end of an
+accepted step is carried to the next step (first-same-as-last); for tableaux that are not
+FSAL by construction it is one extra evaluation that replaces the next step's first stage, so
+the cost per step is unchanged and every method gets a Hermite dense output for free.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .solver import AbstractSolver
+from .tableau import ButcherTableau
+from .terms import AbstractTerm, broadcast_time
+
+__all__ = ["AbstractRungeKutta", "ExplicitRungeKutta"]
+
+
+def _hermite_weights(theta: torch.Tensor) -> torch.Tensor:
+    # Cubic Hermite basis in the form y0 + w0*(y1-y0) ... written on (y0, y1, k0, k1) with
+    # k = h*f: y(θ) = (1-w)·y0 + w·y1 + θ(θ-1)[(θ-1)k0 + θ k1] with w = θ²(3-2θ).
+    t2 = theta * theta
+    w = t2 * (3 - 2 * theta)
+    a = theta * (theta - 1)
+    return torch.stack([w, a * (theta - 1), a * theta], dim=-1)
+
+
+class AbstractRungeKutta(AbstractSolver):
+    """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else."""
+
+    tableau: ClassVar[ButcherTableau]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None:
+            cls.order = tab.order
+            cls.error_order = tab.error_order if tab.is_adaptive else None
+            cls.dense_order = tab.dense_polynomial_order()
+            cls.num_fevals_step = tab.num_stages - 1 if tab.fsal else tab.num_stages
+
+    # Per-instance access for user-built solvers (ExplicitRungeKutta(tableau)).
+    def _tab(self) -> ButcherTableau:
+        return self.tableau
+
+    def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
+        return terms.vf(t0, y0, args)
+
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        tab = self._tab()
+        coeffs = tab.cast(y0.dtype, y0.device)
+        a, b = coeffs["a"], coeffs["b"]
+        c = tab.c
+        s = tab.num_stages
+        h = t1 - t0
+        control = terms.contr(t0, t1)
+        K = y0.new_empty((s,) + y0.shape)
+        Kf = K.view(s, -1)
+        y0f = y0.reshape(-1)
+        K[0] = terms.prod(state, control)
+        vf = state
+        yi = y0
+        for i in range(1, s):
+            yi = torch.addmv(y0f, Kf[:i].T, a[i, :i]).view_as(y0)
+            ti = t1 if c[i] == 1.0 else torch.add(t0, h, alpha=c[i])
+            vf = terms.vf(ti, yi, args)
+            K[i] = terms.prod(vf, control)
+        if tab.fsal:
+            y1 = yi
+            vf1 = vf
+        else:
+            y1 = torch.addmv(y0f, Kf.T, b).view_as(y0)
+            vf1 = terms.vf(t1, y1, args)
+        y_error = torch.mv(Kf.T, coeffs["e"]).view_as(y0) if "e" in coeffs else None
+        if "dense" in coeffs:
+            dense_info: tuple = (y0, K)
+        else:
+            dense_info = (y0, y1, K[0], terms.prod(vf1, control))
+        return y1, y_error, dense_info, vf1
+
+    def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+        if len(dense_info) == 2:
+            y0, K = dense_info
+            P = self._tab().cast(y0.dtype, y0.device)["dense"]  # (s, m)
+            m = P.shape[1]
+            powers = theta.unsqueeze(-1) ** torch.arange(
+                1, m + 1, device=theta.device, dtype=theta.dtype
+            )
+            w = powers.to(P.dtype) @ P.T  # (..., s)
+            if per_sample:
+                return y0 + torch.einsum("bs,sb...->b...", w, K)
+            s = K.shape[0]
+            return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
+        y0, y1, k0, k1 = dense_info
+        w = _hermite_weights(theta.to(y0.dtype))
+        if per_sample:
+            w0, w1, w2 = (broadcast_time(w[..., j], y0) for j in range(3))
+            return y0 + w0 * (y1 - y0) + w1 * k0 + w2 * k1
+        basis = torch.stack([y1 - y0, k0, k1]).reshape(3, -1)
+        return y0 + (w @ basis).view((-1,) + y0.shape)
+
+
+class ExplicitRungeKutta(AbstractRungeKutta):
+    """An explicit Runge–Kutta method from any user-supplied :class:`ButcherTableau`.
+
+    Example:
+        >>> tab = ButcherTableau(a=[[0.5]], b=[0.0, 1.0], c=[0.0, 0.5], order=2)
+        >>> solver = ExplicitRungeKutta(tab)
+    """
+
+    def __init__(self, tableau: ButcherTableau) -> None:
+        if not isinstance(tableau, ButcherTableau):
+            raise TypeError(
+                f"ExplicitRungeKutta: `tableau` must be a ButcherTableau, got "
+                f"{type(tableau).__name__}."
+            )
+        self._instance_tableau = tableau
+        # Instance attributes shadow the class-level ones used by the loop and controllers.
+        self.order = tableau.order  # type: ignore[misc]
+        self.error_order = tableau.error_order if tableau.is_adaptive else None  # type: ignore[misc]
+        self.dense_order = tableau.dense_polynomial_order()  # type: ignore[misc]
+        self.num_fevals_step = (  # type: ignore[misc]
+            tableau.num_stages - 1 if tableau.fsal else tableau.num_stages
+        )
+
+    def _tab(self) -> ButcherTableau:
+        return self._instance_tableau
+
+    def __repr__(self) -> str:
+        return f"ExplicitRungeKutta(stages={self._instance_tableau.num_stages})"

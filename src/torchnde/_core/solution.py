@@ -1,0 +1,140 @@
+"""What a solve returns: SaveAt, Solution, Status, SolveError."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["SaveAt", "Solution", "Status", "SolveError"]
+
+
+class Status(enum.IntEnum):
+    """Per-sample result of a solve. Each member carries its message."""
+
+    SUCCESSFUL = 0
+    EVENT_OCCURRED = 1
+    MAX_STEPS_REACHED = 2
+    DT_UNDERFLOW = 3
+    NONFINITE = 4
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+    @property
+    def is_success(self) -> bool:
+        return self in (Status.SUCCESSFUL, Status.EVENT_OCCURRED)
+
+
+_MESSAGES = {
+    Status.SUCCESSFUL: "the solve reached t1",
+    Status.EVENT_OCCURRED: "a terminal event occurred",
+    Status.MAX_STEPS_REACHED: (
+        "the maximum number of steps was reached; raise `max_steps`, loosen the tolerances, "
+        "or check the vector field for stiffness or a blow-up"
+    ),
+    Status.DT_UNDERFLOW: (
+        "the step size fell below `dtmin` or below the resolution of the time dtype; the "
+        "problem may be stiff, singular, or need looser tolerances"
+    ),
+    Status.NONFINITE: (
+        "the state or the vector field became non-finite (NaN/inf) and shrinking the step "
+        "did not help; check the vector field and the initial state"
+    ),
+}
+
+RUNNING = -1
+
+
+class SolveError(RuntimeError):
+    """A solve failed. ``status``, ``t`` and ``num_steps`` say how and where."""
+
+    def __init__(self, status: Status, t: float, num_steps: int, num_failed: int = 1) -> None:
+        self.status = status
+        self.t = t
+        self.num_steps = num_steps
+        who = "" if num_failed <= 1 else f" ({num_failed} samples failed; first shown)"
+        super().__init__(
+            f"Solve failed at t={t:.6g} after {num_steps} steps: {status.name}: "
+            f"{status.message}{who}. Pass throw=False to get the partial solution and "
+            "per-sample `status` instead."
+        )
+
+
+@dataclass(frozen=True)
+class SaveAt:
+    """What to save from a solve.
+
+    The saved times are, in this order: ``t0`` (if ``t0=True``), ``ts``, every accepted step
+    (if ``steps=True``), and the end time reached (if ``t1=True``; the event time when a
+    terminal event stopped the solve).
+
+    Args:
+        t0: save the initial state.
+        t1: save the final state.
+        ts: times to save at, 1-D increasing in the direction of integration, within
+            ``[t0, t1]``; per-sample ``(batch, n)`` when stepping per sample.
+        steps: save after every accepted step.
+        dense: keep the dense solution so ``Solution.evaluate(t)`` works anywhere.
+    """
+
+    t0: bool = False
+    t1: bool = False
+    ts: Sequence[float] | torch.Tensor | None = None
+    steps: bool = False
+    dense: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("t0", "t1", "steps", "dense"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"SaveAt: `{name}` must be a bool, got {getattr(self, name)!r}.")
+        if not (self.t0 or self.t1 or self.ts is not None or self.steps or self.dense):
+            raise ValueError(
+                "SaveAt: nothing to save; set at least one of t0=True, t1=True, ts=..., "
+                "steps=True or dense=True."
+            )
+
+
+@dataclass
+class Solution:
+    """The result of a solve.
+
+    Attributes:
+        ts: the saved times: ``(n,)``, or ``(batch, n)`` when stepping per sample.
+        ys: the saved states, time first: ``(n, *y0.shape)`` (a tuple of such tensors for a
+            tuple state). Entries a sample never reached (after a failure or a terminal
+            event) are NaN.
+        stats: ``num_steps`` (attempted), ``num_accepted_steps`` and ``num_rejected_steps``
+            (per sample when stepping per sample), ``num_fevals``.
+        status: a :class:`Status` code per sample (a 0-d tensor for joint stepping).
+        event_mask: for a solve with events, a tuple with, per event function, a bool tensor
+            saying whether it stopped the solve.
+    """
+
+    ts: torch.Tensor | None
+    ys: Any
+    stats: dict[str, Any]
+    status: torch.Tensor
+    event_mask: tuple[torch.Tensor, ...] | None = None
+    _interpolate: Callable[[torch.Tensor], Any] | None = field(default=None, repr=False)
+
+    @property
+    def success(self) -> bool:
+        """Whether every sample succeeded (reached t1 or stopped at a terminal event)."""
+        return bool((self.status <= Status.EVENT_OCCURRED).all())
+
+    def evaluate(self, t: float | torch.Tensor) -> Any:
+        """The dense solution at ``t``: a scalar or 1-D tensor of times (joint stepping; the
+        result has shape ``(*t.shape, *y0.shape)``), or ``(batch,)`` per sample (the result has
+        the shape of ``y0``). Needs ``SaveAt(dense=True)``.
+        """
+        if self._interpolate is None:
+            raise ValueError(
+                "Solution.evaluate needs the dense solution: pass saveat=SaveAt(dense=True, ...) "
+                "to solve."
+            )
+        return self._interpolate(torch.as_tensor(t))

@@ -1,0 +1,68 @@
+"""The solver contract shared by every numerical method."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+from .terms import AbstractTerm
+
+__all__ = ["AbstractSolver"]
+
+
+class AbstractSolver(abc.ABC):
+    """Base class of all solvers. Solvers are stateless and immutable; the loop owns state.
+
+    How to write a solver:
+
+    1. Set the class attributes ``order`` (order of the propagated solution),
+       ``error_order`` (exponent ``k`` of the local error estimate, error ~ h^k, or ``None``
+       for a method without one, which then needs a constant step size) and
+       ``dense_order``.
+    2. ``init(terms, t0, y0, args)`` returns the solver state carried between steps (e.g. the
+       first-same-as-last vector field), a tensor or tuple of tensors, or ``None``.
+    3. ``step(terms, t0, t1, y0, args, state)`` takes one step from ``t0`` to ``t1`` (shapes
+       ``()`` for joint stepping or ``(batch,)`` per sample) and returns
+       ``(y1, y_error, dense_info, new_state)``. ``y_error`` is ``None`` without an error
+       estimate. It must not decide acceptance: the loop selects ``new_state`` or keeps
+       ``state`` per sample.
+    4. ``interpolate(dense_info, theta, per_sample)`` evaluates the dense output at the
+       fraction ``theta`` of the step: with ``per_sample=False``, ``theta`` has shape ``(n,)``
+       and the result ``(n, *y.shape)``; with ``per_sample=True``, ``theta`` has shape
+       ``(batch,)`` and the result the shape of ``y``.
+    5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats.
+    """
+
+    order: ClassVar[int]
+    error_order: ClassVar[int | None] = None
+    dense_order: ClassVar[int]
+    num_fevals_init: ClassVar[int] = 1
+    num_fevals_step: ClassVar[int] = 1
+
+    @abc.abstractmethod
+    def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]: ...
+
+    @abc.abstractmethod
+    def interpolate(
+        self, dense_info: Any, theta: torch.Tensor, per_sample: bool
+    ) -> torch.Tensor: ...
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.error_order is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

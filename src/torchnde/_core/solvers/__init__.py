@@ -1,0 +1,13 @@
+"""One file per numerical method."""
+
+from .bosh3 import Bosh3 as Bosh3
+from .dopri5 import Dopri5 as Dopri5
+from .dopri8 import Dopri8 as Dopri8
+from .euler import Euler as Euler
+from .fehlberg2 import Fehlberg2 as Fehlberg2
+from .heun import Heun as Heun
+from .midpoint import Midpoint as Midpoint
+from .ralston import Ralston as Ralston
+from .rk4 import RK4 as RK4
+from .rk38 import RK38 as RK38
+from .tsit5 import Tsit5 as Tsit5

@@ -1,0 +1,521 @@
+"""The one public entry point: ``solve``. Inputs are validated and normalised here, once."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._adjoint import AbstractAdjoint, DirectAdjoint
+from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController, rms_norm
+from ._core.events import Event
+from ._core.loop import LoopResult, run_loop
+from ._core.packing import PackedTerm, ReversedTerm, StateSpec
+from ._core.progress import ProgressMeter
+from ._core.solution import SaveAt, Solution, SolveError, Status
+from ._core.solver import AbstractSolver
+from ._core.terms import AbstractTerm, ODETerm, broadcast_time
+
+__all__ = ["solve"]
+
+_DEFAULT_SAVEAT = SaveAt(t1=True)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    return f"{type(x).__name__} {x!r}"
+
+
+@dataclass
+class _Problem:
+    terms: AbstractTerm
+    solver: AbstractSolver
+    controller: AbstractStepSizeController
+    t0: torch.Tensor  # internal (increasing) time, batch shape
+    t1: torch.Tensor
+    y0: torch.Tensor  # packed
+    spec: StateSpec | None
+    direction: float
+    dt0: torch.Tensor | None
+    ts: torch.Tensor | None  # internal time
+    ts_user: torch.Tensor | None
+    saveat: SaveAt
+    event: Event | None
+    max_steps: int
+    per_sample: bool
+    norm: Any
+    state_shape: torch.Size  # packed state shape
+
+
+def _time_tensor(
+    name: str, value: Any, dtype: torch.dtype, device: torch.device, per_sample: bool, batch: int
+) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"`{name}` must be a real time, got {_describe(value)}.")
+        if value.device != device and value.device.type != "cpu":
+            raise ValueError(
+                f"`{name}` is on {value.device} but `y0` is on {device}; put both on one device."
+            )
+        t = value.to(device=device, dtype=dtype)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        t = torch.tensor(float(value), dtype=dtype, device=device)
+    else:
+        raise TypeError(f"`{name}` must be a number or a tensor, got {_describe(value)}.")
+    if t.numel() == 1:
+        t = t.reshape(())
+    elif not (per_sample and t.shape == (batch,)):
+        expect = f"a scalar or shape ({batch},) (per sample)" if per_sample else "a scalar"
+        raise ValueError(
+            f"`{name}` must be {expect}, got {_describe(value)}."
+            + ("" if per_sample else " Per-sample times need PIDController(per_sample=True).")
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    return t
+
+
+def _normalise(
+    terms: Any,
+    solver: Any,
+    t0: Any,
+    t1: Any,
+    y0: Any,
+    dt0: Any,
+    saveat: Any,
+    controller: Any,
+    adjoint: Any,
+    event: Any,
+    max_steps: Any,
+) -> _Problem:
+    # --- what the equation is, and how to solve it
+    if not isinstance(terms, AbstractTerm):
+        hint = " Wrap a function f(t, y, args) as ODETerm(f)." if callable(terms) else ""
+        raise TypeError(f"`terms` must be a term (ODETerm, ...), got {_describe(terms)}.{hint}")
+    if isinstance(solver, type) and issubclass(solver, AbstractSolver):
+        raise TypeError(f"`solver` must be a solver instance: use {solver.__name__}().")
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"`solver` must be a solver such as Dopri5(), got {_describe(solver)}.")
+    if controller is None:
+        controller = PIDController() if solver.is_adaptive else ConstantStepSize()
+    if not isinstance(controller, AbstractStepSizeController):
+        raise TypeError(
+            "`controller` must be a step-size controller (PIDController(...), "
+            f"ConstantStepSize()), got {_describe(controller)}."
+        )
+    if isinstance(controller, PIDController) and not solver.is_adaptive:
+        raise ValueError(
+            f"`controller` is a PIDController but {solver!r} has no error estimate; use an "
+            "adaptive solver (Dopri5(), Tsit5(), Bosh3(), ...) or "
+            "controller=ConstantStepSize() with dt0=."
+        )
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(
+            f"`adjoint` must be an adjoint such as DirectAdjoint(), got {_describe(adjoint)}."
+        )
+    if event is not None and not isinstance(event, Event):
+        raise TypeError(f"`event` must be an Event(fn, direction=...), got {_describe(event)}.")
+    if not isinstance(saveat, SaveAt):
+        raise TypeError(f"`saveat` must be a SaveAt(...), got {_describe(saveat)}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    per_sample = controller.per_sample
+
+    # --- the state
+    if isinstance(y0, torch.Tensor):
+        parts: tuple[torch.Tensor, ...] = (y0,)
+    elif isinstance(y0, (tuple, list)) and y0 and all(isinstance(p, torch.Tensor) for p in y0):
+        parts = tuple(y0)
+    else:
+        raise TypeError(f"`y0` must be a tensor or a tuple of tensors, got {_describe(y0)}.")
+    for p in parts:
+        if not torch.is_floating_point(p):
+            raise TypeError(
+                f"`y0` must be floating point (float32 or float64), got {_describe(p)}; "
+                "convert it with y0.float() or y0.double()."
+            )
+    if len({p.dtype for p in parts}) > 1 or len({p.device for p in parts}) > 1:
+        raise ValueError(
+            "the tensors of a tuple `y0` must share one dtype and one device, got "
+            f"{[(p.dtype, str(p.device)) for p in parts]}."
+        )
+    dtype, device = parts[0].dtype, parts[0].device
+    batch = 0
+    if per_sample:
+        if any(p.ndim == 0 for p in parts) or len({p.shape[0] for p in parts}) > 1:
+            raise ValueError(
+                "per-sample stepping needs `y0` with a leading batch dimension (shared by every "
+                f"tensor of a tuple state), got shapes {[tuple(p.shape) for p in parts]}."
+            )
+        batch = parts[0].shape[0]
+
+    spec = None
+    if isinstance(y0, torch.Tensor):
+        y0_packed = y0
+    else:
+        spec = StateSpec(parts, per_sample)
+        y0_packed = spec.pack(parts)
+        terms = PackedTerm(terms, spec)
+
+    # --- time
+    time_dtype = dtype
+    for v in (t0, t1):
+        if isinstance(v, torch.Tensor) and torch.is_floating_point(v):
+            time_dtype = torch.promote_types(time_dtype, v.dtype)
+    t0_ = _time_tensor("t0", t0, time_dtype, device, per_sample, batch)
+    t1_ = _time_tensor("t1", t1, time_dtype, device, per_sample, batch)
+    if per_sample:
+        t0_, t1_ = t0_.expand(batch), t1_.expand(batch)
+    span = (t1_ - t0_).detach()
+    if bool((span > 0).any()) and bool((span < 0).any()):
+        raise ValueError(
+            "`t0` and `t1` must run in one direction for the whole batch, got both "
+            "t1 > t0 and t1 < t0."
+        )
+    direction = -1.0 if bool((span < 0).any()) else 1.0
+
+    dt0_: torch.Tensor | None = None
+    if dt0 is not None:
+        if isinstance(dt0, torch.Tensor):
+            dt0_ = dt0.to(device=device, dtype=time_dtype)
+        elif isinstance(dt0, numbers.Real) and not isinstance(dt0, bool):
+            dt0_ = torch.tensor(float(dt0), dtype=time_dtype, device=device)
+        else:
+            raise TypeError(f"`dt0` must be a number or a tensor, got {_describe(dt0)}.")
+        bad = not bool(torch.isfinite(dt0_).all()) or bool((dt0_ == 0).any())
+        if bad or (direction > 0 and bool((dt0_ < 0).any())):
+            raise ValueError(
+                f"`dt0` must be finite, non-zero and point from t0 to t1, got {dt0!r} for "
+                f"t0={t0!r}, t1={t1!r}."
+            )
+        dt0_ = dt0_.abs()
+        if dt0_.numel() > 1 and not (per_sample and dt0_.shape == (batch,)):
+            raise ValueError(f"`dt0` must be a scalar or shape ({batch},), got {_describe(dt0)}.")
+        dt0_ = dt0_.reshape(()) if dt0_.numel() == 1 else dt0_
+    elif not solver.is_adaptive or isinstance(controller, ConstantStepSize):
+        raise ValueError(
+            f"`dt0` is required with {solver!r} and {controller!r}: a fixed-step solve needs a "
+            "step size, e.g. dt0=0.01."
+        )
+
+    # --- save times
+    ts = ts_user = None
+    if saveat.ts is not None:
+        ts_user = torch.as_tensor(saveat.ts)
+        if not torch.is_floating_point(ts_user) and ts_user.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"`saveat.ts` must be real times, got {_describe(saveat.ts)}.")
+        ts_user = ts_user.to(device=device, dtype=time_dtype)
+        if per_sample:
+            if ts_user.ndim == 1:
+                ts_user = ts_user.expand(batch, -1)
+            if ts_user.ndim != 2 or ts_user.shape[0] != batch:
+                raise ValueError(
+                    f"`saveat.ts` must have shape (n,) or ({batch}, n) in per-sample mode, got "
+                    f"{_describe(saveat.ts)}."
+                )
+        elif ts_user.ndim != 1:
+            raise ValueError(
+                f"`saveat.ts` must be 1-D, got {_describe(saveat.ts)}. Per-sample save times "
+                "of shape (batch, n) need PIDController(per_sample=True) or "
+                "ConstantStepSize(per_sample=True)."
+            )
+        if ts_user.shape[-1] == 0:
+            raise ValueError("`saveat.ts` is empty; pass at least one time or leave it None.")
+        ts = ts_user * direction
+        if not bool(torch.isfinite(ts).all()) or bool((ts.diff(dim=-1) <= 0).any()):
+            order = "increasing" if direction > 0 else "decreasing (t1 < t0)"
+            raise ValueError(f"`saveat.ts` must be strictly {order} and finite, got {saveat.ts!r}.")
+        lo, hi = (t0_ * direction).detach(), (t1_ * direction).detach()
+        first = ts[..., 0].detach()
+        last = ts[..., -1].detach()
+        tol = 8 * torch.finfo(time_dtype).eps * torch.maximum(lo.abs(), hi.abs()).clamp_min(1)
+        if bool((first < lo - tol).any()) or bool((last > hi + tol).any()):
+            raise ValueError(
+                f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
+                f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
+            )
+        ts = torch.minimum(
+            torch.maximum(ts, lo[..., None] if per_sample else lo),
+            hi[..., None] if per_sample else hi,
+        )
+
+    # --- tolerances against the state
+    if isinstance(controller, PIDController):
+        for name in ("rtol", "atol"):
+            tol_v = getattr(controller, name)
+            if isinstance(tol_v, torch.Tensor):
+                try:
+                    torch.broadcast_shapes(tol_v.shape, y0_packed.shape)
+                except RuntimeError:
+                    raise ValueError(
+                        f"PIDController `{name}` of shape {tuple(tol_v.shape)} does not broadcast "
+                        f"against the state of shape {tuple(y0_packed.shape)}."
+                    ) from None
+                if tol_v.device != device:
+                    controller = controller.prepare(1.0, time_dtype, device)
+                    setattr(controller, name, tol_v.to(device))
+
+    norm = controller.norm if isinstance(controller, PIDController) and controller.norm else None
+    if norm is None:
+
+        def norm(x: torch.Tensor, _ps: bool = per_sample) -> torch.Tensor:
+            return rms_norm(x, _ps)
+    elif spec is not None:
+        user_norm = norm
+
+        def norm(x: torch.Tensor, _n: Any = user_norm, _s: StateSpec = spec) -> torch.Tensor:
+            return _n(_s.unpack(x))
+
+    if direction < 0:
+        terms = ReversedTerm(terms)
+    controller = controller.prepare(direction, time_dtype, device)
+    return _Problem(
+        terms=terms,
+        solver=solver,
+        controller=controller,
+        t0=t0_ * direction,
+        t1=t1_ * direction,
+        y0=y0_packed,
+        spec=spec,
+        direction=direction,
+        dt0=dt0_,
+        ts=ts,
+        ts_user=ts_user,
+        saveat=saveat,
+        event=event,
+        max_steps=max_steps,
+        per_sample=per_sample,
+        norm=norm,
+        state_shape=y0_packed.shape,
+    )
+
+
+def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
+    base = terms
+    while isinstance(base, (ReversedTerm, PackedTerm)):
+        base = base.term
+    if not isinstance(base, ODETerm):
+        return
+    if not isinstance(vf, torch.Tensor):
+        raise TypeError(
+            f"the vector field must return a tensor (or a tuple for a tuple state), got "
+            f"{_describe(vf)}."
+        )
+    if vf.shape != y0.shape:
+        raise ValueError(
+            f"the vector field returned shape {tuple(vf.shape)} but the state has shape "
+            f"{tuple(y0.shape)}; f(t, y, args) must return dy/dt with the shape of y."
+        )
+    if vf.dtype != y0.dtype:
+        raise TypeError(
+            f"the vector field returned dtype {vf.dtype} for a state of dtype {y0.dtype}; "
+            "return dy/dt in the dtype of y."
+        )
+
+
+def solve(
+    terms: AbstractTerm,
+    solver: AbstractSolver,
+    t0: float | torch.Tensor,
+    t1: float | torch.Tensor,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    args: Any = None,
+    *,
+    dt0: float | torch.Tensor | None = None,
+    saveat: SaveAt = _DEFAULT_SAVEAT,
+    controller: AbstractStepSizeController | None = None,
+    adjoint: AbstractAdjoint | None = None,
+    event: Event | None = None,
+    max_steps: int = 65536,
+    throw: bool = True,
+    progress: bool = False,
+) -> Solution:
+    r"""Solve a differential equation from ``t0`` to ``t1``.
+
+    Args:
+        terms: the equation, e.g. ``ODETerm(f)`` with ``f(t, y, args)``.
+        solver: the method, e.g. ``Tsit5()``.
+        t0, t1: start and end times; ``t1 < t0`` solves backwards in time, ``t1 == t0``
+            returns ``y0``. Per sample (shape ``(batch,)``) when the controller steps per
+            sample.
+        y0: the initial state: a tensor of any shape (``(batch, *state)`` when stepping per
+            sample) or a tuple of tensors.
+        args: passed through to the vector field.
+        dt0: the initial step (required for fixed-step solves; chosen automatically by
+            Hairer's algorithm for adaptive ones when ``None``).
+        saveat: what to save, see :class:`SaveAt`.
+        controller: the step-size controller; ``PIDController()`` for adaptive solvers,
+            ``ConstantStepSize()`` otherwise.
+        adjoint: how to differentiate; ``DirectAdjoint()`` by default.
+        event: a terminal :class:`Event`.
+        max_steps: the most steps (accepted + rejected) before failing.
+        throw: raise :class:`SolveError` when a sample fails; ``False`` returns the partial
+            solution with per-sample ``status``.
+        progress: show a progress bar (needs tqdm).
+
+    Returns:
+        A :class:`Solution`; ``ys`` is time first: ``(len(ts), *y0.shape)``.
+
+    Example:
+        >>> term = ODETerm(lambda t, y, args: -y)
+        >>> sol = solve(term, Tsit5(), 0.0, 1.0, torch.ones(3), saveat=SaveAt(ts=[0.5, 1.0]))
+        >>> sol.ys.shape
+        torch.Size([2, 3])
+    """
+    if adjoint is None:
+        adjoint = DirectAdjoint()
+    p = _normalise(terms, solver, t0, t1, y0, dt0, saveat, controller, adjoint, event, max_steps)
+    meter = None
+    if progress:
+        meter = ProgressMeter(float(p.t0.min()), float(p.t1.max()), p.direction)
+    direction = p.direction
+
+    def to_user_time(tau: torch.Tensor) -> torch.Tensor:
+        return tau if direction > 0 else -tau
+
+    def run(y0_: torch.Tensor, args_: Any) -> LoopResult:
+        return run_loop(
+            p.terms,
+            p.solver,
+            p.controller,
+            p.t0,
+            p.t1,
+            y0_,
+            args_,
+            p.dt0,
+            p.norm,
+            ts=p.ts,
+            save_steps=p.saveat.steps,
+            save_dense=p.saveat.dense,
+            event=p.event,
+            max_steps=p.max_steps,
+            progress=meter,
+            to_user_time=to_user_time,
+            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0),
+        )
+
+    try:
+        res: LoopResult = adjoint.apply(run, p.y0, args)
+    finally:
+        if meter is not None:
+            meter.close()
+    return _assemble(p, res, throw)
+
+
+def _assemble(p: _Problem, res: LoopResult, throw: bool) -> Solution:
+    direction = p.direction
+    failed = res.status > Status.EVENT_OCCURRED
+    if throw and bool(failed.any()):
+        flat = res.status.reshape(-1)
+        i = int(torch.nonzero(failed.reshape(-1))[0])
+        t_fail = float((res.t.reshape(-1)[i]) * direction)
+        raise SolveError(Status(int(flat[i])), t_fail, res.num_steps, int(failed.sum()))
+
+    ts_parts: list[torch.Tensor] = []
+    ys_parts: list[torch.Tensor] = []
+    per_sample = p.per_sample
+    y0 = p.y0
+
+    def add(t: torch.Tensor, y: torch.Tensor) -> None:
+        # t: (k,) joint or (batch, k) per sample (user time); y: (k, *state).
+        ts_parts.append(t)
+        ys_parts.append(y)
+
+    if p.saveat.t0:
+        add((p.t0 * direction)[..., None], y0[None])
+    if res.ys_ts is not None and p.ts_user is not None:
+        add(p.ts_user, res.ys_ts.movedim(1, 0) if per_sample else res.ys_ts)
+    if p.saveat.steps and res.steps_t is not None:
+        st = res.steps_t * direction
+        add(st.movedim(0, -1) if per_sample else st, res.steps_y)
+    if p.saveat.t1:
+        add((res.t * direction)[..., None], res.y[None])
+
+    ts = ys = None
+    if ts_parts:
+        ts = torch.cat(ts_parts, dim=-1)
+        ys = torch.cat(ys_parts, dim=0)
+        if p.spec is not None:
+            ys = p.spec.unpack(ys)
+
+    interp = None
+    if res.dense is not None:
+        interp = _make_interpolator(p, res)
+    stats = {
+        "num_steps": res.num_steps,
+        "num_accepted_steps": res.num_accepted,
+        "num_rejected_steps": res.num_rejected,
+        "num_fevals": res.num_fevals,
+    }
+    return Solution(
+        ts=ts,
+        ys=ys,
+        stats=stats,
+        status=res.status,
+        event_mask=res.event_mask,
+        _interpolate=interp,
+    )
+
+
+def _make_interpolator(p: _Problem, res: LoopResult) -> Any:
+    dense = res.dense or []
+    solver, direction, per_sample, spec = p.solver, p.direction, p.per_sample, p.spec
+    t_lo, t_hi = p.t0.detach(), res.t.detach()
+    y_start = p.y0
+
+    def evaluate(t: torch.Tensor) -> Any:
+        tau = t.to(device=p.t0.device, dtype=p.t0.dtype) * direction
+        scalar = tau.ndim == 0
+        if per_sample:
+            if tau.ndim > 1 or (tau.ndim == 1 and tau.shape[0] != p.t0.shape[0]):
+                raise ValueError(
+                    f"Solution.evaluate: per-sample solutions take a scalar or ({p.t0.shape[0]},) "
+                    f"times, got shape {tuple(t.shape)}."
+                )
+            tau = tau.expand(p.t0.shape)
+        elif tau.ndim > 1:
+            raise ValueError(
+                f"Solution.evaluate: `t` must be a scalar or 1-D, got shape {tuple(t.shape)}."
+            )
+        tq = tau if per_sample else tau.reshape(-1)
+        outside = (tq < t_lo - 1e-12 * t_lo.abs().clamp_min(1)) | (
+            tq > t_hi + 1e-12 * t_hi.abs().clamp_min(1)
+        )
+        if bool(outside.any()):
+            raise ValueError(
+                "Solution.evaluate: `t` lies outside the solved interval "
+                f"[{float(t_lo.min() * direction):.6g}, {float(t_hi.max() * direction):.6g}]."
+            )
+        if per_sample:
+            out = y_start.clone()
+            for tb, ta, info in dense:
+                inside = (tq >= tb) & (tq <= ta) & (ta > tb)
+                if not bool(inside.any()):
+                    continue
+                h = torch.where(ta > tb, ta - tb, 1)
+                theta = ((tq - tb) / h).clamp(0, 1)
+                yq = solver.interpolate(info, theta, True)
+                out = torch.where(broadcast_time(inside, out), yq, out)
+        else:
+            out = y_start.expand((tq.numel(),) + y_start.shape).clone()
+            if dense:
+                ends = torch.stack([d[1].reshape(()) for d in dense])
+                idx = torch.searchsorted(ends, tq, right=False).clamp(max=len(dense) - 1)
+                for j in torch.unique(idx).tolist():
+                    sel = (idx == j).nonzero().reshape(-1)
+                    tb, ta, info = dense[j]
+                    theta = ((tq[sel] - tb) / (ta - tb)).clamp(0, 1)
+                    out[sel] = solver.interpolate(info, theta, False)
+            if scalar:
+                out = out[0]
+            else:
+                out = out.reshape(tau.shape + y_start.shape)
+        if spec is not None:
+            lead = out.shape[: out.ndim - len(p.state_shape)]
+            return spec.unpack(out, tuple(lead) + tuple(p.state_shape[:-1]))
+        return out
+
+    return evaluate
