@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._adjoint import AbstractAdjoint, DirectAdjoint
-from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController, rms_norm
+from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
 from ._core.events import Event
 from ._core.loop import LoopResult, run_loop
 from ._core.packing import PackedTerm, ReversedTerm, StateSpec
@@ -258,12 +258,9 @@ def _normalise(
                     controller = controller.prepare(1.0, time_dtype, device)
                     setattr(controller, name, tol_v.to(device))
 
-    norm = controller.norm if isinstance(controller, PIDController) and controller.norm else None
-    if norm is None:
-
-        def norm(x: torch.Tensor, _ps: bool = per_sample) -> torch.Tensor:
-            return rms_norm(x, _ps)
-    elif spec is not None:
+    # None selects the controller's built-in RMS norm.
+    norm = controller.norm if isinstance(controller, PIDController) else None
+    if norm is not None and spec is not None:
         user_norm = norm
 
         def norm(x: torch.Tensor, _n: Any = user_norm, _s: StateSpec = spec) -> torch.Tensor:
@@ -332,6 +329,7 @@ def solve(
     max_steps: int = 65536,
     throw: bool = True,
     progress: bool = False,
+    compile_step: bool = False,
 ) -> Solution:
     r"""Solve a differential equation from ``t0`` to ``t1``.
 
@@ -355,6 +353,9 @@ def solve(
         throw: raise :class:`SolveError` when a sample fails; ``False`` returns the partial
             solution with per-sample ``status``.
         progress: show a progress bar (needs tqdm).
+        compile_step: compile the step (all solver stages and the controller) with
+            ``torch.compile`` into one graph. Pays off for small, launch-bound problems that are
+            solved many times with the same shapes; the first solve pays the compilation.
 
     Returns:
         A :class:`Solution`; ``ys`` is time first: ``(len(ts), *y0.shape)``.
@@ -394,7 +395,7 @@ def solve(
             max_steps=p.max_steps,
             progress=meter,
             to_user_time=to_user_time,
-            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0),
+            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0), compile_step=compile_step,
         )
 
     try:

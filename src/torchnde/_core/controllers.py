@@ -162,7 +162,11 @@ class ConstantStepSize(AbstractStepSizeController):
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
         dt0, made_jump = state
         accept = torch.ones_like(t0, dtype=torch.bool)
-        next_t1, at_jump = self._clip(t1, t1 + dt0)
+        next_t1 = t1 + dt0
+        if self.step_ts is not None or self.jump_ts is not None:
+            next_t1, at_jump = self._clip(t1, next_t1)
+        else:
+            at_jump = made_jump
         return accept, t1, next_t1, made_jump, (dt0, at_jump)
 
     def __repr__(self) -> str:
@@ -261,9 +265,18 @@ class PIDController(AbstractStepSizeController):
         self.per_sample = bool(per_sample)
 
     def _scaled_norm(self, e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor | None, norm):
+        """norm(e / (atol + rtol max(|y0|, |y1|))); ``norm=None`` is the RMS norm."""
         scale = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
-        scale = scale * self.rtol + self.atol
-        return norm(e / scale)
+        if norm is not None:
+            return norm(e / (scale * self.rtol + self.atol))
+        # RMS with the 1/sqrt(n) folded into the tolerances: one reduction, no extra division.
+        per_sample = self.per_sample
+        n = e[0].numel() if per_sample else e.numel()
+        root = math.sqrt(max(n, 1))
+        x = e / (scale * (self.rtol * root) + self.atol * root)
+        if per_sample:
+            return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+        return torch.linalg.vector_norm(x)
 
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
         nfe = 0
@@ -304,26 +317,33 @@ class PIDController(AbstractStepSizeController):
                 "Use an adaptive solver (Dopri5, Tsit5, ...) or ConstantStepSize with dt0=."
             )
         prev1, prev2, at_jump = state
-        ratio = self._scaled_norm(y_error, y0, y1, norm)
         # A non-finite error is a failed step: reject and shrink as far as allowed.
-        ratio = torch.nan_to_num(ratio, nan=math.inf)
+        ratio = self._scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         accept = ratio <= 1.0
         k = float(error_order)
-        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
-        factor = self.safety * ratio.clamp_min(1e-10) ** (-b1)
-        if self.pcoeff != 0 or self.dcoeff != 0:
+        factor = ratio.clamp_min(1e-10).pow(-(self.pcoeff + self.icoeff + self.dcoeff) / k)
+        pid = self.pcoeff != 0 or self.dcoeff != 0
+        if pid:
             b2 = -(self.pcoeff + 2 * self.dcoeff) / k
             b3 = self.dcoeff / k
             factor = factor * prev1 ** (-b2) * prev2 ** (-b3)
-        fmax = torch.where(accept, self.factormax, 1.0)
-        factor = torch.minimum(factor.clamp(min=self.factormin), fmax).to(t0.dtype)
+        factor = (factor * self.safety).clamp(self.factormin, self.factormax)
+        if pid:
+            # Integral control alone never grows a rejected step (ratio > 1, safety <= 1).
+            factor = torch.where(accept, factor, factor.clamp(max=1.0))
+        if factor.dtype != t0.dtype:
+            factor = factor.to(t0.dtype)
         dt = (t1 - t0) * factor
         if self.dtmax is not None:
             dt = dt.clamp(max=self.dtmax)
         next_t0 = torch.where(accept, t1, t0)
-        made_jump = at_jump & accept
-        next_t1, at_jump = self._clip(next_t0, next_t0 + dt)
-        if self.pcoeff != 0 or self.dcoeff != 0:
+        made_jump = None
+        if self.jump_ts is not None:
+            made_jump = at_jump & accept
+        next_t1 = next_t0 + dt
+        if self.step_ts is not None or self.jump_ts is not None:
+            next_t1, at_jump = self._clip(next_t0, next_t1)
+        if pid:
             prev1, prev2 = (
                 torch.where(accept, ratio.clamp_min(1e-10), prev1),
                 torch.where(accept, prev1, prev2),

@@ -18,7 +18,7 @@ import torch
 
 from .controllers import AbstractStepSizeController, Norm
 from .events import Event
-from .solution import RUNNING, Status
+from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
@@ -97,6 +97,55 @@ def _locate_event(
     return t_ev.detach() if not t0.requires_grad else t_ev, y_ev, which
 
 
+class _SavePoints:
+    """Writes the dense output at the requested save times as the loop passes them."""
+
+    def __init__(self, ts: torch.Tensor, y0: torch.Tensor, per_sample: bool) -> None:
+        self.ts = ts
+        self.per_sample = per_sample
+        n = ts.shape[-1]
+        if per_sample:
+            self.out = y0.new_full((y0.shape[0], n) + y0.shape[1:], math.nan)
+            self.index = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
+            self.arange = torch.arange(y0.shape[0], device=y0.device)
+        else:
+            self.out = y0.new_full((n,) + y0.shape, math.nan)
+            self.done = 0
+
+    def count(self, t_reached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How many save times are <= t_reached, and the most new ones in any sample."""
+        if self.per_sample:
+            c = torch.searchsorted(self.ts, t_reached.detach()[:, None], right=True)[:, 0]
+            return c, (c - self.index).max()
+        c = torch.searchsorted(self.ts, t_reached.detach().reshape(1), right=True)[0]
+        return c, c
+
+    def write(self, num: int, count: torch.Tensor, solver: AbstractSolver, tb: torch.Tensor,
+              ta: torch.Tensor, y: torch.Tensor, dense_info: Any) -> None:
+        """Save every time in (tb, ta] from the step's dense output (``y`` when ``tb == ta``)."""
+        ts, out = self.ts, self.out
+        if not self.per_sample:
+            if num > self.done:
+                if dense_info is None:
+                    out[self.done : num] = y
+                else:
+                    theta = (ts[self.done : num] - tb) / (ta - tb)
+                    out[self.done : num] = solver.interpolate(dense_info, theta, False)
+                self.done = num
+            return
+        new = count - self.index
+        h = ta - tb
+        safe_h = torch.where(h > 0, h, 1)
+        for j in range(num):
+            idx = (self.index + j).clamp(max=ts.shape[-1] - 1)
+            tq = ts.gather(1, idx[:, None])[:, 0]
+            theta = torch.where(h > 0, (tq - tb) / safe_h, 0.0)
+            yq = y if dense_info is None else solver.interpolate(dense_info, theta, True)
+            cur = out[self.arange, idx]
+            out[self.arange, idx] = torch.where(broadcast_time(new > j, yq), yq, cur)
+        self.index = count
+
+
 def run_loop(
     terms: AbstractTerm,
     solver: AbstractSolver,
@@ -116,20 +165,23 @@ def run_loop(
     progress: Any,
     to_user_time: Any,
     check_vf: Any = None,
+    compile_step: bool = False,
 ) -> LoopResult:
     per_sample = controller.per_sample
     adaptive = solver.is_adaptive
     error_order = solver.error_order
+    has_jumps = controller.jump_ts is not None
     eps = torch.finfo(t0.dtype).eps
     # Smallest meaningful step: below the time resolution of the interval, or dtmin.
     floor = 16 * eps * torch.maximum(torch.maximum(t0.abs(), t1.abs()), (t1 - t0).abs())
     floor = floor.detach()
     if controller.dtmin is not None:
         floor = floor.clamp_min(controller.dtmin)
+    # A step ending within `floor` of t1 is stretched to end exactly at t1.
+    t1_snap = (t1 - floor).detach()
 
     def clip_end(tn: torch.Tensor) -> torch.Tensor:
-        tn = torch.minimum(tn, t1)
-        return torch.where(t1 - tn < floor, t1, tn)
+        return torch.where(tn > t1_snap, t1, tn)
 
     t, y = t0, y0
     fstate = solver.init(terms, t, y, args)
@@ -140,166 +192,123 @@ def run_loop(
     nfe += extra
     tnext = clip_end(tnext)
     running = t < t1
-    status = torch.where(
-        running, torch.full_like(t, RUNNING, dtype=torch.int64), int(Status.SUCCESSFUL)
-    )
-    num_accepted = torch.zeros_like(status)
-    num_rejected = torch.zeros_like(status)
-    arange = torch.arange(t0.numel(), device=t0.device) if per_sample else None
+    num_attempts = torch.zeros_like(t, dtype=torch.int64)
+    num_accepted = torch.zeros_like(num_attempts)
+    finite_at_stop = torch.ones_like(running)
+    event_hit = torch.zeros_like(running)
 
-    # Save points.
-    out = save_i = None
+    saver = None
     if ts is not None:
-        n = ts.shape[-1]
-        if per_sample:
-            out = y0.new_full((y0.shape[0], n) + y0.shape[1:], math.nan)
-            save_i = torch.zeros_like(status)
-        else:
-            out = y0.new_full((n,) + y0.shape, math.nan)
-            save_i = 0
-
-    def save_crossings(count_host: int, count: torch.Tensor, tb, ta, dense_info) -> None:
-        """Write the dense output at every save time in (tb, ta] (or at tb itself)."""
-        nonlocal save_i
-        assert out is not None and ts is not None
-        if per_sample:
-            assert isinstance(save_i, torch.Tensor)
-            new = count - save_i
-            h = ta - tb
-            for j in range(int(count_host)):
-                idx = (save_i + j).clamp(max=ts.shape[-1] - 1)
-                tq = ts.gather(1, idx[:, None])[:, 0]
-                theta = torch.where(h > 0, (tq - tb) / torch.where(h > 0, h, 1), 0.0)
-                yq = y if dense_info is None else solver.interpolate(dense_info, theta, True)
-                cur = out[arange, idx]
-                out[arange, idx] = torch.where(broadcast_time(new > j, yq), yq, cur)
-            save_i = count
-        else:
-            c = int(count_host)
-            if c > save_i:
-                if dense_info is None:
-                    out[save_i:c] = y
-                else:
-                    theta = (ts[save_i:c] - tb) / (ta - tb)
-                    out[save_i:c] = solver.interpolate(dense_info, theta, False)
-                save_i = c
-
-    def count_saved(ta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert ts is not None
-        if per_sample:
-            c = torch.searchsorted(ts, ta.detach()[:, None], right=True)[:, 0]
-            assert isinstance(save_i, torch.Tensor)
-            return c, (c - save_i).max()
-        c = torch.searchsorted(ts, ta.detach().reshape(1), right=True)[0]
-        return c, c
-
-    if ts is not None:
-        c, cmax = count_saved(t0)
-        save_crossings(_host([cmax])[0], c, t0, t0, None)
+        saver = _SavePoints(ts, y0, per_sample)
+        c, cmax = saver.count(t0)
+        saver.write(int(_host([cmax])[0]), c, solver, t0, t0, y0, None)
 
     steps_t: list[torch.Tensor] = []
     steps_y: list[torch.Tensor] = []
     dense: list | None = [] if save_dense else None
     event_mask = None
-    g_prev = None
+    g_prev: list[torch.Tensor] = []
     if event is not None:
         g_prev = event.values(to_user_time(t0), y0, args, per_sample)
-        event_mask = tuple(torch.zeros_like(t0, dtype=torch.bool) for _ in event.fns)
+        event_mask = tuple(torch.zeros_like(running) for _ in event.fns)
+    want_accept = save_dense or (save_steps and not per_sample)
+
+    def attempt(t, tnext, y, fstate, cstate, running):
+        """One attempted step and the controller's verdict: all tensor work, no host sync,
+        so it can be compiled as one graph."""
+        y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+        accept, _, next_t1, made_jump, cstate = controller.adapt(
+            t, tnext, y, y1, y_error, error_order, cstate, norm
+        )
+        finite = torch.isfinite(y1.reshape(y1.shape[0], -1).sum(1) if per_sample else y1.sum())
+        # Joint stepping only loops while the (single) clock runs; per sample, finished
+        # samples are carried along but never change.
+        accept = accept & finite & running if per_sample else accept & finite
+        return y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate
+
+    if compile_step:
+        attempt = torch.compile(attempt, dynamic=False)
 
     num_steps = 0
     keep_going = bool(_host([running.any()])[0])
     while keep_going:
-        y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
-        nfe += solver.num_fevals_step
-        accept, _, next_t1, made_jump, cstate = controller.adapt(
-            t, tnext, y, y1, y_error, error_order, cstate, norm
+        y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = attempt(
+            t, tnext, y, fstate, cstate, running
         )
-        bad = ~torch.isfinite(y1.reshape(y1.shape[0], -1).sum(1) if per_sample else y1.sum())
-        accept = accept & running & ~bad
+        nfe += solver.num_fevals_step
         t_after = torch.where(accept, tnext, t)
         ev_hit = None
-        if event is not None:
-            assert g_prev is not None and event_mask is not None
+        if event is not None and event_mask is not None:
             g_new = event.values(to_user_time(tnext), y1, args, per_sample)
             crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
             if _host([crossed.any()])[0]:
                 t_ev, y_ev, which = _locate_event(
-                    event,
-                    solver,
-                    dense_info,
-                    t,
-                    tnext - t,
-                    g_prev,
-                    args,
-                    crossed,
-                    per_sample,
+                    event, solver, dense_info, t, tnext - t, g_prev, args, crossed, per_sample,
                     to_user_time,
                 )
                 t_after = torch.where(crossed, t_ev, t_after)
                 y1 = torch.where(broadcast_time(crossed, y1), y_ev, y1)
                 event_mask = tuple(m | w for m, w in zip(event_mask, which))
                 ev_hit = crossed
+                event_hit = event_hit | crossed
             g_prev = [
                 torch.where(broadcast_time(accept, gn) if per_sample else accept, gn, gp)
                 for gn, gp in zip(g_new, g_prev)
             ]
 
-        host_req = [running.any()]  # placeholder slot 0, replaced below
-        if ts is not None:
-            c, cmax = count_saved(t_after)
-            host_req.append(cmax)
-        if save_dense or (save_steps and not per_sample):
-            host_req.append(accept.any())
-        if made_jump is not None and controller.jump_ts is not None:
-            host_req.append(made_jump.any())
-
         # Advance accepted samples.
-        y_prev_t = t
+        t_before = t
         y = torch.where(broadcast_time(accept, y1), y1, y)
         fstate = tree_where(accept, fnew, fstate)
         t = t_after
-        tnext = torch.where(running, clip_end(next_t1), tnext)
+        tnext = clip_end(next_t1)
         num_steps += 1
+        num_attempts = num_attempts + running
         num_accepted = num_accepted + accept
-        num_rejected = num_rejected + (running & ~accept)
 
-        done = accept & (t >= t1)
-        new_status = torch.where(done, int(Status.SUCCESSFUL), status)
+        stop = accept & (t >= t1)
         if ev_hit is not None:
-            new_status = torch.where(ev_hit, int(Status.EVENT_OCCURRED), new_status)
+            stop = stop | ev_hit
         if adaptive:
-            stuck = running & ~accept & ((tnext - t) < floor)
-            fail = torch.where(bad, int(Status.NONFINITE), int(Status.DT_UNDERFLOW))
-            new_status = torch.where(stuck, fail, new_status)
+            # A rejected step whose successor is below the floor cannot make progress.
+            stop = stop | (~accept & (tnext - t < floor))
         else:
-            new_status = torch.where(running & bad, int(Status.NONFINITE), new_status)
-        if num_steps >= max_steps:
-            new_status = torch.where(
-                new_status == RUNNING, int(Status.MAX_STEPS_REACHED), new_status
-            )
-        status = new_status
-        running = status == RUNNING
-        host_req[0] = running.any()
+            stop = stop | ~finite
+        if per_sample:
+            finite_at_stop = torch.where(running, finite, finite_at_stop)
+            running = running & ~stop
+        else:
+            finite_at_stop = finite
+            running = ~stop
+
+        host_req = [running.any() if per_sample else running]
+        if saver is not None:
+            c, cmax = saver.count(t)
+            host_req.append(cmax)
+        if want_accept:
+            host_req.append(accept.any())
+        if has_jumps:
+            host_req.append(made_jump.any())
         if progress is not None:
             host_req.append(t.min())
         vals = _host(host_req)
-        keep_going = bool(vals[0])
+        keep_going = bool(vals[0]) and num_steps < max_steps
         k = 1
-        if ts is not None:
-            save_crossings(vals[k], c, y_prev_t, t, dense_info)
+        if saver is not None:
+            saver.write(int(vals[k]), c, solver, t_before, t, y, dense_info)
             k += 1
-        if save_dense or (save_steps and not per_sample):
+        if want_accept:
             any_accepted = bool(vals[k])
             k += 1
             if dense is not None and (per_sample or any_accepted):
-                dense.append((y_prev_t, t, dense_info))
+                dense.append((t_before, t, dense_info))
             if save_steps and not per_sample and any_accepted:
                 steps_t.append(t)
                 steps_y.append(y)
         if save_steps and per_sample:
             steps_t.append(torch.where(accept, t, math.nan))
             steps_y.append(torch.where(broadcast_time(accept, y), y, math.nan))
-        if made_jump is not None and controller.jump_ts is not None:
+        if has_jumps:
             if vals[k]:
                 # Restart first-same-as-last just after the discontinuity.
                 t_right = torch.nextafter(t, torch.full_like(t, math.inf))
@@ -307,7 +316,14 @@ def run_loop(
                 nfe += solver.num_fevals_init
             k += 1
         if progress is not None:
-            progress.update(vals[k], num_steps, int(num_rejected.sum()))
+            progress.update(vals[k], num_steps, int((num_attempts - num_accepted).sum()))
+
+    # Why each sample stopped.
+    status = torch.full_like(num_attempts, int(Status.SUCCESSFUL))
+    fail = torch.where(finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
+    status = torch.where(t < t1, fail, status)
+    status = torch.where(running, int(Status.MAX_STEPS_REACHED), status)
+    status = torch.where(event_hit, int(Status.EVENT_OCCURRED), status)
 
     st = sy = None
     if save_steps and steps_t:
@@ -326,9 +342,9 @@ def run_loop(
         status=status,
         num_steps=num_steps,
         num_accepted=num_accepted,
-        num_rejected=num_rejected,
+        num_rejected=num_attempts - num_accepted,
         num_fevals=nfe,
-        ys_ts=out,
+        ys_ts=None if saver is None else saver.out,
         steps_t=st,
         steps_y=sy,
         dense=dense,

@@ -63,33 +63,40 @@ class AbstractRungeKutta(AbstractSolver):
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
         tab = self._tab()
         coeffs = tab.cast(y0.dtype, y0.device)
-        a, b = coeffs["a"], coeffs["b"]
+        a_pad = coeffs["a_pad"]
         c = tab.c
         s = tab.num_stages
-        h = t1 - t0
         control = terms.contr(t0, t1)
-        K = y0.new_empty((s,) + y0.shape)
+        # Stage times in one op: (stages, *batch) then unbound into views.
+        c_t = coeffs["c_time"].get(t0.dtype)
+        if c_t is None:
+            c_t = coeffs["c_time"][t0.dtype] = coeffs["c"].to(t0.dtype)
+        t_stage = torch.addcmul(t0, c_t.reshape((s,) + (1,) * t0.ndim), t1 - t0).unbind(0)
+        # K starts at zero so each stage can use the full zero-padded row of `a`: one
+        # (1, s) x (s, N) product per stage, no slicing.
+        K = y0.new_zeros((s,) + y0.shape)
         Kf = K.view(s, -1)
-        y0f = y0.reshape(-1)
-        K[0] = terms.prod(state, control)
+        Kv = K.unbind(0)
+        y0f = y0.reshape(1, -1)
+        terms.prod_into(state, control, Kv[0])
         vf = state
         yi = y0
         for i in range(1, s):
-            yi = torch.addmv(y0f, Kf[:i].T, a[i, :i]).view_as(y0)
-            ti = t1 if c[i] == 1.0 else torch.add(t0, h, alpha=c[i])
-            vf = terms.vf(ti, yi, args)
-            K[i] = terms.prod(vf, control)
+            yi = torch.addmm(y0f, a_pad[i], Kf).view(y0.shape)
+            vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+            terms.prod_into(vf, control, Kv[i])
         if tab.fsal:
             y1 = yi
             vf1 = vf
         else:
-            y1 = torch.addmv(y0f, Kf.T, b).view_as(y0)
+            y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view(y0.shape)
             vf1 = terms.vf(t1, y1, args)
-        y_error = torch.mv(Kf.T, coeffs["e"]).view_as(y0) if "e" in coeffs else None
+        e_row = coeffs.get("e_row")
+        y_error = None if e_row is None else torch.mm(e_row, Kf).view(y0.shape)
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
         else:
-            dense_info = (y0, y1, K[0], terms.prod(vf1, control))
+            dense_info = (y0, y1, Kv[0], terms.prod(vf1, control))
         return y1, y_error, dense_info, vf1
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:

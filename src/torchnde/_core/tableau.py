@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -154,7 +155,7 @@ class ButcherTableau:
             return self.dense_order
         return min(self.order, 3)
 
-    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """Tensors of the coefficients for one (dtype, device), cached.
 
         Keys: ``a`` (s, s) lower triangular, ``b`` (s,), ``c`` (s,), ``e`` (s,) = b - b_error,
@@ -178,5 +179,11 @@ class ButcherTableau:
         if self.b_dense is not None:
             out["dense"] = torch.tensor(self.b_dense, dtype=torch.float64)
         out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+        # Row views used by the engine's fused stage products, built once.
+        out["a_pad"] = [out["a"][i : i + 1] for i in range(s)]
+        out["c_time"] = {}
+        out["b_row"] = out["b"][None]
+        if "e" in out:
+            out["e_row"] = out["e"][None]
         self._cache[key] = out
         return out

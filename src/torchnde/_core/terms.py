@@ -57,6 +57,10 @@ class AbstractTerm(abc.ABC):
     def vf_prod(self, t: torch.Tensor, y: Any, args: Any, control: Any) -> torch.Tensor:
         return self.prod(self.vf(t, y, args), control)
 
+    def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
+        """Write ``prod(vf, control)`` into ``out`` (a stage slot of a solver)."""
+        out.copy_(self.prod(vf, control))
+
 
 class ODETerm(AbstractTerm):
     r"""An ordinary differential equation $dy/dt = f(t, y, \mathrm{args})$.
@@ -85,6 +89,13 @@ class ODETerm(AbstractTerm):
 
     def prod(self, vf: Any, control: Any) -> torch.Tensor:
         return vf * broadcast_time(control, vf)
+
+    def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
+        control = broadcast_time(control, vf)
+        if torch.is_grad_enabled() and (vf.requires_grad or control.requires_grad):
+            out.copy_(vf * control)  # `out=` is not differentiable
+        else:
+            torch.mul(vf, control, out=out)
 
     def __repr__(self) -> str:
         return f"ODETerm({getattr(self.vector_field, '__name__', self.vector_field)!r})"

@@ -1,0 +1,6 @@
+"""Toy and bundled datasets, and the generators that made them."""
+
+from .spiral import generate_spiral as generate_spiral
+from .spiral import load_spiral as load_spiral
+
+__all__ = ["generate_spiral", "load_spiral"]
