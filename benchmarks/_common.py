@@ -301,14 +301,20 @@ def set_threads(n: int) -> None:
 
 
 def _git_rev() -> str | None:
+    """Short HEAD commit, with '+dirty(src)<sha of the src diff>' when src/ has changes."""
+    import hashlib
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout
+
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-        return rev + ("+dirty(src)" if dirty else "") if rev else None
+        rev = git("rev-parse", "--short", "HEAD").strip()
+        if not rev:
+            return None
+        if git("status", "--porcelain", "--", ":/src").strip():
+            diff = git("diff", "HEAD", "--", ":/src").encode()
+            rev += f"+dirty(src {hashlib.sha256(diff).hexdigest()[:10]})"
+        return rev
     except OSError:
         return None
 

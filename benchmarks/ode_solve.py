@@ -8,15 +8,17 @@ outside the vector field per attempted step  (wall - NFE * t_vf) / steps, and th
 ratio  t_lib / t_torchnde  (> 1: torchnde is faster).
 
     .venv/bin/python benchmarks/ode_solve.py --quick      # < 1 min
-    .venv/bin/python benchmarks/ode_solve.py              # full grid, about 3-4 min
+    .venv/bin/python benchmarks/ode_solve.py              # full grid, about 2-3 min
 
 Vector field: tanh MLP with 2 hidden layers (d=2 -> width 64, d=32 -> width 128), weights
 ~ U(+-gain/sqrt(fan_in)) with gain 8 by default (gain 1 gives only 2-4 steps even at 1e-6).
 y0 ~ N(0, 1) (seed 1), 10 save times on [0, 1] including 0. All solves run under
 torch.no_grad(); t_vf is the median time of one bare call of the same (counting) module at
-the same batch and dtype. The libraries are timed round-robin within each configuration
-(warm-up call first, then median of >= 5 rounds, >= 3 when a solve takes > 50 ms, and at
-least --target-s seconds per library).
+the same batch and dtype, timed in blocks inside the same round-robin as the solves. The
+libraries are timed round-robin within each configuration (warm-up call first, then median
+of >= 5 rounds (--quick: 3) and at least --target-s seconds per library). Process CPU time
+is recorded next to wall time: on a busy machine the ratios on CPU time are the more
+stable ones.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ LIB_METHODS = {
     "torchdiffeq": {"dopri5"},  # torchdiffeq has no tsit5
     "torchode": {"dopri5", "tsit5"},
 }
-COMPILED = "torchnde+cvf"  # torchnde with a torch.compile'd vector field (--compile)
+COMPILED_VF = "torchnde+cvf"  # --compile: torchnde, eager loop, torch.compile'd vf module
+COMPILED_STEP = "torchnde+cstep"  # --compile: torchnde's own compile option (compile_step=True)
 REF_LIB = "torchnde"
 
 Runner = Callable[[], tuple[Any, dict[str, Any]]]
@@ -68,16 +71,22 @@ def torchnde_compile_support() -> str | None:
     import torchnde
 
     params = inspect.signature(torchnde.solve).parameters
-    for name in ("compile", "jit", "compiled"):
+    for name in ("compile_step", "compile", "jit", "compiled"):
         if name in params:
             return name
     return None
 
 
 def prep_torchnde(f, y0, t, method, tol, compile_kw: str | None = None) -> Runner:
+    """``compile_kw``: torchnde's compile option, set to True. The step is then traced by
+    torch.compile, vf included, so ``f`` is the bare MLP: the counting wrapper's
+    ``nfe += 1`` would make dynamo recompile on every call (NFE comes from the stats)."""
     import torchnde
 
-    term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
+    if compile_kw:
+        term = torchnde.ODETerm(lambda t_, y, args: f(y))
+    else:
+        term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
     solver = {"dopri5": torchnde.Dopri5, "tsit5": torchnde.Tsit5}[method]()
     ctrl = torchnde.PIDController(rtol=tol, atol=tol)
     saveat = torchnde.SaveAt(ts=t)
@@ -138,7 +147,8 @@ def prep_torchode(f, y0, t, method, tol) -> Runner:
 def vf_block(f, t, y0, block_s: float = 0.01) -> tuple[Callable[[], None], int]:
     """A function making k bare no-grad calls f(t0, y0) of the counting module the solvers
     call (k chosen so that one block takes about ``block_s``), and k. It is timed in the
-    same round-robin as the solves, so t_vf sees the same machine state as they do."""
+    same round-robin as the solves and ``block_s`` is about one solve's time, so that t_vf
+    sees the same machine state (and the same share of preemptions on a busy machine)."""
     import torch
 
     t0 = t[0]
@@ -148,7 +158,7 @@ def vf_block(f, t, y0, block_s: float = 0.01) -> tuple[Callable[[], None], int]:
         for _ in range(5):
             f(t0, y0)
         one = (time.perf_counter() - c) / 5
-    k = max(3, min(200, int(block_s / max(one, 1e-7))))
+    k = max(3, min(5000, int(block_s / max(one, 1e-7))))
 
     def block() -> None:
         for _ in range(k):
@@ -167,8 +177,15 @@ def parse_args():
     p.add_argument("--methods", default="dopri5,tsit5")
     p.add_argument("--gain", type=float, default=8.0, help="MLP weight gain (default 8)")
     p.add_argument("--n-save", type=int, default=10, help="save points on [0, 1] (default 10)")
-    p.add_argument("--target-s", type=float, default=None, help="timing budget per lib (0.25)")
-    p.add_argument("--min-repeats", type=int, default=None, help="timed rounds (default 5)")
+    p.add_argument(
+        "--target-s",
+        type=float,
+        default=None,
+        help="timing budget per lib and configuration, s (0.5; --quick 0.1)",
+    )
+    p.add_argument(
+        "--min-repeats", type=int, default=None, help="min timed rounds (default 5; --quick 3)"
+    )
     p.add_argument(
         "--no-ref-cache", action="store_true", help="recompute the scipy references (no cache)"
     )
@@ -185,7 +202,7 @@ def parse_args():
         if getattr(a, k) is None:
             setattr(a, k, v)
     if a.target_s is None:
-        a.target_s = 0.1 if a.quick else 0.25
+        a.target_s = 0.1 if a.quick else 0.5
     if a.min_repeats is None:
         a.min_repeats = 3 if a.quick else 5
     return a
@@ -204,17 +221,25 @@ def main() -> None:
     compile_note = None
     compile_kw = None
     if args.compile:
+        import torch._dynamo
+
+        # every configuration/method is a new specialisation of the same code objects
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 1024)
         compile_kw = torchnde_compile_support()
+        vf_note = (
+            f"row '{COMPILED_VF}': eager torchnde loop with the vector-field module "
+            "torch.compile'd (its overhead uses the compiled t_vf)"
+        )
         if compile_kw:
             compile_note = (
-                f"torchnde.solve({compile_kw}=True) with a torch.compile'd vector field "
-                f"(row '{COMPILED}')"
+                f"row '{COMPILED_STEP}': torchnde.solve({compile_kw}=True) with the eager MLP "
+                "inside (traced into the compiled step; overhead uses the eager t_vf, NFE from "
+                "the solution stats); " + vf_note
             )
         else:
-            compile_note = (
-                "torchnde.solve has no compile option: only the vector-field module is "
-                f"torch.compile'd (row '{COMPILED}'; its overhead uses the compiled t_vf)"
-            )
+            compile_note = "torchnde.solve has no compile option: only " + vf_note
         print(f"--compile: {compile_note}")
 
     meta = machine_info()
@@ -225,7 +250,7 @@ def main() -> None:
         compile=compile_note,
         timing=(
             "round-robin over libs per configuration after one untimed warm-up/stats call; "
-            f"median of >= {args.min_repeats} rounds (>= 3 when a solve > 50 ms) and >= "
+            f"median of >= {args.min_repeats} rounds and >= "
             f"{args.target_s}s per lib; perf_counter; torch.no_grad()"
         ),
         reference="scipy DOP853 float64 rtol=atol=1e-12 on the whole batch",
@@ -248,20 +273,13 @@ def main() -> None:
                 y0 = torch.from_numpy(y0_np).to(tdt)
                 t = torch.from_numpy(t_np).to(tdt)
                 fields = {"eager": make_counting(mlp)}
-                comp_s = None
                 if args.compile:
                     fields["compiled"] = make_counting(torch.compile(mlp))
-                    tc = time.perf_counter()
-                    with torch.no_grad():
-                        fields["compiled"](t[0], y0)
-                    comp_s = time.perf_counter() - tc
                 for tol in parse_list(args.tols, float):
                     cell = dict(d=d, hidden=h, B=b, dtype=dtype, tol=tol, gain=args.gain)
                     cell_rows = run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args)
                     for r in cell_rows:
                         r["ref_s"] = ref_s
-                        if r["lib"] == COMPILED:
-                            r["compile_s"] = comp_s
                     rows.extend(cell_rows)
                     el = time.perf_counter() - t_start
                     brief = "  ".join(
@@ -284,6 +302,10 @@ def run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args) -> list[
     """Prepare, warm up (and collect stats for), then time all (lib, method) of one config."""
     import torch
 
+    if args.compile:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # each configuration compiles afresh (first call, untimed)
     preps = {
         "torchnde": lambda f, m: prep_torchnde(f, y0, t, m, cell["tol"]),
         "torchdiffeq": lambda f, m: prep_torchdiffeq(f, y0, t, m, cell["tol"]),
@@ -295,7 +317,9 @@ def run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args) -> list[
             if m in LIB_METHODS[lib]:
                 plan.append((lib, m, "eager"))
         if "compiled" in fields and REF_LIB in libs and m in LIB_METHODS[REF_LIB]:
-            plan.append((COMPILED, m, "compiled"))
+            if compile_kw:
+                plan.append((COMPILED_STEP, m, "eager"))
+            plan.append((COMPILED_VF, m, "compiled"))
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     runners: dict[tuple[str, str], Runner] = {}
     for lib, m, fk in plan:
@@ -303,17 +327,21 @@ def run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args) -> list[
         row = dict(lib=lib, method=m, **cell, field=fk)
         rows[(lib, m)] = row
         try:
-            if lib == COMPILED:
-                run = prep_torchnde(f, y0, t, m, cell["tol"], compile_kw)
+            if lib == COMPILED_STEP:
+                run = prep_torchnde(f.inner, y0, t, m, cell["tol"], compile_kw)
+            elif lib == COMPILED_VF:
+                run = prep_torchnde(f, y0, t, m, cell["tol"])
             else:
                 run = preps[lib](f, m)
             with torch.no_grad():
                 f.reset()
                 t1 = time.perf_counter()
-                ys, st = run()  # untimed: warm-up and stats
+                ys, st = run()  # untimed: warm-up (and compilation) and stats
                 row["first_call_s"] = time.perf_counter() - t1
                 row["nfe"] = f.nfe
             row.update(st)
+            if lib == COMPILED_STEP:
+                row["nfe"] = st["lib_nfe"]
             row["err"] = float(np.abs(ys.double().numpy() - ref).max())
             runners[(lib, m)] = run
         except Exception as e:  # record and keep going
@@ -322,12 +350,15 @@ def run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args) -> list[
         fns: dict[str, Callable[[], Any]] = {f"{k[0]}/{k[1]}": fn for k, fn in runners.items()}
         blocks = {}
         for fk, f in fields.items():
-            blocks[fk] = vf_block(f, t, y0)
+            firsts = [rows[k]["first_call_s"] for k in runners]
+            block_s = min(0.5, max(0.005, statistics.median(firsts)))
+            blocks[fk] = vf_block(f, t, y0, block_s)
             fns[f"vf/{fk}"] = blocks[fk][0]
         with torch.no_grad():
             tm = time_interleaved(
                 fns,
                 min_rounds=args.min_repeats,
+                slow_min_rounds=3 if args.quick else args.min_repeats,
                 target_s=args.target_s,
                 untargeted=[f"vf/{fk}" for fk in fields],
             )
@@ -344,10 +375,12 @@ def run_cell(cell, libs, methods, fields, y0, t, ref, compile_kw, args) -> list[
             row["outside_vf_s"] = wall - nfe * tv
             if row.get("n_steps"):
                 row["outside_vf_per_step_s"] = (wall - nfe * tv) / row["n_steps"]
+            row["overhead_cpu"] = s["cpu_median"] / (nfe * tvf_cpu[row["field"]])
     for (_lib, m), row in rows.items():
         base = rows.get((REF_LIB, m))
         if base and "time_s" in base and "time_s" in row:
             row["ratio_vs_torchnde"] = row["time_s"] / base["time_s"]
+            row["ratio_vs_torchnde_cpu"] = row["cpu_s"] / base["cpu_s"]
     return list(rows.values())
 
 
@@ -386,51 +419,76 @@ def report(rows: list[dict], args, compile_note: str | None) -> dict[str, Any]:
     for r in rows:
         if (r["lib"], r["method"]) not in libms:
             libms.append((r["lib"], r["method"]))
-    summary: dict[str, Any] = {"overhead": {}, "outside_us_per_step": {}, "speed_ratio": {}}
+    summary: dict[str, Any] = {}
 
-    def table(title, key, kind, scale=1.0):
+    def table(title: str, key: str, kind: str, skey: str, scale: float = 1.0) -> None:
         print(f"\n## {title}\n")
+        summary[skey] = {}
         out_rows = []
         for lib, m in libms:
             row = {"lib / method": f"{lib} {m}"}
             for b in batches:
                 v = [r[key] * scale for r in _sel(rows, lib=lib, method=m, B=b) if key in r]
                 row[f"B={b}"] = med_range(v, kind)
-                summary_key = "overhead" if key == "overhead" else "outside_us_per_step"
                 if v:
-                    summary[summary_key][f"{lib}/{m}/B={b}"] = statistics.median(v)
+                    summary[skey][f"{lib}/{m}/B={b}"] = statistics.median(v)
             out_rows.append(row)
         hdr = [("lib / method", "lib / method", "s")] + [(f"B={b}", f"B={b}", "s") for b in batches]
         print(markdown_table(out_rows, hdr))
 
-    table("Overhead wall / (NFE · t_vf), median [min–max] over d, dtype, tol", "overhead", "x")
     table(
-        "Time outside the vector field per attempted step, µs, median [min–max]",
+        "Overhead wall / (NFE · t_vf), median [min–max] over d, dtype, tol",
+        "overhead",
+        "x",
+        "overhead",
+    )
+    table(
+        "Overhead on process CPU time (robust to a busy machine), median [min–max]",
+        "overhead_cpu",
+        "x",
+        "overhead_cpu",
+    )
+    table(
+        "Time outside the vector field per attempted step (wall), µs, median [min–max]",
         "outside_vf_per_step_s",
         "1f",
+        "outside_us_per_step",
         1e6,
     )
 
-    print("\n## Speed ratio t_lib / t_torchnde (> 1: torchnde faster), median [min–max]\n")
-    out_rows = []
-    for lib, m in libms:
-        if lib == REF_LIB:
-            continue
-        row = {"ratio": f"{lib} / torchnde, {m}"}
-        allv = []
-        for b in batches:
-            v = [r["ratio_vs_torchnde"] for r in _sel(rows, lib=lib, method=m, B=b)]
-            v = [x for x in v if x is not None]
-            allv += v
-            row[f"B={b}"] = med_range(v)
-            if v:
-                summary["speed_ratio"][f"{lib}/{m}/B={b}"] = statistics.median(v)
-        row["all"] = med_range(allv)
-        if allv:
-            summary["speed_ratio"][f"{lib}/{m}/all"] = statistics.median(allv)
-        out_rows.append(row)
-    hdr = [("ratio", "ratio", "s")] + [(f"B={b}", f"B={b}", "s") for b in batches]
-    print(markdown_table(out_rows, hdr + [("all", "all", "s")]))
+    def ratios(key: str, title: str, skey: str) -> None:
+        print(f"\n## {title}\n")
+        out_rows = []
+        summary[skey] = {}
+        for lib, m in libms:
+            if lib == REF_LIB:
+                continue
+            row = {"ratio": f"{lib} / torchnde, {m}"}
+            allv = []
+            for b in batches:
+                v = [r.get(key) for r in _sel(rows, lib=lib, method=m, B=b)]
+                v = [x for x in v if x is not None]
+                allv += v
+                row[f"B={b}"] = med_range(v)
+                if v:
+                    summary[skey][f"{lib}/{m}/B={b}"] = statistics.median(v)
+            row["all"] = med_range(allv)
+            if allv:
+                summary[skey][f"{lib}/{m}/all"] = statistics.median(allv)
+            out_rows.append(row)
+        hdr = [("ratio", "ratio", "s")] + [(f"B={b}", f"B={b}", "s") for b in batches]
+        print(markdown_table(out_rows, hdr + [("all", "all", "s")]))
+
+    ratios(
+        "ratio_vs_torchnde",
+        "Speed ratio t_lib / t_torchnde, wall (> 1: torchnde faster), median [min–max]",
+        "speed_ratio",
+    )
+    ratios(
+        "ratio_vs_torchnde_cpu",
+        "Same ratio on process CPU time (robust to a busy machine), median [min–max]",
+        "speed_ratio_cpu",
+    )
 
     # representative cells
     rep = []

@@ -51,11 +51,16 @@ def test_per_sample_result_does_not_depend_on_the_rest_of_the_batch(solver_cls):
         alone = tn.solve(term, solver_cls(), 0.0, 2.5, Y0[i : i + 1], RATES[i : i + 1], **kw)
         n_steps = int(alone.stats["num_accepted_steps"][0])
         assert int(batch.stats["num_accepted_steps"][i]) == n_steps
-        assert int(batch.stats["num_rejected_steps"][i]) == int(alone.stats["num_rejected_steps"][0])
+        assert int(batch.stats["num_rejected_steps"][i]) == int(
+            alone.stats["num_rejected_steps"][0]
+        )
         # Save times, this sample's accepted steps, and t1.
         torch.testing.assert_close(batch.ys[:n_ts, i], alone.ys[:n_ts, 0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(
-            batch.ts[i, n_ts : n_ts + n_steps], alone.ts[0, n_ts : n_ts + n_steps], rtol=1e-12, atol=0
+            batch.ts[i, n_ts : n_ts + n_steps],
+            alone.ts[0, n_ts : n_ts + n_steps],
+            rtol=1e-12,
+            atol=0,
         )
         torch.testing.assert_close(
             batch.ys[n_ts : n_ts + n_steps, i],
@@ -110,7 +115,9 @@ def test_per_sample_save_times_of_shape_batch_by_n():
         [[0.1, 0.2, 0.3], [0.5, 1.0, 1.5], [0.0, 1.9, 2.0], [0.7, 0.8, 0.9]], dtype=F64
     )
     term = tn.ODETerm(forced_decay)
-    sol = tn.solve(term, tn.Dopri5(), 0.0, 2.0, Y0, RATES, controller=per_sample(), saveat=tn.SaveAt(ts=ts))
+    sol = tn.solve(
+        term, tn.Dopri5(), 0.0, 2.0, Y0, RATES, controller=per_sample(), saveat=tn.SaveAt(ts=ts)
+    )
     assert sol.ts.shape == (4, 3) and sol.ys.shape == (3, 4, 2)
     torch.testing.assert_close(sol.ts, ts, rtol=0, atol=0)
     for i in range(4):
@@ -211,7 +218,9 @@ def test_joint_mode_step_count_is_driven_by_the_hardest_sample():
     ctrl = dict(rtol=1e-6, atol=1e-8)
 
     def steps(y, k, **kw):
-        sol = tn.solve(tn.ODETerm(f), tn.Dopri5(), 0.0, 1.0, y, k, controller=tn.PIDController(**ctrl, **kw))
+        sol = tn.solve(
+            tn.ODETerm(f), tn.Dopri5(), 0.0, 1.0, y, k, controller=tn.PIDController(**ctrl, **kw)
+        )
         return sol.stats["num_accepted_steps"]
 
     joint = int(steps(y0, rates))
@@ -226,7 +235,7 @@ def test_joint_mode_step_count_is_driven_by_the_hardest_sample():
 def test_joint_mode_has_one_status_and_one_step_count():
     sol = tn.solve(tn.ODETerm(forced_decay), tn.Tsit5(), 0.0, 1.0, Y0, RATES)
     assert sol.status.shape == ()
-    assert sol.stats["num_accepted_steps"].shape == ()
+    assert isinstance(sol.stats["num_accepted_steps"], int)
     assert sol.ts.shape == (1,) and sol.ys.shape == (1,) + Y0.shape
 
 

@@ -362,7 +362,45 @@ def test_event_with_constant_steps_and_hermite_dense_output():
         y0,
         dt0=0.3,
         event=tn.Event(height, direction=-1),
-        saveat=tn.SaveAt(ts=[1.3, 1.42], t1=True),
+        saveat=tn.SaveAt(ts=torch.tensor([1.3, 1.42], dtype=F64), t1=True),
     )
     assert sol.ts[-1].item() == pytest.approx(hit_time(10.0), abs=1e-10)
-    assert sol.ys[:2, 0].tolist() == pytest.approx([10 - G * 1.3**2 / 2, 10 - G * 1.42**2 / 2], abs=1e-9)
+    assert sol.ys[:2, 0].tolist() == pytest.approx(
+        [10 - G * 1.3**2 / 2, 10 - G * 1.42**2 / 2], abs=1e-9
+    )
+
+
+# --------------------------------------------------------------------------- tuple states
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_event_function_receives_a_tuple_state_as_a_tuple(per_sample):
+    # State (height, velocity) as two tensors of shape (batch,).
+    heights = torch.tensor([10.0, 2.0], dtype=F64)
+    y0 = (heights, torch.zeros(2, dtype=F64))
+    field = lambda t, y, args: (y[1], torch.full_like(y[0], -G))
+    seen = []
+
+    def ground(t, y, args):
+        seen.append(type(y))
+        h, _ = y
+        return h if per_sample else h.min()
+
+    sol = tn.solve(
+        tn.ODETerm(field),
+        tn.Tsit5(),
+        0.0,
+        5.0,
+        y0,
+        controller=ctrl(per_sample=per_sample),
+        event=tn.Event(ground, direction=-1),
+    )
+    assert set(seen) == {tuple}
+    hs, vs = sol.ys
+    if per_sample:
+        expect = [hit_time(10.0), hit_time(2.0)]
+        assert sol.ts[:, -1].tolist() == pytest.approx(expect, abs=1e-10)
+        assert hs[-1].abs().max().item() < 1e-9
+    else:
+        assert sol.ts[-1].item() == pytest.approx(hit_time(2.0), abs=1e-10)
+        assert hs[-1, 1].item() == pytest.approx(0.0, abs=1e-9)

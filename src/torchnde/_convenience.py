@@ -80,10 +80,10 @@ def odeint(
         raise ValueError(
             f"odeint: unknown `options` {sorted(unknown)}; supported: {sorted(_ODEINT_OPTIONS)}."
         )
-    t = torch.as_tensor(t)
+    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
     if t.ndim != 1 or t.numel() < 1:
         raise ValueError(f"odeint: `t` must be a 1-D tensor of times, got shape {tuple(t.shape)}.")
-    grid = dict(step_ts=options.get("step_t"), jump_ts=options.get("jump_t"))
+    grid: dict[str, Any] = dict(step_ts=options.get("step_t"), jump_ts=options.get("jump_t"))
     dt0 = None
     if solver.is_adaptive:
         controller: Any = PIDController(rtol=rtol, atol=atol, norm=options.get("norm"), **grid)

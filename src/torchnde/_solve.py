@@ -159,6 +159,12 @@ def _normalise(
         spec = StateSpec(parts, per_sample)
         y0_packed = spec.pack(parts)
         terms = PackedTerm(terms, spec)
+        if event is not None:
+            _spec = spec
+            event = Event(
+                [lambda t, y, args, _f=f: _f(t, _spec.unpack(y), args) for f in event.fns],
+                list(event.directions),
+            )
 
     # --- time
     time_dtype = dtype
@@ -204,7 +210,11 @@ def _normalise(
     # --- save times
     ts = ts_user = None
     if saveat.ts is not None:
-        ts_user = torch.as_tensor(saveat.ts)
+        ts_user = (
+            saveat.ts
+            if isinstance(saveat.ts, torch.Tensor)
+            else torch.as_tensor(saveat.ts, dtype=torch.float64)
+        )
         if not torch.is_floating_point(ts_user) and ts_user.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"`saveat.ts` must be real times, got {_describe(saveat.ts)}.")
         ts_user = ts_user.to(device=device, dtype=time_dtype)
@@ -395,7 +405,8 @@ def solve(
             max_steps=p.max_steps,
             progress=meter,
             to_user_time=to_user_time,
-            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0), compile_step=compile_step,
+            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0),
+            compile_step=compile_step,
         )
 
     try:
@@ -429,13 +440,14 @@ def _assemble(p: _Problem, res: LoopResult, throw: bool) -> Solution:
         add((p.t0 * direction)[..., None], y0[None])
     if res.ys_ts is not None and p.ts_user is not None:
         add(p.ts_user, res.ys_ts.movedim(1, 0) if per_sample else res.ys_ts)
-    if p.saveat.steps and res.steps_t is not None:
+    if p.saveat.steps and res.steps_t is not None and res.steps_y is not None:
         st = res.steps_t * direction
         add(st.movedim(0, -1) if per_sample else st, res.steps_y)
     if p.saveat.t1:
         add((res.t * direction)[..., None], res.y[None])
 
-    ts = ys = None
+    ts: torch.Tensor | None = None
+    ys: Any = None
     if ts_parts:
         ts = torch.cat(ts_parts, dim=-1)
         ys = torch.cat(ys_parts, dim=0)
@@ -445,10 +457,12 @@ def _assemble(p: _Problem, res: LoopResult, throw: bool) -> Solution:
     interp = None
     if res.dense is not None:
         interp = _make_interpolator(p, res)
-    stats = {
+    # Joint stepping has one count per solve (ints); per-sample stepping one per sample.
+    accepted, rejected = res.num_accepted, res.num_rejected
+    stats: dict[str, Any] = {
         "num_steps": res.num_steps,
-        "num_accepted_steps": res.num_accepted,
-        "num_rejected_steps": res.num_rejected,
+        "num_accepted_steps": accepted if per_sample else int(accepted),
+        "num_rejected_steps": rejected if per_sample else int(rejected),
         "num_fevals": res.num_fevals,
     }
     return Solution(
@@ -492,11 +506,11 @@ def _make_interpolator(p: _Problem, res: LoopResult) -> Any:
             )
         if per_sample:
             out = y_start.clone()
-            for tb, ta, info in dense:
+            for tb, ta, info, te in dense:
                 inside = (tq >= tb) & (tq <= ta) & (ta > tb)
                 if not bool(inside.any()):
                     continue
-                h = torch.where(ta > tb, ta - tb, 1)
+                h = torch.where(te > tb, te - tb, 1)
                 theta = ((tq - tb) / h).clamp(0, 1)
                 yq = solver.interpolate(info, theta, True)
                 out = torch.where(broadcast_time(inside, out), yq, out)
@@ -507,8 +521,8 @@ def _make_interpolator(p: _Problem, res: LoopResult) -> Any:
                 idx = torch.searchsorted(ends, tq, right=False).clamp(max=len(dense) - 1)
                 for j in torch.unique(idx).tolist():
                     sel = (idx == j).nonzero().reshape(-1)
-                    tb, ta, info = dense[j]
-                    theta = ((tq[sel] - tb) / (ta - tb)).clamp(0, 1)
+                    tb, ta, info, te = dense[j]
+                    theta = ((tq[sel] - tb) / (te - tb)).clamp(0, 1)
                     out[sel] = solver.interpolate(info, theta, False)
             if scalar:
                 out = out[0]

@@ -1,4 +1,4 @@
-"""Reference problems shared by the numerical tests (see :mod:`tests.problems.reference`)."""
+"""Reference problems shared by the numerical tests (see :mod:`problems.reference`)."""
 
 from .reference import PROBLEMS as PROBLEMS
 from .reference import Problem as Problem

@@ -33,7 +33,7 @@ def rms_norm(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
 def _as_time_grid(name: str, value: Any) -> torch.Tensor | None:
     if value is None:
         return None
-    grid = torch.as_tensor(value)
+    grid = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
     if (
         grid.ndim != 1
         or not torch.is_floating_point(grid)

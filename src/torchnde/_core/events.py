@@ -36,7 +36,10 @@ class Event:
             raise TypeError(
                 f"Event: `fn` must be a callable fn(t, y, args) or a sequence of them, got {fn!r}."
             )
-        dirs = tuple(direction) if isinstance(direction, (list, tuple)) else (direction,) * len(fns)
+        if isinstance(direction, (list, tuple)):
+            dirs: tuple[int, ...] = tuple(direction)
+        else:
+            dirs = (direction,) * len(fns)  # type: ignore[assignment]
         if len(dirs) != len(fns) or any(d not in (-1, 0, 1) for d in dirs):
             raise ValueError(
                 f"Event: `direction` must be -1, 0 or +1, once or once per function "

@@ -120,8 +120,16 @@ class _SavePoints:
         c = torch.searchsorted(self.ts, t_reached.detach().reshape(1), right=True)[0]
         return c, c
 
-    def write(self, num: int, count: torch.Tensor, solver: AbstractSolver, tb: torch.Tensor,
-              ta: torch.Tensor, y: torch.Tensor, dense_info: Any) -> None:
+    def write(
+        self,
+        num: int,
+        count: torch.Tensor,
+        solver: AbstractSolver,
+        tb: torch.Tensor,
+        ta: torch.Tensor,
+        y: torch.Tensor,
+        dense_info: Any,
+    ) -> None:
         """Save every time in (tb, ta] from the step's dense output (``y`` when ``tb == ta``)."""
         ts, out = self.ts, self.out
         if not self.per_sample:
@@ -237,13 +245,22 @@ def run_loop(
         )
         nfe += solver.num_fevals_step
         t_after = torch.where(accept, tnext, t)
+        t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
         if event is not None and event_mask is not None:
             g_new = event.values(to_user_time(tnext), y1, args, per_sample)
             crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
             if _host([crossed.any()])[0]:
                 t_ev, y_ev, which = _locate_event(
-                    event, solver, dense_info, t, tnext - t, g_prev, args, crossed, per_sample,
+                    event,
+                    solver,
+                    dense_info,
+                    t,
+                    tnext - t,
+                    g_prev,
+                    args,
+                    crossed,
+                    per_sample,
                     to_user_time,
                 )
                 t_after = torch.where(crossed, t_ev, t_after)
@@ -295,13 +312,13 @@ def run_loop(
         keep_going = bool(vals[0]) and num_steps < max_steps
         k = 1
         if saver is not None:
-            saver.write(int(vals[k]), c, solver, t_before, t, y, dense_info)
+            saver.write(int(vals[k]), c, solver, t_before, t_step_end, y, dense_info)
             k += 1
         if want_accept:
             any_accepted = bool(vals[k])
             k += 1
             if dense is not None and (per_sample or any_accepted):
-                dense.append((t_before, t, dense_info))
+                dense.append((t_before, t, dense_info, t_step_end))
             if save_steps and not per_sample and any_accepted:
                 steps_t.append(t)
                 steps_y.append(y)

@@ -76,28 +76,36 @@ class AbstractRungeKutta(AbstractSolver):
         # (1, s) x (s, N) product per stage, no slicing.
         K = y0.new_zeros((s,) + y0.shape)
         Kf = K.view(s, -1)
-        Kv = K.unbind(0)
+        # Stage slots: views made once per step when nothing is recorded for autograd (which
+        # forbids in-place writes into views from `unbind`), fresh `K[i]` otherwise.
+        slots = K.unbind(0) if not torch.is_grad_enabled() else None
         y0f = y0.reshape(1, -1)
-        terms.prod_into(state, control, Kv[0])
+        terms.prod_into(state, control, K[0] if slots is None else slots[0])
         vf = state
         yi = y0
         for i in range(1, s):
             yi = torch.addmm(y0f, a_pad[i], Kf).view(y0.shape)
             vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
-            terms.prod_into(vf, control, Kv[i])
+            terms.prod_into(vf, control, K[i] if slots is None else slots[i])
         if tab.fsal:
             y1 = yi
             vf1 = vf
         else:
             y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view(y0.shape)
             vf1 = terms.vf(t1, y1, args)
-        e_row = coeffs.get("e_row")
-        y_error = None if e_row is None else torch.mm(e_row, Kf).view(y0.shape)
+        y_error = self._error_estimate(coeffs, Kf, y0)
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
         else:
-            dense_info = (y0, y1, Kv[0], terms.prod(vf1, control))
+            dense_info = (y0, y1, K[0], terms.prod(vf1, control))
         return y1, y_error, dense_info, vf1
+
+    def _error_estimate(
+        self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The local error estimate ``(b - b_error) · K``; methods may override."""
+        e_row = coeffs.get("e_row")
+        return None if e_row is None else torch.mm(e_row, Kf).view(y0.shape)
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
         if len(dense_info) == 2:

@@ -169,7 +169,7 @@ class ButcherTableau:
         a = torch.zeros(s, s, dtype=torch.float64)
         for i, row in enumerate(self.a):
             a[i + 1, : i + 1] = torch.tensor(row, dtype=torch.float64)
-        out = {
+        out: dict[str, Any] = {
             "a": a,
             "b": torch.tensor(self.b, dtype=torch.float64),
             "c": torch.tensor(self.c, dtype=torch.float64),
