@@ -8,7 +8,7 @@ outside the vector field per attempted step  (wall - NFE * t_vf) / steps, and th
 ratio  t_lib / t_torchnde  (> 1: torchnde is faster).
 
     .venv/bin/python benchmarks/ode_solve.py --quick      # < 1 min
-    .venv/bin/python benchmarks/ode_solve.py              # full grid, about 2-3 min
+    .venv/bin/python benchmarks/ode_solve.py              # full grid, about 1.5-2 min
 
 Vector field: tanh MLP with 2 hidden layers (d=2 -> width 64, d=32 -> width 128), weights
 ~ U(+-gain/sqrt(fan_in)) with gain 8 by default (gain 1 gives only 2-4 steps even at 1e-6).

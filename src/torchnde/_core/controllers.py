@@ -317,30 +317,35 @@ class PIDController(AbstractStepSizeController):
                 "Use an adaptive solver (Dopri5, Tsit5, ...) or ConstantStepSize with dt0=."
             )
         prev1, prev2, at_jump = state
-        # A non-finite error is a failed step: reject and shrink as far as allowed.
+        # A non-finite error is a failed step: NaN becomes inf, which rejects the step and
+        # drives the factor to factormin.
         ratio = self._scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         accept = ratio <= 1.0
         k = float(error_order)
+        # The floor keeps a zero error (e.g. a finished sample) from making an infinite
+        # factor, whose gradient would be NaN even where the clip below discards it.
         factor = ratio.clamp_min(1e-10).pow(-(self.pcoeff + self.icoeff + self.dcoeff) / k)
         pid = self.pcoeff != 0 or self.dcoeff != 0
         if pid:
             b2 = -(self.pcoeff + 2 * self.dcoeff) / k
             b3 = self.dcoeff / k
             factor = factor * prev1 ** (-b2) * prev2 ** (-b3)
-        factor = (factor * self.safety).clamp(self.factormin, self.factormax)
+        # `safety` multiplies in the fused update below, so the bounds are divided by it.
+        safety = self.safety
+        factor = factor.clamp(self.factormin / safety, self.factormax / safety)
         if pid:
             # Integral control alone never grows a rejected step (ratio > 1, safety <= 1).
-            factor = torch.where(accept, factor, factor.clamp(max=1.0))
+            factor = torch.where(accept, factor, factor.clamp(max=1.0 / safety))
         if factor.dtype != t0.dtype:
             factor = factor.to(t0.dtype)
-        dt = (t1 - t0) * factor
-        if self.dtmax is not None:
-            dt = dt.clamp(max=self.dtmax)
         next_t0 = torch.where(accept, t1, t0)
+        if self.dtmax is None:
+            next_t1 = torch.addcmul(next_t0, t1 - t0, factor, value=safety)
+        else:
+            next_t1 = next_t0 + ((t1 - t0) * factor * safety).clamp(max=self.dtmax)
         made_jump = None
         if self.jump_ts is not None:
             made_jump = at_jump & accept
-        next_t1 = next_t0 + dt
         if self.step_ts is not None or self.jump_ts is not None:
             next_t1, at_jump = self._clip(next_t0, next_t1)
         if pid:

@@ -138,7 +138,10 @@ class _SavePoints:
                     out[self.done : num] = y
                 else:
                     theta = (ts[self.done : num] - tb) / (ta - tb)
-                    out[self.done : num] = solver.interpolate(dense_info, theta, False)
+                    yq = solver.interpolate(dense_info, theta, False)
+                    # A save time on the step's end takes the step's own value, bit for bit.
+                    on_end = broadcast_time(theta == 1, yq)
+                    out[self.done : num] = torch.where(on_end, y, yq)
                 self.done = num
             return
         new = count - self.index
@@ -148,7 +151,11 @@ class _SavePoints:
             idx = (self.index + j).clamp(max=ts.shape[-1] - 1)
             tq = ts.gather(1, idx[:, None])[:, 0]
             theta = torch.where(h > 0, (tq - tb) / safe_h, 0.0)
-            yq = y if dense_info is None else solver.interpolate(dense_info, theta, True)
+            if dense_info is not None:
+                yq = solver.interpolate(dense_info, theta, True)
+                yq = torch.where(broadcast_time(theta == 1, yq), y, yq)
+            else:
+                yq = y
             cur = out[self.arange, idx]
             out[self.arange, idx] = torch.where(broadcast_time(new > j, yq), yq, cur)
         self.index = count
@@ -228,10 +235,17 @@ def run_loop(
         accept, _, next_t1, made_jump, cstate = controller.adapt(
             t, tnext, y, y1, y_error, error_order, cstate, norm
         )
-        finite = torch.isfinite(y1.reshape(y1.shape[0], -1).sum(1) if per_sample else y1.sum())
-        # Joint stepping only loops while the (single) clock runs; per sample, finished
-        # samples are carried along but never change.
-        accept = accept & finite & running if per_sample else accept & finite
+        if per_sample:
+            # Finished samples are carried along but never change.
+            finite = torch.isfinite(y1.reshape(y1.shape[0], -1).sum(1))
+            accept = accept & finite & running
+        elif not adaptive:
+            finite = torch.isfinite(y1.sum())
+            accept = accept & finite
+        else:
+            # A non-finite step has a non-finite error estimate, which the controller
+            # rejects; whether the state blew up is only looked at if the solve fails.
+            finite = None
         return y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate
 
     if compile_step:
@@ -280,23 +294,28 @@ def run_loop(
         t = t_after
         tnext = clip_end(next_t1)
         num_steps += 1
-        num_attempts = num_attempts + running
         num_accepted = num_accepted + accept
-
-        stop = accept & (t >= t1)
-        if ev_hit is not None:
-            stop = stop | ev_hit
-        if adaptive:
-            # A rejected step whose successor is below the floor cannot make progress.
-            stop = stop | (~accept & (tnext - t < floor))
-        else:
-            stop = stop | ~finite
         if per_sample:
+            num_attempts = num_attempts + running
+            stop = accept & (t >= t1)
+            if adaptive:
+                # A rejected step whose successor is below the floor cannot make progress.
+                stop = stop | (~accept & (tnext - t < floor))
+            else:
+                stop = stop | ~finite
+            if ev_hit is not None:
+                stop = stop | ev_hit
             finite_at_stop = torch.where(running, finite, finite_at_stop)
             running = running & ~stop
         else:
-            finite_at_stop = finite
+            if adaptive:
+                stop = torch.where(accept, t >= t1, tnext - t < floor)
+            else:
+                stop = (t >= t1) | ~finite
+            if ev_hit is not None:
+                stop = stop | ev_hit
             running = ~stop
+            last_y1, last_finite = y1, finite
 
         host_req = [running.any() if per_sample else running]
         if saver is not None:
@@ -335,6 +354,12 @@ def run_loop(
         if progress is not None:
             progress.update(vals[k], num_steps, int((num_attempts - num_accepted).sum()))
 
+    if not per_sample:
+        num_attempts = torch.full_like(num_accepted, num_steps)
+        if num_steps:
+            finite_at_stop = (
+                last_finite if last_finite is not None else torch.isfinite(last_y1.sum())
+            )
     # Why each sample stopped.
     status = torch.full_like(num_attempts, int(Status.SUCCESSFUL))
     fail = torch.where(finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))

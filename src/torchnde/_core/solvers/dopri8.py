@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from ..runge_kutta import AbstractRungeKutta
 from ..tableau import ButcherTableau
+from ..terms import AbstractTerm
 
 __all__ = ["Dopri8"]
 
@@ -154,7 +155,194 @@ _B_MINUS_BHAT3 = tuple(
     )
     for i, b in enumerate(_B)
 )
-_E3_CACHE: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+# The three extra stages of Hairer's continuous extension (``contd8`` in dop853.f): nodes
+# c14, c15, c16 and their rows of `a` over the stages before them. Stage 13 (index 12) is the
+# vector field at the end of the step, f(t1, y1); a row's entries over stages it skips are 0.
+_C_EXTRA = (0.1, 0.2, 7 / 9)
+_A_EXTRA = (
+    (
+        5.61675022830479523392909219681e-2,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        2.53500210216624811088794765333e-1,
+        -2.46239037470802489917441475441e-1,
+        -1.24191423263816360469010140626e-1,
+        1.5329179827876569731206322685e-1,
+        8.20105229563468988491666602057e-3,
+        7.56789766054569976138603589584e-3,
+        -8.298e-3,
+    ),
+    (
+        3.18346481635021405060768473261e-2,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        2.83009096723667755288322961402e-2,
+        5.35419883074385676223797384372e-2,
+        -5.49237485713909884646569340306e-2,
+        0.0,
+        0.0,
+        -1.08347328697249322858509316994e-4,
+        3.82571090835658412954920192323e-4,
+        -3.40465008687404560802977114492e-4,
+        1.41312443674632500278074618366e-1,
+    ),
+    (
+        -4.28896301583791923408573538692e-1,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -4.69762141536116384314449447206,
+        7.68342119606259904184240953878,
+        4.06898981839711007970213554331,
+        3.56727187455281109270669543021e-1,
+        0.0,
+        0.0,
+        0.0,
+        -1.39902416515901462129418009734e-3,
+        2.9475147891527723389556272149,
+        -9.15095847217987001081870187138,
+    ),
+)
+# The d-coefficients (``d4*``..``d7*`` in dop853.f) of the four highest terms of the
+# interpolant, over all 16 stages.
+_D = (
+    (
+        -8.4289382761090128651353491142,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        5.6671495351937776962531783590e-1,
+        -3.0689499459498916912797304727,
+        2.3846676565120698287728149680,
+        2.1170345824450282767155149946,
+        -8.7139158377797299206789907490e-1,
+        2.2404374302607882758541771650,
+        6.3157877876946881815570249290e-1,
+        -8.8990336451333310820698117400e-2,
+        1.8148505520854727256656404962e1,
+        -9.1946323924783554000451984436,
+        -4.4360363875948939664310572000,
+    ),
+    (
+        1.0427508642579134603413151009e1,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        2.4228349177525818288430175319e2,
+        1.6520045171727028198505394887e2,
+        -3.7454675472269020279518312152e2,
+        -2.2113666853125306036270938578e1,
+        7.7334326684722638389603898808,
+        -3.0674084731089398182061213626e1,
+        -9.3321305264302278729567221706,
+        1.5697238121770843886131091075e1,
+        -3.1139403219565177677282850411e1,
+        -9.3529243588444783865713862664,
+        3.5816841486394083752465898540e1,
+    ),
+    (
+        1.9985053242002433820987653617e1,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -3.8703730874935176555105901742e2,
+        -1.8917813819516756882830838328e2,
+        5.2780815920542364900561016686e2,
+        -1.1573902539959630126141871134e1,
+        6.8812326946963000169666922661,
+        -1.0006050966910838403183860980,
+        7.7771377980534432092869265740e-1,
+        -2.7782057523535084065932004339,
+        -6.0196695231264120758267380846e1,
+        8.4320405506677161018159903784e1,
+        1.1992291136182789328035130030e1,
+    ),
+    (
+        -2.5693933462703749003312586129e1,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -1.5418974869023643374053993627e2,
+        -2.3152937917604549567536039109e2,
+        3.5763911791061412378285349910e2,
+        9.3405324183624310003907691704e1,
+        -3.7458323136451633156875139351e1,
+        1.0409964950896230045147246184e2,
+        2.9840293426660503123344363579e1,
+        -4.3533456590011143754432175058e1,
+        9.6324553959188282948394950600e1,
+        -3.9177261675615439165231486172e1,
+        -1.4972683625798562581422125276e2,
+    ),
+)
+
+_CoeffKey = tuple[torch.dtype, torch.device]
+_E3_CACHE: dict[_CoeffKey, torch.Tensor] = {}
+_DENSE_CACHE: dict[_CoeffKey, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _dense_coeffs(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` rows of the extra stages, (3, 15) zero-padded, and ``d``, (4, 16), cast once."""
+    key = (dtype, device)
+    hit = _DENSE_CACHE.get(key)
+    if hit is None:
+        a = torch.zeros(3, 15, dtype=torch.float64)
+        for i, row in enumerate(_A_EXTRA):
+            a[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+        d = torch.tensor(_D, dtype=torch.float64)
+        hit = _DENSE_CACHE[key] = (
+            a.to(dtype=dtype, device=device),
+            d.to(dtype=dtype, device=device),
+        )
+    return hit
+
+
+class _Dop853Dense(NamedTuple):
+    """What one step keeps for its dense output; the interpolant is built on first use."""
+
+    y0: torch.Tensor
+    y1: torch.Tensor
+    K: torch.Tensor  # (12, *y.shape): the stage increments k_i = prod(f_i, control)
+    k13: torch.Tensor  # prod(f(t1, y1), control)
+    t0: torch.Tensor
+    t1: torch.Tensor
+    control: Any
+    terms: AbstractTerm
+    args: Any
+    # [F, recorded, uncounted]: F (7, N) the interpolant's coefficients once built, whether
+    # autograd recorded them, and the evaluations made for them not yet reported by
+    # `Dopri8.take_dense_fevals`. Empty until the first interpolation of the step.
+    cache: list
+
+
+def _build_interpolant(info: _Dop853Dense) -> torch.Tensor:
+    """The coefficients F (7, N) of Hairer's interpolant, three extra evaluations."""
+    y0, K, terms, control = info.y0, info.K, info.terms, info.control
+    a, d = _dense_coeffs(y0.dtype, y0.device)
+    y0f = y0.reshape(1, -1)
+    Kx = torch.cat([K.reshape(K.shape[0], -1), info.k13.reshape(1, -1)])  # (13, N)
+    h = info.t1 - info.t0
+    for i, c in enumerate(_C_EXTRA):
+        n = Kx.shape[0]
+        yi = torch.addmm(y0f, a[i : i + 1, :n], Kx).view(y0.shape)
+        ki = terms.prod(terms.vf(info.t0 + c * h, yi, info.args), control)
+        Kx = torch.cat([Kx, ki.reshape(1, -1)])
+    dy = (info.y1 - y0).reshape(1, -1)
+    k1 = Kx[:1]
+    bspl = k1 - dy
+    return torch.cat([dy, bspl, dy - Kx[12:13] - bspl, d @ Kx])
 
 
 class Dopri8(AbstractRungeKutta):
@@ -163,8 +351,18 @@ class Dopri8(AbstractRungeKutta):
     Order 8. Error estimate of order 8 from Hairer's combination of the fifth- and
     third-order embedded solutions, $e = e_5 |e_5| / \sqrt{e_5^2 + 0.01\, e_3^2}$ (taken
     componentwise here, so it is independent of the batch; Hairer combines the norms).
-    12 stages, not FSAL. Dense output: cubic Hermite, order 3 (min(p, 3)); Hairer's
-    seventh-order interpolant needs three extra stages and is not used. Explicit.
+    12 stages, not FSAL. Explicit.
+
+    Dense output: Hairer's continuous extension of order 7 (``contd8`` in ``dop853.f``), a
+    polynomial of degree 7 in the fraction of the step built from the 12 stages, the vector
+    field at the end of the step (computed anyway for the next step) and three extra
+    evaluations at ``t0 + (0.1, 0.2, 7/9) h``. The extra evaluations are made lazily, only for
+    steps whose dense output is used (save times in the step, an event located in it,
+    ``Solution.evaluate``), once per step: the interpolant is cached with the step.
+    :meth:`take_dense_fevals` reports them, and the loop adds those made during the solve (for
+    save times and events) to ``stats["num_fevals"]``. ``Solution.evaluate`` calls the vector
+    field (with the ``args`` of the solve) for steps not interpolated during the solve; those
+    evaluations come after the stats and are not counted.
 
     Use it for non-stiff problems at tight tolerances (about 1e-8 and below), where its
     high order lets it take far fewer steps than :class:`Dopri5` or :class:`Tsit5`.
@@ -177,6 +375,69 @@ class Dopri8(AbstractRungeKutta):
     """
 
     tableau: ClassVar[ButcherTableau] = _DOPRI8_TABLEAU
+
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        # The engine's step (AbstractRungeKutta.step), keeping all of K for the dense output.
+        tab = self.tableau
+        coeffs = tab.cast(y0.dtype, y0.device)
+        a_pad = coeffs["a_pad"]
+        c = tab.c
+        s = tab.num_stages
+        control = terms.contr(t0, t1)
+        c_t = coeffs["c_time"].get(t0.dtype)
+        if c_t is None:
+            c_t = coeffs["c_time"][t0.dtype] = coeffs["c"].to(t0.dtype)
+        t_stage = torch.addcmul(t0, c_t.reshape((s,) + (1,) * t0.ndim), t1 - t0).unbind(0)
+        K = y0.new_zeros((s,) + y0.shape)
+        Kf = K.view(s, -1)
+        slots = K.unbind(0) if not torch.is_grad_enabled() else None
+        y0f = y0.reshape(1, -1)
+        terms.prod_into(state, control, K[0] if slots is None else slots[0])
+        for i in range(1, s):
+            yi = torch.addmm(y0f, a_pad[i], Kf).view(y0.shape)
+            vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+            terms.prod_into(vf, control, K[i] if slots is None else slots[i])
+        y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view(y0.shape)
+        vf1 = terms.vf(t1, y1, args)
+        y_error = self._error_estimate(coeffs, Kf, y0)
+        dense_info = _Dop853Dense(
+            y0, y1, K, terms.prod(vf1, control), t0, t1, control, terms, args, []
+        )
+        return y1, y_error, dense_info, vf1
+
+    def take_dense_fevals(self, dense_info: Any) -> int:
+        """Vector-field evaluations made by this step's dense output since the last call."""
+        cache = dense_info.cache
+        if not cache:
+            return 0
+        n, cache[2] = cache[2], 0
+        return n
+
+    def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+        info: _Dop853Dense = dense_info
+        cache = info.cache
+        # Built once per step; rebuilt only when autograd must now record what it did not.
+        if not cache or (torch.is_grad_enabled() and not cache[1]):
+            uncounted = cache[2] if cache else 0
+            cache[:] = [_build_interpolant(info), torch.is_grad_enabled(), uncounted + 3]
+        F = cache[0]  # (7, N)
+        y0 = info.y0
+        # y(θ) = y0 + θ(F0 + (1-θ)(F1 + θ(F2 + (1-θ)(F3 + θ(F4 + (1-θ)(F5 + θ F6)))))): the
+        # weight of F_j is the product of its first j+1 factors θ, 1-θ, θ, ...
+        x = theta.to(y0.dtype)
+        factors = torch.stack([x, 1 - x] * 3 + [x], dim=-1)
+        w = torch.cumprod(factors, dim=-1)  # (..., 7)
+        if per_sample:
+            return y0 + torch.einsum("bm,mb...->b...", w, F.view((7,) + y0.shape))
+        return y0 + (w @ F).view((-1,) + y0.shape)
 
     def _error_estimate(
         self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
@@ -193,3 +454,8 @@ class Dopri8(AbstractRungeKutta):
         # eighth-order solution while staying as reliable as the fifth-order one.
         tiny = torch.finfo(y0.dtype).tiny
         return e5 * e5.abs() * torch.rsqrt(e5 * e5 + 0.01 * e3 * e3 + tiny)
+
+
+# AbstractRungeKutta.__init_subclass__ sets the Hermite order from the tableau (which has no
+# dense polynomial of its own); Hairer's continuous extension above is of order 7.
+Dopri8.dense_order = 7
