@@ -201,7 +201,7 @@ def test_dense_output_converges_at_order_eight() -> None:
     assert errs_a.min() > 1e-12 and errs_a.max() < 1e-5, errs_a
     slope = float(np.polyfit(np.log(hs), np.log(errs_a), 1)[0])
     assert slope >= 6.7, f"dense output converges at {slope:.2f}; errors {errs_a}"
-    # Off the grid about as accurate as on it (the cubic Hermite fallback was 100x-1e4x worse).
+    # Off the grid about as accurate as on it (a cubic Hermite interpolant is 1e3-1e5x worse).
     assert np.all(errs_a < 5 * np.array(grid_errs)), (errs_a, grid_errs)
 
 

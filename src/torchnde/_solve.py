@@ -50,6 +50,15 @@ class _Problem:
     state_shape: torch.Size  # packed state shape
 
 
+def _on_unpacked(fn: Any, spec: StateSpec) -> Any:
+    """An event function of a tuple state, called on the packed state."""
+
+    def wrapped(t: torch.Tensor, y: torch.Tensor, args: Any) -> Any:
+        return fn(t, spec.unpack(y), args)
+
+    return wrapped
+
+
 def _time_tensor(
     name: str, value: Any, dtype: torch.dtype, device: torch.device, per_sample: bool, batch: int
 ) -> torch.Tensor:
@@ -160,11 +169,7 @@ def _normalise(
         y0_packed = spec.pack(parts)
         terms = PackedTerm(terms, spec)
         if event is not None:
-            _spec = spec
-            event = Event(
-                [lambda t, y, args, _f=f: _f(t, _spec.unpack(y), args) for f in event.fns],
-                list(event.directions),
-            )
+            event = Event([_on_unpacked(f, spec) for f in event.fns], list(event.directions))
 
     # --- time
     time_dtype = dtype

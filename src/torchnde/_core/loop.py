@@ -10,6 +10,7 @@ transfer per step.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class LoopResult:
 def _host(values: list[torch.Tensor]) -> list:
     """Bring a few scalars to the host in one transfer (one sync on an accelerator)."""
     if values[0].device.type == "cpu":
-        return [v.item() for v in values]
+        return [(v.detach() if v.requires_grad else v).item() for v in values]
     return torch.stack([v.to(torch.float64) for v in values]).tolist()
 
 
@@ -123,6 +124,29 @@ class _SavePoints:
     def write(
         self,
         num: int,
+        solver: AbstractSolver,
+        tb: torch.Tensor,
+        ta: torch.Tensor,
+        y: torch.Tensor,
+        dense_info: Any,
+    ) -> None:
+        """Joint stepping: save the times up to index ``num`` (all in (tb, ta]) from the step's
+        dense output (``y`` when ``dense_info`` is None)."""
+        ts, out = self.ts, self.out
+        if num <= self.done:
+            return
+        if dense_info is None:
+            out[self.done : num] = y
+        else:
+            theta = (ts[self.done : num] - tb) / (ta - tb)
+            yq = solver.interpolate(dense_info, theta, False)
+            # A save time on the step's end takes the step's own value, bit for bit.
+            out[self.done : num] = torch.where(broadcast_time(theta == 1, yq), y, yq)
+        self.done = num
+
+    def write_per_sample(
+        self,
+        num: int,
         count: torch.Tensor,
         solver: AbstractSolver,
         tb: torch.Tensor,
@@ -130,20 +154,9 @@ class _SavePoints:
         y: torch.Tensor,
         dense_info: Any,
     ) -> None:
-        """Save every time in (tb, ta] from the step's dense output (``y`` when ``tb == ta``)."""
+        """Per-sample stepping: each sample saves its times up to ``count`` (at most ``num``
+        new ones in any sample)."""
         ts, out = self.ts, self.out
-        if not self.per_sample:
-            if num > self.done:
-                if dense_info is None:
-                    out[self.done : num] = y
-                else:
-                    theta = (ts[self.done : num] - tb) / (ta - tb)
-                    yq = solver.interpolate(dense_info, theta, False)
-                    # A save time on the step's end takes the step's own value, bit for bit.
-                    on_end = broadcast_time(theta == 1, yq)
-                    out[self.done : num] = torch.where(on_end, y, yq)
-                self.done = num
-            return
         new = count - self.index
         h = ta - tb
         safe_h = torch.where(h > 0, h, 1)
@@ -216,7 +229,10 @@ def run_loop(
     if ts is not None:
         saver = _SavePoints(ts, y0, per_sample)
         c, cmax = saver.count(t0)
-        saver.write(int(_host([cmax])[0]), c, solver, t0, t0, y0, None)
+        if per_sample:
+            saver.write_per_sample(int(_host([cmax])[0]), c, solver, t0, t0, y0, None)
+        else:
+            saver.write(int(_host([cmax])[0]), solver, t0, t0, y0, None)
 
     steps_t: list[torch.Tensor] = []
     steps_y: list[torch.Tensor] = []
@@ -226,7 +242,6 @@ def run_loop(
     if event is not None:
         g_prev = event.values(to_user_time(t0), y0, args, per_sample)
         event_mask = tuple(torch.zeros_like(running) for _ in event.fns)
-    want_accept = save_dense or (save_steps and not per_sample)
 
     def attempt(t, tnext, y, fstate, cstate, running):
         """One attempted step and the controller's verdict: all tensor work, no host sync,
@@ -252,7 +267,17 @@ def run_loop(
         attempt = torch.compile(attempt, dynamic=False)
 
     num_steps = 0
-    keep_going = bool(_host([running.any()])[0])
+    # Joint stepping drives the loop from two host floats per step (the time reached and the
+    # next step's end); per-sample stepping keeps every decision on the device and brings
+    # back only "is anything running" and "how many save points were passed".
+    if not per_sample:
+        t_host, tnext_host = (float(v) for v in _host([t, tnext]))
+        t1_host, floor_host = float(t1.detach()), float(floor)
+        ts_host = [] if ts is None else ts.detach().tolist()
+        joint_status = Status.SUCCESSFUL
+        keep_going = t_host < t1_host
+    else:
+        keep_going = bool(_host([running.any()])[0])
     while keep_going:
         y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = attempt(
             t, tnext, y, fstate, cstate, running
@@ -294,8 +319,9 @@ def run_loop(
         t = t_after
         tnext = clip_end(next_t1)
         num_steps += 1
-        num_accepted = num_accepted + accept
+
         if per_sample:
+            num_accepted = num_accepted + accept
             num_attempts = num_attempts + running
             stop = accept & (t >= t1)
             if adaptive:
@@ -307,65 +333,85 @@ def run_loop(
                 stop = stop | ev_hit
             finite_at_stop = torch.where(running, finite, finite_at_stop)
             running = running & ~stop
+            host_req = [running.any()]
+            if saver is not None:
+                c, cmax = saver.count(t)
+                host_req.append(cmax)
+            if save_dense:
+                host_req.append(accept.any())
+            if has_jumps:
+                host_req.append(made_jump.any())
+            if progress is not None:
+                host_req.append(t.min())
+            vals = _host(host_req)
+            keep_going = bool(vals[0]) and num_steps < max_steps
+            k = 1
+            if saver is not None:
+                saver.write_per_sample(int(vals[k]), c, solver, t_before, t_step_end, y, dense_info)
+                k += 1
+            if save_dense:
+                if vals[k] and dense is not None:
+                    dense.append((t_before, t, dense_info, t_step_end))
+                k += 1
+            if save_steps:
+                steps_t.append(torch.where(accept, t, math.nan))
+                steps_y.append(torch.where(broadcast_time(accept, y), y, math.nan))
+            jumped = bool(vals[k]) if has_jumps else False
+            t_shown = vals[-1]
         else:
-            if adaptive:
-                stop = torch.where(accept, t >= t1, tnext - t < floor)
-            else:
-                stop = (t >= t1) | ~finite
+            host_req = [t, tnext]
+            if not adaptive:
+                host_req.append(finite)
+            if has_jumps:
+                host_req.append(made_jump)
+            vals = _host(host_req)
+            t_prev_host = t_host
+            t_host, tnext_host = float(vals[0]), float(vals[1])
+            accepted = t_host != t_prev_host
+            num_accepted = num_accepted + int(accepted)
             if ev_hit is not None:
-                stop = stop | ev_hit
-            running = ~stop
-            last_y1, last_finite = y1, finite
-
-        host_req = [running.any() if per_sample else running]
-        if saver is not None:
-            c, cmax = saver.count(t)
-            host_req.append(cmax)
-        if want_accept:
-            host_req.append(accept.any())
-        if has_jumps:
-            host_req.append(made_jump.any())
-        if progress is not None:
-            host_req.append(t.min())
-        vals = _host(host_req)
-        keep_going = bool(vals[0]) and num_steps < max_steps
-        k = 1
-        if saver is not None:
-            saver.write(int(vals[k]), c, solver, t_before, t_step_end, y, dense_info)
-            k += 1
-        if want_accept:
-            any_accepted = bool(vals[k])
-            k += 1
-            if dense is not None and (per_sample or any_accepted):
-                dense.append((t_before, t, dense_info, t_step_end))
-            if save_steps and not per_sample and any_accepted:
-                steps_t.append(t)
-                steps_y.append(y)
-        if save_steps and per_sample:
-            steps_t.append(torch.where(accept, t, math.nan))
-            steps_y.append(torch.where(broadcast_time(accept, y), y, math.nan))
-        if has_jumps:
-            if vals[k]:
-                # Restart first-same-as-last just after the discontinuity.
-                t_right = torch.nextafter(t, torch.full_like(t, math.inf))
-                fstate = tree_where(made_jump, solver.init(terms, t_right, y, args), fstate)
-                nfe += solver.num_fevals_init
-            k += 1
-        if progress is not None:
-            progress.update(vals[k], num_steps, int((num_attempts - num_accepted).sum()))
-
-    if not per_sample:
-        num_attempts = torch.full_like(num_accepted, num_steps)
-        if num_steps:
-            finite_at_stop = (
-                last_finite if last_finite is not None else torch.isfinite(last_y1.sum())
+                joint_status = Status.EVENT_OCCURRED
+            elif not adaptive and not vals[2]:
+                joint_status = Status.NONFINITE
+            elif adaptive and not accepted and tnext_host - t_host < floor_host:
+                joint_status = Status.DT_UNDERFLOW
+            keep_going = (
+                t_host < t1_host and joint_status == Status.SUCCESSFUL and num_steps < max_steps
             )
+            if accepted:
+                if saver is not None:
+                    count = bisect.bisect_right(ts_host, t_host)
+                    saver.write(count, solver, t_before, t_step_end, y, dense_info)
+                if dense is not None:
+                    dense.append((t_before, t, dense_info, t_step_end))
+                if save_steps:
+                    steps_t.append(t)
+                    steps_y.append(y)
+            jumped = bool(vals[-1]) if has_jumps else False
+            t_shown = t_host
+        nfe += solver.take_dense_fevals(dense_info)
+        if jumped:
+            # Restart first-same-as-last just after the discontinuity.
+            t_right = torch.nextafter(t, torch.full_like(t, math.inf))
+            fstate = tree_where(made_jump, solver.init(terms, t_right, y, args), fstate)
+            nfe += solver.num_fevals_init
+        if progress is not None:
+            progress.update(t_shown, num_steps, num_steps - int(num_accepted.sum()))
+
     # Why each sample stopped.
-    status = torch.full_like(num_attempts, int(Status.SUCCESSFUL))
-    fail = torch.where(finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
-    status = torch.where(t < t1, fail, status)
-    status = torch.where(running, int(Status.MAX_STEPS_REACHED), status)
-    status = torch.where(event_hit, int(Status.EVENT_OCCURRED), status)
+    if per_sample:
+        status = torch.full_like(num_attempts, int(Status.SUCCESSFUL))
+        fail = torch.where(finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
+        status = torch.where(t < t1, fail, status)
+        status = torch.where(running, int(Status.MAX_STEPS_REACHED), status)
+        status = torch.where(event_hit, int(Status.EVENT_OCCURRED), status)
+    else:
+        num_attempts = torch.full_like(num_accepted, num_steps)
+        if joint_status == Status.SUCCESSFUL and t_host < t1_host:
+            joint_status = Status.MAX_STEPS_REACHED
+        if joint_status == Status.DT_UNDERFLOW and not bool(torch.isfinite(y1.sum())):
+            joint_status = Status.NONFINITE
+        status = torch.tensor(int(joint_status), device=t.device)
 
     st = sy = None
     if save_steps and steps_t:

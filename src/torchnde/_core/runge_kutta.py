@@ -97,7 +97,7 @@ class AbstractRungeKutta(AbstractSolver):
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
         else:
-            dense_info = (y0, y1, K[0], terms.prod(vf1, control))
+            dense_info = (y0, y1, K, terms.prod(vf1, control))
         return y1, y_error, dense_info, vf1
 
     def _error_estimate(
@@ -120,7 +120,8 @@ class AbstractRungeKutta(AbstractSolver):
                 return y0 + torch.einsum("bs,sb...->b...", w, K)
             s = K.shape[0]
             return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
-        y0, y1, k0, k1 = dense_info
+        y0, y1, K, k1 = dense_info
+        k0 = K[0]
         w = _hermite_weights(theta.to(y0.dtype))
         if per_sample:
             w0, w1, w2 = (broadcast_time(w[..., j], y0) for j in range(3))

@@ -32,7 +32,8 @@ class AbstractSolver(abc.ABC):
        fraction ``theta`` of the step: with ``per_sample=False``, ``theta`` has shape ``(n,)``
        and the result ``(n, *y.shape)``; with ``per_sample=True``, ``theta`` has shape
        ``(batch,)`` and the result the shape of ``y``.
-    5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats.
+    5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats;
+       ``take_dense_fevals`` reports extra ones made lazily by the dense output.
     """
 
     order: ClassVar[int]
@@ -59,6 +60,11 @@ class AbstractSolver(abc.ABC):
     def interpolate(
         self, dense_info: Any, theta: torch.Tensor, per_sample: bool
     ) -> torch.Tensor: ...
+
+    def take_dense_fevals(self, dense_info: Any) -> int:
+        """Vector-field evaluations the dense output of a step made since last asked (for
+        stats; only methods whose interpolant needs extra stages make any)."""
+        return 0
 
     @property
     def is_adaptive(self) -> bool:

@@ -385,32 +385,9 @@ class Dopri8(AbstractRungeKutta):
         args: Any,
         state: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
-        # The engine's step (AbstractRungeKutta.step), keeping all of K for the dense output.
-        tab = self.tableau
-        coeffs = tab.cast(y0.dtype, y0.device)
-        a_pad = coeffs["a_pad"]
-        c = tab.c
-        s = tab.num_stages
+        y1, y_error, (_, _, K, k13), vf1 = super().step(terms, t0, t1, y0, args, state)
         control = terms.contr(t0, t1)
-        c_t = coeffs["c_time"].get(t0.dtype)
-        if c_t is None:
-            c_t = coeffs["c_time"][t0.dtype] = coeffs["c"].to(t0.dtype)
-        t_stage = torch.addcmul(t0, c_t.reshape((s,) + (1,) * t0.ndim), t1 - t0).unbind(0)
-        K = y0.new_zeros((s,) + y0.shape)
-        Kf = K.view(s, -1)
-        slots = K.unbind(0) if not torch.is_grad_enabled() else None
-        y0f = y0.reshape(1, -1)
-        terms.prod_into(state, control, K[0] if slots is None else slots[0])
-        for i in range(1, s):
-            yi = torch.addmm(y0f, a_pad[i], Kf).view(y0.shape)
-            vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
-            terms.prod_into(vf, control, K[i] if slots is None else slots[i])
-        y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view(y0.shape)
-        vf1 = terms.vf(t1, y1, args)
-        y_error = self._error_estimate(coeffs, Kf, y0)
-        dense_info = _Dop853Dense(
-            y0, y1, K, terms.prod(vf1, control), t0, t1, control, terms, args, []
-        )
+        dense_info = _Dop853Dense(y0, y1, K, k13, t0, t1, control, terms, args, [])
         return y1, y_error, dense_info, vf1
 
     def take_dense_fevals(self, dense_info: Any) -> int:
