@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,8 +10,9 @@ import torch
 from ._adjoint import AbstractAdjoint, DirectAdjoint
 from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
 from ._core.events import Event
-from ._core.loop import LoopResult, run_loop
+from ._core.loop import LoopResult
 from ._core.packing import PackedTerm, ReversedTerm, StateSpec
+from ._core.problem import Problem
 from ._core.progress import ProgressMeter
 from ._core.solution import SaveAt, Solution, SolveError, Status
 from ._core.solver import AbstractSolver
@@ -27,27 +27,6 @@ def _describe(x: Any) -> str:
     if isinstance(x, torch.Tensor):
         return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
     return f"{type(x).__name__} {x!r}"
-
-
-@dataclass
-class _Problem:
-    terms: AbstractTerm
-    solver: AbstractSolver
-    controller: AbstractStepSizeController
-    t0: torch.Tensor  # internal (increasing) time, batch shape
-    t1: torch.Tensor
-    y0: torch.Tensor  # packed
-    spec: StateSpec | None
-    direction: float
-    dt0: torch.Tensor | None
-    ts: torch.Tensor | None  # internal time
-    ts_user: torch.Tensor | None
-    saveat: SaveAt
-    event: Event | None
-    max_steps: int
-    per_sample: bool
-    norm: Any
-    state_shape: torch.Size  # packed state shape
 
 
 def _on_unpacked(fn: Any, spec: StateSpec) -> Any:
@@ -93,13 +72,14 @@ def _normalise(
     t0: Any,
     t1: Any,
     y0: Any,
+    args: Any,
     dt0: Any,
     saveat: Any,
     controller: Any,
     adjoint: Any,
     event: Any,
     max_steps: Any,
-) -> _Problem:
+) -> Problem:
     # --- what the equation is, and how to solve it
     if not isinstance(terms, AbstractTerm):
         hint = " Wrap a function f(t, y, args) as ODETerm(f)." if callable(terms) else ""
@@ -284,8 +264,9 @@ def _normalise(
     if direction < 0:
         terms = ReversedTerm(terms)
     controller = controller.prepare(direction, time_dtype, device)
-    return _Problem(
+    return Problem(
         terms=terms,
+        args=args,
         solver=solver,
         controller=controller,
         t0=t0_ * direction,
@@ -383,46 +364,22 @@ def solve(
     """
     if adjoint is None:
         adjoint = DirectAdjoint()
-    p = _normalise(terms, solver, t0, t1, y0, dt0, saveat, controller, adjoint, event, max_steps)
-    meter = None
+    p = _normalise(
+        terms, solver, t0, t1, y0, args, dt0, saveat, controller, adjoint, event, max_steps
+    )
     if progress:
-        meter = ProgressMeter(float(p.t0.min()), float(p.t1.max()), p.direction)
-    direction = p.direction
-
-    def to_user_time(tau: torch.Tensor) -> torch.Tensor:
-        return tau if direction > 0 else -tau
-
-    def run(y0_: torch.Tensor, args_: Any) -> LoopResult:
-        return run_loop(
-            p.terms,
-            p.solver,
-            p.controller,
-            p.t0,
-            p.t1,
-            y0_,
-            args_,
-            p.dt0,
-            p.norm,
-            ts=p.ts,
-            save_steps=p.saveat.steps,
-            save_dense=p.saveat.dense,
-            event=p.event,
-            max_steps=p.max_steps,
-            progress=meter,
-            to_user_time=to_user_time,
-            check_vf=lambda vf: _check_vf(p.terms, vf, p.y0),
-            compile_step=compile_step,
-        )
-
+        p.progress = ProgressMeter(float(p.t0.min()), float(p.t1.max()), p.direction)
+    p.compile_step = compile_step
+    p.check_vf = lambda vf: _check_vf(p.terms, vf, p.y0)
     try:
-        res: LoopResult = adjoint.apply(run, p.y0, args)
+        res: LoopResult = adjoint.apply(p)
     finally:
-        if meter is not None:
-            meter.close()
+        if p.progress is not None:
+            p.progress.close()
     return _assemble(p, res, throw)
 
 
-def _assemble(p: _Problem, res: LoopResult, throw: bool) -> Solution:
+def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
     direction = p.direction
     failed = res.status > Status.EVENT_OCCURRED
     if throw and bool(failed.any()):
@@ -480,7 +437,7 @@ def _assemble(p: _Problem, res: LoopResult, throw: bool) -> Solution:
     )
 
 
-def _make_interpolator(p: _Problem, res: LoopResult) -> Any:
+def _make_interpolator(p: Problem, res: LoopResult) -> Any:
     dense = res.dense or []
     solver, direction, per_sample, spec = p.solver, p.direction, p.per_sample, p.spec
     t_lo, t_hi = p.t0.detach(), res.t.detach()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any
+
+from .._core.loop import LoopResult
+from .._core.problem import Problem
 
 __all__ = ["AbstractAdjoint"]
 
@@ -12,13 +13,15 @@ __all__ = ["AbstractAdjoint"]
 class AbstractAdjoint(abc.ABC):
     """Base class of the ways to differentiate through a solve.
 
-    ``solve`` normalises its inputs, then hands the adjoint a ``run`` callable that performs
-    the forward loop (``run(y0, args) -> LoopResult``). The adjoint decides what autograd
-    records: everything (``DirectAdjoint``), checkpoints, or nothing plus a backward solve.
+    ``solve`` validates and normalises its inputs into a :class:`Problem` (internal time,
+    packed state) and hands it to the adjoint, which runs the forward loop
+    (``problem.run()``) and decides what autograd records: everything (``DirectAdjoint``),
+    checkpoints, or nothing plus a backward solve. It returns the loop's result, whose
+    tensors carry the gradient.
     """
 
     @abc.abstractmethod
-    def apply(self, run: Callable[..., Any], y0: Any, args: Any) -> Any: ...
+    def apply(self, problem: Problem) -> LoopResult: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

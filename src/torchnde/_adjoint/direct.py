@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
+from .._core.loop import LoopResult
+from .._core.problem import Problem
 from .base import AbstractAdjoint
 
 __all__ = ["DirectAdjoint"]
@@ -19,5 +18,5 @@ class DirectAdjoint(AbstractAdjoint):
     costs nothing extra.
     """
 
-    def apply(self, run: Callable[..., Any], y0: Any, args: Any) -> Any:
-        return run(y0, args)
+    def apply(self, problem: Problem) -> LoopResult:
+        return problem.run()
