@@ -1,6 +1,7 @@
 """torchnde: neural differential equations in PyTorch."""
 
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
+from ._adjoint import CheckpointAdjoint as CheckpointAdjoint
 from ._adjoint import DirectAdjoint as DirectAdjoint
 from ._convenience import METHODS as METHODS
 from ._convenience import odeint as odeint

@@ -23,7 +23,7 @@ from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["LoopResult", "run_loop"]
+__all__ = ["Host", "Loop", "LoopResult", "run"]
 
 
 @dataclass
@@ -69,13 +69,16 @@ def _locate_event(
     per_sample: bool,
     to_user_time: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Bisection for the earliest crossing within the step, on the dense output.
+    """Bisection for the earliest crossing within the step, on the dense output, then one
+    Newton correction that gives the event time its gradient.
 
     Bisects on "some function has crossed in [0, θ]", which finds the first crossing of any
-    function even when several cross within one step. Runs to the resolution of the time dtype.
+    function even when several cross within one step, to the resolution of the time dtype.
+    The event time is then written as ``t* - g(t*, y(t*)) / stopgrad(dg/dt)``: its value is
+    ``t*`` (``g`` vanishes there) and its derivative is the implicit-function-theorem one,
+    ``dt*/dp = -(∂g/∂p) / (dg/dt)``, so the gradient flows to everything ``g`` and the
+    solution depend on (torchdiffeq's ``odeint_event`` does the same).
     """
-    lo = torch.zeros_like(t0)
-    hi = torch.ones_like(t0)
     iters = int(-math.log2(torch.finfo(t0.dtype).eps)) + 2
 
     def state_at(theta: torch.Tensor) -> torch.Tensor:
@@ -83,178 +86,164 @@ def _locate_event(
             return solver.interpolate(dense, theta, True)
         return solver.interpolate(dense, theta.reshape(1), False)[0]
 
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        tm = t0 + mid * h
-        g = event.values(to_user_time(tm), state_at(mid), args, per_sample)
-        crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
-        hi = torch.where(crossed, mid, hi)
-        lo = torch.where(crossed, lo, mid)
-    hi = torch.where(hit, hi, torch.ones_like(hi))
-    t_ev = t0 + hi * h
-    y_ev = state_at(hi)
-    g = event.values(to_user_time(t_ev), y_ev, args, per_sample)
-    which = [w & hit for w in event.crossed(g0, g, per_sample)]
-    return t_ev.detach() if not t0.requires_grad else t_ev, y_ev, which
-
-
-class _SavePoints:
-    """Writes the dense output at the requested save times as the loop passes them."""
-
-    def __init__(self, ts: torch.Tensor, y0: torch.Tensor, per_sample: bool) -> None:
-        self.ts = ts
-        self.per_sample = per_sample
-        n = ts.shape[-1]
+    def values(theta: torch.Tensor) -> torch.Tensor:
+        vals = event.values(to_user_time(t0 + theta * h), state_at(theta), args, per_sample)
         if per_sample:
-            self.out = y0.new_full((y0.shape[0], n) + y0.shape[1:], math.nan)
-            self.index = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
-            self.arange = torch.arange(y0.shape[0], device=y0.device)
-        else:
-            self.out = y0.new_full((n,) + y0.shape, math.nan)
-            self.done = 0
+            return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
+        return torch.cat([v.reshape(-1) for v in vals])
 
-    def count(self, t_reached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """How many save times are <= t_reached, and the most new ones in any sample."""
-        if self.per_sample:
-            c = torch.searchsorted(self.ts, t_reached.detach()[:, None], right=True)[:, 0]
-            return c, (c - self.index).max()
-        c = torch.searchsorted(self.ts, t_reached.detach().reshape(1), right=True)[0]
-        return c, c
+    with torch.no_grad():
+        lo = torch.zeros_like(t0)
+        hi = torch.ones_like(t0)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            g = event.values(to_user_time(t0 + mid * h), state_at(mid), args, per_sample)
+            crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
+            hi = torch.where(crossed, mid, hi)
+            lo = torch.where(crossed, lo, mid)
+        hi = torch.where(hit, hi, torch.ones_like(hi))
+        # The component that crossed: the first one whose sign differs between lo and hi.
+        g_lo, g_hi = values(lo), values(hi)
+        changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
+        idx = changed.to(torch.int8).argmax(dim=-1)
 
-    def write(
+    def crossing(theta: torch.Tensor) -> torch.Tensor:
+        g = values(theta)
+        return g.gather(1, idx[:, None])[:, 0] if per_sample else g[idx]
+
+    with torch.enable_grad():
+        theta = hi.detach().requires_grad_(True)
+        (dg_dtheta,) = torch.autograd.grad(crossing(theta).sum(), theta, allow_unused=True)
+    if dg_dtheta is None:
+        dg_dtheta = torch.zeros_like(hi)
+    slope = dg_dtheta.detach() / h.detach()
+    ok = hit & (slope != 0) & torch.isfinite(slope)
+    slope = torch.where(ok, slope, torch.ones_like(slope))
+    t_star = t0 + hi * h
+    t_ev = t_star - torch.where(ok, crossing(hi), torch.zeros_like(hi)) / slope
+    theta_ev = (t_ev - t0) / h
+    y_ev = state_at(theta_ev)
+    with torch.no_grad():
+        g = event.values(to_user_time(t_star), state_at(hi), args, per_sample)
+        which = [w & hit for w in event.crossed(g0, g, per_sample)]
+    return t_ev, y_ev, which
+
+
+@dataclass
+class _State:
+    """The loop's tensors between iterations (replaced, never mutated)."""
+
+    t: torch.Tensor
+    tnext: torch.Tensor
+    y: torch.Tensor
+    fstate: Any
+    cstate: Any
+    running: torch.Tensor
+    num_accepted: torch.Tensor
+    num_attempts: torch.Tensor
+    finite_at_stop: torch.Tensor
+    event_hit: torch.Tensor
+    g_prev: list
+    event_mask: tuple | None
+    save_index: torch.Tensor | None  # per sample: how many save times each sample has passed
+    y1: torch.Tensor  # the last attempted state (joint failure diagnosis)
+
+
+@dataclass
+class Host:
+    """What the host learned in one iteration, recorded so it can be replayed without a sync."""
+
+    keep_going: bool
+    save_num: int = 0  # joint: save slots filled so far; per sample: most new ones in a sample
+    accepted: bool = False  # joint: the step was accepted; per sample: any sample accepted
+    jumped: bool = False
+    event: bool = False
+    status: Status = Status.SUCCESSFUL  # joint only
+    t_shown: float = 0.0
+    num_accepted: int = 0  # joint only
+
+
+@dataclass
+class _Emit:
+    """What one iteration produced for the outputs."""
+
+    saves: list  # joint: [(start, stop, values)]; per sample: [(index, mask, values)]
+    dense: tuple | None = None
+    step: tuple | None = None
+
+
+class Loop:
+    """One solve's loop: constants in ``__init__``, one iteration in :meth:`body`.
+
+    ``body`` runs live (synchronising with the host to decide what happens next) or replays
+    a recorded :class:`Host`, which makes the same computation with no host sync; the
+    checkpointing adjoint relies on that to recompute segments of the solve.
+    """
+
+    def __init__(
         self,
-        num: int,
+        terms: AbstractTerm,
         solver: AbstractSolver,
-        tb: torch.Tensor,
-        ta: torch.Tensor,
-        y: torch.Tensor,
-        dense_info: Any,
+        controller: AbstractStepSizeController,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        args: Any,
+        dt0: torch.Tensor | None,
+        norm: Norm,
+        *,
+        ts: torch.Tensor | None,
+        save_steps: bool,
+        save_dense: bool,
+        event: Event | None,
+        max_steps: int,
+        progress: Any,
+        to_user_time: Any,
+        check_vf: Any = None,
+        compile_step: bool = False,
     ) -> None:
-        """Joint stepping: save the times up to index ``num`` (all in (tb, ta]) from the step's
-        dense output (``y`` when ``dense_info`` is None)."""
-        ts, out = self.ts, self.out
-        if num <= self.done:
-            return
-        if dense_info is None:
-            out[self.done : num] = y
-        else:
-            theta = (ts[self.done : num] - tb) / (ta - tb)
-            yq = solver.interpolate(dense_info, theta, False)
-            # A save time on the step's end takes the step's own value, bit for bit.
-            out[self.done : num] = torch.where(broadcast_time(theta == 1, yq), y, yq)
-        self.done = num
+        self.terms, self.solver, self.controller = terms, solver, controller
+        self.t0, self.t1, self.args, self.dt0, self.norm = t0, t1, args, dt0, norm
+        self.ts, self.save_steps, self.save_dense = ts, save_steps, save_dense
+        self.event, self.max_steps, self.progress = event, max_steps, progress
+        self.to_user_time, self.check_vf = to_user_time, check_vf
+        self.per_sample = controller.per_sample
+        self.adaptive = solver.is_adaptive
+        self.has_jumps = controller.jump_ts is not None
+        eps = torch.finfo(t0.dtype).eps
+        # Smallest meaningful step: below the time resolution of the interval, or dtmin.
+        floor = 16 * eps * torch.maximum(torch.maximum(t0.abs(), t1.abs()), (t1 - t0).abs())
+        floor = floor.detach()
+        if controller.dtmin is not None:
+            floor = floor.clamp_min(controller.dtmin)
+        self.floor = floor
+        # A step ending within `floor` of t1 is stretched to end exactly at t1.
+        self.t1_snap = (t1 - floor).detach()
+        self.t1_host = float(t1.detach()) if not self.per_sample else 0.0
+        self.floor_host = float(floor) if not self.per_sample else 0.0
+        self.ts_host = [] if ts is None or self.per_sample else ts.detach().tolist()
+        if ts is not None and self.per_sample:
+            self.arange = torch.arange(t0.shape[0], device=t0.device)
+        self.attempt = (
+            torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
+        )
 
-    def write_per_sample(
-        self,
-        num: int,
-        count: torch.Tensor,
-        solver: AbstractSolver,
-        tb: torch.Tensor,
-        ta: torch.Tensor,
-        y: torch.Tensor,
-        dense_info: Any,
-    ) -> None:
-        """Per-sample stepping: each sample saves its times up to ``count`` (at most ``num``
-        new ones in any sample)."""
-        ts, out = self.ts, self.out
-        new = count - self.index
-        h = ta - tb
-        safe_h = torch.where(h > 0, h, 1)
-        for j in range(num):
-            idx = (self.index + j).clamp(max=ts.shape[-1] - 1)
-            tq = ts.gather(1, idx[:, None])[:, 0]
-            theta = torch.where(h > 0, (tq - tb) / safe_h, 0.0)
-            if dense_info is not None:
-                yq = solver.interpolate(dense_info, theta, True)
-                yq = torch.where(broadcast_time(theta == 1, yq), y, yq)
-            else:
-                yq = y
-            cur = out[self.arange, idx]
-            out[self.arange, idx] = torch.where(broadcast_time(new > j, yq), yq, cur)
-        self.index = count
+    # -- pieces -----------------------------------------------------------------------------
 
+    def _clip_end(self, tn: torch.Tensor) -> torch.Tensor:
+        return torch.where(tn > self.t1_snap, self.t1, tn)
 
-def run_loop(
-    terms: AbstractTerm,
-    solver: AbstractSolver,
-    controller: AbstractStepSizeController,
-    t0: torch.Tensor,
-    t1: torch.Tensor,
-    y0: torch.Tensor,
-    args: Any,
-    dt0: torch.Tensor | None,
-    norm: Norm,
-    *,
-    ts: torch.Tensor | None,
-    save_steps: bool,
-    save_dense: bool,
-    event: Event | None,
-    max_steps: int,
-    progress: Any,
-    to_user_time: Any,
-    check_vf: Any = None,
-    compile_step: bool = False,
-) -> LoopResult:
-    per_sample = controller.per_sample
-    adaptive = solver.is_adaptive
-    error_order = solver.error_order
-    has_jumps = controller.jump_ts is not None
-    eps = torch.finfo(t0.dtype).eps
-    # Smallest meaningful step: below the time resolution of the interval, or dtmin.
-    floor = 16 * eps * torch.maximum(torch.maximum(t0.abs(), t1.abs()), (t1 - t0).abs())
-    floor = floor.detach()
-    if controller.dtmin is not None:
-        floor = floor.clamp_min(controller.dtmin)
-    # A step ending within `floor` of t1 is stretched to end exactly at t1.
-    t1_snap = (t1 - floor).detach()
-
-    def clip_end(tn: torch.Tensor) -> torch.Tensor:
-        return torch.where(tn > t1_snap, t1, tn)
-
-    t, y = t0, y0
-    fstate = solver.init(terms, t, y, args)
-    if check_vf is not None:
-        check_vf(fstate)
-    nfe = solver.num_fevals_init
-    tnext, cstate, extra = controller.init(terms, t0, t1, y0, dt0, args, solver, fstate, norm)
-    nfe += extra
-    tnext = clip_end(tnext)
-    running = t < t1
-    num_attempts = torch.zeros_like(t, dtype=torch.int64)
-    num_accepted = torch.zeros_like(num_attempts)
-    finite_at_stop = torch.ones_like(running)
-    event_hit = torch.zeros_like(running)
-
-    saver = None
-    if ts is not None:
-        saver = _SavePoints(ts, y0, per_sample)
-        c, cmax = saver.count(t0)
-        if per_sample:
-            saver.write_per_sample(int(_host([cmax])[0]), c, solver, t0, t0, y0, None)
-        else:
-            saver.write(int(_host([cmax])[0]), solver, t0, t0, y0, None)
-
-    steps_t: list[torch.Tensor] = []
-    steps_y: list[torch.Tensor] = []
-    dense: list | None = [] if save_dense else None
-    event_mask = None
-    g_prev: list[torch.Tensor] = []
-    if event is not None:
-        g_prev = event.values(to_user_time(t0), y0, args, per_sample)
-        event_mask = tuple(torch.zeros_like(running) for _ in event.fns)
-
-    def attempt(t, tnext, y, fstate, cstate, running):
+    def _attempt(self, t, tnext, y, fstate, cstate, running):
         """One attempted step and the controller's verdict: all tensor work, no host sync,
         so it can be compiled as one graph."""
-        y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
-        accept, _, next_t1, made_jump, cstate = controller.adapt(
-            t, tnext, y, y1, y_error, error_order, cstate, norm
+        y1, y_error, dense_info, fnew = self.solver.step(self.terms, t, tnext, y, self.args, fstate)
+        accept, _, next_t1, made_jump, cstate = self.controller.adapt(
+            t, tnext, y, y1, y_error, self.solver.error_order, cstate, self.norm
         )
-        if per_sample:
+        if self.per_sample:
             # Finished samples are carried along but never change.
             finite = torch.isfinite(y1.reshape(y1.shape[0], -1).sum(1))
             accept = accept & finite & running
-        elif not adaptive:
+        elif not self.adaptive:
             finite = torch.isfinite(y1.sum())
             accept = accept & finite
         else:
@@ -263,45 +252,110 @@ def run_loop(
             finite = None
         return y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate
 
-    if compile_step:
-        attempt = torch.compile(attempt, dynamic=False)
+    def _interp_saves(self, num_new: int, start: int, tb, ta, y, dense_info) -> torch.Tensor:
+        """Joint stepping: the states at save slots [start, start + num_new) in (tb, ta]."""
+        ts = self.ts
+        if dense_info is None or ts is None:
+            return y.expand((num_new,) + y.shape)
+        theta = (ts[start : start + num_new] - tb) / (ta - tb)
+        yq = self.solver.interpolate(dense_info, theta, False)
+        # A save time on the step's end takes the step's own value, bit for bit.
+        return torch.where(broadcast_time(theta == 1, yq), y, yq)
 
-    num_steps = 0
-    # Joint stepping drives the loop from two host floats per step (the time reached and the
-    # next step's end); per-sample stepping keeps every decision on the device and brings
-    # back only "is anything running" and "how many save points were passed".
-    if not per_sample:
-        t_host, tnext_host = (float(v) for v in _host([t, tnext]))
-        t1_host, floor_host = float(t1.detach()), float(floor)
-        ts_host = [] if ts is None else ts.detach().tolist()
-        joint_status = Status.SUCCESSFUL
-        keep_going = t_host < t1_host
-    else:
-        keep_going = bool(_host([running.any()])[0])
-    while keep_going:
-        y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = attempt(
-            t, tnext, y, fstate, cstate, running
+    def _interp_saves_per_sample(self, num, count, index, tb, ta, y, dense_info) -> list:
+        """Per-sample stepping: each sample's save times passed in this step."""
+        ts = self.ts
+        if ts is None:
+            return []
+        new = count - index
+        h = ta - tb
+        safe_h = torch.where(h > 0, h, 1)
+        out = []
+        for j in range(num):
+            idx = (index + j).clamp(max=ts.shape[-1] - 1)
+            tq = ts.gather(1, idx[:, None])[:, 0]
+            theta = torch.where(h > 0, (tq - tb) / safe_h, 0.0)
+            if dense_info is not None:
+                yq = self.solver.interpolate(dense_info, theta, True)
+                yq = torch.where(broadcast_time(theta == 1, yq), y, yq)
+            else:
+                yq = y
+            out.append((idx, new > j, yq))
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def init(self, y0: torch.Tensor) -> tuple[_State, Host, _Emit, int]:
+        terms, solver, t0, t1, args = self.terms, self.solver, self.t0, self.t1, self.args
+        fstate = solver.init(terms, t0, y0, args)
+        if self.check_vf is not None:
+            self.check_vf(fstate)
+        tnext, cstate, extra = self.controller.init(
+            terms, t0, t1, y0, self.dt0, args, solver, fstate, self.norm
         )
-        nfe += solver.num_fevals_step
+        nfe = solver.num_fevals_init + extra
+        tnext = self._clip_end(tnext)
+        running = t0 < t1
+        zeros = torch.zeros_like(t0, dtype=torch.int64)
+        g_prev: list = []
+        event_mask = None
+        if self.event is not None:
+            g_prev = self.event.values(self.to_user_time(t0), y0, args, self.per_sample)
+            event_mask = tuple(torch.zeros_like(running) for _ in self.event.fns)
+        st = _State(
+            t=t0, tnext=tnext, y=y0, fstate=fstate, cstate=cstate, running=running,
+            num_accepted=zeros, num_attempts=zeros, finite_at_stop=torch.ones_like(running),
+            event_hit=torch.zeros_like(running), g_prev=g_prev, event_mask=event_mask,
+            save_index=None, y1=y0,
+        )  # fmt: skip
+        saves: list = []
+        host = Host(keep_going=True)
+        ts = self.ts
+        if self.per_sample:
+            if ts is not None:
+                count = torch.searchsorted(ts, t0.detach()[:, None], right=True)[:, 0]
+                num = int(_host([count.max()])[0])
+                index = torch.zeros_like(count)
+                saves = self._interp_saves_per_sample(num, count, index, t0, t0, y0, None)
+                st.save_index = count
+            host.keep_going = bool(_host([running.any()])[0])
+        else:
+            t_host = float(t0.detach())
+            if ts is not None:
+                host.save_num = bisect.bisect_right(self.ts_host, t_host)
+                if host.save_num:
+                    saves = [
+                        (0, host.save_num, self._interp_saves(host.save_num, 0, t0, t0, y0, None))
+                    ]
+            host.keep_going = t_host < self.t1_host
+            host.t_shown = t_host
+        return st, host, _Emit(saves), nfe
+
+    def body(
+        self, st: _State, prev: Host, replay: Host | None = None
+    ) -> tuple[_State, Host, _Emit, int]:
+        """One iteration. ``prev`` is the previous iteration's host record; with ``replay``
+        the host decisions are taken from it instead of synchronising."""
+        per_sample, adaptive, event, args = self.per_sample, self.adaptive, self.event, self.args
+        t, tnext, y = st.t, st.tnext, st.y
+        y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = self.attempt(
+            t, tnext, y, st.fstate, st.cstate, st.running
+        )
+        nfe = self.solver.num_fevals_step
         t_after = torch.where(accept, tnext, t)
         t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
+        event_hit, event_mask, g_prev = st.event_hit, st.event_mask, st.g_prev
+        ev_now = False
         if event is not None and event_mask is not None:
-            g_new = event.values(to_user_time(tnext), y1, args, per_sample)
+            g_new = event.values(self.to_user_time(tnext), y1, args, per_sample)
             crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
-            if _host([crossed.any()])[0]:
+            ev_now = bool(_host([crossed.any()])[0]) if replay is None else replay.event
+            if ev_now:
                 t_ev, y_ev, which = _locate_event(
-                    event,
-                    solver,
-                    dense_info,
-                    t,
-                    tnext - t,
-                    g_prev,
-                    args,
-                    crossed,
-                    per_sample,
-                    to_user_time,
-                )
+                    event, self.solver, dense_info, t, tnext - t, g_prev, args, crossed,
+                    per_sample, self.to_user_time,
+                )  # fmt: skip
                 t_after = torch.where(crossed, t_ev, t_after)
                 y1 = torch.where(broadcast_time(crossed, y1), y_ev, y1)
                 event_mask = tuple(m | w for m, w in zip(event_mask, which))
@@ -315,126 +369,213 @@ def run_loop(
         # Advance accepted samples.
         t_before = t
         y = torch.where(broadcast_time(accept, y1), y1, y)
-        fstate = tree_where(accept, fnew, fstate)
+        fstate = tree_where(accept, fnew, st.fstate)
         t = t_after
-        tnext = clip_end(next_t1)
-        num_steps += 1
+        tnext = self._clip_end(next_t1)
+        new = _State(
+            t=t, tnext=tnext, y=y, fstate=fstate, cstate=cstate, running=st.running,
+            num_accepted=st.num_accepted, num_attempts=st.num_attempts,
+            finite_at_stop=st.finite_at_stop, event_hit=event_hit, g_prev=g_prev,
+            event_mask=event_mask, save_index=st.save_index, y1=y1,
+        )  # fmt: skip
+        emit = _Emit(saves=[])
+        host = Host(keep_going=False, event=ev_now)
 
         if per_sample:
-            num_accepted = num_accepted + accept
-            num_attempts = num_attempts + running
-            stop = accept & (t >= t1)
+            new.num_accepted = st.num_accepted + accept
+            new.num_attempts = st.num_attempts + st.running
+            stop = accept & (t >= self.t1)
             if adaptive:
                 # A rejected step whose successor is below the floor cannot make progress.
-                stop = stop | (~accept & (tnext - t < floor))
+                stop = stop | (~accept & (tnext - t < self.floor))
             else:
                 stop = stop | ~finite
             if ev_hit is not None:
                 stop = stop | ev_hit
-            finite_at_stop = torch.where(running, finite, finite_at_stop)
-            running = running & ~stop
-            host_req = [running.any()]
-            if saver is not None:
-                c, cmax = saver.count(t)
-                host_req.append(cmax)
-            if save_dense:
-                host_req.append(accept.any())
-            if has_jumps:
-                host_req.append(made_jump.any())
-            if progress is not None:
-                host_req.append(t.min())
-            vals = _host(host_req)
-            keep_going = bool(vals[0]) and num_steps < max_steps
-            k = 1
-            if saver is not None:
-                saver.write_per_sample(int(vals[k]), c, solver, t_before, t_step_end, y, dense_info)
-                k += 1
-            if save_dense:
-                if vals[k] and dense is not None:
-                    dense.append((t_before, t, dense_info, t_step_end))
-                k += 1
-            if save_steps:
-                steps_t.append(torch.where(accept, t, math.nan))
-                steps_y.append(torch.where(broadcast_time(accept, y), y, math.nan))
-            jumped = bool(vals[k]) if has_jumps else False
-            t_shown = vals[-1]
+            new.finite_at_stop = torch.where(st.running, finite, st.finite_at_stop)
+            new.running = running = st.running & ~stop
+            count = None
+            if replay is None:
+                req = [running.any()]
+                if self.ts is not None:
+                    count = torch.searchsorted(self.ts, t.detach()[:, None], right=True)[:, 0]
+                    req.append((count - st.save_index).max())  # type: ignore[operator]
+                if self.save_dense:
+                    req.append(accept.any())
+                if self.has_jumps:
+                    req.append(made_jump.any())
+                if self.progress is not None:
+                    req.append(t.min())
+                got = iter(_host(req))
+                host.keep_going = bool(next(got))
+                host.save_num = int(next(got)) if self.ts is not None else 0
+                host.accepted = bool(next(got)) if self.save_dense else False
+                host.jumped = bool(next(got)) if self.has_jumps else False
+                host.t_shown = float(next(got)) if self.progress is not None else 0.0
+            else:
+                host = replay
+                if self.ts is not None:
+                    count = torch.searchsorted(self.ts, t.detach()[:, None], right=True)[:, 0]
+            if count is not None:
+                emit.saves = self._interp_saves_per_sample(
+                    host.save_num, count, st.save_index, t_before, t_step_end, y, dense_info
+                )
+                new.save_index = count
+            if self.save_dense and host.accepted:
+                emit.dense = (t_before, t, dense_info, t_step_end)
+            if self.save_steps:
+                emit.step = (
+                    torch.where(accept, t, math.nan),
+                    torch.where(broadcast_time(accept, y), y, math.nan),
+                )
         else:
-            host_req = [t, tnext]
-            if not adaptive:
-                host_req.append(finite)
-            if has_jumps:
-                host_req.append(made_jump)
-            vals = _host(host_req)
-            t_prev_host = t_host
-            t_host, tnext_host = float(vals[0]), float(vals[1])
-            accepted = t_host != t_prev_host
-            num_accepted = num_accepted + int(accepted)
-            if ev_hit is not None:
-                joint_status = Status.EVENT_OCCURRED
-            elif not adaptive and not vals[2]:
-                joint_status = Status.NONFINITE
-            elif adaptive and not accepted and tnext_host - t_host < floor_host:
-                joint_status = Status.DT_UNDERFLOW
-            keep_going = (
-                t_host < t1_host and joint_status == Status.SUCCESSFUL and num_steps < max_steps
-            )
-            if accepted:
-                if saver is not None:
-                    count = bisect.bisect_right(ts_host, t_host)
-                    saver.write(count, solver, t_before, t_step_end, y, dense_info)
-                if dense is not None:
-                    dense.append((t_before, t, dense_info, t_step_end))
-                if save_steps:
-                    steps_t.append(t)
-                    steps_y.append(y)
-            jumped = bool(vals[-1]) if has_jumps else False
-            t_shown = t_host
-        nfe += solver.take_dense_fevals(dense_info)
-        if jumped:
+            if replay is None:
+                req = [t, tnext]
+                if not adaptive:
+                    req.append(finite)
+                if self.has_jumps:
+                    req.append(made_jump)
+                vals = _host(req)
+                t_host, tnext_host = float(vals[0]), float(vals[1])
+                accepted = t_host != prev.t_shown
+                status = Status.SUCCESSFUL
+                if ev_now:
+                    status = Status.EVENT_OCCURRED
+                elif not adaptive and not vals[2]:
+                    status = Status.NONFINITE
+                elif adaptive and not accepted and tnext_host - t_host < self.floor_host:
+                    status = Status.DT_UNDERFLOW
+                host.status = status
+                host.accepted = accepted
+                host.jumped = bool(vals[-1]) if self.has_jumps else False
+                host.t_shown = t_host
+                host.keep_going = t_host < self.t1_host and status == Status.SUCCESSFUL
+                host.save_num = (
+                    bisect.bisect_right(self.ts_host, t_host) if accepted else prev.save_num
+                )
+                host.num_accepted = prev.num_accepted + int(accepted)
+            else:
+                host = replay
+            if host.accepted:
+                if host.save_num > prev.save_num:
+                    num_new = host.save_num - prev.save_num
+                    values = self._interp_saves(
+                        num_new, prev.save_num, t_before, t_step_end, y, dense_info
+                    )
+                    emit.saves = [(prev.save_num, host.save_num, values)]
+                if self.save_dense:
+                    emit.dense = (t_before, t, dense_info, t_step_end)
+                if self.save_steps:
+                    emit.step = (t, y)
+        if host.jumped:
             # Restart first-same-as-last just after the discontinuity.
             t_right = torch.nextafter(t, torch.full_like(t, math.inf))
-            fstate = tree_where(made_jump, solver.init(terms, t_right, y, args), fstate)
-            nfe += solver.num_fevals_init
-        if progress is not None:
-            progress.update(t_shown, num_steps, num_steps - int(num_accepted.sum()))
+            init = self.solver.init(self.terms, t_right, y, args)
+            new.fstate = tree_where(made_jump, init, new.fstate)
+            nfe += self.solver.num_fevals_init
+        nfe += self.solver.take_dense_fevals(dense_info)
+        return new, host, emit, nfe
 
-    # Why each sample stopped.
-    if per_sample:
-        status = torch.full_like(num_attempts, int(Status.SUCCESSFUL))
-        fail = torch.where(finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
-        status = torch.where(t < t1, fail, status)
-        status = torch.where(running, int(Status.MAX_STEPS_REACHED), status)
-        status = torch.where(event_hit, int(Status.EVENT_OCCURRED), status)
-    else:
-        num_attempts = torch.full_like(num_accepted, num_steps)
-        if joint_status == Status.SUCCESSFUL and t_host < t1_host:
-            joint_status = Status.MAX_STEPS_REACHED
-        if joint_status == Status.DT_UNDERFLOW and not bool(torch.isfinite(y1.sum())):
-            joint_status = Status.NONFINITE
-        status = torch.tensor(int(joint_status), device=t.device)
-
-    st = sy = None
-    if save_steps and steps_t:
-        st = torch.stack(steps_t)
-        sy = torch.stack(steps_y)
+    def finish(
+        self, st: _State, last: Host, num_steps: int, nfe: int, out: Any, emits: list[_Emit]
+    ) -> LoopResult:
+        """Statuses, stats and the saved outputs."""
+        t, per_sample = st.t, self.per_sample
         if per_sample:
-            # Move each sample's accepted steps to the front, NaN padding after.
-            order = torch.argsort(torch.isnan(st).to(torch.int8), dim=0, stable=True)
-            st = st.gather(0, order)
-            sy = sy.gather(0, order.reshape(order.shape + (1,) * (sy.ndim - 2)).expand_as(sy))
-            keep = int((~torch.isnan(st)).sum(0).max())
-            st, sy = st[:keep], sy[:keep]
-    return LoopResult(
-        t=t,
-        y=y,
-        status=status,
-        num_steps=num_steps,
-        num_accepted=num_accepted,
-        num_rejected=num_attempts - num_accepted,
-        num_fevals=nfe,
-        ys_ts=None if saver is None else saver.out,
-        steps_t=st,
-        steps_y=sy,
-        dense=dense,
-        event_mask=event_mask,
-    )
+            status = torch.full_like(st.num_attempts, int(Status.SUCCESSFUL))
+            fail = torch.where(st.finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
+            status = torch.where(t < self.t1, fail, status)
+            status = torch.where(st.running, int(Status.MAX_STEPS_REACHED), status)
+            status = torch.where(st.event_hit, int(Status.EVENT_OCCURRED), status)
+            num_accepted, num_attempts = st.num_accepted, st.num_attempts
+        else:
+            code = last.status
+            if code == Status.SUCCESSFUL and last.t_shown < self.t1_host:
+                code = Status.MAX_STEPS_REACHED
+            if code == Status.DT_UNDERFLOW and not bool(torch.isfinite(st.y1.detach().sum())):
+                code = Status.NONFINITE
+            status = torch.tensor(int(code), device=t.device)
+            num_accepted = torch.tensor(last.num_accepted, device=t.device)
+            num_attempts = torch.tensor(num_steps, device=t.device)
+        dense = [e.dense for e in emits if e.dense is not None] if self.save_dense else None
+        st_t = st_y = None
+        steps = [e.step for e in emits if e.step is not None]
+        if self.save_steps and steps:
+            st_t = torch.stack([s[0] for s in steps])
+            st_y = torch.stack([s[1] for s in steps])
+            if per_sample:
+                # Move each sample's accepted steps to the front, NaN padding after.
+                order = torch.argsort(torch.isnan(st_t).to(torch.int8), dim=0, stable=True)
+                st_t = st_t.gather(0, order)
+                expand = order.reshape(order.shape + (1,) * (st_y.ndim - 2)).expand_as(st_y)
+                st_y = st_y.gather(0, expand)
+                keep = int((~torch.isnan(st_t)).sum(0).max())
+                st_t, st_y = st_t[:keep], st_y[:keep]
+        return LoopResult(
+            t=t,
+            y=st.y,
+            status=status,
+            num_steps=num_steps,
+            num_accepted=num_accepted,
+            num_rejected=num_attempts - num_accepted,
+            num_fevals=nfe,
+            ys_ts=out,
+            steps_t=st_t,
+            steps_y=st_y,
+            dense=dense,
+            event_mask=st.event_mask,
+        )
+
+    def new_output(self, y0: torch.Tensor) -> torch.Tensor | None:
+        """The NaN-filled tensor the save times are written into."""
+        if self.ts is None:
+            return None
+        n = self.ts.shape[-1]
+        if self.per_sample:
+            return y0.new_full((y0.shape[0], n) + y0.shape[1:], math.nan)
+        return y0.new_full((n,) + y0.shape, math.nan)
+
+    def write(self, out: torch.Tensor | None, saves: list, inplace: bool) -> Any:
+        """Write one iteration's saves into ``out`` (in place, or out of place for replays
+        whose results autograd must see through checkpoints)."""
+        if out is None or not saves:
+            return out
+        for item in saves:
+            if self.per_sample:
+                idx, mask, yq = item
+                cur = out[self.arange, idx]
+                val = torch.where(broadcast_time(mask, yq), yq, cur)
+                if inplace:
+                    out[self.arange, idx] = val
+                else:
+                    out = out.index_put((self.arange, idx), val)
+            else:
+                start, stop, values = item
+                if inplace:
+                    out[start:stop] = values
+                else:
+                    out = out.slice_scatter(values, dim=0, start=start, end=stop)
+        return out
+
+
+def run(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
+    """Run a solve to the end, live; returns the result and the host record of each iteration."""
+    st, host, emit, nfe = loop.init(y0)
+    out = loop.write(loop.new_output(y0), emit.saves, inplace=True)
+    tape = [host]
+    emits: list[_Emit] = []
+    num_steps = 0
+    while host.keep_going and num_steps < loop.max_steps:
+        st, host, emit, n = loop.body(st, host)
+        nfe += n
+        num_steps += 1
+        out = loop.write(out, emit.saves, inplace=True)
+        emit.saves = []
+        emits.append(emit)
+        tape.append(host)
+        if loop.progress is not None:
+            rejected = num_steps - (
+                int(st.num_accepted.sum()) if loop.per_sample else host.num_accepted
+            )
+            loop.progress.update(host.t_shown, num_steps, rejected)
+    return loop.finish(st, host, num_steps, nfe, out, emits), tape

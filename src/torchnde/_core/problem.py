@@ -10,7 +10,7 @@ import torch
 
 from .controllers import AbstractStepSizeController
 from .events import Event
-from .loop import LoopResult, run_loop
+from .loop import Loop, LoopResult, run
 from .packing import StateSpec
 from .solution import SaveAt
 from .solver import AbstractSolver
@@ -57,15 +57,14 @@ class Problem:
     def replace(self, **changes: Any) -> Problem:
         return dataclasses.replace(self, **changes)
 
-    def run(self, *, save_dense: bool | None = None) -> LoopResult:
-        """Run the loop on this problem (with autograd recording whatever is enabled)."""
-        return run_loop(
+    def loop(self, *, save_dense: bool | None = None) -> Loop:
+        """The loop for this problem."""
+        return Loop(
             self.terms,
             self.solver,
             self.controller,
             self.t0,
             self.t1,
-            self.y0,
             self.args,
             self.dt0,
             self.norm,
@@ -79,3 +78,7 @@ class Problem:
             check_vf=self.check_vf,
             compile_step=self.compile_step,
         )
+
+    def run(self, *, save_dense: bool | None = None) -> LoopResult:
+        """Run the loop on this problem (with autograd recording whatever is enabled)."""
+        return run(self.loop(save_dense=save_dense), self.y0)[0]
