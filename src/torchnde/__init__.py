@@ -1,8 +1,11 @@
 """torchnde: neural differential equations in PyTorch."""
 
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
+from ._adjoint import BacksolveAdjoint as BacksolveAdjoint
 from ._adjoint import CheckpointAdjoint as CheckpointAdjoint
 from ._adjoint import DirectAdjoint as DirectAdjoint
+from ._adjoint import InterpolatedAdjoint as InterpolatedAdjoint
+from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
 from ._convenience import METHODS as METHODS
 from ._convenience import odeint as odeint
 from ._core.controllers import AbstractStepSizeController as AbstractStepSizeController
@@ -15,6 +18,7 @@ from ._core.solution import SaveAt as SaveAt
 from ._core.solution import Solution as Solution
 from ._core.solution import SolveError as SolveError
 from ._core.solution import Status as Status
+from ._core.solver import AbstractReversibleSolver as AbstractReversibleSolver
 from ._core.solver import AbstractSolver as AbstractSolver
 from ._core.solvers import RK4 as RK4
 from ._core.solvers import RK38 as RK38
@@ -26,6 +30,7 @@ from ._core.solvers import Fehlberg2 as Fehlberg2
 from ._core.solvers import Heun as Heun
 from ._core.solvers import Midpoint as Midpoint
 from ._core.solvers import Ralston as Ralston
+from ._core.solvers import ReversibleHeun as ReversibleHeun
 from ._core.solvers import Tsit5 as Tsit5
 from ._core.tableau import ButcherTableau as ButcherTableau
 from ._core.terms import AbstractPath as AbstractPath

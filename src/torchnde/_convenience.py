@@ -31,6 +31,7 @@ METHODS: dict[str, type[AbstractSolver]] = {
     "ralston": solvers.Ralston,
     "rk4": solvers.RK4,
     "rk38": solvers.RK38,
+    "reversible_heun": solvers.ReversibleHeun,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

@@ -288,12 +288,17 @@ class Loop:
     def init(self, y0: torch.Tensor) -> tuple[_State, Host, _Emit, int]:
         terms, solver, t0, t1, args = self.terms, self.solver, self.t0, self.t1, self.args
         fstate = solver.init(terms, t0, y0, args)
-        if self.check_vf is not None:
-            self.check_vf(fstate)
+        vf0 = solver.vector_field_of(fstate)
+        if self.check_vf is not None and vf0 is not None:
+            self.check_vf(vf0)
+        nfe = solver.num_fevals_init
+        if vf0 is None and self.dt0 is None:
+            vf0 = terms.vf(t0, y0, args)  # for the initial step size
+            nfe += 1
         tnext, cstate, extra = self.controller.init(
-            terms, t0, t1, y0, self.dt0, args, solver, fstate, self.norm
+            terms, t0, t1, y0, self.dt0, args, solver, vf0, self.norm
         )
-        nfe = solver.num_fevals_init + extra
+        nfe += extra
         tnext = self._clip_end(tnext)
         running = t0 < t1
         zeros = torch.zeros_like(t0, dtype=torch.int64)

@@ -34,7 +34,7 @@ class StateSpec:
         """Split the last dimension of ``flat``; leading dimensions (time, batch) are kept."""
         lead_shape = flat.shape[:-1] if lead is None else lead
         pieces = torch.split(flat, self.sizes, dim=-1)
-        return tuple(p.reshape(*lead_shape, *s) for p, s in zip(pieces, self.shapes))
+        return tuple(p.reshape(tuple(lead_shape) + tuple(s)) for p, s in zip(pieces, self.shapes))
 
 
 class PackedTerm(AbstractTerm):

@@ -31,6 +31,18 @@ def _hermite_weights(theta: torch.Tensor) -> torch.Tensor:
     return torch.stack([w, a * (theta - 1), a * theta], dim=-1)
 
 
+def hermite(ends: tuple, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """Cubic Hermite interpolation from ``(y0, y1, h f0, h f1)`` at the step fraction ``theta``
+    (shapes as in :meth:`AbstractSolver.interpolate`)."""
+    y0, y1, k0, k1 = ends
+    w = _hermite_weights(theta.to(y0.dtype))
+    if per_sample:
+        w0, w1, w2 = (broadcast_time(w[..., j], y0) for j in range(3))
+        return y0 + w0 * (y1 - y0) + w1 * k0 + w2 * k1
+    basis = torch.stack([y1 - y0, k0, k1]).reshape(3, -1)
+    return y0 + (w @ basis).view((-1,) + y0.shape)
+
+
 class AbstractRungeKutta(AbstractSolver):
     """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else."""
 
@@ -51,6 +63,9 @@ class AbstractRungeKutta(AbstractSolver):
 
     def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
         return terms.vf(t0, y0, args)
+
+    def vector_field_of(self, state: Any) -> Any:
+        return state
 
     def step(
         self,
@@ -121,13 +136,7 @@ class AbstractRungeKutta(AbstractSolver):
             s = K.shape[0]
             return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
         y0, y1, K, k1 = dense_info
-        k0 = K[0]
-        w = _hermite_weights(theta.to(y0.dtype))
-        if per_sample:
-            w0, w1, w2 = (broadcast_time(w[..., j], y0) for j in range(3))
-            return y0 + w0 * (y1 - y0) + w1 * k0 + w2 * k1
-        basis = torch.stack([y1 - y0, k0, k1]).reshape(3, -1)
-        return y0 + (w @ basis).view((-1,) + y0.shape)
+        return hermite((y0, y1, K[0], k1), theta, per_sample)
 
 
 class ExplicitRungeKutta(AbstractRungeKutta):

@@ -9,7 +9,7 @@ import torch
 
 from .terms import AbstractTerm
 
-__all__ = ["AbstractSolver"]
+__all__ = ["AbstractReversibleSolver", "AbstractSolver"]
 
 
 class AbstractSolver(abc.ABC):
@@ -61,6 +61,11 @@ class AbstractSolver(abc.ABC):
         self, dense_info: Any, theta: torch.Tensor, per_sample: bool
     ) -> torch.Tensor: ...
 
+    def vector_field_of(self, state: Any) -> Any:
+        """The vector field at the current point held in the solver state, if any (used to
+        check the user's function once, at the start); ``None`` when there is none."""
+        return None
+
     def take_dense_fevals(self, dense_info: Any) -> int:
         """Vector-field evaluations the dense output of a step made since last asked (for
         stats; only methods whose interpolant needs extra stages make any)."""
@@ -72,3 +77,20 @@ class AbstractSolver(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class AbstractReversibleSolver(AbstractSolver):
+    """A solver whose step can be inverted exactly: ``reverse(terms, t0, t1, y1, args,
+    state1)`` returns ``(y0, state0)`` such that ``step`` from ``(t0, y0, state0)`` to ``t1``
+    gives back ``(y1, state1)``. :class:`ReversibleAdjoint` needs this."""
+
+    @abc.abstractmethod
+    def reverse(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y1: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, Any]: ...

@@ -8,6 +8,7 @@ from .fehlberg2 import Fehlberg2 as Fehlberg2
 from .heun import Heun as Heun
 from .midpoint import Midpoint as Midpoint
 from .ralston import Ralston as Ralston
+from .reversible_heun import ReversibleHeun as ReversibleHeun
 from .rk4 import RK4 as RK4
 from .rk38 import RK38 as RK38
 from .tsit5 import Tsit5 as Tsit5

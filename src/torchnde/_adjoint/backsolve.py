@@ -1,0 +1,683 @@
+r"""Continuous adjoints (optimise-then-discretise): one backward solve of the adjoint system.
+
+For $\dot y = f(\tau, y, \theta)$ on $[\tau_0, \tau_1]$ and a loss $L$ of the saved states, the
+adjoint $a(\tau) = \partial L / \partial y(\tau)$ and the parameter gradient $g_\theta$ solve,
+backwards in time from $a(\tau_1) = \partial L / \partial y(\tau_1)$, $g_\theta(\tau_1) = 0$,
+
+$$ \dot a = -a^\top \frac{\partial f}{\partial y}, \qquad
+   \dot g_\theta = -a^\top \frac{\partial f}{\partial \theta}, $$
+
+with a jump $a \mathrel{+}= \partial L / \partial y(t_k)$ at every save time. Then
+$\partial L/\partial y_0 = a(\tau_0)$, $\partial L/\partial\theta = g_\theta(\tau_0)$, and the
+time gradients are $\partial L/\partial t_k = \langle \partial L/\partial y(t_k),
+f(t_k, y(t_k)) \rangle$, $\partial L/\partial \tau_1 = \langle \partial L/\partial y(\tau_1),
+f(\tau_1, y(\tau_1))\rangle$ and $\partial L/\partial \tau_0 = -\langle a(\tau_0),
+f(\tau_0, y_0)\rangle$. Everything here is in the loop's internal time ($\tau = \pm t$); the
+problem's internal times are differentiable functions of the user's, so autograd maps these
+gradients back.
+
+``BacksolveAdjoint`` also solves $y$ backwards (memory independent of the number of steps);
+``InterpolatedAdjoint`` reads $y(\tau)$ from the forward dense solution instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from .._core.loop import LoopResult
+from .._core.packing import PackedTerm, ReversedTerm
+from .._core.problem import Problem
+from .._core.solution import SaveAt, SolveError, Status
+from .._core.solver import AbstractSolver
+from .._core.terms import AbstractTerm, MultiTerm, ODETerm, broadcast_time
+from .base import AbstractAdjoint
+from .params import (
+    captured_tensors,
+    describe_tensors,
+    flatten_args,
+    undeclared_leaves,
+    unique_tensors,
+)
+
+__all__ = ["BacksolveAdjoint", "InterpolatedAdjoint"]
+
+
+def _ode_vector_fields(terms: AbstractTerm, who: str) -> list[Callable[..., Any]]:
+    """The user's vector fields behind the packing / time-reversal wrappers; ODEs only."""
+    base = terms
+    while isinstance(base, (PackedTerm, ReversedTerm)):
+        base = base.term
+    leaves = list(base.terms) if isinstance(base, MultiTerm) else [base]
+    for leaf in leaves:
+        if not isinstance(leaf, ODETerm):
+            raise NotImplementedError(
+                f"{who} supports ODE terms (ODETerm, or a MultiTerm of ODETerms), got a "
+                f"{type(leaf).__name__}. Use DirectAdjoint() for SDEs and CDEs."
+            )
+    return [leaf.vector_field for leaf in leaves if isinstance(leaf, ODETerm)]
+
+
+def _rms(parts: Any) -> torch.Tensor:
+    sq = sum(torch.linalg.vector_norm(p).square() for p in parts)
+    n = sum(p.numel() for p in parts)
+    return torch.sqrt(torch.as_tensor(sq) / max(n, 1))
+
+
+def _adjoint_norm(k: int, seminorm: bool) -> Callable[[Any], torch.Tensor]:
+    r"""The error norm of the backward solve, on the tuple ``(*first k, *gradients)``.
+
+    The RMS over the ``k`` components that are an ODE state ($(y, a)$, or $a$ alone when $y$
+    is interpolated), and, unless ``seminorm``, the maximum of that and the RMS over the
+    parameter and ``args`` gradients, so that neither group dilutes the other's error
+    (torchdiffeq's mixed norm does the same per tensor). The gradients are integrals,
+    $g(	au_0) = \int a^	op \partial_	heta f\, d	au$: nothing in the backward solve depends
+    on them, so the seminorm lets their local error go unmeasured (Kidger, Chen & Lyons 2021,
+    "Hey, that's not an ODE").
+    """
+
+    def norm(x: Any) -> torch.Tensor:
+        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        head = _rms(parts[:k])
+        if seminorm or len(parts) <= k:
+            return head
+        return torch.maximum(head, _rms(parts[k:]))
+
+    return norm
+
+
+def _as_float(v: Any) -> float:
+    """A scalar tolerance; per-component tolerance tensors give their strictest value."""
+    return float(v.min()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class _DenseSolution:
+    """The forward dense solution, evaluated at one (shared) internal time."""
+
+    def __init__(
+        self, solver: AbstractSolver, dense: list, y0: torch.Tensor, per_sample: bool
+    ) -> None:
+        self.solver = solver
+        self.dense = dense
+        self.y0 = y0
+        self.per_sample = per_sample
+        if dense:
+            self.starts = torch.stack([d[0] for d in dense])
+            self.ends = torch.stack([d[1] for d in dense])
+            self.step_ends = torch.stack([d[3] for d in dense])
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        dense = self.dense
+        if not dense:
+            return self.y0
+        t = t.to(self.ends.dtype)
+        if not self.per_sample:
+            j = int(torch.searchsorted(self.ends, t.reshape(1)).clamp(max=len(dense) - 1))
+            tb, _, info, te = dense[j]
+            theta = ((t - tb) / (te - tb)).clamp(0, 1)
+            return self.solver.interpolate(info, theta.reshape(1), False)[0]
+        # Per sample: records are (steps, batch); a sample's step containing t is its first
+        # record of positive length that ends at or after t.
+        S, E, TE = self.starts, self.ends, self.step_ends
+        valid = E > S
+        cond = valid & (E >= t)
+        last = torch.where(valid, torch.arange(len(dense), device=S.device)[:, None], -1).amax(0)
+        idx = torch.where(cond.any(0), cond.to(torch.int8).argmax(0), last.clamp_min(0))
+        out = self.y0
+        for j in torch.unique(idx).tolist():
+            tb, te = S[j], TE[j]
+            h = torch.where(te > tb, te - tb, torch.ones_like(te))
+            theta = ((t - tb) / h).clamp(0, 1)
+            yq = self.solver.interpolate(dense[j][2], theta, True)
+            out = torch.where(broadcast_time(idx == j, out), yq, out)
+        return out
+
+
+class _Run:
+    """One differentiated solve: the problem, what it is differentiated against, and the
+    backward pass."""
+
+    def __init__(
+        self,
+        adjoint: _ContinuousAdjoint,
+        problem: Problem,
+        arg_leaves: list[torch.Tensor],
+        rebuild_args: Callable[[list[torch.Tensor]], Any],
+        params: list[torch.Tensor],
+        known_ids: set[int],
+    ) -> None:
+        self.adjoint = adjoint
+        self.problem = problem
+        self.arg_leaves = arg_leaves
+        self.rebuild_args = rebuild_args
+        self.params = params
+        self.known_ids = known_ids  # undeclared tensors already warned about
+        self.res: LoopResult | None = None
+
+    # --- the forward pass (called inside the autograd.Function, grad disabled)
+    def forward(self) -> LoopResult:
+        interpolated = self.adjoint._interpolated
+        res = self.problem.run(save_dense=True if interpolated else None)
+        self.res = res
+        return res
+
+    # --- the backward pass
+    def _controller(self) -> tuple[AbstractStepSizeController, Any]:
+        adj, p = self.adjoint, self.problem
+        solver = adj.solver if adj.solver is not None else p.solver
+        fwd = p.controller
+        k = 1 if adj._interpolated else 2
+        norm = _adjoint_norm(k, adj.seminorm)
+        ctrl = adj.controller
+        # The backward solve runs in the forward's internal time, where the prepared forward
+        # controller keeps its grids.
+        step_ts, jump_ts = fwd.step_ts, fwd.jump_ts
+        if ctrl is None:
+            if solver.is_adaptive and isinstance(fwd, PIDController):
+                ctrl = PIDController(
+                    rtol=_as_float(fwd.rtol),
+                    atol=_as_float(fwd.atol),
+                    dtmax=fwd.dtmax,
+                    norm=norm,
+                    step_ts=step_ts,
+                    jump_ts=jump_ts,
+                )
+            elif solver.is_adaptive and adj.dt0 is None and p.dt0 is None:
+                ctrl = PIDController(norm=norm, step_ts=step_ts, jump_ts=jump_ts)
+            else:
+                ctrl = ConstantStepSize(step_ts=step_ts, jump_ts=jump_ts)
+        elif isinstance(ctrl, PIDController) and ctrl.norm is None:
+            ctrl = copy.copy(ctrl)
+            ctrl.norm = norm
+        dt0 = adj.dt0
+        if dt0 is None and isinstance(ctrl, ConstantStepSize):
+            if p.dt0 is None:
+                raise ValueError(
+                    f"{type(adj).__name__}: the backward solve steps with ConstantStepSize but "
+                    "has no step size; pass dt0= to the adjoint."
+                )
+            dt0 = float(p.dt0.min())
+        return ctrl, dt0
+
+    def backward(
+        self,
+        needs: tuple[bool, ...],
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        ys: torch.Tensor,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        ts: torch.Tensor,
+        g_y1: torch.Tensor,
+        g_t: torch.Tensor,
+        g_ys: torch.Tensor,
+    ) -> list[torch.Tensor | None]:
+        from .._solve import solve  # the public entry point; imported late (import cycle)
+
+        adj, p, res = self.adjoint, self.problem, self.res
+        assert res is not None
+        who = type(adj).__name__
+        if bool((res.status > Status.EVENT_OCCURRED).any()):
+            raise RuntimeError(
+                f"{who}: cannot differentiate a failed solve (status "
+                f"{Status(int(res.status.max())).name}); fix the forward solve first."
+            )
+        interpolated = adj._interpolated
+        per_sample = p.per_sample
+        batch = y0.shape[0] if per_sample else 0
+        terms, dtype = p.terms, y0.dtype
+        has_ts = p.ts is not None
+        n_args = len(self.arg_leaves)
+        params = self.params
+        need_y0, need_t0, need_t1, need_ts = needs[1], needs[2], needs[3], needs[4]
+        need_leaves = needs[5:]
+        solver = adj.solver if adj.solver is not None else p.solver
+        ctrl, dt0 = self._controller()
+        max_steps = adj.max_steps if adj.max_steps is not None else p.max_steps
+
+        # Shared (scalar) internal times: per-sample problems get here only with shared times.
+        tau0 = t0.reshape(-1)[0].detach()
+        tau_end = res.t.reshape(-1)[0].detach()
+        ts_shared = None
+        if has_ts:
+            ts_shared = (ts[0] if per_sample else ts).detach()
+
+        def time_arg(tau: torch.Tensor) -> torch.Tensor:
+            return tau.expand(batch) if per_sample else tau
+
+        # dy/dτ = prod(vf, contr(0, 1)): the ODE in internal time (the sign of a reversed
+        # solve and a MultiTerm's sum included), without the round-off of contr(τ, τ + 1).
+        zero = time_arg(torch.zeros((), dtype=t0.dtype, device=t0.device))
+        unit = terms.contr(zero, torch.ones_like(zero))
+        unit = tuple(u.to(dtype) for u in unit) if isinstance(unit, tuple) else unit.to(dtype)
+
+        def field(tau: torch.Tensor, y: torch.Tensor, args: Any) -> torch.Tensor:
+            return terms.prod(terms.vf(time_arg(tau), y, args), unit)
+
+        def inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if per_sample:
+                return (u * v).reshape(batch, -1).sum(1)
+            return (u * v).sum()
+
+        stats = {
+            "num_fevals": 0,
+            "num_steps": 0,
+            "num_accepted_steps": 0,
+            "num_rejected_steps": 0,
+            "num_intervals": 0,
+            "num_time_fevals": 0,
+        }
+
+        def field_eval(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            stats["num_time_fevals"] += 1
+            return field(tau, y, p.args)
+
+        arg_copies = [leaf.detach().requires_grad_(True) for leaf in self.arg_leaves]
+        args_bw = self.rebuild_args(arg_copies) if n_args else p.args
+        grad_inputs = [*params, *arg_copies]
+        dense = None
+        if interpolated:
+            dense = _DenseSolution(p.solver, res.dense or [], y0, per_sample)
+        checked = [False]
+
+        def vjp(tau: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
+            stats["num_fevals"] += 1
+            grads: tuple[torch.Tensor | None, ...]
+            with torch.enable_grad():
+                y_ = y.detach().requires_grad_(True)
+                f = field(tau, y_, args_bw)
+                if not checked[0]:
+                    checked[0] = True
+                    self._warn_undeclared(f, [y_, *grad_inputs], who)
+                if f.requires_grad:
+                    grads = torch.autograd.grad(
+                        f, [y_, *grad_inputs], grad_outputs=a, allow_unused=True
+                    )
+                else:
+                    grads = tuple(None for _ in range(1 + len(grad_inputs)))
+            out = [
+                torch.zeros(x.shape, dtype=dtype, device=y.device) if g is None else -g.to(dtype)
+                for g, x in zip(grads, [y_, *grad_inputs])
+            ]
+            return f.detach(), out
+
+        # The backward solve sees every component flattened to 1-D (the tuple packing then
+        # handles 0-d parameters and states alike).
+        state_shape = y0.shape
+        shapes = [x.shape for x in grad_inputs]
+        if not interpolated:
+            shapes = [state_shape, *shapes]
+        shapes = [state_shape, *shapes]
+
+        def aug_backsolve(tau: torch.Tensor, state: tuple, _: Any) -> tuple:
+            y, a = state[0].view(state_shape), state[1].view(state_shape)
+            f, out = vjp(tau, y, a)
+            return tuple(x.reshape(-1) for x in (f, *out))
+
+        def aug_interpolated(tau: torch.Tensor, state: tuple, _: Any) -> tuple:
+            assert dense is not None
+            _, out = vjp(tau, dense(tau), state[0].view(state_shape))
+            return tuple(x.reshape(-1) for x in out)
+
+        aug = ODETerm(aug_interpolated if interpolated else aug_backsolve)
+
+        def integrate(state: tuple, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple:
+            if not bool(t_hi > t_lo):
+                return state
+            try:
+                sol = solve(
+                    aug,
+                    solver,
+                    t_hi,
+                    t_lo,
+                    tuple(x.reshape(-1) for x in state),
+                    dt0=dt0,
+                    controller=ctrl,
+                    saveat=SaveAt(t1=True),
+                    max_steps=max_steps,
+                )
+            except SolveError as e:
+                raise RuntimeError(
+                    f"{who}: the backward (adjoint) solve failed between t={float(t_lo):.6g} "
+                    f"and t={float(t_hi):.6g} (internal time): {e.status.name}: "
+                    f"{e.status.message}. Raise max_steps=, loosen the adjoint's controller, or "
+                    "use DirectAdjoint()."
+                ) from e
+            stats["num_steps"] += sol.stats["num_steps"]
+            stats["num_accepted_steps"] += sol.stats["num_accepted_steps"]
+            stats["num_rejected_steps"] += sol.stats["num_rejected_steps"]
+            stats["num_intervals"] += 1
+            return tuple(part[0].view(shape) for part, shape in zip(sol.ys, shapes))
+
+        a = g_y1.to(dtype)
+        accum = [torch.zeros(x.shape, dtype=dtype, device=y0.device) for x in grad_inputs]
+        state: tuple = (a, *accum) if interpolated else (y1, a, *accum)
+        grad_t1 = grad_t0 = grad_ts = None
+        if need_t1:
+            grad_t1 = g_t + inner(g_y1, field_eval(tau_end, y1)).to(g_t.dtype)
+        if has_ts and need_ts:
+            grad_ts = torch.zeros_like(ts)
+
+        t_cur = tau_end
+        if has_ts:
+            assert ts_shared is not None
+            for k in range(ts_shared.shape[0] - 1, -1, -1):
+                tk = ts_shared[k]
+                if bool(tk > tau_end):  # never reached (only after a failure)
+                    continue
+                state = integrate(state, t_cur, tk)
+                t_cur = tk
+                gk = g_ys[:, k] if per_sample else g_ys[k]
+                yk = ys[:, k] if per_sample else ys[k]
+                if interpolated:
+                    state = (state[0] + gk.to(dtype), *state[1:])
+                else:
+                    # Restart y from the forward value: the backward solve of y is unstable
+                    # wherever the forward one is stable, so drift is cut at every save time.
+                    state = (yk, state[1] + gk.to(dtype), *state[2:])
+                if grad_ts is not None:
+                    gt = inner(gk, field_eval(tk, yk)).to(ts.dtype)
+                    if per_sample:
+                        grad_ts[:, k] = gt
+                    else:
+                        grad_ts[k] = gt
+        state = integrate(state, t_cur, tau0)
+        a0 = state[0] if interpolated else state[1]
+        acc = list(state[1:] if interpolated else state[2:])
+        if need_t0:
+            grad_t0 = -inner(a0, field_eval(tau0, y0)).to(t0.dtype)
+            if not per_sample:
+                grad_t0 = grad_t0.reshape(t0.shape)
+        if grad_t1 is not None and not per_sample:
+            grad_t1 = grad_t1.reshape(t1.shape)
+        stats["num_fevals_total"] = stats["num_fevals"] + stats["num_time_fevals"]
+        adj.last_backward_stats = stats
+
+        leaf_grads: list[torch.Tensor | None] = []
+        leaves = [*self.arg_leaves, *params]
+        # The state's order is params then args; the Function's inputs are args then params.
+        acc_by_input = acc[len(params) :] + acc[: len(params)]
+        for need, leaf, g in zip(need_leaves, leaves, acc_by_input):
+            leaf_grads.append(g.to(leaf.dtype) if need else None)
+        return [
+            a0 if need_y0 else None,
+            grad_t0,
+            grad_t1,
+            grad_ts,
+            *leaf_grads,
+        ]
+
+    def _warn_undeclared(self, f: torch.Tensor, declared: list[torch.Tensor], who: str) -> None:
+        missed = [x for x in undeclared_leaves(f, declared) if id(x) not in self.known_ids]
+        if missed:
+            warnings.warn(
+                f"{who}: the vector field uses {len(missed)} tensor(s) requiring grad that are "
+                f"neither parameters nor `args` tensors (shapes {describe_tensors(missed)}); "
+                "they get no gradient. Pass them in params= or through args (as a tensor, or "
+                "inside tuples, lists or dicts).",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+class _ContinuousAdjointFunction(torch.autograd.Function):
+    """Ties the solve's outputs to its inputs with no graph through the steps."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        run: _Run,
+        y0: torch.Tensor,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        ts: torch.Tensor,
+        *leaves: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        res = run.forward()
+        ys = res.ys_ts if res.ys_ts is not None else y0.new_zeros((0,))
+        inputs = {id(x) for x in (y0, t0, t1, ts, *leaves)}
+        # An input returned unchanged (e.g. t1 == t0) must be a new tensor for autograd.
+        y1, t_end = (x.clone() if id(x) in inputs else x for x in (res.y, res.t))
+        ctx.run = run
+        ctx.save_for_backward(y0, y1, ys, t0, t1, ts)
+        return y1, t_end, ys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_y1: torch.Tensor, g_t: torch.Tensor, g_ys: torch.Tensor) -> Any:
+        y0, y1, ys, t0, t1, ts = ctx.saved_tensors
+        with torch.no_grad():
+            grads = ctx.run.backward(ctx.needs_input_grad, y0, y1, ys, t0, t1, ts, g_y1, g_t, g_ys)
+        return (None, *grads)
+
+
+class _ContinuousAdjoint(AbstractAdjoint):
+    _interpolated: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        solver: AbstractSolver | None = None,
+        controller: AbstractStepSizeController | None = None,
+        *,
+        dt0: float | None = None,
+        seminorm: bool = True,
+        params: Iterable[torch.Tensor] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        who = type(self).__name__
+        if solver is not None and not isinstance(solver, AbstractSolver):
+            hint = f" Use {solver.__name__}()." if isinstance(solver, type) else ""
+            raise TypeError(
+                f"{who}: `solver` must be a solver instance such as Dopri5() or None, got "
+                f"{type(solver).__name__}.{hint}"
+            )
+        if controller is not None:
+            if not isinstance(controller, AbstractStepSizeController):
+                raise TypeError(
+                    f"{who}: `controller` must be a step-size controller (PIDController(...), "
+                    f"ConstantStepSize()) or None, got {type(controller).__name__}."
+                )
+            if controller.per_sample:
+                raise ValueError(
+                    f"{who}: the backward solve steps the batch jointly; pass a controller "
+                    "with per_sample=False."
+                )
+        if dt0 is not None and (
+            isinstance(dt0, bool)
+            or not isinstance(dt0, numbers.Real)
+            or not math.isfinite(dt0)
+            or dt0 <= 0
+        ):
+            raise ValueError(f"{who}: `dt0` must be a positive number or None, got {dt0!r}.")
+        if not isinstance(seminorm, bool):
+            raise TypeError(f"{who}: `seminorm` must be a bool, got {seminorm!r}.")
+        param_list: list[torch.Tensor] | None = None
+        if params is not None:
+            if isinstance(params, torch.Tensor):
+                raise TypeError(
+                    f"{who}: `params` must be a sequence of tensors, got one tensor of shape "
+                    f"{tuple(params.shape)}; wrap it as params=[tensor]."
+                )
+            if isinstance(params, torch.nn.Module):
+                raise TypeError(
+                    f"{who}: `params` must be a sequence of tensors, got a Module; pass "
+                    "params=list(module.parameters())."
+                )
+            param_list = list(params)
+            bad = [type(x).__name__ for x in param_list if not isinstance(x, torch.Tensor)]
+            if bad:
+                raise TypeError(f"{who}: `params` must hold tensors only, got {bad}.")
+        if max_steps is not None and (
+            isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+        ):
+            raise ValueError(
+                f"{who}: `max_steps` must be a positive int or None, got {max_steps!r}."
+            )
+        self.solver = solver
+        self.controller = controller
+        self.dt0 = None if dt0 is None else float(dt0)
+        self.seminorm = seminorm
+        self.params = param_list
+        self.max_steps = max_steps
+        #: Counts of the last backward pass (set by ``backward()``), see the class docstring.
+        self.last_backward_stats: dict[str, int] | None = None
+
+    def apply(self, problem: Problem) -> LoopResult:
+        who = type(self).__name__
+        fields = _ode_vector_fields(problem.terms, who)
+        if problem.event is not None:
+            raise NotImplementedError(
+                f"{who} does not support events yet; use DirectAdjoint() (or "
+                "CheckpointAdjoint()) to differentiate a solve with an event."
+            )
+        if problem.per_sample:
+            shared = all(
+                bool((x == x.reshape(-1)[:1]).all()) for x in (problem.t0, problem.t1)
+            ) and (problem.ts is None or bool((problem.ts == problem.ts[:1]).all()))
+            if not shared:
+                raise NotImplementedError(
+                    f"{who} with per-sample stepping needs t0, t1 and saveat.ts shared by the "
+                    "batch (scalars / 1-D ts); per-sample times differ here. Use DirectAdjoint() "
+                    "or share the times."
+                )
+
+        arg_leaves, rebuild = flatten_args(problem.args)
+        # What the vector field can reach, and what ``args`` holds beyond plain tensors in
+        # containers (an nn.Module, an object with tensor attributes).
+        arg_ids = {id(x) for x in arg_leaves}
+        captured = unique_tensors(
+            [
+                *(x for f in fields for x in captured_tensors(f)),
+                *(x for x in captured_tensors(problem.args) if id(x) not in arg_ids),
+            ]
+        )
+        if self.params is None:
+            params = captured
+        else:
+            params = unique_tensors(x for x in self.params if x.requires_grad)
+        known = {id(x) for x in (*params, *arg_leaves)}
+        missed = [x for x in captured if id(x) not in known]
+        if missed and torch.is_grad_enabled():
+            warnings.warn(
+                f"{who}: the vector field captures {len(missed)} tensor(s) requiring grad that "
+                f"are not in `params` nor in `args` (shapes {describe_tensors(missed)}); they "
+                "get no gradient. Pass them in params= or through args (or set "
+                "requires_grad=False to silence this).",
+                UserWarning,
+                stacklevel=3,
+            )
+        ts = problem.ts if problem.ts is not None else problem.t0.new_zeros((0,))
+        inputs = [problem.y0, problem.t0, problem.t1, ts, *arg_leaves, *params]
+        if not torch.is_grad_enabled() or not any(x.requires_grad for x in inputs):
+            with torch.no_grad():
+                return problem.run()
+
+        run = _Run(self, problem, arg_leaves, rebuild, params, known | {id(x) for x in missed})
+        y1, t_end, ys = _ContinuousAdjointFunction.apply(
+            run, problem.y0, problem.t0, problem.t1, ts, *arg_leaves, *params
+        )
+        res = run.res
+        assert res is not None
+        # The backward pass needs the status, the time reached and (interpolated) the dense
+        # solution; the saved states live in the Function's saved tensors.
+        run.res = dataclasses.replace(
+            res,
+            ys_ts=None,
+            steps_t=None,
+            steps_y=None,
+            dense=res.dense if self._interpolated else None,
+        )
+        return dataclasses.replace(
+            res,
+            y=y1,
+            t=t_end,
+            ys_ts=ys if problem.ts is not None else None,
+            dense=res.dense if problem.saveat.dense else None,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(solver={self.solver!r}, controller={self.controller!r}, "
+            f"dt0={self.dt0!r}, seminorm={self.seminorm})"
+        )
+
+
+class BacksolveAdjoint(_ContinuousAdjoint):
+    r"""The continuous adjoint with memory independent of the number of steps.
+
+    The forward solve records nothing for autograd. The backward pass solves the augmented
+    system $(y, a, g_\theta, g_{\mathrm{args}})$ backwards in time, save time to save time,
+    restarting $y$ from its forward value at each save time (as torchdiffeq does) to limit the
+    drift of the backward reconstruction. Gradients are those of the exact solution up to the
+    backward solve's error, not those of the computed forward solution (use
+    :class:`DirectAdjoint` for that); they converge to them as the tolerances tighten.
+
+    Gradients flow to ``y0``, the parameters, the tensors requiring grad in ``args``
+    (through tuples, lists and dicts), ``t0``, ``t1`` and ``saveat.ts``. Outputs of
+    ``SaveAt(steps=True)`` and the dense solution (``Solution.evaluate``) carry no gradient.
+    Supports ODE terms, tuple states, reverse time and per-sample stepping with times shared by
+    the batch (the backward pass then steps jointly); not events. Not twice differentiable.
+
+    Args:
+        solver: the backward solver; the forward one by default.
+        controller: the backward step-size controller. By default a ``PIDController`` with
+            the forward one's ``rtol``/``atol`` (the strictest entry of tensor tolerances), or
+            ``ConstantStepSize`` with the forward ``dt0`` after a fixed-step solve. A
+            ``PIDController`` with a ``norm`` receives the tuple ``(y, a, *g_params,
+            *g_args)`` of scaled errors.
+        dt0: the backward solve's first (or constant) step.
+        seminorm: measure the backward error on $(y, a)$ only (their RMS), ignoring the
+            parameter and ``args`` gradients, which are integrals nothing depends on: usually
+            fewer backward steps at the same accuracy (Kidger, Chen & Lyons 2021, "Hey, that's
+            not an ODE"). ``False`` takes the larger of that and the RMS over the gradients.
+        params: the tensors to differentiate the vector field against. By default they are
+            discovered from the vector field: ``nn.Module`` parameters (of a module or a
+            bound method of one) and tensors requiring grad in its closure, the globals it
+            names, its default arguments and ``functools.partial`` arguments, and from
+            modules and objects passed in ``args``. A tensor
+            requiring grad that the vector field uses but that is neither here nor in
+            ``args`` gets no gradient and a ``UserWarning``.
+        max_steps: the most steps of each backward interval; the forward ``max_steps`` by
+            default.
+
+    Attributes:
+        last_backward_stats: counts of the most recent backward pass: ``num_fevals``
+            (evaluations of the augmented field, each one vector-field evaluation plus one
+            vector-Jacobian product), ``num_time_fevals`` (extra evaluations for the time
+            gradients), ``num_fevals_total``, ``num_steps``, ``num_accepted_steps``,
+            ``num_rejected_steps`` and ``num_intervals`` (backward solves between save times).
+
+    Memory: the states at the save times and the final state, whatever the number of steps.
+
+    Example:
+        >>> func = torch.nn.Linear(2, 2)
+        >>> y0 = torch.randn(16, 2)
+        >>> sol = solve(ODETerm(lambda t, y, args: func(y)), Tsit5(), 0.0, 1.0, y0,
+        ...             adjoint=BacksolveAdjoint())
+        >>> sol.ys.square().mean().backward()  # sets func.weight.grad and func.bias.grad
+    """
+
+
+class InterpolatedAdjoint(_ContinuousAdjoint):
+    r"""The continuous adjoint that reads $y(t)$ from the forward dense solution.
+
+    Like :class:`BacksolveAdjoint`, but the backward pass integrates only
+    $(a, g_\theta, g_{\mathrm{args}})$ and evaluates $y(\tau)$ from the forward solve's dense
+    output (interpolated reverse dynamics, as in adaptive-checkpoint adjoints): there is no
+    error from reconstructing $y$ backwards, which can be unstable, and memory is that of the
+    dense solution (a few states per forward step), with no autograd graph. ``seminorm``
+    measures the backward error on $a$ only, and a controller's ``norm`` receives the tuple
+    ``(a, *g_params, *g_args)``. Arguments, outputs without gradient, scope and
+    ``last_backward_stats`` as for :class:`BacksolveAdjoint`.
+    """
+
+    _interpolated = True

@@ -1,0 +1,215 @@
+"""Which tensors a vector field differentiates with respect to.
+
+The continuous adjoints integrate one gradient component per parameter, so they need the
+parameters up front; autograd cannot tell them which tensors ``f`` reads. They are found here
+statically (``nn.Module`` parameters, closure cells, directly referenced globals, default
+arguments, ``functools.partial``), and, as a safety net, in the graph of one evaluation of
+``f`` during the backward pass (:func:`undeclared_leaves`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .._core.packing import PackedTerm, ReversedTerm
+
+__all__ = [
+    "captured_tensors",
+    "describe_tensors",
+    "differentiable_leaves",
+    "flatten_args",
+    "term_tensors",
+    "undeclared_leaves",
+    "unique_tensors",
+]
+
+# How deep to follow containers and plain objects; vector fields rarely nest deeper and the
+# limit keeps a pathological global (a huge object graph) from being walked.
+_MAX_DEPTH = 8
+
+
+def unique_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors in order, each once (by identity)."""
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def captured_tensors(fn: Any) -> list[torch.Tensor]:
+    """Tensors requiring grad that the callable ``fn`` can reach, each once.
+
+    Looks at: the parameters of ``fn`` when it is an ``nn.Module`` or a bound method of one;
+    for a Python function, the values in its closure cells, the module globals its code (and
+    the code of functions defined inside it) names directly, and its default arguments;
+    ``functools.partial`` objects (function, positional and keyword arguments); the attributes
+    of callable objects; recursively through tuples, lists, dicts, sets and nested modules.
+    """
+    found: list[torch.Tensor] = []
+    _visit(fn, found, set(), 0)
+    return unique_tensors(found)
+
+
+def term_tensors(terms: Any) -> list[torch.Tensor]:
+    """Tensors requiring grad reachable from a (possibly wrapped) term: its vector fields (as
+    :func:`captured_tensors`) and, for controlled terms, its control path."""
+    while isinstance(terms, (PackedTerm, ReversedTerm)):
+        terms = terms.term
+    return captured_tensors(terms)
+
+
+def differentiable_leaves(problem: Any, params: Iterable[torch.Tensor] | None = None) -> list:
+    """What a solve is differentiated against besides ``y0`` and the times: the tensors
+    requiring grad in ``problem.args`` (through tuples, lists, dicts) and the parameters:
+    ``params`` when given (those requiring grad), else :func:`term_tensors` of the terms and
+    :func:`captured_tensors` of ``args`` (modules or objects passed there)."""
+    arg_leaves, _ = flatten_args(problem.args)
+    if params is None:
+        found = term_tensors(problem.terms) + captured_tensors(problem.args)
+    else:
+        found = [x for x in params if isinstance(x, torch.Tensor) and x.requires_grad]
+    return unique_tensors([*arg_leaves, *found])
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _visit(obj: Any, found: list[torch.Tensor], seen: set[int], depth: int) -> None:
+    if depth > _MAX_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    if isinstance(obj, torch.Tensor):
+        if obj.requires_grad:
+            found.append(obj)
+        return
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (types.ModuleType, type)):
+        return
+    if isinstance(obj, torch.nn.Module):
+        found.extend(p for p in obj.parameters() if p.requires_grad)
+        # Plain tensor attributes (not registered as parameters) still carry gradients.
+        for value in vars(obj).values():
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                found.append(value)
+        return
+    if isinstance(obj, functools.partial):
+        _visit(obj.func, found, seen, depth + 1)
+        for a in obj.args:
+            _visit(a, found, seen, depth + 1)
+        for a in obj.keywords.values():
+            _visit(a, found, seen, depth + 1)
+        return
+    if inspect.ismethod(obj):
+        _visit(obj.__self__, found, seen, depth + 1)
+        _visit(obj.__func__, found, seen, depth + 1)
+        return
+    if isinstance(obj, types.FunctionType):
+        for cell in obj.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell (a name assigned after the function)
+                continue
+            _visit(value, found, seen, depth + 1)
+        g = obj.__globals__
+        for name in _code_names(obj.__code__):
+            if name in g:
+                _visit(g[name], found, seen, depth + 1)
+        for value in obj.__defaults__ or ():
+            _visit(value, found, seen, depth + 1)
+        for value in (obj.__kwdefaults__ or {}).values():
+            _visit(value, found, seen, depth + 1)
+        return
+    if isinstance(obj, (tuple, list, set, frozenset)):
+        for value in obj:
+            _visit(value, found, seen, depth + 1)
+        return
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _visit(value, found, seen, depth + 1)
+        return
+    if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return
+    # A user object (e.g. a callable class holding its weights): its attributes, and the
+    # function behind its __call__.
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict):
+        for value in attrs.values():
+            _visit(value, found, seen, depth + 1)
+    call = inspect.getattr_static(type(obj), "__call__", None)
+    if isinstance(call, types.FunctionType):
+        _visit(call, found, seen, depth + 1)
+
+
+def flatten_args(args: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torch.Tensor]], Any]]:
+    """The tensors requiring grad in ``args`` (through tuples, named tuples, lists and dicts)
+    and a function that rebuilds ``args`` with replacements for them, in the same order."""
+    leaves: list[torch.Tensor] = []
+
+    def walk(x: Any) -> Callable[[Sequence[torch.Tensor]], Any]:
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            i = len(leaves)
+            leaves.append(x)
+            return lambda new: new[i]
+        if isinstance(x, (tuple, list)):
+            parts = [walk(v) for v in x]
+            if isinstance(x, tuple) and hasattr(x, "_fields"):  # named tuple
+                return lambda new: type(x)(*(p(new) for p in parts))
+            kind = tuple if isinstance(x, tuple) else list
+            return lambda new: kind(p(new) for p in parts)
+        if isinstance(x, dict):
+            items = [(k, walk(v)) for k, v in x.items()]
+            return lambda new: {k: p(new) for k, p in items}
+        return lambda new: x
+
+    rebuild = walk(args)
+    return leaves, rebuild
+
+
+def describe_tensors(tensors: Sequence[torch.Tensor], limit: int = 5) -> str:
+    shapes = [tuple(t.shape) for t in tensors[:limit]]
+    more = f" and {len(tensors) - limit} more" if len(tensors) > limit else ""
+    return ", ".join(str(s) for s in shapes) + more
+
+
+def undeclared_leaves(output: torch.Tensor, declared: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Leaf tensors requiring grad that ``output`` was computed from without passing through a
+    ``declared`` tensor: tensors the adjoint would give no gradient to."""
+    fn = output.grad_fn
+    if fn is None:
+        return []
+    declared_ids = {id(t) for t in declared}
+    # A declared tensor that is not a leaf is reached through its grad_fn: stop there.
+    # Nodes are kept alive in `keep` so that their ids stay unique during the walk.
+    keep: list[Any] = [t.grad_fn for t in declared if t.grad_fn is not None]
+    stop = {id(n) for n in keep}
+    out: list[torch.Tensor] = []
+    stack: list[Any] = [fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or id(node) in stop:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        var = getattr(node, "variable", None)  # AccumulateGrad: the leaf itself
+        if isinstance(var, torch.Tensor):
+            if id(var) not in declared_ids:
+                out.append(var)
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return unique_tensors(out)
