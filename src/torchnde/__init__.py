@@ -4,6 +4,7 @@ from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import BacksolveAdjoint as BacksolveAdjoint
 from ._adjoint import CheckpointAdjoint as CheckpointAdjoint
 from ._adjoint import DirectAdjoint as DirectAdjoint
+from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import InterpolatedAdjoint as InterpolatedAdjoint
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
 from ._convenience import METHODS as METHODS

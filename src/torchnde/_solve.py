@@ -326,6 +326,7 @@ def solve(
     throw: bool = True,
     progress: bool = False,
     compile_step: bool = False,
+    integral: Any = None,
 ) -> Solution:
     r"""Solve a differential equation from ``t0`` to ``t1``.
 
@@ -352,6 +353,10 @@ def solve(
         compile_step: compile the step (all solver stages and the controller) with
             ``torch.compile`` into one graph. Pays off for small, launch-bound problems that are
             solved many times with the same shapes; the first solve pays the compilation.
+        integral: a running cost ``l(t, y, args)``; ``Solution.integral`` then holds
+            $\int_{t_0}^{t} l(s, y(s), \mathrm{args})\,ds$ at the saved times (time first),
+            solved with the state (same solver, tolerances and adjoint), e.g. for kinetic-energy
+            regularisation or optimal control. ODE terms only.
 
     Returns:
         A :class:`Solution`; ``ys`` is time first: ``(len(ts), *y0.shape)``.
@@ -364,6 +369,8 @@ def solve(
     """
     if adjoint is None:
         adjoint = DirectAdjoint()
+    if integral is not None:
+        terms, y0 = _with_integral(terms, y0, integral, t0, args)
     p = _normalise(
         terms, solver, t0, t1, y0, args, dt0, saveat, controller, adjoint, event, max_steps
     )
@@ -376,7 +383,57 @@ def solve(
     finally:
         if p.progress is not None:
             p.progress.close()
-    return _assemble(p, res, throw)
+    sol = _assemble(p, res, throw)
+    if integral is not None:
+        sol = _split_integral(sol)
+    return sol
+
+
+def _with_integral(terms: Any, y0: Any, cost: Any, t0: Any, args: Any) -> tuple[Any, Any]:
+    """The ODE with the running cost as one more state component, starting at zero."""
+    if not callable(cost):
+        raise TypeError(f"`integral` must be callable as l(t, y, args), got {_describe(cost)}.")
+    if not isinstance(terms, ODETerm):
+        raise NotImplementedError(
+            f"`integral` is supported for ODETerm, got {type(terms).__name__}; add the cost as a "
+            "state component of your own term instead."
+        )
+    f = terms.vector_field
+    as_tuple = isinstance(y0, (tuple, list))
+    first = y0[0] if as_tuple else y0
+    if not isinstance(first, torch.Tensor):
+        raise TypeError(f"`y0` must be a tensor or a tuple of tensors, got {_describe(y0)}.")
+    t_start = torch.as_tensor(t0, dtype=first.dtype, device=first.device)
+    with torch.no_grad():
+        q = cost(t_start, tuple(y0) if as_tuple else y0, args)
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"`integral` must return a tensor, got {_describe(q)}.")
+    q0 = torch.zeros(q.shape, dtype=first.dtype, device=first.device)
+
+    def vector_field(t: torch.Tensor, z: Any, a: Any) -> tuple:
+        y = tuple(z[:-1]) if as_tuple else z[0]
+        dy = f(t, y, a)
+        dq = cost(t, y, a)
+        return (*dy, dq) if as_tuple else (dy, dq)
+
+    return ODETerm(vector_field), ((*y0, q0) if as_tuple else (y0, q0))
+
+
+def _split_integral(sol: Solution) -> Solution:
+    """Move the running cost out of ``ys`` into ``integral``."""
+    ys = sol.ys
+    if ys is not None:
+        sol.integral = ys[-1]
+        sol.ys = tuple(ys[:-1]) if len(ys) > 2 else ys[0]
+    if sol._interpolate is not None:
+        inner = sol._interpolate
+
+        def evaluate(t: torch.Tensor) -> Any:
+            z = inner(t)
+            return tuple(z[:-1]) if len(z) > 2 else z[0]
+
+        sol._interpolate = evaluate
+    return sol
 
 
 def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:

@@ -113,6 +113,8 @@ class Solution:
         status: a :class:`Status` code per sample (a 0-d tensor for joint stepping).
         event_mask: for a solve with events, a tuple with, per event function, a bool tensor
             saying whether it stopped the solve.
+        integral: with ``solve(..., integral=l)``, the running cost integrated from ``t0`` to
+            each saved time, time first.
     """
 
     ts: torch.Tensor | None
@@ -120,6 +122,7 @@ class Solution:
     stats: dict[str, Any]
     status: torch.Tensor
     event_mask: tuple[torch.Tensor, ...] | None = None
+    integral: Any = None
     _interpolate: Callable[[torch.Tensor], Any] | None = field(default=None, repr=False)
 
     @property
