@@ -446,16 +446,18 @@ def test_backsolve_forward_records_no_graph_through_the_steps():
 # --- scope and errors
 
 
-def test_events_are_not_supported_yet():
-    event = tn.Event(lambda t, y, args: y[0])
-    with pytest.raises(NotImplementedError, match="events.*DirectAdjoint"):
+def test_per_sample_events_at_different_times_are_not_supported():
+    event = tn.Event(lambda t, y, args: y[:, 0] - 0.5)
+    y0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="one event time"):
         tn.solve(
             tn.ODETerm(lambda t, y, args: -y),
             tn.Dopri5(),
             0.0,
-            1.0,
-            _y0(),
+            3.0,
+            y0,
             event=event,
+            controller=tn.PIDController(per_sample=True),
             adjoint=BacksolveAdjoint(),
         )
 

@@ -41,6 +41,7 @@ from .._core.solution import SaveAt, SolveError, Status
 from .._core.solver import AbstractSolver
 from .._core.terms import AbstractTerm, MultiTerm, ODETerm, broadcast_time
 from .base import AbstractAdjoint
+from .event_time import with_event_time
 from .params import (
     captured_tensors,
     describe_tensors,
@@ -533,12 +534,9 @@ class _ContinuousAdjoint(AbstractAdjoint):
 
     def apply(self, problem: Problem) -> LoopResult:
         who = type(self).__name__
-        fields = _ode_vector_fields(problem.terms, who)
         if problem.event is not None:
-            raise NotImplementedError(
-                f"{who} does not support events yet; use DirectAdjoint() (or "
-                "CheckpointAdjoint()) to differentiate a solve with an event."
-            )
+            return with_event_time(problem, self.apply, who)
+        fields = _ode_vector_fields(problem.terms, who)
         if problem.per_sample:
             shared = all(
                 bool((x == x.reshape(-1)[:1]).all()) for x in (problem.t0, problem.t1)
@@ -625,7 +623,8 @@ class BacksolveAdjoint(_ContinuousAdjoint):
     (through tuples, lists and dicts), ``t0``, ``t1`` and ``saveat.ts``. Outputs of
     ``SaveAt(steps=True)`` and the dense solution (``Solution.evaluate``) carry no gradient.
     Supports ODE terms, tuple states, reverse time and per-sample stepping with times shared by
-    the batch (the backward pass then steps jointly); not events. Not twice differentiable.
+    the batch (the backward pass then steps jointly), and terminal events (the event time is
+    differentiated by the implicit function theorem). Not twice differentiable.
 
     Args:
         solver: the backward solver; the forward one by default.
