@@ -157,17 +157,24 @@ class ConstantStepSize(AbstractStepSizeController):
                 "ConstantStepSize needs a step size: pass `dt0=` to solve (e.g. dt0=0.01)."
             )
         end, at_jump = self._clip(t0, t0 + dt0)
-        return end, (dt0, at_jump), 0
+        # Step ends are origin + k·dt0, not sums of dt0, so rounding does not accumulate (n
+        # steps of 1/n end on t1, not a hair before it with a tiny extra step).
+        one = torch.ones_like(t0)
+        return end, (dt0, at_jump, t0, one), 0
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
-        dt0, made_jump = state
+        dt0, made_jump, origin, k = state
         accept = torch.ones_like(t0, dtype=torch.bool)
-        next_t1 = t1 + dt0
+        # A step shortened to a grid point restarts the count from there.
+        regular = t1 == origin + k * dt0
+        origin = torch.where(regular, origin, t1)
+        k = torch.where(regular, k + 1, 1.0)
+        next_t1 = origin + k * dt0
         if self.step_ts is not None or self.jump_ts is not None:
             next_t1, at_jump = self._clip(t1, next_t1)
         else:
             at_jump = made_jump
-        return accept, t1, next_t1, made_jump, (dt0, at_jump)
+        return accept, t1, next_t1, made_jump, (dt0, at_jump, origin, k)
 
     def __repr__(self) -> str:
         return f"ConstantStepSize(per_sample={self.per_sample})"
