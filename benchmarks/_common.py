@@ -432,3 +432,209 @@ def base_parser(desc: str, default_libs: str) -> argparse.ArgumentParser:
         help="torch intra-op threads (default 1; 0 keeps torch's default)",
     )
     return p
+
+
+# ------------------------------------------------------------------- torchnde adjoints
+# (name in the tables, attribute of torchnde, kind of the peers' counterpart)
+TORCHNDE_ADJOINTS: list[tuple[str, str, str]] = [
+    ("direct", "DirectAdjoint", "backprop"),
+    ("backsolve", "BacksolveAdjoint", "adjoint"),
+    ("interpolated", "InterpolatedAdjoint", "adjoint"),
+    ("checkpoint", "CheckpointAdjoint", "checkpoint"),
+]
+
+
+def torchnde_adjoints(wanted: Sequence[str] | None = None) -> tuple[dict[str, type], list[str]]:
+    """The adjoint classes torchnde has *now* (``getattr`` on the package), keyed by the short
+    names of ``TORCHNDE_ADJOINTS``, and notes on the ones that are missing, so that the
+    benchmarks pick up adjoints as they are added."""
+    import torchnde
+
+    have: dict[str, type] = {}
+    notes: list[str] = []
+    for name, attr, _ in TORCHNDE_ADJOINTS:
+        if wanted is not None and name not in wanted:
+            continue
+        cls = getattr(torchnde, attr, None)
+        if cls is None:
+            notes.append(f"torchnde.{attr} does not exist (yet): torchnde/{name} skipped")
+        else:
+            have[name] = cls
+    return have, notes
+
+
+def make_torchnde_adjoint(
+    name: str, cls: type, checkpoints: int | None = None, params: Sequence[Any] | None = None
+) -> Any:
+    """Instantiate an adjoint class with its defaults, except: ``checkpoints`` goes to
+    CheckpointAdjoint when given, and ``params`` (the vector field's parameters, as
+    torchdiffeq's ``adjoint_params``) to every adjoint whose constructor takes ``params``."""
+    import inspect
+
+    kw: dict[str, Any] = {}
+    try:
+        sig = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        sig = {}
+    if name == "checkpoint" and checkpoints is not None:
+        kw["checkpoints"] = checkpoints
+    if params is not None and "params" in sig:
+        kw["params"] = list(params)
+    return cls(**kw)
+
+
+# ------------------------------------------------------------- memory (Linux /proc, glibc)
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mib() -> float:
+    """Resident set size of this process, MiB."""
+    return _status_kb("VmRSS") / 1024.0
+
+
+def hwm_mib() -> float:
+    """Peak resident set size (VmHWM) of this process since start or the last reset, MiB."""
+    return _status_kb("VmHWM") / 1024.0
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def malloc_release_mode(mmap_threshold: int = 65536, trim_threshold: int = 131072) -> bool:
+    """Make glibc hand freed memory back to the OS promptly (fixed mmap threshold, low trim
+    threshold), so that VmHWM - VmRSS measures the live memory of one step rather than
+    memory parked in malloc arenas by earlier calls. Slows large allocations down a little."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
+        ok = libc.mallopt(-3, mmap_threshold) == 1 and libc.mallopt(-1, trim_threshold) == 1
+        libc.malloc_trim(0)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def measure_peak_rss(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``fn`` once and return the peak RSS increase over the RSS right before it (MiB),
+    after gc + malloc_trim and a VmHWM reset; also the wall time of that call."""
+    import gc
+
+    gc.collect()
+    malloc_trim()
+    ok = reset_hwm()
+    before = rss_mib()
+    t0 = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    peak = hwm_mib()
+    return {
+        "rss_before_mib": before,
+        "peak_mib": peak,
+        "peak_increase_mib": peak - before if ok else float("nan"),
+        "hwm_reset": ok,
+        "measured_call_s": wall,
+    }
+
+
+def mem_available_mib() -> float:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------ subprocess
+RESULT_PREFIX = "RESULT "
+
+
+def run_child(script: str, cfg: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    """Run ``python script --child '<json cfg>'`` in a fresh interpreter and parse the last
+    stdout line starting with ``RESULT `` as JSON (``{"error": ...}`` if there is none)."""
+    cmd = [sys.executable, script, "--child", json.dumps(cfg)]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout}s"}
+    wall = time.perf_counter() - t0
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            res = json.loads(line[len(RESULT_PREFIX) :])
+            res["child_wall_s"] = wall
+            return res
+    tail = (p.stderr or p.stdout)[-1500:]
+    return {"error": f"child rc={p.returncode}: {tail}"}
+
+
+def child_emit(res: dict[str, Any]) -> None:
+    """Print a child's result as the ``RESULT <json>`` line that ``run_child`` reads."""
+    print(RESULT_PREFIX + json.dumps(res, default=_json_default), flush=True)
+
+
+def run_forked(
+    fn: Callable[[dict[str, Any]], dict[str, Any]], cfg: dict[str, Any], timeout: float = 300.0
+) -> dict[str, Any]:
+    """Run ``fn(cfg)`` in a forked child process (its own address space, so its peak RSS
+    cannot contaminate another configuration's) and return its result dict. Cheaper than
+    ``run_child`` when the parent has already imported the heavy modules (torch): the caller
+    must not have run any torch computation, so that no thread pool is forked."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def target() -> None:
+        try:
+            res = fn(cfg)
+        except BaseException as e:  # report anything to the parent
+            import traceback
+
+            res = {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1200:]}"}
+        send.send(json.loads(json.dumps(res, default=_json_default)))
+
+    t0 = time.perf_counter()
+    p = ctx.Process(target=target)
+    p.start()
+    send.close()
+    res: dict[str, Any]
+    if recv.poll(timeout):
+        try:
+            res = recv.recv()
+        except EOFError:
+            res = {"error": "child died without a result"}
+    else:
+        res = {"error": f"timeout after {timeout}s"}
+    p.join(10)
+    if p.is_alive():
+        p.kill()
+        p.join()
+    if p.exitcode not in (0, None) and "error" not in res:
+        res["exitcode"] = p.exitcode
+    if "error" in res and p.exitcode not in (0, None):
+        res["error"] += f" (exit code {p.exitcode})"
+    res["child_wall_s"] = time.perf_counter() - t0
+    return res
