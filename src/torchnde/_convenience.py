@@ -86,6 +86,11 @@ def odeint(
         raise ValueError(f"odeint: `t` must be a 1-D tensor of times, got shape {tuple(t.shape)}.")
     grid: dict[str, Any] = dict(step_ts=options.get("step_t"), jump_ts=options.get("jump_t"))
     dt0 = None
+    if solver.is_adaptive and "step_size" in options:
+        raise ValueError(
+            f"odeint: option `step_size` is for fixed-step methods, but {method!r} is adaptive; "
+            "use `first_step` for its initial step, or a fixed-step method such as 'rk4'."
+        )
     if solver.is_adaptive:
         controller: Any = PIDController(rtol=rtol, atol=atol, norm=options.get("norm"), **grid)
         dt0 = options.get("first_step")
@@ -94,7 +99,7 @@ def odeint(
         if dt0 is None:
             # torchdiffeq steps from one output time to the next.
             grid["step_ts"] = t
-            dt0 = float((t[-1] - t[0]).abs()) or 1.0
+            dt0 = float((t[-1] - t[0]).detach().abs()) or 1.0
         controller = ConstantStepSize(**grid)
     term = ODETerm(lambda tt, y, args: func(tt, y))
     sol = solve(

@@ -232,10 +232,9 @@ def _normalise(
                 f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
                 f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
             )
-        ts = torch.minimum(
-            torch.maximum(ts, lo[..., None] if per_sample else lo),
-            hi[..., None] if per_sample else hi,
-        )
+        # clamp, not minimum/maximum: a save time equal to t0 or t1 keeps its whole gradient
+        # (minimum/maximum split it between the two tied arguments).
+        ts = ts.clamp(lo[..., None] if per_sample else lo, hi[..., None] if per_sample else hi)
 
     # --- tolerances against the state
     if isinstance(controller, PIDController):
@@ -442,7 +441,7 @@ def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
     if throw and bool(failed.any()):
         flat = res.status.reshape(-1)
         i = int(torch.nonzero(failed.reshape(-1))[0])
-        t_fail = float((res.t.reshape(-1)[i]) * direction)
+        t_fail = float(res.t.detach().reshape(-1)[i]) * direction
         raise SolveError(Status(int(flat[i])), t_fail, res.num_steps, int(failed.sum()))
 
     ts_parts: list[torch.Tensor] = []

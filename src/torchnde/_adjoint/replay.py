@@ -53,17 +53,16 @@ def replay_solve(problem: Problem, strategy: Any, name: str, params: Any) -> Loo
 
         return run(loop, problem.y0)[0]
     leaves = _leaves(problem, params)
-    # The initial state (f(t0, y0), the first step size, ...) is recorded by autograd as usual;
-    # the iterations after it go through the replayed function.
-    st, host, emit, nfe = loop.init(problem.y0)
-    out = loop.write(loop.new_output(problem.y0), emit.saves, inplace=False)
-    runner = _Runner(loop, host, st, strategy, name)
-    flat = runner.flat(st)
-    results = _ReplayedSteps.apply(runner, *flat, *leaves)
-    st = runner.state(list(results[: len(flat)]))
-    for saves in runner.unpack_saves(results[len(flat) :]):
+    if problem.t0.requires_grad and all(problem.t0 is not x for x in leaves):
+        leaves.append(problem.t0)
+    runner = _Runner(loop, strategy, name)
+    results = _ReplayedSteps.apply(runner, problem.y0, *leaves)
+    n = runner.n_state
+    st = runner.state(list(results[:n]))
+    out = loop.new_output(problem.y0)
+    for saves in runner.unpack_saves(results[n:]):
         out = loop.write(out, saves, inplace=False)
-    return loop.finish(st, runner.tape[-1], runner.num, nfe + runner.nfe, out, runner.emits)
+    return loop.finish(st, runner.tape[-1], runner.num, runner.nfe, out, runner.emits)
 
 
 def _fields(st: _State) -> tuple:
@@ -73,13 +72,28 @@ def _fields(st: _State) -> tuple:
 class _Runner:
     """Runs and replays the iterations of one solve, on flat lists of the state's tensors."""
 
-    def __init__(self, loop: Loop, host0: Host, st0: _State, strategy: Any, name: str) -> None:
+    def __init__(self, loop: Loop, strategy: Any, name: str) -> None:
         self.loop, self.strategy, self.name = loop, strategy, name
-        self.tape: list[Host] = [host0]
+        self.tape: list[Host] = []
         self.emits: list[_Emit] = []
         self.num = 0
         self.nfe = 0
-        self.save_layout: list[list[tuple]] = []  # per iteration: the non-tensor save info
+        # The non-tensor save info: of the initialisation, then of each iteration.
+        self.save_layout: list[list[tuple]] = []
+
+    def init(self, y0: torch.Tensor, record: bool = False) -> tuple[list, list]:
+        """The loop's initialisation from ``y0``: the flat state and the saved values (times
+        equal to t0). The first call also learns the state's structure."""
+        st, host, emit, nfe = self.loop.init(y0)
+        values: list[torch.Tensor] = []
+        if record:
+            self.tape = [host]
+            self.nfe = nfe
+            self._learn(st)
+        self._saves(emit, values, record)
+        return self.flat(st), values
+
+    def _learn(self, st0: _State) -> None:
         # The state's structure; its non-tensor leaves (None, ...) are kept as constants.
         leaves, self.spec = pytree.tree_flatten(_fields(st0))
         self.template = leaves
@@ -252,17 +266,24 @@ class _ReplayedSteps(torch.autograd.Function):
     final state and the saved values; the runner's strategy decides what is stored."""
 
     @staticmethod
-    def forward(ctx: Any, runner: _Runner, *inputs: torch.Tensor) -> tuple:  # type: ignore[override]
-        n = runner.n_state
-        flat, values = runner.live(list(inputs[:n]))
+    def forward(  # type: ignore[override]
+        ctx: Any, runner: _Runner, y0: torch.Tensor, *leaves: torch.Tensor
+    ) -> tuple:
+        flat0, values0 = runner.init(y0, record=True)
+        flat, values = runner.live(flat0)
         runner.strategy.final = flat
         ctx.runner = runner
         ctx.checked = False
         ctx.n_values = [len(layout) for layout in runner.save_layout]
-        ctx.leaves = inputs[n:]
-        ctx.input_float = [torch.is_floating_point(x) for x in inputs[:n]]
+        ctx.leaves = leaves
+        ctx.y0 = y0
+        ctx.input_float = [torch.is_floating_point(x) for x in flat0]
+        # Fresh tensors: an output that is a tensor from elsewhere (t0 carried in the state,
+        # say) would have its grad_fn replaced by this function's, looping the backward pass.
+        flat = [x.clone() for x in flat]
+        values0 = [x.clone() for x in values0]
         ctx.mark_non_differentiable(*[x for x in flat if not torch.is_floating_point(x)])
-        return tuple(flat) + tuple(values)
+        return tuple(flat) + tuple(values0) + tuple(values)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -272,9 +293,38 @@ class _ReplayedSteps(torch.autograd.Function):
         leaves = list(ctx.leaves)
         leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
         g_values = list(grads[n:])
-        offsets = [0]  # index of the first saved value of each iteration
+        # Index of the first saved value of the initialisation (0) and of iteration i (i + 1).
+        offsets = [0]
         for c in ctx.n_values:
             offsets.append(offsets[-1] + c)
+
+        def pull(outs_all: list, g_all: list, wrt: list) -> tuple:
+            outs, gouts = [], []
+            for x, g in zip(outs_all, g_all):
+                if g is not None and isinstance(x, torch.Tensor) and x.requires_grad:
+                    outs.append(x)
+                    gouts.append(g)
+            if not outs:
+                return (None,) * len(wrt)
+            if not ctx.checked:
+                ctx.checked = True
+                missed = unique_tensors(x for o in outs for x in undeclared_leaves(o, wrt))
+                if missed:
+                    warnings.warn(
+                        f"{runner.name}: the vector field reads {len(missed)} tensor(s) "
+                        "requiring grad that are neither parameters it was given nor "
+                        f"`args` (shapes {describe_tensors(missed)}); they get no "
+                        f"gradient. Pass them with {runner.name}(params=[...]) or through "
+                        "`args`.",
+                        stacklevel=2,
+                    )
+            return torch.autograd.grad(outs, wrt, gouts, allow_unused=True)
+
+        def add_leaf_grads(got: tuple) -> None:
+            for j, g in enumerate(got):
+                prev = leaf_grads[j]
+                if g is not None:
+                    leaf_grads[j] = g if prev is None else prev + g
 
         def pullback(flat_a: list, a: int, b: int, g_b: list) -> list:
             """Recompute iterations [a, b) with autograd; pull the gradient back to state a."""
@@ -284,38 +334,20 @@ class _ReplayedSteps(torch.autograd.Function):
                     for x, f in zip(flat_a, ctx.input_float)
                 ]
                 flat_b, vals = runner.steps(inp, a, b)
-                outs, gouts = [], []
-                for x, g in zip(flat_b, g_b):
-                    if g is not None and x.requires_grad:
-                        outs.append(x)
-                        gouts.append(g)
-                for x, g in zip(vals, g_values[offsets[a] : offsets[b]]):
-                    if g is not None and x.requires_grad:
-                        outs.append(x)
-                        gouts.append(g)
                 wrt = [x for x, f in zip(inp, ctx.input_float) if f] + leaves
-                if not outs:
-                    return [None] * len(flat_a)
-                if not ctx.checked:
-                    ctx.checked = True
-                    missed = [x for o in outs for x in undeclared_leaves(o, wrt)]
-                    if missed:
-                        warnings.warn(
-                            f"{runner.name}: the vector field reads {len(missed)} tensor(s) "
-                            "requiring grad that are neither parameters it was given nor "
-                            f"`args` (shapes {describe_tensors(missed)}); they get no "
-                            f"gradient. Pass them with {runner.name}(params=[...]) or through "
-                            "`args`.",
-                            stacklevel=2,
-                        )
-                got = torch.autograd.grad(outs, wrt, gouts, allow_unused=True)
+                got = pull(
+                    [*flat_b, *vals], [*g_b, *g_values[offsets[a + 1] : offsets[b + 1]]], wrt
+                )
             it = iter(got[: len(got) - len(leaves)])
             g_a = [next(it) if f else None for f in ctx.input_float]
-            for j, g in enumerate(got[len(got) - len(leaves) :]):
-                prev = leaf_grads[j]
-                if g is not None:
-                    leaf_grads[j] = g if prev is None else prev + g
+            add_leaf_grads(got[len(got) - len(leaves) :])
             return g_a
 
         g = runner.strategy.backward(runner, pullback, list(grads[:n]))
-        return (None, *g, *leaf_grads)
+        # Through the initialisation (f(t0, y0), the first step size, the saves at t0).
+        with torch.enable_grad():
+            y0 = ctx.y0.detach().requires_grad_(True)
+            flat0, vals0 = runner.init(y0)
+            got = pull([*flat0, *vals0], [*g, *g_values[: offsets[1]]], [y0, *leaves])
+        add_leaf_grads(got[1:])
+        return (None, got[0], *leaf_grads)

@@ -429,8 +429,11 @@ class Dopri8(AbstractRungeKutta):
         e3 = torch.mm(e3_row, Kf).view(y0.shape)
         # e5 ~ h^6 and e3 ~ h^4, so e5^2 / e3 behaves like h^8: the estimate matches the
         # eighth-order solution while staying as reliable as the fifth-order one.
-        tiny = torch.finfo(y0.dtype).tiny
-        return e5 * e5.abs() * torch.rsqrt(e5 * e5 + 0.01 * e3 * e3 + tiny)
+        den = e5 * e5 + 0.01 * e3 * e3
+        # Where both estimates vanish (a constant component, a finished sample) the estimate is
+        # 0; the `where` keeps rsqrt(0) = inf out of the gradient as well as the value.
+        safe = torch.where(den > 0, den, torch.ones_like(den))
+        return torch.where(den > 0, e5 * e5.abs() * torch.rsqrt(safe), torch.zeros_like(e5))
 
 
 # AbstractRungeKutta.__init_subclass__ sets the Hermite order from the tableau (which has no
