@@ -225,7 +225,8 @@ class _Run:
         from .._solve import solve  # the public entry point; imported late (import cycle)
 
         adj, p, res = self.adjoint, self.problem, self.res
-        assert res is not None
+        if res is None:
+            raise RuntimeError("internal error: `res` is unset; please report this.")
         who = type(adj).__name__
         if bool((res.status > Status.EVENT_OCCURRED).any()):
             raise RuntimeError(
@@ -325,7 +326,8 @@ class _Run:
             return tuple(x.reshape(-1) for x in (f, *out))
 
         def aug_interpolated(tau: torch.Tensor, state: tuple, _: Any) -> tuple:
-            assert dense is not None
+            if dense is None:
+                raise RuntimeError("internal error: `dense` is unset; please report this.")
             _, out = vjp(tau, dense(tau), state[0].view(state_shape))
             return tuple(x.reshape(-1) for x in out)
 
@@ -370,7 +372,8 @@ class _Run:
 
         t_cur = tau_end
         if has_ts:
-            assert ts_shared is not None
+            if ts_shared is None:
+                raise RuntimeError("internal error: `ts_shared` is unset; please report this.")
             for k in range(ts_shared.shape[0] - 1, -1, -1):
                 tk = ts_shared[k]
                 if bool(tk > tau_end):  # never reached (only after a failure)
@@ -584,7 +587,8 @@ class _ContinuousAdjoint(AbstractAdjoint):
             run, problem.y0, problem.t0, problem.t1, ts, *arg_leaves, *params
         )
         res = run.res
-        assert res is not None
+        if res is None:
+            raise RuntimeError("internal error: `res` is unset; please report this.")
         # The backward pass needs the status, the time reached and (interpolated) the dense
         # solution; the saved states live in the Function's saved tensors.
         run.res = dataclasses.replace(
