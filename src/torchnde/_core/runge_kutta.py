@@ -99,14 +99,14 @@ class AbstractRungeKutta(AbstractSolver):
         vf = state
         yi = y0
         for i in range(1, s):
-            yi = torch.addmm(y0f, a_pad[i], Kf).view(y0.shape)
+            yi = torch.addmm(y0f, a_pad[i], Kf).view_as(y0)
             vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
             terms.prod_into(vf, control, K[i] if slots is None else slots[i])
         if tab.fsal:
             y1 = yi
             vf1 = vf
         else:
-            y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view(y0.shape)
+            y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view_as(y0)
             vf1 = terms.vf(t1, y1, args)
         y_error = self._error_estimate(coeffs, Kf, y0)
         if "dense" in coeffs:
@@ -120,7 +120,7 @@ class AbstractRungeKutta(AbstractSolver):
     ) -> torch.Tensor | None:
         """The local error estimate ``(b - b_error) · K``; methods may override."""
         e_row = coeffs.get("e_row")
-        return None if e_row is None else torch.mm(e_row, Kf).view(y0.shape)
+        return None if e_row is None else torch.mm(e_row, Kf).view_as(y0)
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
         if len(dense_info) == 2:

@@ -336,7 +336,7 @@ def _build_interpolant(info: _Dop853Dense) -> torch.Tensor:
     h = info.t1 - info.t0
     for i, c in enumerate(_C_EXTRA):
         n = Kx.shape[0]
-        yi = torch.addmm(y0f, a[i : i + 1, :n], Kx).view(y0.shape)
+        yi = torch.addmm(y0f, a[i : i + 1, :n], Kx).view_as(y0)
         ki = terms.prod(terms.vf(info.t0 + c * h, yi, info.args), control)
         Kx = torch.cat([Kx, ki.reshape(1, -1)])
     dy = (info.y1 - y0).reshape(1, -1)
@@ -425,8 +425,8 @@ class Dopri8(AbstractRungeKutta):
             e3_row = _E3_CACHE[key] = torch.tensor(
                 _B_MINUS_BHAT3, dtype=y0.dtype, device=y0.device
             )[None]
-        e5 = torch.mm(coeffs["e_row"], Kf).view(y0.shape)
-        e3 = torch.mm(e3_row, Kf).view(y0.shape)
+        e5 = torch.mm(coeffs["e_row"], Kf).view_as(y0)
+        e3 = torch.mm(e3_row, Kf).view_as(y0)
         # e5 ~ h^6 and e3 ~ h^4, so e5^2 / e3 behaves like h^8: the estimate matches the
         # eighth-order solution while staying as reliable as the fifth-order one.
         den = e5 * e5 + 0.01 * e3 * e3
