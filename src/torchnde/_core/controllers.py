@@ -17,17 +17,9 @@ import torch
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["AbstractStepSizeController", "ConstantStepSize", "PIDController", "rms_norm"]
+__all__ = ["AbstractStepSizeController", "ConstantStepSize", "PIDController"]
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
-
-
-def rms_norm(x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
-    """Root-mean-square norm: over all elements, or over all but the first when per sample."""
-    if per_sample:
-        x = x.reshape(x.shape[0], -1)
-        return torch.linalg.vector_norm(x, dim=1) / math.sqrt(x.shape[1])
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
 def _as_time_grid(name: str, value: Any) -> torch.Tensor | None:

@@ -47,8 +47,6 @@ _MESSAGES = {
     ),
 }
 
-RUNNING = -1
-
 
 class SolveError(RuntimeError):
     """A solve failed. ``status``, ``t`` and ``num_steps`` say how and where."""
