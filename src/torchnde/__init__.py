@@ -29,10 +29,13 @@ from ._core.solvers import Dopri8 as Dopri8
 from ._core.solvers import Euler as Euler
 from ._core.solvers import Fehlberg2 as Fehlberg2
 from ._core.solvers import Heun as Heun
+from ._core.solvers import Leapfrog as Leapfrog
 from ._core.solvers import Midpoint as Midpoint
 from ._core.solvers import Ralston as Ralston
 from ._core.solvers import ReversibleHeun as ReversibleHeun
+from ._core.solvers import SemiImplicitEuler as SemiImplicitEuler
 from ._core.solvers import Tsit5 as Tsit5
+from ._core.solvers import Yoshida4 as Yoshida4
 from ._core.tableau import ButcherTableau as ButcherTableau
 from ._core.terms import AbstractPath as AbstractPath
 from ._core.terms import AbstractTerm as AbstractTerm

@@ -32,6 +32,9 @@ METHODS: dict[str, type[AbstractSolver]] = {
     "rk4": solvers.RK4,
     "rk38": solvers.RK38,
     "reversible_heun": solvers.ReversibleHeun,
+    "semi_implicit_euler": solvers.SemiImplicitEuler,
+    "leapfrog": solvers.Leapfrog,
+    "yoshida4": solvers.Yoshida4,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

@@ -39,6 +39,8 @@ from .._core.packing import PackedTerm, ReversedTerm
 from .._core.problem import Problem
 from .._core.solution import SaveAt, SolveError, Status
 from .._core.solver import AbstractSolver
+from .._core.solvers.rk4 import RK4
+from .._core.symplectic import AbstractSymplectic
 from .._core.terms import AbstractTerm, MultiTerm, ODETerm, broadcast_time
 from .base import AbstractAdjoint
 from .event_time import with_event_time
@@ -172,9 +174,19 @@ class _Run:
         return res
 
     # --- the backward pass
+    def _backward_solver(self) -> AbstractSolver:
+        """The adjoint's solver, else the forward one; a symplectic method only solves
+        (q, p) systems, so RK4 (same order class, same fixed step) stands in for it."""
+        adj, p = self.adjoint, self.problem
+        if adj.solver is not None:
+            return adj.solver
+        if isinstance(p.solver, AbstractSymplectic):
+            return RK4()
+        return p.solver
+
     def _controller(self) -> tuple[AbstractStepSizeController, Any]:
         adj, p = self.adjoint, self.problem
-        solver = adj.solver if adj.solver is not None else p.solver
+        solver = self._backward_solver()
         fwd = p.controller
         k = 1 if adj._interpolated else 2
         norm = _adjoint_norm(k, adj.seminorm)
@@ -242,7 +254,7 @@ class _Run:
         params = self.params
         need_y0, need_t0, need_t1, need_ts = needs[1], needs[2], needs[3], needs[4]
         need_leaves = needs[5:]
-        solver = adj.solver if adj.solver is not None else p.solver
+        solver = self._backward_solver()
         ctrl, dt0 = self._controller()
         max_steps = adj.max_steps if adj.max_steps is not None else p.max_steps
 

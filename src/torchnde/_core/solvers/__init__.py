@@ -6,9 +6,12 @@ from .dopri8 import Dopri8 as Dopri8
 from .euler import Euler as Euler
 from .fehlberg2 import Fehlberg2 as Fehlberg2
 from .heun import Heun as Heun
+from .leapfrog import Leapfrog as Leapfrog
 from .midpoint import Midpoint as Midpoint
 from .ralston import Ralston as Ralston
 from .reversible_heun import ReversibleHeun as ReversibleHeun
 from .rk4 import RK4 as RK4
 from .rk38 import RK38 as RK38
+from .semi_implicit_euler import SemiImplicitEuler as SemiImplicitEuler
 from .tsit5 import Tsit5 as Tsit5
+from .yoshida4 import Yoshida4 as Yoshida4
