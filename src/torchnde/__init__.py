@@ -21,6 +21,7 @@ from ._core.solution import SolveError as SolveError
 from ._core.solution import Status as Status
 from ._core.solver import AbstractReversibleSolver as AbstractReversibleSolver
 from ._core.solver import AbstractSolver as AbstractSolver
+from ._core.solvers import ALF as ALF
 from ._core.solvers import RK4 as RK4
 from ._core.solvers import RK38 as RK38
 from ._core.solvers import Bosh3 as Bosh3

@@ -35,6 +35,7 @@ METHODS: dict[str, type[AbstractSolver]] = {
     "semi_implicit_euler": solvers.SemiImplicitEuler,
     "leapfrog": solvers.Leapfrog,
     "yoshida4": solvers.Yoshida4,
+    "alf": solvers.ALF,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

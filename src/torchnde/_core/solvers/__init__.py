@@ -1,5 +1,6 @@
 """One file per numerical method."""
 
+from .alf import ALF as ALF
 from .bosh3 import Bosh3 as Bosh3
 from .dopri5 import Dopri5 as Dopri5
 from .dopri8 import Dopri8 as Dopri8
