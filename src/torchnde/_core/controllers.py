@@ -283,8 +283,23 @@ class PIDController(AbstractStepSizeController):
             # Hairer, Nørsett & Wanner (1993), Solving ODEs I, II.4: a first guess from the
             # sizes of y0 and f0, refined with one more evaluation of f.
             unit = terms.prod(vf0, terms.contr(t0, t0 + 1))
-            d0 = self._scaled_norm(y0, y0, None, norm)
-            d1 = self._scaled_norm(unit, y0, None, norm)
+            if norm is None:
+                # One scale for the three norms below (they all measure against |y0|).
+                scale = y0.abs() * self.rtol + self.atol
+                root = math.sqrt(max(y0[0].numel() if self.per_sample else y0.numel(), 1))
+
+                def scaled(x: torch.Tensor) -> torch.Tensor:
+                    x = x / scale
+                    if self.per_sample:
+                        return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1) / root
+                    return torch.linalg.vector_norm(x) / root
+            else:
+
+                def scaled(x: torch.Tensor) -> torch.Tensor:
+                    return self._scaled_norm(x, y0, None, norm)
+
+            d0 = scaled(y0)
+            d1 = scaled(unit)
             small = (d0 < 1e-5) | (d1 < 1e-5)
             h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
             h0 = h0.to(t0.dtype)
@@ -294,7 +309,7 @@ class PIDController(AbstractStepSizeController):
             y1 = y0 + broadcast_time(h0, y0).to(y0.dtype) * unit
             f1 = terms.prod(terms.vf(t0 + h0, y1, args), terms.contr(t0, t0 + 1))
             nfe = 1
-            d2 = self._scaled_norm(f1 - unit, y0, None, norm) / h0.to(y0.dtype)
+            d2 = scaled(f1 - unit) / h0.to(y0.dtype)
             dmax = torch.maximum(d1, d2)
             order = solver.order
             h1 = torch.where(
