@@ -43,6 +43,16 @@ def hermite(ends: tuple, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
     return y0 + (w @ basis).view((-1,) + y0.shape)
 
 
+def linear(ends: tuple, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """Linear interpolation between ``(y0, y1)`` at the step fraction ``theta`` (shapes as in
+    :meth:`AbstractSolver.interpolate`)."""
+    y0, y1 = ends
+    theta = theta.to(y0.dtype)
+    if per_sample:
+        return y0 + theta.reshape(theta.shape + (1,) * (y0.ndim - 1)) * (y1 - y0)
+    return y0 + theta.reshape((-1,) + (1,) * y0.ndim) * (y1 - y0)
+
+
 class AbstractRungeKutta(AbstractSolver):
     """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else."""
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from .packing import PackedTerm, ReversedTerm
+from .runge_kutta import linear
 from .solver import AbstractSolver
 from .terms import AbstractTerm
 
@@ -87,11 +88,7 @@ class AbstractSymplectic(AbstractSolver):
         return y1, None, (y0, y1), vf
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
-        y0, y1 = dense_info
-        theta = theta.to(y0.dtype)
-        if per_sample:
-            return y0 + theta.reshape(theta.shape + (1,) * (y0.ndim - 1)) * (y1 - y0)
-        return y0 + theta.reshape((-1,) + (1,) * y0.ndim) * (y1 - y0)
+        return linear(dense_info, theta, per_sample)
 
     def vector_field_of(self, state: Any) -> Any:
         return state

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..runge_kutta import linear
 from ..solver import AbstractReversibleSolver
 from ..terms import AbstractTerm
 
@@ -65,11 +66,7 @@ class ALF(AbstractReversibleSolver):
         return k - _b(half, y1) * v0, v0
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
-        y0, y1 = dense_info
-        theta = theta.to(y0.dtype)
-        if per_sample:
-            return y0 + theta.reshape(theta.shape + (1,) * (y0.ndim - 1)) * (y1 - y0)
-        return y0 + theta.reshape((-1,) + (1,) * y0.ndim) * (y1 - y0)
+        return linear(dense_info, theta, per_sample)
 
 
 def _b(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
