@@ -1,127 +1,72 @@
-"""The ``torchnde`` command line, the experiment registry and the bundled spiral data."""
+"""The ``torchnde`` command line: parsing and errors, every experiment end to end, checkpoints,
+resume, reports, the README's main job and a 2-process torchrun."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from torchnde import __version__
 from torchnde.cli import main
-from torchnde.data import generate_spiral, load_spiral
-from torchnde.experiments import EXPERIMENTS, get_experiment, register
-from torchnde.experiments.spiral import Config, load_model
+from torchnde.experiments import EXPERIMENTS, get_experiment, harness, make_config, register
+from torchnde.experiments.checkpoint import (
+    CheckpointError,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from torchnde.experiments.distributed import DistInfo, shard
+from torchnde.experiments.spiral import Config as SpiralConfig
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+#: Tiny configurations: every experiment end to end in a few seconds.
+TINY = {
+    "spiral": ["--epochs", "2", "batch_size=100", "hidden=16"],
+    "circles": ["--epochs", "1", "num_train=128", "num_test=64", "batch_size=32", "hidden=8"],
+    "digits": ["--epochs", "1", "batch_size=512", "width=8", "hidden=16"],
+    "density": ["--epochs", "1", "num_train=256", "num_test=64", "batch_size=128", "hidden=16"],
+}
 
 
-def _finite_numbers(obj):
+def _numbers(obj):
     if isinstance(obj, dict):
         for v in obj.values():
-            yield from _finite_numbers(v)
+            yield from _numbers(v)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _finite_numbers(v)
+            yield from _numbers(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield obj
 
 
-def test_run_spiral_writes_outputs_and_reduces_the_loss(tmp_path, capsys):
-    out = tmp_path / "run"
-    rc = main(["run", "spiral", "--iters", "40", "--out", str(out), "--seed", "1", "--quiet"])
-    assert rc == 0
-    assert capsys.readouterr().out == ""
-    for name in ("metrics.json", "model.pt", "spiral.png"):
-        assert (out / name).is_file(), name
-
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert all(math.isfinite(x) for x in _finite_numbers(metrics))
-    assert metrics["iterations"] == 40
-    assert len(metrics["loss_curve"]) == 40
-    assert metrics["full_trajectory_mse"] < metrics["initial_full_trajectory_mse"]
-    assert metrics["train_loss"] < metrics["train_loss_first"]
-    assert metrics["nfe"]["train_forward_total"] > 0
-    assert metrics["nfe"]["eval"]["status"] == "SUCCESSFUL"
-    assert metrics["config"]["iters"] == 40
-    assert metrics["config"]["seed"] == 1
-    assert metrics["config"]["out"] == str(out)
-
-    model = load_model(out / "model.pt")
-    y = torch.tensor([[1.0, -0.5]])
-    assert model(torch.tensor(0.0), y).shape == (1, 2)
-    state = torch.load(out / "model.pt", weights_only=True)
-    assert state["experiment"] == "spiral" and state["iteration"] == 40
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_run_spiral_without_tqdm_or_matplotlib_prints_lines_and_skips_the_plot(
-    tmp_path, capsys, monkeypatch
-):
-    # None in sys.modules makes the import fail as if the package were not installed.
-    for name in ("tqdm", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
-        monkeypatch.setitem(sys.modules, name, None)
-    out = tmp_path / "run"
-    # A fixed-step method exercises the ConstantStepSize path.
-    assert main(["run", "spiral", "--iters", "10", "--method", "rk4", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "iter 10/10" in printed
-    assert "final train loss" in printed
-    assert "matplotlib is not installed, skipping the plot" in printed
-    assert (out / "metrics.json").is_file()
-    assert not (out / "spiral.png").exists()
+def _without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "timing"}
 
 
-def test_no_plot_writes_no_png(tmp_path):
-    out = tmp_path / "run"
-    assert main(["run", "spiral", "--iters", "2", "--no-plot", "--quiet", "--out", str(out)]) == 0
-    assert (out / "metrics.json").is_file()
-    assert not (out / "spiral.png").exists()
+# --------------------------------------------------------------------------- parsing, errors
 
 
-def test_bundled_spiral_matches_the_generator():
-    t, y = load_spiral()
-    assert t.shape == (1000,) and y.shape == (1000, 2)
-    assert t.dtype == y.dtype == torch.float32
-    t_ref, y_ref = generate_spiral()
-    assert t_ref.dtype == y_ref.dtype == torch.float64
-    torch.testing.assert_close(t.double(), t_ref, rtol=0, atol=1e-6)
-    # The file stores y in float32 (rounding up to 1.2e-7); the rest is the solve's own error.
-    torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=1e-6)
-    torch.testing.assert_close(y[0], torch.tensor([2.0, 0.0]))
-
-
-def test_bundled_spiral_matches_scipy():
-    integrate = pytest.importorskip("scipy.integrate")
-    t, y = load_spiral(torch.float64)
-    a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64).numpy()
-    ref = integrate.solve_ivp(
-        lambda _, u: (u**3) @ a,
-        (0.0, 25.0),
-        [2.0, 0.0],
-        method="DOP853",
-        t_eval=t.numpy(),
-        rtol=1e-12,
-        atol=1e-14,
-    )
-    assert ref.success
-    torch.testing.assert_close(y, torch.from_numpy(ref.y.T), rtol=0, atol=1e-6)
-
-
-def test_generate_spiral_noise_is_reproducible():
-    kwargs = dict(num_points=50, t1=5.0, rtol=1e-6, atol=1e-8)
-    _, clean = generate_spiral(**kwargs)
-    _, a = generate_spiral(**kwargs, noise_std=0.01, seed=3)
-    _, b = generate_spiral(**kwargs, noise_std=0.01, seed=3)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert 0 < (a - clean).abs().max() < 0.1
-
-
-def test_list_names_every_experiment(capsys):
+def test_list_names_every_experiment_with_its_paper(capsys):
     assert main(["list"]) == 0
-    printed = capsys.readouterr().out
-    for name, exp in EXPERIMENTS.items():
-        assert name in printed and exp.summary in printed
-    assert "spiral" in printed
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(EXPERIMENTS)
+    for line, exp in zip(printed, EXPERIMENTS.values()):
+        assert line.startswith(exp.name) and exp.summary in line and exp.paper in line
+    assert set(EXPERIMENTS) >= {"spiral", "circles", "digits", "density"}
 
 
 def test_version(capsys):
@@ -131,15 +76,34 @@ def test_version(capsys):
     assert f"torchnde {__version__}" in capsys.readouterr().out
 
 
+def test_run_help_lists_the_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "spiral", "--help"])
+    out = capsys.readouterr().out
+    assert "config keys (key=value)" in out
+    assert "batch_time=int (default 10)" in out
+    assert "method=str (default 'dopri5')" in out and "one of dopri5, tsit5" in out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "spiral", "--iters", "0"], "--iters must be an int >= 1, got 0"),
-        (["run", "spiral", "--batch-time", "1"], "--batch-time must be an int in [2, 1000]"),
-        (["run", "spiral", "--lr", "-1"], "--lr must be a positive number, got -1.0"),
-        (["run", "spiral", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-        (["run", "spiral", "--method", "nope"], "argument --method: invalid choice: 'nope'"),
-        (["run", "spiral", "--device", "toaster"], "--device must be a torch device"),
+        (
+            ["run", "spiral", "foo=1"],
+            "unknown config key 'foo' of experiment 'spiral'; accepted "
+            "keys: out, seed, device, epochs, batch_size",
+        ),
+        (["run", "spiral", "lr=fast"], "config key `lr` must be a number, got 'fast'"),
+        (["run", "spiral", "lr=-1"], "config key `lr` must be a positive number, got -1.0"),
+        (["run", "spiral", "hidden=2.5"], "config key `hidden` must be an int, got '2.5'"),
+        (["run", "spiral", "plot=maybe"], "config key `plot` must be true or false"),
+        (["run", "spiral", "method=nope"], "config key `method` must be one of dopri5, tsit5"),
+        (["run", "spiral", "batch_time=1"], "config key `batch_time` must be an int in [2, 1000]"),
+        (["run", "spiral", "lr"], "overrides are written key=value (e.g. lr=0.01), got 'lr'"),
+        (["run", "spiral", "--epochs", "0"], "config key `epochs` must be an int >= 1, got 0"),
+        (["run", "spiral", "--device", "toaster"], "config key `device` must be a torch device"),
+        (["run", "spiral", "--device", "meta"], "config key `device` must be 'cpu', 'cuda'"),
+        (["run", "spiral", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
         (["run", "nope"], "invalid choice: 'nope'"),
         (["run"], "the following arguments are required: EXPERIMENT"),
         ([], "the following arguments are required: COMMAND"),
@@ -154,16 +118,348 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     assert "usage: torchnde" in err
 
 
-def test_config_validates_values_from_python_too():
-    with pytest.raises(ValueError, match=r"--batch-size must be an int >= 1, got 0"):
-        Config(batch_size=0)
-    with pytest.raises(ValueError, match=r"--rtol must be a positive number"):
-        Config(rtol=float("nan"))
+def test_config_file_then_overrides_then_options(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('lr = 0.5\nhidden = 7\nmethod = "rk4"\nepochs = 3\n')
+    argv = ["run", "spiral", "--config", str(path), "hidden=9", "--epochs", "4", "--print-config"]
+    assert main(argv) == 0
+    pairs = (line.split(" = ") for line in capsys.readouterr().out.splitlines())
+    printed = {k.strip(): v for k, v in pairs}
+    assert printed["lr"] == "0.5"  # from the file
+    assert printed["method"] == "'rk4'"  # from the file
+    assert printed["hidden"] == "9"  # key=value beats the file
+    assert printed["epochs"] == "4"  # --epochs beats both
+    assert printed["out"] == "'runs/spiral'" and printed["seed"] == "0"  # defaults
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"lr": 0.1, "colour": "red"}')
+    with pytest.raises(SystemExit):
+        main(["run", "spiral", "--config", str(bad)])
+    assert "unknown config key 'colour' of experiment 'spiral'" in capsys.readouterr().err
+    bad.write_text('{"lr": [1]}')
+    with pytest.raises(SystemExit):
+        main(["run", "spiral", "--config", str(bad)])
+    assert "config key `lr` must be a number, got [1]" in capsys.readouterr().err
+    bad.write_text("{nope")
+    with pytest.raises(SystemExit):
+        main(["run", "spiral", "--config", str(bad)])
+    assert "is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "spiral", "--config", str(tmp_path / "missing.json")])
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_configs_are_typed_printable_and_validate_from_python():
+    cfg = make_config(SpiralConfig, {"lr": 1, "hidden": "12"})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.hidden == 12
+    assert "hidden           = 12" in str(cfg)
+    with pytest.raises(ValueError, match=r"config key `batch_size` must be an int >= 1, got 0"):
+        SpiralConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"config key `rtol` must be a positive number"):
+        SpiralConfig(rtol=float("nan"))
+    with pytest.raises(ValueError, match=r"config key `seed` must be an int, got True"):
+        make_config(SpiralConfig, {"seed": True})
 
 
 def test_registry_lookup_and_duplicates():
-    assert get_experiment("spiral").config_cls is Config
+    assert get_experiment("spiral").config_cls is SpiralConfig
     with pytest.raises(ValueError, match=r"unknown experiment 'nope'; known experiments: spiral"):
         get_experiment("nope")
     with pytest.raises(ValueError, match=r"already registered"):
-        register("spiral", "again", "torchnde.experiments.spiral")
+        register("spiral", "again", "nobody", "torchnde.experiments.spiral")
+
+
+def test_missing_scikit_learn_names_the_install_command(tmp_path, monkeypatch, capsys):
+    # None in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["run", "digits", "--out", str(tmp_path / "d"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "experiment 'digits' needs scikit-learn, which is not installed" in err
+    assert "pip install 'torchnde[experiments]'" in err
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_experiment_runs_a_tiny_config_and_writes_every_artefact(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["run", name, "--out", str(out), "--quiet", "--seed", "3", *TINY[name]]) == 0
+    assert capsys.readouterr().out == ""
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "metrics.json",
+        "checkpoint.pt",
+        "loss.png",
+        f"{name}.png",
+        "report.md",
+    ):
+        assert (out / f).is_file(), f
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["experiment"] == name and meta["config"]["seed"] == 3
+    assert meta["config"]["out"] == str(out) and meta["world_size"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(math.isfinite(x) for x in _numbers(metrics))
+    steps = _jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in steps] == list(range(1, metrics["train"]["steps"] + 1))
+    assert all(r["nfe"] > 0 and r["time_s"] > 0 and math.isfinite(r["loss"]) for r in steps)
+    ckpt = load_checkpoint(out / "checkpoint.pt", name)
+    assert ckpt["step"] == len(steps) and ckpt["epoch"] == meta["config"]["epochs"]
+    report = (out / "report.md").read_text()
+    assert f"![{name}]({name}.png)" in report and "![loss](loss.png)" in report
+    assert metrics["headline"]
+    for h in metrics["headline"]:
+        assert f"| {h['label']} | {h['value']} | {h['paper']} |" in report
+
+
+def test_spiral_training_lowers_the_trajectory_error(tmp_path):
+    cfg = make_config(SpiralConfig, {"out": tmp_path, "epochs": 2, "quiet": True, "plot": False})
+    metrics = harness.run("spiral", cfg)
+    ev = metrics["eval"]
+    assert ev["eval_status"] == "SUCCESSFUL"
+    assert ev["trajectory_mse"] < ev["initial_trajectory_mse"] / 10
+    assert metrics["train"]["loss_last_epoch"] < metrics["train"]["loss_first_epoch"]
+
+
+def test_without_tqdm_or_matplotlib_prints_lines_and_skips_figures(tmp_path, capsys, monkeypatch):
+    for name in ("tqdm", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "run"
+    assert main(["run", "spiral", "--out", str(out), "--epochs", "1", "batch_size=200"]) == 0
+    printed = capsys.readouterr().out
+    assert "spiral: step 4/4 loss=" in printed and "nfe=" in printed and "s_per_step=" in printed
+    assert "matplotlib is not installed" in printed and "skipping the figures" in printed
+    assert (out / "metrics.json").is_file() and (out / "report.md").is_file()
+    assert not (out / "loss.png").exists() and not (out / "spiral.png").exists()
+    assert "![" not in (out / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- checkpoints, resume
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    def after_step(self, step):
+        if step == at_step:
+            raise _Interrupt
+
+    monkeypatch.setattr(harness._Run, "_after_step", after_step)
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    # digits draws Hutchinson noise from torch's global generator, so an exact match needs the
+    # RNG states from the checkpoint, not just the weights.
+    args = [
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+        "--quiet",
+        "batch_size=256",
+        "width=8",
+        "hidden=16",
+        "plot=false",
+    ]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["run", "digits", "--out", str(full), *args]) == 0
+    steps_per_epoch = 1437 // 256
+    _interrupt_at(monkeypatch, steps_per_epoch + 2)  # in epoch 2, after epoch 1's checkpoint
+    assert main(["run", "digits", "--out", str(part), *args]) == 130
+    assert "continue with: torchnde resume" in capsys.readouterr().err
+    assert not (part / "metrics.json").exists()
+    assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 1
+    assert len(_jsonl(part / "metrics.jsonl")) == steps_per_epoch + 2
+    assert main(["report", str(part)]) == 0
+    assert "**Incomplete run**" in capsys.readouterr().out
+
+    monkeypatch.undo()
+    assert main(["resume", str(part), "--quiet"]) == 0
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((part / "metrics.json").read_text())
+    assert _without_timing(a) == _without_timing(b)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    assert strip(_jsonl(full / "metrics.jsonl")) == strip(_jsonl(part / "metrics.jsonl"))
+    ca, cb = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+
+    capsys.readouterr()
+    assert main(["resume", str(part)]) == 0
+    assert "is complete" in capsys.readouterr().out
+
+
+def test_report_rebuilds_the_report_and_prints_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "spiral", "--out", str(out), "--quiet", *TINY["spiral"]]) == 0
+    (out / "report.md").unlink()
+    (out / "loss.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "report.md").read_text()
+    assert printed.startswith("# spiral: ") and "| MSE of the whole trajectory" in printed
+    assert (out / "loss.png").is_file()
+
+
+def test_corrupt_foreign_or_missing_checkpoints_are_clear_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "spiral", "--out", str(out), "--quiet", *TINY["spiral"]]) == 0
+    (out / "metrics.json").unlink()  # as if interrupted during the evaluation
+    ckpt = out / "checkpoint.pt"
+    good = ckpt.read_bytes()
+
+    ckpt.write_bytes(good[: len(good) // 2])
+    assert main(["resume", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "torchnde resume: error: checkpoint" in err and "is corrupt or not a torchnde" in err
+
+    torch.save({"model": {}}, ckpt)
+    assert main(["resume", str(out)]) == 1
+    assert "is not a torchnde checkpoint (expected format 'torchnde.checkpoint/1'" in (
+        capsys.readouterr().err
+    )
+
+    ckpt.write_bytes(good)
+    with pytest.raises(CheckpointError, match=r"belongs to experiment 'spiral', not 'circles'"):
+        load_checkpoint(ckpt, "circles")
+    meta = json.loads((out / "config.json").read_text())
+    meta["config"]["hidden"] = 5  # the checkpoint's weights no longer fit
+    (out / "config.json").write_text(json.dumps(meta))
+    assert main(["resume", str(out)]) == 1
+    assert "does not fit this run's model or config" in capsys.readouterr().err
+
+    ckpt.unlink()
+    assert main(["resume", str(out)]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["resume", str(tmp_path / "nowhere")])
+    assert "is not a run folder: it has no config.json" in capsys.readouterr().err
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"experiment": "x", "step": 1})
+    real_save = torch.save
+
+    def broken_save(obj, f):
+        real_save(obj, f)
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"experiment": "x", "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)  # noqa: NPY002
+    save_checkpoint(tmp_path / "c.pt", {"rng": get_rng_state()})
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(expected[0], got[0])
+    assert (expected[1] == got[1]).all() and expected[2] == got[2]
+
+
+# --------------------------------------------------------------------------- distributed, README
+
+
+def test_shards_are_disjoint_and_cover_the_global_batch():
+    index = torch.randperm(11)
+    parts = [shard(index, DistInfo(r, 3)) for r in range(3)]
+    assert sorted(torch.cat(parts).tolist()) == sorted(index.tolist())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    # Per-sample stepping makes each window's solve independent of the rest of its shard, so
+    # two processes compute the single-process result up to the order of the sums.
+    args = [
+        "--epochs",
+        "2",
+        "--seed",
+        "4",
+        "batch_size=64",
+        "hidden=16",
+        "per_sample=true",
+        "plot=false",
+        "--quiet",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", "spiral", "--out", str(one), *args]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "torchnde",
+        "run",
+        "spiral",
+        "--out",
+        str(two),
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    a, b = _jsonl(one / "metrics.jsonl"), _jsonl(two / "metrics.jsonl")
+    assert [r["step"] for r in b] == [r["step"] for r in a]  # one writer: no duplicate lines
+    for ra, rb in zip(a, b):
+        assert math.isclose(ra["loss"], rb["loss"], rel_tol=1e-4), (ra, rb)
+    ma = json.loads((one / "metrics.json").read_text())["eval"]
+    mb = json.loads((two / "metrics.json").read_text())["eval"]
+    assert math.isclose(ma["trajectory_mse"], mb["trajectory_mse"], rel_tol=1e-3)
+    wa = load_checkpoint(one / "checkpoint.pt")["model"]
+    wb = load_checkpoint(two / "checkpoint.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_readme_main_job_runs_from_the_command_line(tmp_path):
+    readme = (Path(SRC).parent / "README.md").read_text()
+    assert "torchnde run spiral" in readme
+    # The README's command, as `python -m torchnde` (the installed `torchnde` script may point
+    # at another checkout), with the default settings, from an empty folder.
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchnde", "run", "spiral"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "spiral"
+    assert (out / "report.md").is_file() and (out / "spiral.png").is_file()
+    ev = json.loads((out / "metrics.json").read_text())["eval"]
+    assert ev["trajectory_mse"] < ev["initial_trajectory_mse"] / 50
+    assert "spiral: MSE of the whole trajectory" in proc.stdout

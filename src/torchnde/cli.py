@@ -1,19 +1,21 @@
-"""The ``torchnde`` command: ``torchnde run EXPERIMENT [options]``, ``torchnde list``.
+"""The ``torchnde`` command: ``list``, ``run NAME``, ``resume DIR``, ``report DIR``.
 
-Each registered experiment (:mod:`torchnde.experiments`) gets a ``run`` subcommand whose
-options are generated from the fields of its ``Config`` dataclass.
+``torchnde run NAME [--out DIR] [--seed N] [--device cpu|cuda] [--epochs N] [--config FILE]
+[key=value ...]`` trains and evaluates a registered experiment (:mod:`torchnde.experiments`)
+into a run folder. Under ``torchrun --nproc_per_node=N -m torchnde run NAME`` it trains
+data-parallel. Also runnable as ``python -m torchnde``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _version() -> str:
@@ -22,53 +24,29 @@ def _version() -> str:
     return __version__
 
 
-def _add_config_options(parser: argparse.ArgumentParser, config_cls: type, name: str) -> None:
-    """One option per dataclass field: ``--field-name VALUE``; bools become switches.
-
-    The experiment's own options come first, the ones every experiment shares after them.
-    """
-    from .experiments import ExperimentConfig
-
-    shared = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    own_group = parser.add_argument_group(f"{name} options")
-    shared_group = parser.add_argument_group("common options")
-    fields = [f for f in dataclasses.fields(config_cls) if f.init]
-    fields.sort(key=lambda f: f.name in shared)  # stable: keeps the declaration order
-    for f in fields:
-        group = shared_group if f.name in shared else own_group
-        option = f.name.replace("_", "-")
-        default = f.default
-        help_ = f.metadata.get("help", "")
-        if isinstance(default, bool):
-            if default:
-                group.add_argument(
-                    f"--no-{option}",
-                    dest=f.name,
-                    action="store_false",
-                    help=f"do not {help_}" if help_ else None,
-                )
-            else:
-                group.add_argument(
-                    f"--{option}", dest=f.name, action="store_true", help=help_ or None
-                )
-            continue
-        kind = f.metadata.get("type") or (Path if isinstance(default, Path) else type(default))
-        choices = f.metadata.get("choices")
-        if choices:
-            help_ += f"; one of {', '.join(map(str, choices))}"
-        group.add_argument(
-            f"--{option}",
-            dest=f.name,
-            type=kind,
-            default=default,
-            choices=choices,
-            metavar=f.name.upper(),
-            help=(help_ + " (default: %(default)s)").strip(),
-        )
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/NAME)")
+    parser.add_argument("--seed", metavar="N", type=int, help="random seed")
+    parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N")
+    parser.add_argument("--epochs", metavar="N", type=int, help="passes over the training set")
+    parser.add_argument(
+        "--config", metavar="FILE", help="a JSON or TOML file of key = value (or a config.json)"
+    )
+    parser.add_argument("--quiet", action="store_true", default=None, help="print nothing")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config values (see the keys below); later ones win",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import EXPERIMENTS
+    from .experiments.config import help_lines
 
     parser = argparse.ArgumentParser(
         prog="torchnde",
@@ -76,23 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"torchnde {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     commands.add_parser("list", help="list the experiments", description="List the experiments.")
 
     run = commands.add_parser(
         "run",
         help="run an experiment",
-        description="Run an experiment; `torchnde run NAME --help` shows its options.",
+        description="Run an experiment; `torchnde run NAME --help` lists its config keys.",
     )
     experiments = run.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     for exp in EXPERIMENTS.values():
         sub = experiments.add_parser(
             exp.name,
             help=exp.summary,
-            description=exp.summary[:1].upper() + exp.summary[1:] + ".",
+            description=f"{exp.summary[:1].upper()}{exp.summary[1:]} ({exp.paper}).",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config keys (key=value):\n" + help_lines(exp.config_cls),
         )
-        _add_config_options(sub, exp.config_cls, exp.name)
-        sub.set_defaults(_experiment=exp, _parser=sub)
+        _add_run_options(sub)
+        sub.set_defaults(_parser=sub)
+
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted run",
+        description="Continue the run in DIR from its last checkpoint, with its saved config.",
+    )
+    resume.add_argument("dir", metavar="DIR", help="the run folder")
+    resume.add_argument("--quiet", action="store_true", default=None, help="print nothing")
+    resume.set_defaults(_parser=resume)
+
+    report = commands.add_parser(
+        "report",
+        help="rewrite and print a run's report.md",
+        description="Rebuild report.md (and loss.png) of the run in DIR from its files.",
+    )
+    report.add_argument("dir", metavar="DIR", help="the run folder")
+    report.set_defaults(_parser=report)
     return parser
 
 
@@ -101,28 +97,114 @@ def _list() -> int:
 
     width = max(len(name) for name in EXPERIMENTS)
     for exp in EXPERIMENTS.values():
-        print(f"{exp.name:<{width}}  {exp.summary}")
+        print(f"{exp.name:<{width}}  {exp.summary} [{exp.paper}]")
     return 0
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _errors(command: str, fn: Any) -> int:
+    """Run ``fn`` and turn the expected failures into a message and an exit code."""
     from . import SolveError
+    from .experiments import MissingDependency
+    from .experiments.checkpoint import CheckpointError
 
-    exp = ns._experiment
-    config_cls = exp.config_cls
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(config_cls) if f.init}
     try:
-        config = config_cls(**values)
-    except ValueError as e:
-        ns._parser.error(str(e))  # exits with status 2 and the usage line
-    try:
-        exp.train(config)
-    except SolveError as e:
-        print(f"torchnde run {exp.name}: error: {e}", file=sys.stderr)
+        fn()
+    except (CheckpointError, MissingDependency, SolveError) as e:
+        print(f"torchnde {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"torchnde run {exp.name}: interrupted", file=sys.stderr)
+        print(f"torchnde {command}: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _run(ns: Any) -> int:
+    from .experiments import get_experiment, harness
+    from .experiments.config import describe_config, load_config_file, make_config, parse_overrides
+
+    exp = get_experiment(ns.experiment)
+    try:
+        file_values = load_config_file(ns.config) if ns.config else {}
+        file_values = {"out": f"runs/{exp.name}", **file_values}
+        options = {
+            "out": ns.out,
+            "seed": ns.seed,
+            "device": ns.device,
+            "epochs": ns.epochs,
+            "quiet": ns.quiet,
+        }
+        config = make_config(
+            exp.config_cls,
+            file_values,
+            parse_overrides(ns.overrides),
+            options,
+            experiment=exp.name,
+        )
+    except ValueError as e:
+        ns._parser.error(str(e))  # exits with status 2 and the usage line
+    if ns.print_config:
+        print(describe_config(config))
+        return 0
+
+    def go() -> None:
+        try:
+            harness.run(exp.name, config)
+        except KeyboardInterrupt:
+            print(f"continue with: torchnde resume {config.out}", file=sys.stderr)
+            raise
+
+    return _errors(f"run {exp.name}", go)
+
+
+def _resume(ns: Any) -> int:
+    from .experiments import get_experiment, harness
+    from .experiments.config import make_config
+
+    out = Path(ns.dir)
+    meta_path = out / "config.json"
+    if not meta_path.is_file():
+        ns._parser.error(f"{str(out)!r} is not a run folder: it has no config.json.")
+    try:
+        meta = json.loads(meta_path.read_text())
+        exp = get_experiment(meta["experiment"])
+        config = make_config(
+            exp.config_cls,
+            meta["config"],
+            {"out": str(out), "quiet": ns.quiet},
+            experiment=exp.name,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        ns._parser.error(f"{str(meta_path)!r} is not a valid run config: {e}")
+    if (out / "metrics.json").is_file():
+        if not ns.quiet:
+            print(f"torchnde resume: {out} is complete (it has metrics.json); nothing to do.")
+        return 0
+    return _errors("resume", lambda: harness.run(exp.name, config, resume=True))
+
+
+def _report(ns: Any) -> int:
+    from .experiments import report
+
+    out = Path(ns.dir)
+    jsonl = out / "metrics.jsonl"
+    try:
+        meta = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        ns._parser.error(f"{str(out)!r} is not a run folder: it has no readable config.json.")
+    history = (
+        [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+        if jsonl.is_file()
+        else []
+    )
+    if history:
+        try:
+            report.require_matplotlib()
+        except ImportError:
+            pass
+        else:
+            report.plot_loss(history, out / "loss.png", meta["experiment"])
+    path = report.write_report(out)
+    print(path.read_text(), end="")
     return 0
 
 
@@ -135,7 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns: Any = parser.parse_args(list(argv) if argv is not None else None)
     if ns.command == "list":
         return _list()
-    return _run(ns)
+    if ns.command == "run":
+        return _run(ns)
+    if ns.command == "resume":
+        return _resume(ns)
+    return _report(ns)
 
 
 if __name__ == "__main__":

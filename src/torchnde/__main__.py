@@ -1,0 +1,8 @@
+"""``python -m torchnde``: the command line (see :mod:`torchnde.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
