@@ -3,6 +3,8 @@
 from .augmented import Augmented as Augmented
 from .augmented import SecondOrder as SecondOrder
 from .cnf import CNF as CNF
+from .galerkin import GalerkinConv2d as GalerkinConv2d
+from .galerkin import GalerkinLinear as GalerkinLinear
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
 from .neural_ode import NeuralODE as NeuralODE
@@ -12,3 +14,4 @@ from .regularisers import KineticEnergy as KineticEnergy
 from .regularisers import RateContext as RateContext
 from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
+from .stable import StableNeuralFlow as StableNeuralFlow
