@@ -5,6 +5,8 @@ from .augmented import SecondOrder as SecondOrder
 from .cnf import CNF as CNF
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
+from .hypersolver import HyperSolver as HyperSolver
+from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
 from .neural_ode import NeuralODE as NeuralODE
