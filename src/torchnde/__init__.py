@@ -45,4 +45,8 @@ from ._core.terms import MultiTerm as MultiTerm
 from ._core.terms import ODETerm as ODETerm
 from ._solve import solve as solve
 
+# isort: split
+# The zoo uses the public names above, so it is imported last.
+from . import models as models
+
 __version__ = "0.1.0"

@@ -1,0 +1,19 @@
+"""The neural-DE model zoo: ``nn.Module``s built on torchnde's public API."""
+
+from .augmented import Augmented as Augmented
+from .augmented import SecondOrder as SecondOrder
+from .cnf import CNF as CNF
+from .galerkin import GalerkinConv2d as GalerkinConv2d
+from .galerkin import GalerkinLinear as GalerkinLinear
+from .hypersolver import HyperSolver as HyperSolver
+from .multiple_shooting import MultipleShooting as MultipleShooting
+from .neural_ode import Autonomous as Autonomous
+from .neural_ode import DepthCat as DepthCat
+from .neural_ode import NeuralODE as NeuralODE
+from .regularisers import AbstractRegulariser as AbstractRegulariser
+from .regularisers import JacobianFrobenius as JacobianFrobenius
+from .regularisers import KineticEnergy as KineticEnergy
+from .regularisers import RateContext as RateContext
+from .regularisers import SolverHeuristic as SolverHeuristic
+from .regularisers import TaylorPenalty as TaylorPenalty
+from .stable import StableNeuralFlow as StableNeuralFlow
