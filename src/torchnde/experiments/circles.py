@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models import Augmented, Autonomous, NeuralODE
 from . import harness
-from ._models import MLPField, ODEBlock, ODEClassifier
+from ._models import mlp
 from .config import ODEConfig, check, is_int
 from .harness import Headline, StepOutput, ode_solver_setup
 
@@ -84,15 +85,26 @@ class Task(harness.Task):
         self.x_test, self.y_test = (
             v.to(self.device) for v in nested_circles(cfg.num_test, cfg.data_seed + 1)
         )
-        setup = ode_solver_setup(cfg)
-        models = {}
-        for key, aug in (("node", 0), ("anode", cfg.augment)):
-            dim = 2 + aug
-            field_ = MLPField(dim, cfg.hidden, layers=2, act=nn.ReLU, with_time=False)
-            models[key] = ODEClassifier(
-                nn.Identity(), ODEBlock(field_, setup), nn.Linear(dim, 1), aug
-            )
-        return nn.ModuleDict(models)
+        solver, controller, dt0 = ode_solver_setup(cfg)
+
+        def node(dim: int) -> NeuralODE:
+            field_ = Autonomous(mlp([dim, cfg.hidden, cfg.hidden, dim], nn.ReLU))
+            return NeuralODE(field_, solver, controller=controller, dt0=dt0)
+
+        aug = 2 + cfg.augment
+        self.odes = {"node": node(2), "anode": node(aug)}
+        return nn.ModuleDict(
+            {
+                "node": nn.Sequential(self.odes["node"], nn.Linear(2, 1)),
+                "anode": nn.Sequential(
+                    Augmented(self.odes["anode"], cfg.augment), nn.Linear(aug, 1)
+                ),
+            }
+        )
+
+    def nfe(self, key: str) -> int:
+        """Forward function evaluations of the last solve of model ``key``."""
+        return int(self.odes[key].last_stats["num_fevals"])
 
     @property
     def num_train(self) -> int:
@@ -103,10 +115,10 @@ class Task(harness.Task):
         x, y = self.x[index], self.y[index]
         logs, nfe, total = {}, {}, 0
         for key in self.MODELS:
-            out, _, _ = model[key](x)
+            out = model[key](x)
             logs[f"loss_{key}"] = (out[:, 0] - y) ** 2
-            nfe[f"nfe_{key}"] = model[key].num_fevals
-            total += model[key].num_fevals
+            nfe[f"nfe_{key}"] = self.nfe(key)
+            total += self.nfe(key)
         loss = sum(logs.values())
         return StepOutput(loss, logs, {"nfe": total, **nfe})
 
@@ -114,14 +126,13 @@ class Task(harness.Task):
         metrics: dict[str, Any] = {}
         with torch.no_grad():
             for key in self.MODELS:
-                out, _, _ = model[key](self.x_test)
-                out = out[:, 0]
+                out = model[key](self.x_test)[:, 0]
                 metrics[key] = {
                     "test_accuracy": float(
                         ((out > 0).float() * 2 - 1 == self.y_test).float().mean()
                     ),
                     "test_mse": float(((out - self.y_test) ** 2).mean()),
-                    "test_nfe": model[key].num_fevals,
+                    "test_nfe": self.nfe(key),
                 }
         return metrics
 
@@ -157,7 +168,7 @@ class Task(harness.Task):
         xt, yt = self.x_test.cpu().numpy(), self.y_test.cpu().numpy()
         for ax, key in zip(axes[:2], self.MODELS):
             with torch.no_grad():
-                out, _, _ = model[key](grid)
+                out = model[key](grid)
             z = out[:, 0].reshape(81, 81).cpu().numpy()
             gn = g.cpu().numpy()
             cs = ax.contourf(

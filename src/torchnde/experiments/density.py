@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import torchnde
-
+from ..models import CNF, DepthCat, JacobianFrobenius, KineticEnergy
 from . import harness, require
-from ._models import MLPField
+from ._models import mlp
 from .config import ODEConfig, check, is_int
 from .harness import Headline, StepOutput, ode_solver_setup
 
@@ -87,73 +86,9 @@ def load_toy_density(name: str, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(np.asarray(x), dtype=torch.float32)
 
 
-def cnf_vector_field(field_: nn.Module, regularise: bool) -> Any:
-    r"""The vector field of $(z, \int \operatorname{tr} J)$, plus $(\int \lVert f\rVert^2,
-    \int \lVert J \rVert_F^2)$ with ``regularise``; the Jacobian $J = \partial f/\partial z$ is
-    formed row by row (exact, cheap in 2-D)."""
-
-    def vf(t: torch.Tensor, state: tuple[torch.Tensor, ...], args: Any) -> tuple[torch.Tensor, ...]:
-        training = torch.is_grad_enabled()
-        z = state[0]
-        with torch.enable_grad():
-            if not z.requires_grad:
-                z = z.detach().requires_grad_(True)
-            f = field_(t, z)
-            rows = [
-                torch.autograd.grad(f[:, i].sum(), z, create_graph=training, retain_graph=True)[0]
-                for i in range(z.shape[-1])
-            ]
-        if not training:
-            f = f.detach()
-        div = torch.stack([rows[i][:, i] for i in range(len(rows))]).sum(0)
-        if not regularise:
-            return f, div
-        frob = torch.stack([(r**2).sum(-1) for r in rows]).sum(0)
-        return f, div, (f**2).sum(-1), frob
-
-    return vf
-
-
-class CNF(nn.Module):
-    """A continuous normalising flow on 2-D data (FFJORD, exact trace)."""
-
-    def __init__(self, hidden: int, setup: tuple[Any, Any, float | None], t1: float) -> None:
-        super().__init__()
-        self.field = MLPField(2, hidden, layers=3, act=nn.Softplus)
-        self.solver, self.controller, self.dt0 = setup
-        self.t1 = t1
-        self.num_fevals = 0
-
-    def log_prob(self, x: torch.Tensor, regularise: bool = False) -> tuple[torch.Tensor, ...]:
-        """``log p(x)`` per point (and the kinetic and Jacobian integrals with ``regularise``)."""
-        zeros = x.new_zeros(x.shape[0])
-        y0 = (x, zeros, zeros, zeros) if regularise else (x, zeros)
-        sol = torchnde.solve(
-            torchnde.ODETerm(cnf_vector_field(self.field, regularise)),
-            self.solver,
-            0.0,
-            self.t1,
-            y0,
-            dt0=self.dt0,
-            controller=self.controller,
-        )
-        self.num_fevals = int(sol.stats["num_fevals"])
-        z, div, *reg = (y[-1] for y in sol.ys)
-        logp = -0.5 * (z**2).sum(-1) - math.log(2 * math.pi) + div
-        return (logp, *reg)
-
-    def sample(self, z: torch.Tensor) -> torch.Tensor:
-        """Map base samples ``z`` back to data space (solve from ``t1`` to 0)."""
-        sol = torchnde.solve(
-            torchnde.ODETerm(self.field),
-            self.solver,
-            self.t1,
-            0.0,
-            z,
-            dt0=self.dt0,
-            controller=self.controller,
-        )
-        return sol.ys[-1]
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Log density of each row of ``z`` under the standard normal."""
+    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
 def gaussian_log_prob(train: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -182,8 +117,23 @@ class Task(harness.Task):
         self.mean, self.std = train.mean(0), train.std(0)
         self.x = ((train - self.mean) / self.std).to(self.device)
         self.x_test = ((test - self.mean) / self.std).to(self.device)
-        setup = ode_solver_setup(cfg)
-        return nn.ModuleDict({k: CNF(cfg.hidden, setup, cfg.t1) for k in self.MODELS})
+        solver, controller, dt0 = ode_solver_setup(cfg)
+        kw: dict[str, Any] = dict(
+            solver=solver, controller=controller, dt0=dt0, t1=cfg.t1, trace="exact"
+        )
+        self.train_cnfs, self.eval_cnfs = {}, {}
+        for key in self.MODELS:
+            h = cfg.hidden
+            field_ = DepthCat(mlp([3, h, h, h, 2]), dim=1)
+            regs = [KineticEnergy(), JacobianFrobenius("exact")] if key == "rnode" else []
+            self.train_cnfs[key] = CNF(field_, 2, regularisers=regs, **kw)
+            # The same flow without the running costs: the test-time solve of both models.
+            self.eval_cnfs[key] = CNF(field_, 2, **kw)
+        return nn.ModuleDict(self.train_cnfs)
+
+    def nfe(self, key: str, train: bool = True) -> int:
+        cnf = self.train_cnfs[key] if train else self.eval_cnfs[key]
+        return int(cnf.last_stats["num_fevals"])
 
     @property
     def num_train(self) -> int:
@@ -192,10 +142,12 @@ class Task(harness.Task):
     def step(self, model: Any, index: torch.Tensor) -> StepOutput:
         x = self.x[index.to(self.device)]
         cfg = self.config
-        (logp,) = model["ffjord"].log_prob(x)
-        logp_r, kin, jac = model["rnode"].log_prob(x, regularise=True)
+        logp = model["ffjord"].log_prob(x)
+        z, delta, regs = model["rnode"].flow(x)
+        logp_r = standard_normal_log_prob(z) + delta
+        kin, jac = regs["kinetic_energy"], regs["jacobian_frobenius"]
         loss = -logp - logp_r + cfg.kinetic * kin + cfg.jacobian * jac
-        nfe = {f"nfe_{k}": model[k].num_fevals for k in self.MODELS}
+        nfe = {f"nfe_{k}": self.nfe(k) for k in self.MODELS}
         logs = {"nll_ffjord": -logp, "nll_rnode": -logp_r, "kinetic": kin, "jacobian": jac}
         return StepOutput(loss, logs, {"nfe": sum(nfe.values()), **nfe})
 
@@ -203,10 +155,10 @@ class Task(harness.Task):
         metrics: dict[str, Any] = {"dataset": self.config.dataset}
         with torch.no_grad():
             for key in self.MODELS:
-                (logp,) = model[key].log_prob(self.x_test)
+                logp = self.eval_cnfs[key].log_prob(self.x_test)
                 metrics[key] = {
                     "test_log_likelihood": float(logp.mean()),
-                    "test_nfe": model[key].num_fevals,
+                    "test_nfe": self.nfe(key, False),
                 }
         metrics["gaussian"] = {
             "test_log_likelihood": float(gaussian_log_prob(self.x, self.x_test).mean())
@@ -246,12 +198,11 @@ class Task(harness.Task):
         g = torch.linspace(-lim, lim, n, device=self.device)
         grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
         gen = torch.Generator().manual_seed(1234)
-        z = torch.randn(2000, 2, generator=gen).to(self.device)
         ev = metrics["eval"]
         for i, key in enumerate(self.MODELS):
             with torch.no_grad():
-                (logp,) = model[key].log_prob(grid)
-                samples = model[key].sample(z).cpu().numpy()
+                logp = self.eval_cnfs[key].log_prob(grid)
+                samples = self.eval_cnfs[key].sample(2000, generator=gen).cpu().numpy()
             dens = logp.exp().reshape(n, n).cpu().numpy()
             ax_d, ax_s = axes[1 + 2 * i], axes[2 + 2 * i]
             ax_d.imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="magma")
