@@ -1,0 +1,135 @@
+"""What every interpolated path shares: knots, locating a time on them, sides at the knots."""
+
+from __future__ import annotations
+
+import torch
+
+from .._core.terms import AbstractPath
+from ._checks import describe
+
+__all__ = ["AbstractInterpolation"]
+
+
+class AbstractInterpolation(AbstractPath):
+    """A piecewise-polynomial path through a time series, defined by coefficients on knots.
+
+    Subclasses store per-segment coefficients of shape ``(..., segments, k)`` and implement
+    ``_value(seg, s)`` and ``_slope(seg, s)`` for the coefficient rows ``seg`` (shape
+    ``(..., k)``) and the offset ``s`` from the segment's start.
+
+    Times passed to :meth:`evaluate` and :meth:`derivative` are either 0-d (one time for the
+    whole batch) or of shape :attr:`batch_shape` (one time per sample, as a per-sample solve
+    passes them). Outside the knots the first and last pieces are extended.
+
+    At a knot the derivative of a path that is not continuously differentiable (linear
+    interpolation) takes the left limit with ``side="left"`` (the default, what a forward-in-time
+    step ending on the knot needs) and the right limit with ``side="right"``.
+    """
+
+    #: whether dX/dt is continuous (cubic paths); if not, a solver must step to every knot and
+    #: restart there (the knots become the controller's ``jump_ts``).
+    continuous_derivative: bool = False
+
+    def __init__(self, t: torch.Tensor, coeffs: torch.Tensor) -> None:
+        self._t = t
+        self._tsearch = t.detach().contiguous()
+        self.batch_shape = coeffs.shape[:-2]
+        self.num_segments = coeffs.shape[-2]
+        if t.shape[-1] != self.num_segments + 1:
+            raise ValueError(
+                f"{type(self).__name__}: `t` has {t.shape[-1]} times but the coefficients "
+                f"describe {self.num_segments} segments (shape {tuple(coeffs.shape)}); pass the "
+                "same `t` as to the coefficient function."
+            )
+        if t.ndim > 1 and t.shape[:-1] != self.batch_shape:
+            raise ValueError(
+                f"{type(self).__name__}: per-sample `t` of shape {tuple(t.shape)} must have the "
+                f"batch shape {tuple(self.batch_shape)} of the coefficients."
+            )
+
+    # -- knots ----------------------------------------------------------------------------
+    @property
+    def grid_points(self) -> torch.Tensor:
+        """The observation times, shape ``(length,)`` (or ``(..., length)`` per sample)."""
+        return self._t
+
+    @property
+    def knots(self) -> torch.Tensor:
+        """Every knot as one sorted 1-D tensor (the union over samples for per-sample times):
+        what a step-size controller should step to (``step_ts``/``jump_ts``)."""
+        if self._t.ndim == 1:
+            return self._tsearch
+        return torch.unique(self._tsearch.reshape(-1))
+
+    @property
+    def interval(self) -> torch.Tensor:
+        """``[first time, last time]`` (over all samples)."""
+        return torch.stack([self._tsearch[..., 0].min(), self._tsearch[..., -1].max()])
+
+    # -- locating a time ------------------------------------------------------------------
+    def _locate(self, t: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment index and offset ``t - t_index``, each of shape ``t.shape`` (0-d) or the
+        batch shape (per sample)."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t, dtype=self._t.dtype, device=self._t.device)
+        knots = self._tsearch
+        right = side == "right"
+        if knots.ndim == 1:
+            if t.ndim != 0 and t.shape != self.batch_shape:
+                raise ValueError(
+                    f"{type(self).__name__}: `t` must be 0-d or have the batch shape "
+                    f"{tuple(self.batch_shape)} (one time per sample), got {describe(t)}."
+                )
+            tq = t.detach().to(knots.dtype)
+            idx = torch.searchsorted(knots, tq, right=right) - 1
+            idx = idx.clamp(0, self.num_segments - 1)
+            start = self._t[idx]
+        else:
+            if t.ndim != 0 and t.shape != self.batch_shape:
+                raise ValueError(
+                    f"{type(self).__name__}: `t` must be 0-d or have the batch shape "
+                    f"{tuple(self.batch_shape)} (one time per sample), got {describe(t)}."
+                )
+            tq = t.detach().to(knots.dtype).expand(self.batch_shape).unsqueeze(-1)
+            idx = torch.searchsorted(knots, tq.contiguous(), right=right) - 1
+            idx = idx.clamp(0, self.num_segments - 1)
+            start = self._t.gather(-1, idx).squeeze(-1)
+            idx = idx.squeeze(-1)
+        return idx, t.to(self._t.dtype) - start
+
+    def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``coeffs[..., idx, :]`` for a 0-d index; per sample, each sample's own row."""
+        if idx.ndim == 0:
+            return coeffs[..., idx, :]
+        index = idx.reshape(idx.shape + (1, 1)).expand(idx.shape + (1, coeffs.shape[-1]))
+        return coeffs.gather(-2, index).squeeze(-2)
+
+    @staticmethod
+    def _per_row(s: torch.Tensor) -> torch.Tensor:
+        return s if s.ndim == 0 else s.unsqueeze(-1)
+
+    # -- the public evaluation ------------------------------------------------------------
+    def evaluate(self, t0: torch.Tensor, t1: torch.Tensor | None = None) -> torch.Tensor:
+        """The value ``X(t0)``, shape ``(..., channels)``; with ``t1`` the increment
+        ``X(t1) - X(t0)`` (what a :class:`ControlTerm` contracts with)."""
+        if t1 is None:
+            return self._evaluate(t0)
+        return self._evaluate(t1) - self._evaluate(t0)
+
+    def _evaluate(self, t: torch.Tensor) -> torch.Tensor:
+        idx, s = self._locate(t, "right")
+        return self._value(idx, self._per_row(s))
+
+    def derivative(self, t: torch.Tensor, side: str = "left") -> torch.Tensor:
+        """dX/dt at ``t``, shape ``(..., channels)``; at a knot of a path whose derivative
+        jumps, the left limit (``side="left"``) or the right limit (``side="right"``)."""
+        if side not in ("left", "right"):
+            raise ValueError(f"`side` must be 'left' or 'right', got {side!r}.")
+        idx, s = self._locate(t, side)
+        return self._slope(idx, self._per_row(s))
+
+    def _value(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _slope(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+r"""The controlled term of a neural CDE, evaluated through the path's derivative.
+
+$dz = f(t, z)\,dX(t)$ with a differentiable path $X$ is the ODE
+$dz/dt = f(t, z)\,\dot X(t)$ (Kidger et al. 2020): each stage of any ODE solver evaluates the
+vector field and the control derivative at its own time. That is why the term is an
+:class:`~torchnde.ODETerm` here: every ODE solver, step-size controller and adjoint takes it
+as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._core.terms import AbstractPath, ODETerm
+from ._checks import describe
+from .path import AbstractInterpolation
+
+__all__ = ["CDETerm"]
+
+
+class CDETerm(ODETerm):
+    r"""$dz/dt = f(t, z, \mathrm{args})\, \dot X(t)$: a matrix-valued vector field times the
+    derivative of a control path.
+
+    Args:
+        vector_field: ``f(t, z, args)`` returning shape ``(..., hidden, channels)`` for a
+            state ``z`` of shape ``(..., hidden)``.
+        path: the control, e.g. :class:`CubicSpline` or :class:`LinearInterpolation`: anything
+            with ``derivative(t)`` returning ``(..., channels)``.
+        side: which limit of $\dot X$ to take at a knot where it jumps (linear paths):
+            ``"left"`` for solves forward in time (a step ending on a knot needs the slope
+            before it), ``"right"`` for solves backward in time.
+
+    Example:
+        >>> term = CDETerm(lambda t, z, args: func(t, z), CubicSpline(coeffs))
+        >>> sol = solve(term, Tsit5(), 0.0, 9.0, z0, controller=PIDController(step_ts=...))
+    """
+
+    def __init__(
+        self,
+        vector_field: Callable[[torch.Tensor, Any, Any], torch.Tensor],
+        path: AbstractPath,
+        *,
+        side: str = "left",
+    ) -> None:
+        if not callable(vector_field):
+            raise TypeError(
+                "CDETerm: `vector_field` must be callable as f(t, z, args) returning (..., "
+                f"hidden, channels), got {type(vector_field).__name__}."
+            )
+        if not callable(getattr(path, "derivative", None)):
+            raise TypeError(
+                "CDETerm: `path` must have a derivative(t) method (CubicSpline, "
+                f"LinearInterpolation, ...), got {type(path).__name__}."
+            )
+        if side not in ("left", "right"):
+            raise ValueError(f"CDETerm: `side` must be 'left' or 'right', got {side!r}.")
+        self.func = vector_field
+        self.path = path
+        self.side = side
+        self._checked = False
+        if isinstance(path, AbstractInterpolation):
+            self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path.derivative(
+                t, side
+            )
+        else:
+            self._derivative = path.derivative
+        # The fused field is what solvers (and the continuous adjoints) call.
+        super().__init__(self._fused)
+
+    def _fused(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
+        g = self.func(t, z, args)
+        dx = self._derivative(t)
+        if not self._checked:
+            self._check(g, dx, z)
+        if g.dtype != dx.dtype:
+            dx = dx.to(g.dtype)
+        return torch.matmul(g, dx.unsqueeze(-1)).squeeze(-1)
+
+    def _check(self, g: Any, dx: torch.Tensor, z: Any) -> None:
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"the CDE vector field must return a tensor, got {describe(g)}.")
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"a CDE state must be one tensor, got {describe(z)}.")
+        channels = dx.shape[-1]
+        want = tuple(z.shape) + (channels,)
+        if g.ndim != z.ndim + 1 or g.shape[-2] != z.shape[-1] or g.shape[-1] != channels:
+            raise ValueError(
+                f"the CDE vector field returned shape {tuple(g.shape)}, but the state has shape "
+                f"{tuple(z.shape)} (hidden size {z.shape[-1] if z.ndim else 1}) and the path "
+                f"has {channels} channels, so it must return shape {want}: one "
+                "(hidden, channels) matrix per sample."
+            )
+        try:
+            torch.broadcast_shapes(g.shape[:-2], dx.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"the batch shape {tuple(g.shape[:-2])} of the CDE vector field does not "
+                f"broadcast against the batch shape {tuple(dx.shape[:-1])} of the path."
+            ) from None
+        self._checked = True
+
+    def __repr__(self) -> str:
+        return f"CDETerm({getattr(self.func, '__name__', self.func)!r}, {type(self.path).__name__})"
