@@ -129,3 +129,9 @@ register(
     "Grathwohl et al. 2019, FFJORD; Finlay et al. 2020, How to train your neural ODE",
     "torchnde.experiments.density",
 )
+register(
+    "motions",
+    "neural CDE on UEA BasicMotions (bundled) with 30% of the observations dropped",
+    "Kidger, Morrill, Foster, Lyons 2020, Neural Controlled Differential Equations",
+    "torchnde.experiments.motions",
+)
