@@ -38,6 +38,7 @@ class GridBrownian(AbstractPath):
         self.num_queries = 0
 
     def _index(self, t: torch.Tensor | float) -> int:
+        t = t.detach() if isinstance(t, torch.Tensor) else t
         x = (float(t) - self.t0) / self.hf
         k = round(x)
         if abs(x - k) > 1e-6 or not 0 <= k <= self.num_steps:
