@@ -76,3 +76,39 @@ class GridBrownian(AbstractPath):
         shape = (-1,) + (1,) * (dw.ndim - 1)
         terms = w.reshape(shape) * dw + dw_dt.reshape(shape) * self.hf * (0.5 * dw - area)
         return terms.sum(0).to(self.dtype)
+
+
+class BridgeBrownian(AbstractPath):
+    """A test-only Brownian motion answering queries at any times, in any order: new points
+    are drawn from the Brownian bridge between the nearest known ones, so every answer is
+    consistent with all earlier ones (as rejected adaptive steps need). No Lévy area."""
+
+    def __init__(self, t0: float, t1: float, shape: tuple[int, ...], *, seed: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.shape = tuple(shape)
+        w1 = torch.randn(self.shape, generator=self.gen, dtype=torch.float64) * (t1 - t0) ** 0.5
+        self.points: dict[float, torch.Tensor] = {t0: torch.zeros(self.shape, dtype=torch.float64)}
+        self.points[t1] = w1
+        self.t0 = t0
+
+    def at(self, t) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        t = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+        if t in self.points:
+            return self.points[t]
+        keys = sorted(self.points)
+        if not keys[0] <= t <= keys[-1]:
+            raise ValueError(f"BridgeBrownian: time {t} outside [{keys[0]}, {keys[-1]}].")
+        i = next(k for k, s in enumerate(keys) if s > t)
+        s, u = keys[i - 1], keys[i]
+        ws, wu = self.points[s], self.points[u]
+        mean = ws + (t - s) / (u - s) * (wu - ws)
+        std = ((t - s) * (u - t) / (u - s)) ** 0.5
+        self.points[t] = mean + std * torch.randn(
+            self.shape, generator=self.gen, dtype=torch.float64
+        )
+        return self.points[t]
+
+    def evaluate(self, t0, t1=None):  # type: ignore[no-untyped-def, override]
+        if t1 is None:
+            t0, t1 = self.t0, t0
+        return self.at(t1) - self.at(t0)

@@ -136,6 +136,12 @@ class AbstractSDESolver(AbstractSolver):
             full step against two half steps, the half steps giving the solution), so a
             ``PIDController`` can choose the steps; 3× the work per step. The Brownian motion
             must answer queries in any order (``BrownianInterval``, ``VirtualBrownianTree``).
+            Step sizes chosen from the Brownian increments are not previsible, which can bias
+            low-order Itô methods: adaptive Euler–Maruyama converges slowly (measured: the
+            strong error barely improves from rtol 1e-3 to 1e-4 on geometric Brownian motion),
+            while Milstein, SRI2 and the Stratonovich solvers converge as expected
+            (Gaines & Lyons 1997, "Variable step size control in the numerical solution of
+            stochastic differential equations").
     """
 
     strong_order: ClassVar[float]
