@@ -7,6 +7,11 @@ from ._adjoint import DirectAdjoint as DirectAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import InterpolatedAdjoint as InterpolatedAdjoint
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
+from ._brownian import AbstractBrownianPath as AbstractBrownianPath
+from ._brownian import BrownianIncrement as BrownianIncrement
+from ._brownian import BrownianInterval as BrownianInterval
+from ._brownian import BrownianPath as BrownianPath
+from ._brownian import VirtualBrownianTree as VirtualBrownianTree
 from ._convenience import METHODS as METHODS
 from ._convenience import odeint as odeint
 from ._core.controllers import AbstractStepSizeController as AbstractStepSizeController
