@@ -8,14 +8,18 @@ import pytest
 import torch
 
 import torchnde as tn
-from problems.brownian import GridBrownian
+
+
+def _bm(shape, seed, levy_area="space-time"):
+    return tn.BrownianInterval(0.0, 1.0, shape, dtype=torch.float64, seed=seed, levy_area=levy_area)
+
 
 BATCH = 8
 
 
 def _problem(calculus: str, shape=(BATCH, 2), noise="diagonal"):
     bm_shape = shape if noise == "diagonal" else (shape[0], 1)
-    bm = GridBrownian(0.0, 1.0, bm_shape, 2**8, seed=5)
+    bm = _bm(bm_shape, 5)
     mu = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     sig = torch.linspace(0.5, 0.8, shape[-1], dtype=torch.float64).requires_grad_(True)
     terms = tn.MultiTerm(
@@ -90,7 +94,7 @@ def test_reversible_heun_is_algebraically_reversible_on_an_sde():
 
 
 def test_gradcheck_euler_maruyama_direct():
-    bm = GridBrownian(0.0, 1.0, (2, 2), 8, seed=1)
+    bm = _bm((2, 2), 1)
     sig = torch.tensor([0.4, 0.7], dtype=torch.float64, requires_grad=True)
     y0 = torch.tensor([[0.2, 0.5], [1.0, -0.3]], dtype=torch.float64, requires_grad=True)
 

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import torchnde as tn
-from problems.brownian import BridgeBrownian, GridBrownian
+
+
+def _bm(shape, seed, levy_area="space-time"):
+    return tn.BrownianInterval(0.0, 1.0, shape, dtype=torch.float64, seed=seed, levy_area=levy_area)
 
 
 def _gbm(bm, noise="diagonal", calculus="ito", mu=0.5, sigma=0.8):
@@ -25,7 +28,7 @@ def test_euler_maruyama_weak_order_one():
     # of Euler–Maruyama in both moments is O(h). 2^16 paths, shared across step sizes.
     n, mu, sigma = 2**16, 1.0, 0.5
     dts = [2.0**-k for k in range(2, 6)]
-    bm = GridBrownian(0.0, 1.0, (n, 1), 32, seed=7)
+    bm = _bm((n, 1), 7)
     y0 = torch.ones(n, 1, dtype=torch.float64)
     errs1, errs2 = [], []
     for dt in dts:
@@ -42,7 +45,7 @@ def test_adaptive_steps_converge_on_one_brownian_path(solver):
     # Rejected steps re-query the Brownian motion over shorter intervals; the answers must be
     # consistent with the path (bridge), so the error against the exact solution on that
     # path shrinks with the tolerance.
-    bm = BridgeBrownian(0.0, 1.0, (16, 2), seed=3)
+    bm = _bm((16, 2), 3, levy_area=None)
     calculus = "ito" if isinstance(solver, tn.ItoMilstein) else "stratonovich"
     terms = _gbm(bm, calculus=calculus)
     y0 = torch.ones(16, 2, dtype=torch.float64)
@@ -52,7 +55,7 @@ def test_adaptive_steps_converge_on_one_brownian_path(solver):
         sol = tn.solve(
             terms, solver, 0.0, 1.0, y0, dt0=0.1, controller=tn.PIDController(rtol=tol, atol=tol)
         )
-        exact = y0 * torch.exp((0.5 + shift) + 0.8 * bm.evaluate(torch.tensor(1.0)))
+        exact = y0 * torch.exp((0.5 + shift) + 0.8 * bm(0.0, 1.0))
         errors.append(float((sol.ys[-1] - exact).abs().mean()))
         rejected += sol.stats["num_rejected_steps"]
     assert rejected > 0
@@ -63,27 +66,27 @@ def test_adaptive_steps_converge_on_one_brownian_path(solver):
 
 
 def test_arbitrary_state_shape_scalar_and_general_noise():
-    bm_s = GridBrownian(0.0, 1.0, (4, 1), 16, seed=1)
+    bm_s = _bm((4, 1), 1)
     y0 = torch.ones(4, 2, 3, dtype=torch.float64)
     sol = tn.solve(_gbm(bm_s, noise="scalar"), tn.SRI2(), 0.0, 1.0, y0, dt0=0.25)
-    exact = torch.exp((0.5 - 0.32) + 0.8 * bm_s.at(1.0)).reshape(4, 1, 1) * y0
+    exact = torch.exp((0.5 - 0.32) + 0.8 * bm_s(0.0, 1.0)).reshape(4, 1, 1) * y0
     assert sol.ys.shape == (1, 4, 2, 3)
     assert float((sol.ys[-1] - exact).abs().max()) < 0.05
     # general noise on a 3-D state: g of shape (4, 2, 3, m), increments of shape (4, m)
-    bm_g = GridBrownian(0.0, 1.0, (4, 2), 16, seed=2)
+    bm_g = _bm((4, 2), 2)
     b = torch.tensor([0.3, -0.2], dtype=torch.float64)
     terms = tn.MultiTerm(
         tn.ODETerm(lambda t, y, args: 0.1 * y),
         tn.ControlTerm(lambda t, y, args: y[..., None] * b, bm_g, noise="general"),
     )
     sol = tn.solve(terms, tn.EulerMaruyama(), 0.0, 1.0, y0, dt0=1 / 16)
-    w = (bm_g.at(1.0) @ b).reshape(4, 1, 1)
+    w = (bm_g(0.0, 1.0) @ b).reshape(4, 1, 1)
     exact = y0 * torch.exp((0.1 - 0.5 * float((b**2).sum())) + w)
     assert float((sol.ys[-1] - exact).abs().max()) < 0.1
 
 
 def _terms(noise="diagonal", calculus=None, bm=None):
-    bm = bm if bm is not None else GridBrownian(0.0, 1.0, (2, 2), 8)
+    bm = bm if bm is not None else _bm((2, 2), 0)
     g = (lambda t, y, args: y[..., None].expand(2, 2, 2)) if noise == "general" else None
     g = g or (lambda t, y, args: y)
     return tn.MultiTerm(
@@ -120,7 +123,7 @@ def test_declared_calculus_mismatch_raises(solver, calculus, match):
 
 
 def test_additive_noise_accepts_either_calculus():
-    bm = GridBrownian(0.0, 1.0, (2, 2), 8)
+    bm = _bm((2, 2), 0)
     for solver in (tn.Heun(), tn.EulerMaruyama(), tn.SRA1()):
         terms = tn.MultiTerm(
             tn.ODETerm(lambda t, y, args: -y),
@@ -136,9 +139,9 @@ def test_non_sde_solver_with_declared_calculus_raises():
 
 def test_control_term_argument_errors():
     with pytest.raises(ValueError, match="`noise` must be one of"):
-        tn.ControlTerm(lambda t, y, a: y, GridBrownian(0.0, 1.0, (2,), 4), noise="diag")
+        tn.ControlTerm(lambda t, y, a: y, _bm((2,), 0), noise="diag")
     with pytest.raises(ValueError, match="`calculus` must be 'ito', 'stratonovich' or None"):
-        tn.ControlTerm(lambda t, y, a: y, GridBrownian(0.0, 1.0, (2,), 4), calculus="Ito")
+        tn.ControlTerm(lambda t, y, a: y, _bm((2,), 0), calculus="Ito")
     with pytest.raises(TypeError, match="`control` must be a path"):
         tn.ControlTerm(lambda t, y, a: y, 3.0)
 
@@ -154,8 +157,8 @@ def test_sde_solver_reverse_time_raises():
 
 
 def test_levy_area_needed_raises():
-    bm = BridgeBrownian(0.0, 1.0, (2, 2))
-    with pytest.raises(TypeError, match="needs the space-time Lévy area"):
+    bm = _bm((2, 2), 0, levy_area=None)
+    with pytest.raises(ValueError, match="levy_area=.space-time."):
         tn.solve(_terms(bm=bm), tn.SRI2(), 0.0, 1.0, Y0, dt0=0.125)
 
 

@@ -206,12 +206,12 @@ class ControlTerm(AbstractTerm):
         over ``[t0, t1]`` (the strong order 1.5 solvers need both)."""
         control = self.control
         try:
-            out = control.evaluate(t0, t1, return_levy_area=True)  # type: ignore[call-arg, union-attr]
+            out = control(t0, t1, return_levy_area=True)  # type: ignore[call-arg, operator]
         except TypeError:
             raise TypeError(
                 f"this solver needs the space-time Lévy area of the Brownian motion, but "
-                f"{type(control).__name__}.evaluate does not take return_levy_area=True; use a "
-                "BrownianInterval, VirtualBrownianTree or BrownianPath built with "
+                f"{type(control).__name__} cannot be called as bm(ta, tb, return_levy_area=True); "
+                "use a BrownianInterval, VirtualBrownianTree or BrownianPath built with "
                 "levy_area='space-time'."
             ) from None
         return _split_levy(out)
@@ -240,15 +240,13 @@ class ControlTerm(AbstractTerm):
 
 
 def _split_levy(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dW, H)`` from a path's answer to ``return_levy_area=True`` (a pair, or an object with
-    ``W``/``H`` or ``increment``/``space_time`` attributes)."""
-    if isinstance(out, (tuple, list)):
+    """``(dW, H)`` from a path's answer to ``return_levy_area=True``: a
+    ``BrownianIncrement`` ``(W, H, A)`` or a pair."""
+    if isinstance(out, (tuple, list)) and len(out) >= 2 and out[1] is not None:
         return out[0], out[1]
-    for w_name, h_name in (("W", "H"), ("increment", "space_time"), ("dW", "H")):
-        if hasattr(out, w_name) and hasattr(out, h_name):
-            return getattr(out, w_name), getattr(out, h_name)
     raise TypeError(
-        f"cannot read the increment and space-time Lévy area from {type(out).__name__}."
+        "this solver needs the space-time Lévy area of the Brownian motion, which did not "
+        "provide it; create the Brownian motion with levy_area='space-time'."
     )
 
 
