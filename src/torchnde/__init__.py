@@ -7,6 +7,11 @@ from ._adjoint import DirectAdjoint as DirectAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import InterpolatedAdjoint as InterpolatedAdjoint
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
+from ._brownian import AbstractBrownianPath as AbstractBrownianPath
+from ._brownian import BrownianIncrement as BrownianIncrement
+from ._brownian import BrownianInterval as BrownianInterval
+from ._brownian import BrownianPath as BrownianPath
+from ._brownian import VirtualBrownianTree as VirtualBrownianTree
 from ._cde import AbstractInterpolation as AbstractInterpolation
 from ._cde import CDEStream as CDEStream
 from ._cde import CDETerm as CDETerm
@@ -34,6 +39,7 @@ from ._core.controllers import PIDController as PIDController
 from ._core.events import Event as Event
 from ._core.runge_kutta import AbstractRungeKutta as AbstractRungeKutta
 from ._core.runge_kutta import ExplicitRungeKutta as ExplicitRungeKutta
+from ._core.sde import AbstractSDESolver as AbstractSDESolver
 from ._core.solution import SaveAt as SaveAt
 from ._core.solution import Solution as Solution
 from ._core.solution import SolveError as SolveError
@@ -43,17 +49,23 @@ from ._core.solver import AbstractSolver as AbstractSolver
 from ._core.solvers import ALF as ALF
 from ._core.solvers import RK4 as RK4
 from ._core.solvers import RK38 as RK38
+from ._core.solvers import SRA1 as SRA1
+from ._core.solvers import SRI2 as SRI2
 from ._core.solvers import Bosh3 as Bosh3
 from ._core.solvers import Dopri5 as Dopri5
 from ._core.solvers import Dopri8 as Dopri8
 from ._core.solvers import Euler as Euler
+from ._core.solvers import EulerHeun as EulerHeun
+from ._core.solvers import EulerMaruyama as EulerMaruyama
 from ._core.solvers import Fehlberg2 as Fehlberg2
 from ._core.solvers import Heun as Heun
+from ._core.solvers import ItoMilstein as ItoMilstein
 from ._core.solvers import Leapfrog as Leapfrog
 from ._core.solvers import Midpoint as Midpoint
 from ._core.solvers import Ralston as Ralston
 from ._core.solvers import ReversibleHeun as ReversibleHeun
 from ._core.solvers import SemiImplicitEuler as SemiImplicitEuler
+from ._core.solvers import StratonovichMilstein as StratonovichMilstein
 from ._core.solvers import Tsit5 as Tsit5
 from ._core.solvers import Yoshida4 as Yoshida4
 from ._core.tableau import ButcherTableau as ButcherTableau
@@ -62,6 +74,8 @@ from ._core.terms import AbstractTerm as AbstractTerm
 from ._core.terms import ControlTerm as ControlTerm
 from ._core.terms import MultiTerm as MultiTerm
 from ._core.terms import ODETerm as ODETerm
+from ._sdeint import SDE_METHODS as SDE_METHODS
+from ._sdeint import sdeint as sdeint
 from ._solve import solve as solve
 
 # isort: split

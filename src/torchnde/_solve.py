@@ -14,6 +14,7 @@ from ._core.loop import LoopResult
 from ._core.packing import PackedTerm, ReversedTerm, StateSpec
 from ._core.problem import Problem
 from ._core.progress import ProgressMeter
+from ._core.sde import check_sde
 from ._core.solution import SaveAt, Solution, SolveError, Status
 from ._core.solver import AbstractSolver
 from ._core.terms import AbstractTerm, ODETerm, broadcast_time
@@ -101,6 +102,7 @@ def _normalise(
             "adaptive solver (Dopri5(), Tsit5(), Bosh3(), ...) or "
             "controller=ConstantStepSize() with dt0=."
         )
+    check_sde(terms, solver)
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
             f"`adjoint` must be an adjoint such as DirectAdjoint(), got {_describe(adjoint)}."

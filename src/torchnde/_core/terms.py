@@ -109,24 +109,57 @@ class AbstractPath(abc.ABC):
     """
 
     @abc.abstractmethod
-    def evaluate(self, t0: torch.Tensor, t1: torch.Tensor | None = None) -> torch.Tensor: ...
+    def evaluate(self, t0: torch.Tensor, t1: torch.Tensor | None = None) -> Any: ...
 
     def derivative(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not differentiable in time.")
 
 
-class ControlTerm(AbstractTerm):
-    r"""A controlled term $dy = g(t, y, \mathrm{args})\, dX(t)$.
+NOISE_TYPES = ("general", "diagonal", "scalar", "additive")
+CALCULI = ("ito", "stratonovich")
 
-    ``g`` returns a tensor of shape ``y.shape + (channels,)`` (a matrix per sample, contracted
-    with the control increment of shape ``(..., channels)``), or, with
-    ``noise="diagonal"``, the shape of ``y`` (multiplied elementwise).
+
+def _align_leading(control: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View ``control`` of shape ``(*lead, m)`` so its leading dimensions line up with the first
+    dimensions of a tensor with ``ndim`` dimensions whose last is ``m``."""
+    missing = ndim - control.ndim
+    if missing <= 0:
+        return control
+    return control.reshape(control.shape[:-1] + (1,) * missing + control.shape[-1:])
+
+
+class ControlTerm(AbstractTerm):
+    r"""A controlled term $dy = g(t, y, \mathrm{args})\, dX(t)$: the diffusion of an SDE (with
+    a Brownian motion as ``control``) or the vector field of a CDE.
+
+    The layout of ``g`` and of the increments ``dX`` depends on ``noise``; for a state ``y`` of
+    shape ``(batch, *state)``:
+
+    - ``"general"``: ``g`` has shape ``y.shape + (m,)`` and ``dX`` shape ``(batch, m)`` (or
+      ``y.shape[:-1] + (m,)``); the product contracts the last dimension of ``g``.
+    - ``"diagonal"``: ``g`` and ``dX`` have the shape of ``y``; the product is elementwise (one
+      Brownian motion per component, and $g_i$ should depend on $y_i$ only, as the Milstein
+      and stochastic Runge–Kutta solvers assume).
+    - ``"scalar"``: ``g`` has the shape of ``y`` and ``dX`` shape ``(batch, 1)``: one Brownian
+      motion per sample.
+    - ``"additive"``: ``g`` does not depend on ``y``; it has the shape of ``y`` (diagonal
+      layout, with ``dX`` of the shape of ``y``) or ``y.shape + (m,)`` (general layout).
 
     Args:
         vector_field: ``g(t, y, args)``.
-        control: an :class:`AbstractPath`, or any callable ``control(t0, t1)`` returning the
-            increment ``X(t1) - X(t0)``.
-        noise: ``"general"`` (matrix product) or ``"diagonal"`` (elementwise).
+        control: an :class:`AbstractPath` (e.g. a Brownian motion), or any callable
+            ``control(t0, t1)`` returning the increment ``X(t1) - X(t0)``.
+        noise: the layout above.
+        calculus: for SDEs, ``"ito"`` or ``"stratonovich"``: ``solve`` then checks that the
+            solver converges to solutions in that sense. ``None`` (no check) for CDEs, or
+            when you take care of it yourself.
+
+    Example:
+        >>> bm = BrownianInterval(0.0, 1.0, (16, 3), seed=0)
+        >>> sde = MultiTerm(ODETerm(lambda t, y, args: -y),
+        ...                 ControlTerm(lambda t, y, args: 0.1 * y, bm, noise="diagonal",
+        ...                             calculus="ito"))
+        >>> sol = solve(sde, EulerMaruyama(), 0.0, 1.0, torch.ones(16, 3), dt0=0.01)
     """
 
     def __init__(
@@ -134,19 +167,30 @@ class ControlTerm(AbstractTerm):
         vector_field: Callable[[torch.Tensor, Any, Any], Any],
         control: AbstractPath | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         noise: str = "general",
+        calculus: str | None = None,
     ) -> None:
         if not callable(vector_field):
             raise TypeError(
                 "ControlTerm: `vector_field` must be callable as g(t, y, args), got "
                 f"{type(vector_field).__name__}."
             )
-        if noise not in ("general", "diagonal"):
+        if not (isinstance(control, AbstractPath) or callable(control)):
+            raise TypeError(
+                "ControlTerm: `control` must be a path (e.g. BrownianInterval(...)) or a callable "
+                f"control(t0, t1), got {type(control).__name__}."
+            )
+        if noise not in NOISE_TYPES:
             raise ValueError(
-                f"ControlTerm: `noise` must be 'general' or 'diagonal', got {noise!r}."
+                f"ControlTerm: `noise` must be one of {list(NOISE_TYPES)}, got {noise!r}."
+            )
+        if calculus is not None and calculus not in CALCULI:
+            raise ValueError(
+                f"ControlTerm: `calculus` must be 'ito', 'stratonovich' or None, got {calculus!r}."
             )
         self.vector_field = vector_field
         self.control = control
         self.noise = noise
+        self.calculus = calculus
 
     def vf(self, t: torch.Tensor, y: Any, args: Any) -> Any:
         return self.vector_field(t, y, args)
@@ -156,10 +200,54 @@ class ControlTerm(AbstractTerm):
             return self.control.evaluate(t0, t1)
         return self.control(t0, t1)
 
+    def contr_levy(self, t0: torch.Tensor, t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The increment $\Delta W$ and the space-time Lévy area
+        $H = \frac{1}{h}\int_{t_0}^{t_1} \big(W_s - W_{t_0} - \tfrac{s - t_0}{h}\Delta W\big)\,ds$
+        over ``[t0, t1]`` (the strong order 1.5 solvers need both)."""
+        control = self.control
+        try:
+            out = control(t0, t1, return_levy_area=True)  # type: ignore[call-arg, operator]
+        except TypeError:
+            raise TypeError(
+                f"this solver needs the space-time Lévy area of the Brownian motion, but "
+                f"{type(control).__name__} cannot be called as bm(ta, tb, return_levy_area=True); "
+                "use a BrownianInterval, VirtualBrownianTree or BrownianPath built with "
+                "levy_area='space-time'."
+            ) from None
+        return _split_levy(out)
+
     def prod(self, vf: Any, control: Any) -> torch.Tensor:
-        if self.noise == "diagonal":
+        noise = self.noise
+        if noise == "diagonal" or (noise == "additive" and vf.ndim == control.ndim):
             return vf * control
-        return (vf @ control.unsqueeze(-1)).squeeze(-1)
+        if noise == "scalar":
+            return vf * control.reshape(control.shape[:1] + (1,) * (vf.ndim - 1))
+        if control.ndim == vf.ndim - 1:
+            return (vf @ control.unsqueeze(-1)).squeeze(-1)
+        return (vf @ _align_leading(control, vf.ndim - 1).unsqueeze(-1)).squeeze(-1)
+
+    def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
+        if self.noise == "diagonal" and not (
+            torch.is_grad_enabled() and (vf.requires_grad or control.requires_grad)
+        ):
+            torch.mul(vf, control, out=out)
+        else:
+            out.copy_(self.prod(vf, control))
+
+    def __repr__(self) -> str:
+        name = getattr(self.vector_field, "__name__", self.vector_field)
+        return f"ControlTerm({name!r}, noise={self.noise!r}, calculus={self.calculus!r})"
+
+
+def _split_levy(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dW, H)`` from a path's answer to ``return_levy_area=True``: a
+    ``BrownianIncrement`` ``(W, H, A)`` or a pair."""
+    if isinstance(out, (tuple, list)) and len(out) >= 2 and out[1] is not None:
+        return out[0], out[1]
+    raise TypeError(
+        "this solver needs the space-time Lévy area of the Brownian motion, which did not "
+        "provide it; create the Brownian motion with levy_area='space-time'."
+    )
 
 
 class MultiTerm(AbstractTerm):

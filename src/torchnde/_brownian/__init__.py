@@ -1,0 +1,7 @@
+"""Brownian motions: ``BrownianInterval``, ``VirtualBrownianTree``, ``BrownianPath``."""
+
+from .base import AbstractBrownianPath as AbstractBrownianPath
+from .base import BrownianIncrement as BrownianIncrement
+from .interval import BrownianInterval as BrownianInterval
+from .path import BrownianPath as BrownianPath
+from .virtual_tree import VirtualBrownianTree as VirtualBrownianTree
