@@ -35,6 +35,8 @@ TINY = {
     "circles": ["--epochs", "1", "num_train=128", "num_test=64", "batch_size=32", "hidden=8"],
     "digits": ["--epochs", "1", "batch_size=512", "width=8", "hidden=16"],
     "density": ["--epochs", "1", "num_train=256", "num_test=64", "batch_size=128", "hidden=16"],
+    "motions": ["--epochs", "1", "batch_size=20", "hidden=4", "width=8", "method=euler"],
+    "sde": ["--epochs", "1", "num_train=64", "num_test=64", "batch_size=32", "substeps=1"],
 }
 
 
@@ -66,7 +68,7 @@ def test_list_names_every_experiment_with_its_paper(capsys):
     assert len(printed) == len(EXPERIMENTS)
     for line, exp in zip(printed, EXPERIMENTS.values()):
         assert line.startswith(exp.name) and exp.summary in line and exp.paper in line
-    assert set(EXPERIMENTS) >= {"spiral", "circles", "digits", "density"}
+    assert set(EXPERIMENTS) == set(TINY)
 
 
 def test_version(capsys):
@@ -236,6 +238,57 @@ def test_without_tqdm_or_matplotlib_prints_lines_and_skips_figures(tmp_path, cap
     assert (out / "metrics.json").is_file() and (out / "report.md").is_file()
     assert not (out / "loss.png").exists() and not (out / "spiral.png").exists()
     assert "![" not in (out / "report.md").read_text()
+
+
+def test_bundled_basicmotions_and_the_script_that_makes_it():
+    import importlib.util
+
+    from torchnde.data import load_basicmotions
+
+    x_tr, y_tr, x_te, y_te, classes = load_basicmotions()
+    assert x_tr.shape == x_te.shape == (40, 100, 6) and x_tr.dtype == torch.float32
+    assert classes == ["Standing", "Running", "Walking", "Badminton"]
+    assert torch.bincount(y_tr).tolist() == torch.bincount(y_te).tolist() == [10] * 4
+    assert bool(torch.isfinite(x_tr).all())
+    spec = importlib.util.spec_from_file_location(
+        "make_basicmotions", Path(SRC).parent / "scripts" / "make_basicmotions.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = "#c\n@classLabel true A B\n@data\n1,2,3:4,5,6:B\n7,8,9:1,2,3:A\n"
+    x, labels, names = script.parse_ts(text)
+    assert names == ["A", "B"] and labels == ["B", "A"]
+    assert x.shape == (2, 3, 2) and x[0, :, 1].tolist() == [4, 5, 6]
+
+
+def test_dropped_observations_are_a_fixed_fraction_of_whole_time_points():
+    from torchnde.experiments.motions import drop_observations
+
+    x = torch.randn(5, 100, 3)
+    a, b = drop_observations(x, 0.3, 7), drop_observations(x, 0.3, 7)
+    missing = torch.isnan(a)
+    assert torch.equal(missing, torch.isnan(b))
+    assert (missing.all(-1) == missing.any(-1)).all()  # all channels of a time point together
+    assert missing[..., 0].sum(1).tolist() == [30] * 5
+    assert torch.equal(a[~missing], x[~missing])
+
+
+def test_sde_data_have_the_exact_marginals():
+    import numpy as np
+
+    from torchnde.experiments.sde import sample_paths, true_marginals
+
+    ts = np.linspace(0, 1, 5)
+    for process in ("ou", "gbm"):
+        x = sample_paths(process, 40_000, ts, 0)
+        mean, std = true_marginals(process, ts)
+        n = len(x)
+        # 5 standard errors of the sample mean and of the sample standard deviation (the latter
+        # by the delta method from the sample's fourth central moment: GBM is not Gaussian).
+        assert np.all(np.abs(x.mean(0) - mean) < 5 * std / np.sqrt(n)), process
+        m4 = ((x - x.mean(0)) ** 4).mean(0)[1:]
+        se_std = np.sqrt((m4 - x.var(0)[1:] ** 2) / n) / (2 * std[1:])
+        assert np.all(np.abs(x.std(0)[1:] - std[1:]) < 5 * se_std), process
 
 
 # --------------------------------------------------------------------------- checkpoints, resume

@@ -135,3 +135,9 @@ register(
     "Kidger, Morrill, Foster, Lyons 2020, Neural Controlled Differential Equations",
     "torchnde.experiments.motions",
 )
+register(
+    "sde",
+    "neural SDE fitted to Ornstein-Uhlenbeck / geometric Brownian motion paths, marginals",
+    "Kidger, Foster, Li, Lyons 2021, Neural SDEs as Infinite-Dimensional GANs",
+    "torchnde.experiments.sde",
+)

@@ -59,11 +59,11 @@ class Config(ExperimentConfig):
         for key in ("rtol", "atol"):
             v = getattr(self, key)
             check(is_positive(v), key, "a positive number", v)
+        check(isinstance(self.drop, float) and 0 <= self.drop < 1, "drop", "in [0, 1)", self.drop)
         check(
-            isinstance(self.drop, float) and 0 <= self.drop < 1, "drop", "in [0, 1)", self.drop
-        )
-        check(
-            is_int(self.data_seed) and self.data_seed >= 0, "data_seed", "an int >= 0",
+            is_int(self.data_seed) and self.data_seed >= 0,
+            "data_seed",
+            "an int >= 0",
             self.data_seed,
         )
 
