@@ -41,8 +41,8 @@ class Config(ODEConfig):
 
     out: Path = field(default=Path("runs/density"), metadata={"help": "run folder"})
     dataset: str = field(default="moons", metadata={"help": "the 2-D data", "choices": DATASETS})
-    epochs: int = field(default=25, metadata={"help": "passes over the training set"})
-    batch_size: int = field(default=256, metadata={"help": "points per step (global)"})
+    epochs: int = field(default=60, metadata={"help": "passes over the training set"})
+    batch_size: int = field(default=128, metadata={"help": "points per step (global)"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     rtol: float = field(default=1e-4, metadata={"help": "relative tolerance (adaptive methods)"})
     atol: float = field(default=1e-4, metadata={"help": "absolute tolerance (adaptive methods)"})

@@ -217,7 +217,9 @@ class Task(harness.Task):
         ax_conf.imshow(conf, cmap="Blues")
         for a in range(conf.shape[0]):
             for b in range(conf.shape[1]):
-                ax_conf.text(b, a, str(conf[a, b]), ha="center", va="center")
+                dark = conf[a, b] > conf.max() / 2
+                colour = "white" if dark else "black"
+                ax_conf.text(b, a, str(conf[a, b]), ha="center", va="center", color=colour)
         ticks = list(range(len(self.classes)))
         ax_conf.set(
             xticks=ticks,
