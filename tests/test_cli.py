@@ -348,6 +348,36 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(tmp_path, mon
     assert "is complete" in capsys.readouterr().out
 
 
+def test_a_fresh_run_in_a_used_folder_drops_the_old_results(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "spiral", "--out", str(out), "--quiet", *TINY["spiral"]]) == 0
+    _interrupt_at(monkeypatch, 1)  # before this run's first checkpoint
+    assert main(["run", "spiral", "--out", str(out), *TINY["spiral"], "plot=false"]) == 130
+    assert "overwriting the earlier run" in capsys.readouterr().out
+    assert not (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()
+    assert len(_jsonl(out / "metrics.jsonl")) == 1
+    monkeypatch.undo()
+    assert main(["resume", str(out)]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(tmp_path, monkeypatch, capsys):
+    from torchnde.experiments import spiral
+
+    real_step = spiral.Task.step
+
+    def nan_step(self, model, index):
+        out = real_step(self, model, index)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(spiral.Task, "step", nan_step)
+    assert main(["run", "spiral", "--out", str(tmp_path), "--quiet", *TINY["spiral"]]) == 1
+    err = capsys.readouterr().err
+    assert "torchnde run spiral: error: spiral: the training loss is nan at step 1" in err
+    assert "lower `lr`" in err
+
+
 def test_report_rebuilds_the_report_and_prints_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "spiral", "--out", str(out), "--quiet", *TINY["spiral"]]) == 0

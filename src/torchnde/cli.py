@@ -106,10 +106,11 @@ def _errors(command: str, fn: Any) -> int:
     from . import SolveError
     from .experiments import MissingDependency
     from .experiments.checkpoint import CheckpointError
+    from .experiments.harness import TrainingError
 
     try:
         fn()
-    except (CheckpointError, MissingDependency, SolveError) as e:
+    except (CheckpointError, MissingDependency, SolveError, TrainingError) as e:
         print(f"torchnde {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

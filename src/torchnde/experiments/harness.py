@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,13 @@ from .checkpoint import (
 from .config import ExperimentConfig, ODEConfig, describe_config
 from .progress import ProgressReporter
 
-__all__ = ["Headline", "StepOutput", "Task", "ode_solver_setup", "run"]
+__all__ = ["Headline", "StepOutput", "Task", "TrainingError", "ode_solver_setup", "run"]
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (a non-finite loss)."""
 
 
 class Headline(NamedTuple):
@@ -251,6 +256,12 @@ class _Run:
         jsonl = out / "metrics.jsonl"
         history = _read_history(jsonl, step) if ckpt is not None else []
         if info.is_main:
+            if ckpt is None and (out / CHECKPOINT).exists():
+                # A fresh run in a used folder: drop the old run's results, so that nothing
+                # (resume, report) mistakes them for this run's.
+                self.say(f"{self.name}: overwriting the earlier run in {out}")
+                for f in ("metrics.json", CHECKPOINT, "report.md"):
+                    (out / f).unlink(missing_ok=True)
             self._write_config(task)
             # Drop the lines of steps after the checkpoint: they are redone.
             report.write_text_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in history))
@@ -308,6 +319,13 @@ class _Run:
                         record[k] = v
                     record["lr"] = lr
                     record["time_s"] = time.perf_counter() - start
+                    if not math.isfinite(record["loss"]):
+                        raise TrainingError(
+                            f"{self.name}: the training loss is {record['loss']} at step {step} "
+                            f"(epoch {epoch + 1}); lower `lr` or tighten the solver tolerances. "
+                            "The last checkpoint is from the end of epoch "
+                            f"{epoch - epoch % cfg.checkpoint_every}."
+                        )
                     history.append(record)
                     if log is not None:
                         log.write(json.dumps(record) + "\n")
