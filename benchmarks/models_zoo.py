@@ -187,7 +187,7 @@ def bench_shooting(rows: list[dict]) -> None:
                 "sequential_solve_fevals": seq.stats["num_fevals"],
                 "ratio": s["sequential_fevals"] / seq.stats["num_fevals"],
                 "total_fevals": s["total_fevals"],
-                "max_abs_diff": float((y - seq.ys[-1]).abs().max()),
+                "max_abs_diff": (y - seq.ys[-1]).abs().max().item(),
             })  # fmt: skip
             print(rows[-1], flush=True)
 
