@@ -22,8 +22,8 @@ def _reflect(augmented: bool) -> float:
     node = M.NeuralODE(M.Autonomous(net), solver=tn.RK4(), dt0=0.25)
     model = M.Augmented(node, 1, keep_augmented=False) if augmented else node
     x = torch.tensor([[-1.0], [1.0]])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(150):
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    for _ in range(80):
         loss = (model(x) + x).pow(2).mean()
         opt.zero_grad()
         loss.backward()

@@ -144,8 +144,8 @@ def test_short_training_beats_a_gaussian_fit_on_two_moons():
     net = nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
     cnf = M.CNF(M.DepthCat(net), 2, solver=tn.RK4(), dt0=0.25)
     opt = torch.optim.Adam(cnf.parameters(), lr=1e-2)
-    for _ in range(150):
-        idx = torch.randint(0, 1024, (256,), generator=g)
+    for _ in range(100):
+        idx = torch.randint(0, 1024, (128,), generator=g)
         loss = -cnf.log_prob(train[idx]).mean()
         opt.zero_grad()
         loss.backward()

@@ -242,3 +242,17 @@ def test_solver_heuristic_is_the_sum_of_scaled_error_estimates_over_accepted_ste
     assert 0.05 < float(value) < 10  # scaled errors near the tolerance, over a unit interval
     (g,) = torch.autograd.grad(value, node.vector_field.a)
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+def test_regularisers_cover_the_whole_interval_when_saving_a_trajectory():
+    a = torch.tensor([[-0.3, 0.8], [-0.6, 0.1]], dtype=F64)
+    x = torch.tensor([[1.0, 0.5]], dtype=F64)
+    kw = dict(t1=1.0, rtol=1e-10, atol=1e-12)
+    whole = M.NeuralODE(Linear(a), regularisers=[M.KineticEnergy(), M.SolverHeuristic()], **kw)
+    whole(x)
+    part = M.NeuralODE(
+        Linear(a), ts=[0.0, 0.5], regularisers=[M.KineticEnergy(), M.SolverHeuristic()], **kw
+    )
+    assert part(x).shape == (2, 1, 2)
+    for k in ("kinetic_energy", "solver_error"):
+        torch.testing.assert_close(part.regularisation[k], whole.regularisation[k])

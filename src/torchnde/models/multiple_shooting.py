@@ -68,7 +68,8 @@ class MultipleShooting(nn.Module):
     evaluations along the sequential chain: per iteration, the evaluations of one segment's
     fine solve, all segments running as one batch, plus parareal's coarse steps; with
     autograd on, the two solves of the final differentiable step included) and
-    ``total_fevals`` (the work: every segment's evaluations summed).
+    ``total_fevals`` (the work: every segment's evaluations summed, each of the $d$
+    Jacobian-vector products of a Newton iteration counted as one evaluation).
 
     References:
         S. Massaroli, M. Poli, S. Sonoda, T. Suzuki, J. Park, A. Yamashita, H. Asama,
@@ -174,7 +175,7 @@ class MultipleShooting(nn.Module):
         """The boundaries ``(N + 1, batch, d)``: $B_0 = x, \\dots, B_N \\approx y(t_1)$."""
         if not isinstance(x, torch.Tensor) or x.ndim != 2:
             raise ValueError(f"MultipleShooting: `x` must be (batch, d), got {describe(x)}.")
-        n, batch = self.num_segments, x.shape[0]
+        n, batch, d = self.num_segments, x.shape[0], x.shape[1]
         starts = self._starts(batch, x)
         seq = work = 0
         method = self.method
@@ -185,7 +186,8 @@ class MultipleShooting(nn.Module):
                 iters += 1
                 flat = bnd[:-1].reshape(n * batch, -1)
                 phi_b, jac, nfe = self._flow(flat, starts, method == "newton")
-                seq, work = seq + nfe, work + n * nfe
+                tangents = d if method == "newton" else 0
+                seq, work = seq + nfe, work + n * nfe * (1 + tangents)
                 phi_b = phi_b.reshape(n, batch, -1)
                 jac_n = None if jac is None else jac.reshape(n, batch, *jac.shape[1:])
                 new = [x.detach()]
@@ -215,7 +217,7 @@ class MultipleShooting(nn.Module):
         with torch.no_grad():
             _, jac, nfe_jac = self._flow(bnd[:-1].reshape(n * batch, -1), starts, True)
         phi_b, _, nfe = self._flow(bnd[:-1].reshape(n * batch, -1), starts, False)
-        seq, work = seq + nfe_jac + nfe, work + n * (nfe_jac + nfe)
+        seq, work = seq + nfe_jac + nfe, work + n * (nfe_jac * (1 + d) + nfe)
         phi_b = phi_b.reshape(n, batch, -1)
         jac_n = jac.reshape(n, batch, *jac.shape[1:])  # type: ignore[union-attr]
         out = [x]

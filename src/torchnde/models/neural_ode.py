@@ -219,7 +219,9 @@ class NeuralODE(nn.Module):
         t1 = self._end_time()
         heur = self.heuristic
         if ts_ is not None:
-            saveat = tn.SaveAt(ts=ts_, steps=heur is not None)
+            # with regularisers also save t1: their integrals run over the whole interval
+            extra = heur is not None or bool(regs)
+            saveat = tn.SaveAt(ts=ts_, steps=heur is not None, t1=extra)
         else:
             saveat = tn.SaveAt(t1=True, steps=heur is not None, t0=heur is not None)
         sol = self.config.solve(dyn, self.t0, t1, y0, saveat, args)
@@ -233,9 +235,10 @@ class NeuralODE(nn.Module):
             st, sy = typing.cast(torch.Tensor, sol.ts), ys
             if ts_ is None:  # t0, steps (the last step ends at t1), t1
                 st, sy = st[:-1], sy[:-1]
-            else:  # ts, steps: prepend t0 and y0
-                st = torch.cat([torch.as_tensor(self.t0, dtype=st.dtype).reshape(1), st[n_ts:]])
-                sy = torch.cat([x[None], sy[n_ts:]])
+            else:  # ts, steps, t1: the steps, after t0 and y0
+                t_start = torch.as_tensor(self.t0, dtype=st.dtype, device=st.device).reshape(1)
+                st = torch.cat([t_start, st[n_ts:-1]])
+                sy = torch.cat([x[None], sy[n_ts:-1]])
             self.regularisation[heur.name] = heur.compute(
                 self.config.solver, self.config.controller, lambda t, y, a: f(t, y), st, sy, args
             ).mean()
