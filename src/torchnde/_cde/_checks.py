@@ -44,8 +44,8 @@ def check_path(who: str, x: Any, t: Any, *, allow_nan: bool = True) -> tuple[tor
         return x, torch.arange(length, dtype=x.dtype, device=x.device)
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if not torch.is_floating_point(t):
-        t = t.to(x.dtype)
+    if not torch.is_floating_point(t) or t.dtype != torch.promote_types(t.dtype, x.dtype):
+        t = t.to(torch.promote_types(t.dtype, x.dtype) if torch.is_floating_point(t) else x.dtype)
     if t.ndim == 0 or t.shape[-1] != length:
         raise ValueError(
             f"{who}: `t` must have shape ({length},) (or (..., {length}) per sample) to match "

@@ -65,14 +65,17 @@ def cdeint(
     max_steps: int = 65536,
     throw: bool = True,
     progress: bool = False,
+    step_to_knots: bool | None = None,
 ) -> torch.Tensor:
     r"""Solve the controlled differential equation $dz = f(t, z)\,dX(t)$, $z(t_0) = z_0$.
 
     Kidger et al. (2020), *Neural Controlled Differential Equations for Irregular Time
     Series*. The CDE is solved as the ODE $dz/dt = f(t, z)\,\dot X(t)$ with any solver of
-    torchnde. Steps land on every knot of the path (a linear path's derivative jumps there:
-    the knots are ``jump_ts`` and the solver restarts after each; a cubic path's second
-    derivative jumps: the knots are ``step_ts``).
+    torchnde. Steps end on the knots of the path: a linear path's derivative jumps there, so
+    the knots are the controller's ``jump_ts`` (the solver restarts after each); a cubic
+    path's higher derivatives jump there, so they are ``step_ts``. Within a step the vector
+    field is then smooth in time, which keeps the solver's order, its error estimate, and the
+    gradient through adaptive step sizes meaningful.
 
     Args:
         X: the control path, e.g. ``CubicSpline(natural_cubic_coeffs(x, t), t)``.
@@ -90,6 +93,10 @@ def cdeint(
             ``CheckpointAdjoint()``, ``BacksolveAdjoint()``, ``InterpolatedAdjoint()``. The
             continuous adjoints need a continuously differentiable path (``CubicSpline``).
         max_steps, throw, progress: as for :func:`torchnde.solve`.
+        step_to_knots: ``False`` lets steps cross knots (fewer steps when the knots are much
+            denser than the dynamics; inaccurate for linear paths unless the steps are
+            small; with ``DirectAdjoint`` and adaptive steps the gradient through the step
+            sizes can then be far off, as the error estimate is not smooth across a knot).
 
     Returns:
         The states at ``t``, time first: shape ``(len(t), *z0.shape)``.
@@ -133,7 +140,9 @@ def cdeint(
     t0, t1 = t[0], t[-1]
     forward = bool(t1 > t0)
     lo, hi = sorted((float(t0), float(t1)))
-    knots = knots_of(X, lo, hi)
+    if step_to_knots is None:
+        step_to_knots = True
+    knots = knots_of(X, lo, hi) if step_to_knots else None
     grid: dict[str, Any] = {"step_ts" if smooth else "jump_ts": knots}
     term = CDETerm(lambda tt, z, args: func(tt, z), X, side="left" if forward else "right")
     start = t0

@@ -65,31 +65,47 @@ def _shift(
     return a_new, b_new, two_c + 2 * three_d * s, three_d
 
 
-def _coeffs_shared(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """No missing values, one time grid: x of shape (..., length, channels). Works on the
-    layout (length, batch · channels), so the solve is one plain matrix product."""
-    batch, (length, channels) = x.shape[:-2], x.shape[-2:]
-    xs = x.movedim(-2, 0).reshape(length, -1)
+def _shared_system(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one time grid: ``G`` with ``k = G @ Δx`` (the knot derivatives from the
+    increments: the system's inverse with the right-hand side folded in), and ``1/h``."""
     h_inv = 1 / (t[1:] - t[:-1])
     zero = torch.zeros_like(h_inv[:1])
     left = torch.cat([zero, h_inv])
     right = torch.cat([h_inv, zero])
-    diag = 2 * (left + right)
-    hcol = h_inv.unsqueeze(-1)
-    slope = (xs[1:] - xs[:-1]) * hcol
-    p = 3 * slope * hcol
-    zp = torch.zeros_like(p[:1])
-    rhs = torch.cat([zp, p]) + torch.cat([p, zp])
+    inv = shared_inverse(left, 2 * (left + right), right)
+    # rhs_i = p_{i-1} + p_i with p = 3 Δx / h²: k = (inv[:, 1:] + inv[:, :-1]) diag(3/h²) Δx
+    g = (inv[:, :-1] + inv[:, 1:]) * (3 * h_inv.to(inv.dtype) ** 2)
+    return g, h_inv
+
+
+def _coeffs_shared(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """No missing values, one time grid: x of shape (..., length, channels)."""
+    batch, (length, channels) = x.shape[:-2], x.shape[-2:]
+    dx = x[..., 1:, :] - x[..., :-1, :]
     if length <= _DENSE_MAX:
-        k = shared_inverse(left, diag, right).to(x.dtype, copy=False) @ rhs
+        g, h_inv = _shared_system(t)
+        # One (length, length - 1) x (length - 1, batch * channels) product solves every series.
+        flat = dx.movedim(-2, 0).reshape(length - 1, -1)
+        k = (g.to(x.dtype) @ flat).view((length,) + batch + (channels,)).movedim(0, -2)
+        k = k.contiguous()
     else:
-        k = thomas(left[:, None], diag[:, None], right[:, None], rhs)
-    k0, k1 = k[:-1], k[1:]
+        h_inv = 1 / (t[1:] - t[:-1])
+        zero = torch.zeros_like(h_inv[:1])
+        left = torch.cat([zero, h_inv])
+        right = torch.cat([h_inv, zero])
+        p = (3 * dx * (h_inv * h_inv).unsqueeze(-1)).movedim(-2, 0)
+        zp = torch.zeros_like(p[:1])
+        rhs = torch.cat([zp, p]) + torch.cat([p, zp])
+        shape = (length,) + (1,) * (rhs.ndim - 1)
+        diag = 2 * (left + right)
+        k = thomas(left.reshape(shape), diag.reshape(shape), right.reshape(shape), rhs)
+        k = k.movedim(0, -2)
+    hcol = h_inv.to(x.dtype).unsqueeze(-1)
+    slope = dx * hcol
+    k0, k1 = k[..., :-1, :], k[..., 1:, :]
     two_c = (6 * slope - 4 * k0 - 2 * k1) * hcol
-    three_d = (-6 * slope + 3 * (k0 + k1)) * (hcol * hcol)
-    out = torch.stack([xs[:-1], k0, two_c, three_d], dim=1)  # (length - 1, 4, N)
-    out = out.reshape((length - 1, 4) + batch + (channels,))
-    return out.movedim((0, 1), (-3, -2)).reshape(batch + (length - 1, 4 * channels))
+    three_d = (3 * (k0 + k1) - 6 * slope) * (hcol * hcol)
+    return torch.cat([x[..., :-1, :], k0, two_c, three_d], dim=-1)
 
 
 def _coeffs_general(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

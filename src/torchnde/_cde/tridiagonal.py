@@ -57,7 +57,7 @@ def shared_inverse(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor)
     """
     key = None
     if not (lower.requires_grad or diag.requires_grad or upper.requires_grad):
-        key = (str(diag.device), tuple(torch.cat([lower, diag, upper]).tolist()))
+        key = (str(diag.device), diag.dtype, tuple(torch.cat([lower, diag, upper]).tolist()))
         hit = _CACHE.get(key)
         if hit is not None:
             return hit

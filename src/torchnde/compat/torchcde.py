@@ -1,0 +1,602 @@
+"""torchcde's API on torchnde: change ``import torchcde`` to
+``import torchnde.compat.torchcde as torchcde``.
+
+Same function names, argument names, defaults, shapes (``cdeint`` returns time second to
+last) and coefficient layouts as torchcde 0.2.5; the solve runs on torchnde's engine
+(``method`` names as torchdiffeq's; ``adjoint=True`` is torchnde's ``BacksolveAdjoint``).
+The signature helpers follow Signatory's ``signature``/``logsignature`` (which torchcde's
+log-ODE functions use), in plain PyTorch. Options that are not supported raise
+``NotImplementedError`` naming them; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._adjoint import BacksolveAdjoint, DirectAdjoint
+from .._cde import lyndon as _lyndon
+from .._cde.cubic import natural_cubic_coeffs as _natural
+from .._cde.hermite import hermite_cubic_coeffs as _hermite
+from .._cde.linear import linear_interpolation_coeffs as _linear
+from .._cde.log_ode import logsig_windows as _logsig_windows
+from .._cde.missing import fill_forward as _fill_forward
+from .._cde.signature import logsignature as _logsignature
+from .._cde.signature import signature as _signature
+from .._convenience import METHODS
+from .._core.controllers import ConstantStepSize, PIDController
+from .._core.solution import SaveAt
+from .._core.terms import ODETerm
+from .._solve import solve
+
+__all__ = [
+    "CubicSpline",
+    "InterpolationBase",
+    "LinearInterpolation",
+    "TupleControl",
+    "cdeint",
+    "hermite_cubic_coefficients_with_backward_differences",
+    "linear_interpolation_coeffs",
+    "logsig_windows",
+    "logsignature",
+    "logsignature_channels",
+    "logsignature_windows",
+    "natural_cubic_coeffs",
+    "natural_cubic_spline_coeffs",
+    "signature",
+    "signature_channels",
+]
+
+__version__ = "0.2.5"
+
+
+class CompatAssertionError(ValueError, AssertionError):
+    """Bad input where torchcde raises ``AssertionError``: both a ``ValueError`` (torchnde's
+    convention) and an ``AssertionError`` (what torchcde's users catch)."""
+
+
+# --------------------------------------------------------------------------- coefficients
+def _validate(x: Any, t: Any) -> torch.Tensor:
+    """torchcde's checks (ValueError) and default times."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError("X must both be floating point.")
+    if x.ndimension() < 2:
+        raise ValueError(
+            "X must have at least two dimensions, corresponding to time and channels. It "
+            f"instead has shape {tuple(x.shape)}."
+        )
+    if t is None:
+        return torch.linspace(0, x.size(-2) - 1, x.size(-2), dtype=x.dtype, device=x.device)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError("t must both be floating point.")
+    if t.ndimension() != 1:
+        raise ValueError(f"t must be one dimensional. It instead has shape {tuple(t.shape)}.")
+    if x.size(-2) < 2:
+        raise ValueError(
+            "Must have a time dimension of size at least 2. It instead has shape "
+            f"{tuple(x.shape)}, corresponding to a time dimension of size {x.size(-2)}."
+        )
+    if bool((t[1:] <= t[:-1]).any()):
+        raise ValueError("t must be monotonically increasing.")
+    if x.size(-2) != t.size(0):
+        raise ValueError(
+            f"The time dimension of X must equal the length of t. X has shape {tuple(x.shape)} "
+            f"and t has shape {tuple(t.shape)}, corresponding to time dimensions of "
+            f"{x.size(-2)} and {t.size(0)} respectively."
+        )
+    return t
+
+
+def _forward_fill(x: torch.Tensor, fill_index: int = -2) -> torch.Tensor:
+    """torchcde.misc.forward_fill: NaNs take the last value before them along ``fill_index``
+    (leading NaNs stay)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise CompatAssertionError("forward_fill: `x` must be a tensor.")
+    moved = x.movedim(fill_index, -2) if x.dim() >= 2 else x.unsqueeze(-1)
+    if x.dim() < 2:
+        return _fill_forward(moved.unsqueeze(-1).squeeze(-1)).squeeze(-1)
+    return _fill_forward(moved).movedim(-2, fill_index)
+
+
+#: torchcde.misc, the parts its users and tests reach for.
+misc = types.SimpleNamespace(forward_fill=_forward_fill, validate_input_path=_validate)
+
+
+def _rectilinear(x: torch.Tensor, time_index: int) -> torch.Tensor:
+    channels = x.size(-1)
+    if isinstance(time_index, bool) or not isinstance(time_index, int):
+        raise CompatAssertionError(
+            f"Index of the time channel must be an integer in [0, {channels - 1}]"
+        )
+    if not 0 <= time_index < channels:
+        raise CompatAssertionError(
+            f"Time index must be in [0, {channels - 1}], was given {time_index}."
+        )
+    if bool(torch.isnan(x[..., time_index]).any()):
+        raise CompatAssertionError(
+            "There exist nan values in the time column which is not allowed. If the times are "
+            "padded with nans after final time, a simple solution is to forward fill the final "
+            "time."
+        )
+    filled = _fill_forward(x)
+    rep = filled.repeat_interleave(2, dim=-2)
+    rep[..., :-1, time_index] = rep[..., 1:, time_index].clone()
+    return rep[..., :-1, :]
+
+
+def linear_interpolation_coeffs(
+    x: torch.Tensor, t: torch.Tensor | None = None, rectilinear: int | None = None
+) -> torch.Tensor:
+    """As ``torchcde.linear_interpolation_coeffs``: the filled series ``(..., length,
+    channels)``, or with ``rectilinear=time_channel`` the rectilinear series ``(..., 2 *
+    length - 1, channels)``."""
+    if rectilinear is not None:
+        if bool(torch.isnan(x[..., 0, :]).any()):
+            warnings.warn(
+                "The data `x` begins with missing values in some channels. The path will be "
+                "constructed by backward-filling the first observed value, which is not causal.",
+                stacklevel=2,
+            )
+        x = _rectilinear(x, rectilinear)
+    t = _validate(x, t)
+    return _linear(x, t)
+
+
+def natural_cubic_coeffs(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    """As ``torchcde.natural_cubic_coeffs``: ``(..., length - 1, 4 * channels)``."""
+    t = _validate(x, t)
+    return _natural(x, t)
+
+
+def natural_cubic_spline_coeffs(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    """As ``torchcde.natural_cubic_spline_coeffs`` (deprecated there): missing values at the
+    ends are imputed at the first and last time only, not filled."""
+    t = _validate(x, t)
+    if bool(torch.isnan(x).any()):
+        xs = x.transpose(-1, -2)
+        observed = ~torch.isnan(xs)
+        length = xs.shape[-1]
+        pos = torch.arange(length, device=x.device)
+        first = torch.where(observed, pos, length).amin(-1, keepdim=True).clamp(max=length - 1)
+        last = torch.where(observed, pos, -1).amax(-1, keepdim=True).clamp(min=0)
+        xs = xs.clone()
+        xs[..., 0] = xs.gather(-1, first)[..., 0]
+        xs[..., -1] = xs.gather(-1, last)[..., 0]
+        x = xs.transpose(-1, -2)
+    return _natural(x, t)
+
+
+def hermite_cubic_coefficients_with_backward_differences(
+    x: torch.Tensor, t: torch.Tensor | None = None
+) -> torch.Tensor:
+    """As torchcde's: Hermite cubic coefficients ``(..., length - 1, 4 * channels)``."""
+    t = _validate(x, t)
+    return _hermite(x, t)
+
+
+# ----------------------------------------------------------------------------- paths
+class InterpolationBase(torch.nn.Module):
+    """torchcde's base class of controls: ``grid_points``, ``interval``, ``evaluate(t)``,
+    ``derivative(t)``."""
+
+    @property
+    def grid_points(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def interval(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, t: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def derivative(self, t: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _Piecewise(InterpolationBase):
+    _t: torch.Tensor
+
+    @property
+    def grid_points(self) -> torch.Tensor:
+        return self._t
+
+    @property
+    def knots(self) -> torch.Tensor:
+        return self._t.detach()
+
+    @property
+    def interval(self) -> torch.Tensor:
+        return torch.stack([self._t[0], self._t[-1]])
+
+    def _interpret_t(self, t: Any, segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=self._t.dtype, device=self._t.device)
+        # Left-continuous at the knots, as torchcde (bucketize(t) - 1).
+        index = torch.bucketize(t.detach(), self._t.detach()).sub(1).clamp(0, segments - 1)
+        return t - self._t[index], index
+
+
+class LinearInterpolation(_Piecewise):
+    """As ``torchcde.LinearInterpolation(coeffs, t=None)``; ``evaluate``/``derivative`` take
+    a time tensor of any shape ``s`` and return ``(..., *s, channels)``."""
+
+    _coeffs: torch.Tensor
+    _derivs: torch.Tensor
+
+    def __init__(self, coeffs: torch.Tensor, t: torch.Tensor | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if t is None:
+            t = torch.linspace(
+                0, coeffs.size(-2) - 1, coeffs.size(-2), dtype=coeffs.dtype, device=coeffs.device
+            )
+        derivs = (coeffs[..., 1:, :] - coeffs[..., :-1, :]) / (t[1:] - t[:-1]).unsqueeze(-1)
+        self.register_buffer("_t", t)
+        self.register_buffer("_coeffs", coeffs)
+        self.register_buffer("_derivs", derivs)
+
+    def evaluate(self, t: Any) -> torch.Tensor:
+        frac, index = self._interpret_t(t, self._derivs.size(-2))
+        return self._coeffs[..., index, :] + frac.unsqueeze(-1) * self._derivs[..., index, :]
+
+    def derivative(self, t: Any) -> torch.Tensor:
+        _, index = self._interpret_t(t, self._derivs.size(-2))
+        return self._derivs[..., index, :]
+
+
+class CubicSpline(_Piecewise):
+    """As ``torchcde.CubicSpline(coeffs, t=None)`` (natural cubic or Hermite coefficients)."""
+
+    _a: torch.Tensor
+    _b: torch.Tensor
+    _two_c: torch.Tensor
+    _three_d: torch.Tensor
+
+    def __init__(self, coeffs: torch.Tensor, t: torch.Tensor | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if t is None:
+            t = torch.linspace(
+                0, coeffs.size(-2), coeffs.size(-2) + 1, dtype=coeffs.dtype, device=coeffs.device
+            )
+        channels = coeffs.size(-1) // 4
+        if channels * 4 != coeffs.size(-1):
+            raise ValueError("Passed invalid coeffs.")
+        a, b, two_c, three_d = (
+            coeffs[..., :channels],
+            coeffs[..., channels : 2 * channels],
+            (coeffs[..., 2 * channels : 3 * channels]),
+            coeffs[..., 3 * channels :],
+        )
+        self.register_buffer("_t", t)
+        self.register_buffer("_a", a)
+        self.register_buffer("_b", b)
+        self.register_buffer("_two_c", two_c)
+        self.register_buffer("_three_d", three_d)
+
+    def evaluate(self, t: Any) -> torch.Tensor:
+        frac, index = self._interpret_t(t, self._b.size(-2))
+        s = frac.unsqueeze(-1)
+        inner = 0.5 * self._two_c[..., index, :] + self._three_d[..., index, :] * s / 3
+        inner = self._b[..., index, :] + inner * s
+        return self._a[..., index, :] + inner * s
+
+    def derivative(self, t: Any) -> torch.Tensor:
+        frac, index = self._interpret_t(t, self._b.size(-2))
+        s = frac.unsqueeze(-1)
+        inner = self._two_c[..., index, :] + self._three_d[..., index, :] * s
+        return self._b[..., index, :] + inner * s
+
+
+class TupleControl(torch.nn.Module):
+    """Not supported: torchnde's CDE state is one tensor."""
+
+    def __init__(self, *controls: Any) -> None:
+        raise NotImplementedError(
+            "torchnde.compat.torchcde: TupleControl (tuple states) is not supported; "
+            "concatenate the channels of the controls and the hidden states instead."
+        )
+
+
+# ------------------------------------------------------------------------------ cdeint
+_SDE_METHODS = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2", "srk": "rk4"}
+_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm", "interp"}
+#: torchdiffeq's fixed-grid options; the adaptive ones are ignored there with a warning.
+_FIXED_OPTIONS = {"step_size", "interp", "max_num_steps"}
+#: torchdiffeq's "rk4" is the 3/8-rule variant (rk4_alt_step_func).
+_FIXED_SOLVERS = {"rk4": "rk38"}
+_ADJOINT_OPTIONS = {"norm"}
+
+
+class _ConstantStepSizesPID(PIDController):
+    """torchdiffeq's adaptive stepping for gradients: step sizes are chosen without autograd
+    (its ``_optimal_step_size`` runs under ``no_grad``), so backpropagation differentiates
+    the solver on the grid it chose, not the choice of the grid."""
+
+    def init(self, *a: Any, **k: Any) -> Any:
+        end, state, nfe = super().init(*a, **k)
+        return end.detach(), state, nfe
+
+    def adapt(self, *a: Any, **k: Any) -> Any:
+        accept, next_t0, next_t1, made_jump, state = super().adapt(*a, **k)
+        return accept, next_t0, next_t1.detach(), made_jump, state
+
+
+def _unsupported(name: str, why: str) -> NotImplementedError:
+    return NotImplementedError(f"torchnde.compat.torchcde.cdeint: {name} is not supported: {why}")
+
+
+def cdeint(
+    X: Any,
+    func: Callable[..., Any],
+    z0: torch.Tensor,
+    t: torch.Tensor,
+    adjoint: bool = True,
+    backend: str = "torchdiffeq",
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""As ``torchcde.cdeint``: solves $z_t = z_{t_0} + \int f(s, z_s)\,dX_s$.
+
+    Returns shape ``(..., len(t), hidden_channels)`` (time second to last, as torchcde).
+    Keyword arguments as torchdiffeq's ``odeint``/``odeint_adjoint``: ``method``
+    (default ``"dopri5"``), ``rtol`` (1e-4), ``atol`` (1e-6), ``options`` (``step_size``,
+    ``first_step``, ``max_num_steps``, ``step_t``, ``jump_t``, ``norm``), ``adjoint_params``,
+    ``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method``, ``adjoint_options``
+    (``norm="seminorm"``). ``func.prod(t, z, dXdt)`` is used when ``func`` has it.
+    """
+    if backend not in ("torchdiffeq", "torchsde"):
+        raise ValueError(f"Unrecognised backend={backend}")
+    if not callable(getattr(X, "derivative", None)):
+        raise ValueError("X must have a 'derivative' method.")
+    if not isinstance(z0, torch.Tensor):
+        if isinstance(z0, (tuple, list)):
+            raise _unsupported("a tuple/list z0", "torchnde's CDE state is one tensor.")
+        raise ValueError("z0 must either a tensor or a tuple/list of tensors.")
+    kwargs = dict(kwargs)
+    sde_backend = backend == "torchsde"
+    method = kwargs.pop("method", "srk" if sde_backend else "dopri5")
+    rtol = kwargs.pop("rtol", 1e-4)
+    atol = kwargs.pop("atol", 1e-6)
+    options = dict(kwargs.pop("options", None) or {})
+    if sde_backend:
+        # torchsde with the zero diffusion torchcde gives it: the ODE solver of the same name
+        # with fixed steps `dt`, stepping to every output time.
+        if method not in _SDE_METHODS:
+            raise _unsupported(
+                f"backend='torchsde' with method={method!r}",
+                f"supported: {sorted(_SDE_METHODS)} (on a CDE they reduce to ODE methods).",
+            )
+        if "dt" not in kwargs:
+            raise ValueError("backend='torchsde' needs the fixed step `dt`, e.g. dt=0.1.")
+        if kwargs.pop("adaptive", False):
+            raise _unsupported(
+                "adaptive=True with backend='torchsde'", "use backend='torchdiffeq'."
+            )
+        options = {"step_size": float(kwargs.pop("dt"))}
+        method = _SDE_METHODS[method]
+    adjoint_params = kwargs.pop("adjoint_params", None)
+    adjoint_rtol = kwargs.pop("adjoint_rtol", rtol)
+    adjoint_atol = kwargs.pop("adjoint_atol", atol)
+    adjoint_method = kwargs.pop("adjoint_method", None)
+    adjoint_options = dict(kwargs.pop("adjoint_options", None) or {})
+    if kwargs:
+        raise _unsupported(f"keyword argument(s) {sorted(kwargs)}", "not an odeint option.")
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise _unsupported(f"options {sorted(unknown)}", f"supported: {sorted(_OPTIONS)}.")
+    if set(adjoint_options) - _ADJOINT_OPTIONS:
+        bad = sorted(set(adjoint_options) - _ADJOINT_OPTIONS)
+        raise _unsupported(f"adjoint_options {bad}", "supported: ['norm'].")
+    if method not in METHODS:
+        raise ValueError(f'Invalid method "{method}". Must be one of {sorted(METHODS)}')
+    solver = METHODS[_FIXED_SOLVERS.get(method, method)]()
+    if not solver.is_adaptive:
+        ignored = sorted(k for k in options if k not in _FIXED_OPTIONS)
+        if ignored:
+            warnings.warn(f"{method}: Unexpected arguments {ignored}", stacklevel=2)
+            options = {k: v for k, v in options.items() if k in _FIXED_OPTIONS}
+    interp = options.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f'interp must be "linear" or "cubic", got {interp!r}')
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=z0.dtype)
+    if t.ndim != 1:
+        raise ValueError(f"t must be one dimensional. It instead has shape {tuple(t.shape)}.")
+
+    prod = getattr(func, "prod", None)
+
+    def field(tt: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
+        dxdt = X.derivative(tt)
+        if prod is not None:
+            return prod(tt, z, dxdt)
+        return (func(tt, z) @ dxdt.unsqueeze(-1)).squeeze(-1)
+
+    def check() -> None:
+        dxdt = X.derivative(t[0].detach())
+        if not isinstance(dxdt, torch.Tensor):
+            raise ValueError("z0 is a tensor and so X.derivative must return a tensor as well.")
+        if prod is not None:
+            return
+        vf = func(t[0].detach(), z0)
+        if not isinstance(vf, torch.Tensor):
+            raise ValueError("z0 is a tensor and so func must return a tensor as well.")
+        if vf.shape[:-2] != z0.shape[:-1]:
+            raise ValueError(
+                "func did not return a tensor with the same number of batch dimensions as z0. "
+                f"func returned shape {tuple(vf.shape)} (meaning batch dimensions "
+                f"{tuple(vf.shape[:-2])}), whilst z0 has shape {tuple(z0.shape)} (meaning batch "
+                f"dimensions {tuple(z0.shape[:-1])})."
+            )
+        if vf.size(-2) != z0.size(-1):
+            raise ValueError(
+                "func did not return a tensor with the same number of hidden channels as z0. "
+                f"func returned shape {tuple(vf.shape)} (meaning {vf.size(-2)} channels), whilst "
+                f"z0 has shape {tuple(z0.shape)} (meaning {z0.size(-1)} channels)."
+            )
+        if vf.size(-1) != dxdt.size(-1):
+            raise ValueError(
+                "func did not return a tensor with the same number of input channels as "
+                f"X.derivative returned. func returned shape {tuple(vf.shape)} (meaning "
+                f"{vf.size(-1)} channels), whilst X.derivative returned shape "
+                f"{tuple(dxdt.shape)} (meaning {dxdt.size(-1)} channels)."
+            )
+
+    with torch.no_grad():
+        check()
+
+    grid: dict[str, Any] = {"step_ts": options.get("step_t"), "jump_ts": options.get("jump_t")}
+    norm = options.get("norm")
+    save_ts = t
+    fixed_grid = None
+    if solver.is_adaptive:
+        if "step_size" in options:
+            raise ValueError(f"option `step_size` is for fixed-step methods, not {method!r}.")
+        controller: Any = _ConstantStepSizesPID(rtol=rtol, atol=atol, norm=norm, **grid)
+        dt0 = options.get("first_step")
+    else:
+        dt0 = options.get("step_size")
+        if sde_backend:
+            grid["step_ts"] = t  # torchsde steps to every output time
+        elif dt0 is None:
+            grid["step_ts"] = t  # torchdiffeq steps from one output time to the next
+            dt0 = float((t[-1] - t[0]).detach().abs()) or 1.0
+        elif interp == "linear":
+            # torchdiffeq's grid t0 + k·step_size (the last point moved to t[-1]); outputs
+            # between grid points are linear interpolations of the grid values.
+            n = int(torch.ceil((t[-1] - t[0]) / dt0 + 1).item())
+            fixed_grid = torch.arange(0, n, dtype=t.dtype, device=t.device) * dt0 + t[0]
+            fixed_grid[-1] = t[-1]
+            grid["step_ts"] = save_ts = fixed_grid
+        controller = ConstantStepSize(**grid)
+    if adjoint:
+        adj_solver = None if adjoint_method is None else METHODS[adjoint_method]()
+        seminorm = adjoint_options.get("norm") == "seminorm"
+        adj_controller = None
+        if (adj_solver or solver).is_adaptive and (adjoint_rtol, adjoint_atol) != (rtol, atol):
+            adj_controller = PIDController(rtol=adjoint_rtol, atol=adjoint_atol, **grid)
+        params = None
+        if adjoint_params is not None:
+            params = list(adjoint_params)
+        elif isinstance(func, torch.nn.Module):
+            params = [p for p in func.parameters() if p.requires_grad]
+            if isinstance(X, torch.nn.Module) and any(b.requires_grad for b in X.buffers()):
+                warnings.warn(
+                    "One of the inputs to the control path X requires gradients but "
+                    "`kwargs['adjoint_params']` has not been passed; those inputs will not "
+                    "receive a gradient with the adjoint method. Pass "
+                    "adjoint_params=tuple(func.parameters()) + (coeffs,).",
+                    stacklevel=2,
+                )
+        adj: Any = BacksolveAdjoint(
+            solver=adj_solver,
+            controller=adj_controller,
+            seminorm=seminorm,
+            params=params,
+            dt0=dt0 if not (adj_solver or solver).is_adaptive else None,
+        )
+    else:
+        adj = DirectAdjoint()
+    sol = solve(
+        ODETerm(field),
+        solver,
+        t[0],
+        t[-1],
+        z0,
+        dt0=dt0,
+        saveat=SaveAt(ts=save_ts),
+        controller=controller,
+        adjoint=adj,
+        max_steps=int(options.get("max_num_steps", 2**31 - 1)),
+    )
+    ys = sol.ys
+    if fixed_grid is not None:
+        g = fixed_grid.detach()
+        j = (torch.searchsorted(g, t.detach(), right=True) - 1).clamp(0, g.numel() - 2)
+        frac = ((t - fixed_grid[j]) / (fixed_grid[j + 1] - fixed_grid[j])).to(ys.dtype)
+        frac = frac.reshape(frac.shape + (1,) * (ys.ndim - 1))
+        ys = ys[j] + frac * (ys[j + 1] - ys[j])
+    return ys.movedim(0, -2)
+
+
+# ------------------------------------------------------------------- signatures (Signatory)
+def signature_channels(channels: int, depth: int, scalar_term: bool = False) -> int:
+    """As ``signatory.signature_channels``."""
+    return _lyndon.signature_channels(channels, depth) + int(bool(scalar_term))
+
+
+def logsignature_channels(in_channels: int, depth: int) -> int:
+    """As ``signatory.logsignature_channels``: Witt's formula."""
+    return _lyndon.logsignature_channels(in_channels, depth)
+
+
+def signature(
+    path: torch.Tensor,
+    depth: int,
+    stream: bool = False,
+    basepoint: bool | torch.Tensor = False,
+    inverse: bool = False,
+    initial: torch.Tensor | None = None,
+    scalar_term: bool = False,
+) -> torch.Tensor:
+    """As ``signatory.signature`` (``path`` of shape ``(batch, length, channels)``)."""
+    if initial is not None:
+        raise NotImplementedError("signature: `initial` is not supported; concatenate paths.")
+    if inverse:
+        if stream:
+            raise NotImplementedError("signature: `inverse=True` with `stream=True`.")
+        if basepoint is not False and basepoint is not None:
+            base = torch.zeros_like(path[..., :1, :]) if basepoint is True else basepoint
+            base = torch.as_tensor(base, dtype=path.dtype).expand_as(path[..., 0, :])
+            path = torch.cat([base.unsqueeze(-2), path], dim=-2)
+        out = _signature(path.flip(-2), depth)
+    else:
+        out = _signature(path, depth, stream=stream, basepoint=basepoint)
+    if scalar_term:
+        out = torch.cat([torch.ones_like(out[..., :1]), out], dim=-1)
+    return out
+
+
+def logsignature(
+    path: torch.Tensor,
+    depth: int,
+    stream: bool = False,
+    basepoint: bool | torch.Tensor = False,
+    inverse: bool = False,
+    mode: str = "words",
+) -> torch.Tensor:
+    """As ``signatory.logsignature`` with ``mode`` ``"words"``, ``"brackets"`` or
+    ``"expand"``."""
+    if inverse:
+        if stream:
+            raise NotImplementedError("logsignature: `inverse=True` with `stream=True`.")
+        return -_logsignature(path, depth, basepoint=basepoint, mode=mode)
+    return _logsignature(path, depth, stream=stream, basepoint=basepoint, mode=mode)
+
+
+# ------------------------------------------------------------------------------ log-ODE
+def logsig_windows(
+    x: torch.Tensor, depth: int, window_length: float, t: torch.Tensor | None = None
+) -> torch.Tensor:
+    """As ``torchcde.logsig_windows``: ``(..., windows + 1, logsignature_channels)``, for
+    interpolation on times ``0, 1, ..., windows``."""
+    t = _validate(x, t)
+    return _logsig_windows(x, depth, float(window_length), t)
+
+
+def logsignature_windows(
+    x: torch.Tensor, depth: int, window_length: float, t: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``torchcde.logsignature_windows`` (deprecated there): each window's log-signature
+    scaled by the window's length; returns ``(values, window times)``."""
+    t = _validate(x, t)
+    out = _logsig_windows(x, depth, float(window_length), t)
+    timespan = t[-1] - t[0]
+    num = int((timespan / window_length).ceil().item())
+    new_t = torch.linspace(
+        float(t[0]), float(t[0] + num * window_length), num + 1, dtype=t.dtype, device=t.device
+    )
+    new_t = torch.min(new_t, t.max())
+    steps = out.diff(dim=-2) * new_t.diff().unsqueeze(-1)
+    return torch.cat([out[..., :1, :], steps], dim=-2).cumsum(dim=-2), new_t
