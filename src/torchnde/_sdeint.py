@@ -172,6 +172,8 @@ def sdeint(
         )
     if bool((ts.diff() <= 0).any()):
         raise ValueError("sdeint: `ts` must be strictly increasing.")
+    # Steps land on the save times (the ends are the interval's anyway).
+    step_ts = ts[1:-1] if ts.numel() > 2 else None
     if isinstance(method, AbstractSolver):
         solver = method
     else:
@@ -184,11 +186,11 @@ def sdeint(
                 f"sdeint: adaptive=True needs an error estimate, which {solver!r} lacks; use "
                 "'heun', 'euler_heun', 'milstein', 'srk', ... or a fixed dt."
             )
-        controller: Any = PIDController(rtol=rtol, atol=atol, step_ts=ts)
+        controller: Any = PIDController(rtol=rtol, atol=atol, step_ts=step_ts)
     else:
         if dt is None:
             raise ValueError("sdeint: `dt` is required for fixed steps, e.g. dt=1e-2.")
-        controller = ConstantStepSize(step_ts=ts)
+        controller = ConstantStepSize(step_ts=step_ts)
     if dt is not None and (
         isinstance(dt, bool) or not isinstance(dt, numbers.Real | torch.Tensor) or not dt > 0
     ):

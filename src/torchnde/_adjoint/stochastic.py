@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from .._core.loop import LoopResult
 from .._core.loop import run as run_loop
 from .._core.problem import Problem
-from .._core.sde import jvp, solver_calculus, split_sde
+from .._core.sde import diagonal_derivative, jvp, solver_calculus, split_sde
 from .._core.solution import Status
 from .._core.terms import AbstractTerm, ControlTerm, MultiTerm, broadcast_time
 from .params import captured_tensors, describe_tensors, flatten_args, unique_tensors
@@ -101,15 +101,21 @@ class _SDERun:
     ) -> torch.Tensor:
         """``f h + g ΔW`` in Stratonovich form."""
         diffusion, drift = self.diffusion, self.drift
-        g = diffusion.vf(t, y, args)
-        out = diffusion.prod(g, dw)
-        if drift is not None:
-            out = out + drift.vf(t, y, args) * broadcast_time(h, y)
         if self.ito:
             # Stratonovich drift = Itô drift - ½ (∂_y g) g (g_i depends on y_i for diagonal
             # noise; one column for scalar noise).
-            _, dgg = jvp(lambda z: diffusion.vf(t, z, args), y, g)
-            out = out - 0.5 * dgg * broadcast_time(h, y)
+            g_at = lambda z: diffusion.vf(t, z, args)
+            if diffusion.noise == "diagonal":
+                g, dg = diagonal_derivative(g_at, y)
+                dgg = g * dg
+            else:
+                g = diffusion.vf(t, y, args)
+                _, dgg = jvp(g_at, y, g)
+            out = diffusion.prod(g, dw) - 0.5 * dgg * broadcast_time(h, y)
+        else:
+            out = diffusion.prod(diffusion.vf(t, y, args), dw)
+        if drift is not None:
+            out = out + drift.vf(t, y, args) * broadcast_time(h, y)
         return out
 
     def backward(
