@@ -158,8 +158,8 @@ def main() -> None:
         name, sde_method, _, calculus, _, nf, ng = method
         sde = SDE("ito" if calculus == "ito" else "stratonovich")
         with torch.no_grad():
-            t_f = time_per_call(lambda: sde.f(0.0, y0), calls_per_block=100)["median"]
-            t_g = time_per_call(lambda: sde.g(0.0, y0), calls_per_block=100)["median"]
+            t_f = time_per_call(lambda m=sde: m.f(0.0, y0), calls_per_block=100)["median"]
+            t_g = time_per_call(lambda m=sde: m.g(0.0, y0), calls_per_block=100)["median"]
         steps = round(1 / DT)
         floor = steps * (nf * t_f + ng * t_g)
         for grad in (None, "backprop", "adjoint"):
@@ -170,10 +170,10 @@ def main() -> None:
                 fn()
                 sde.zero_grad(set_to_none=True)
 
-            def wrap(fn: Any) -> Any:
+            def wrap(fn: Any, m: SDE = sde) -> Any:
                 def call() -> None:
                     fn()
-                    sde.zero_grad(set_to_none=True)
+                    m.zero_grad(set_to_none=True)
 
                 return call
 

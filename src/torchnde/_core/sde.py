@@ -204,9 +204,9 @@ def drift_increment(
 
 
 def diagonal_derivative(fn: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fn(y), fn'(y))`` (the Jacobian's diagonal) for an ``fn`` acting componentwise (``fn_i`` depends on ``y_i``
-    only, as diagonal noise requires): the diagonal of the Jacobian is one vector-Jacobian
-    product with ones (cheaper than forward mode, whose formulas for some activations fall
+    """``(fn(y), fn'(y))`` (the Jacobian's diagonal) for an ``fn`` acting componentwise
+    (``fn_i`` depends on ``y_i`` only, as diagonal noise requires): the diagonal is one
+    vector-Jacobian product with ones (cheaper than forward mode, whose formulas for some activations fall
     back to slow decompositions). Differentiable in turn when autograd is recording."""
     recording = torch.is_grad_enabled()
     with torch.enable_grad():
