@@ -207,7 +207,8 @@ def diagonal_derivative(fn: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """``(fn(y), fn'(y))`` (the Jacobian's diagonal) for an ``fn`` acting componentwise
     (``fn_i`` depends on ``y_i`` only, as diagonal noise requires): the diagonal is one
     vector-Jacobian product with ones (cheaper than forward mode, whose formulas for some
-    activations fall back to slow decompositions). Differentiable in turn when autograd is recording."""
+    activations fall back to slow decompositions). Differentiable in turn when autograd
+    is recording."""
     recording = torch.is_grad_enabled()
     with torch.enable_grad():
         y_ = y if recording and y.requires_grad else y.detach().requires_grad_(True)
