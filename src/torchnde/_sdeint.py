@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._adjoint import AbstractAdjoint
-from ._brownian import AbstractBrownianPath, BrownianInterval
+from ._brownian import BrownianInterval
 from ._core import solvers
 from ._core.controllers import ConstantStepSize, PIDController
 from ._core.sde import AbstractSDESolver
@@ -214,8 +214,11 @@ def sdeint(
             t0, t1, shape, dtype=y0.dtype, device=y0.device,
             levy_area="space-time" if needs_area else None,
         )  # fmt: skip
-    elif not isinstance(bm, (AbstractPath, AbstractBrownianPath)):
-        raise TypeError(f"sdeint: `bm` must be a Brownian motion, got {type(bm).__name__}.")
+    elif not (isinstance(bm, AbstractPath) or callable(bm)):
+        raise TypeError(
+            f"sdeint: `bm` must be a Brownian motion (called as bm(ta, tb)), got "
+            f"{type(bm).__name__}."
+        )
 
     if not logqp:
         terms = MultiTerm(

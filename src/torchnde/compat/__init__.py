@@ -1,0 +1,1 @@
+"""Drop-in compatibility modules for torchdiffeq, torchsde and torchcde users."""
