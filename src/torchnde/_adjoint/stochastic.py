@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._brownian import AbstractBrownianPath
 from .._core.loop import LoopResult
 from .._core.loop import run as run_loop
 from .._core.problem import Problem
@@ -39,14 +40,19 @@ from .._core.solution import Status
 from .._core.terms import AbstractTerm, ControlTerm, MultiTerm, broadcast_time
 from .params import captured_tensors, describe_tensors, flatten_args, unique_tensors
 
-__all__ = ["has_control", "stochastic_apply"]
+__all__ = ["is_sde", "stochastic_apply"]
 
 
-def has_control(terms: AbstractTerm) -> bool:
-    """Whether the (unwrapped) terms contain a controlled term (an SDE or CDE)."""
+def is_sde(terms: AbstractTerm) -> bool:
+    """Whether the (unwrapped) terms are an SDE: a ``ControlTerm`` driven by a Brownian motion
+    or declaring a calculus (a CDE's controlled term is neither)."""
     inner = getattr(terms, "term", terms)
     leaves = inner.terms if isinstance(inner, MultiTerm) else (inner,)
-    return any(isinstance(t, ControlTerm) for t in leaves)
+    return any(
+        isinstance(t, ControlTerm)
+        and (t.calculus is not None or isinstance(t.control, AbstractBrownianPath))
+        for t in leaves
+    )
 
 
 class _SDERun:
