@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._adjoint import AbstractAdjoint
-from ._brownian import AbstractBrownianPath, BrownianInterval
+from ._brownian import BrownianInterval
 from ._core import solvers
 from ._core.controllers import ConstantStepSize, PIDController
 from ._core.sde import AbstractSDESolver
@@ -172,6 +172,8 @@ def sdeint(
         )
     if bool((ts.diff() <= 0).any()):
         raise ValueError("sdeint: `ts` must be strictly increasing.")
+    # Steps land on the save times (the ends are the interval's anyway).
+    step_ts = ts[1:-1] if ts.numel() > 2 else None
     if isinstance(method, AbstractSolver):
         solver = method
     else:
@@ -184,11 +186,11 @@ def sdeint(
                 f"sdeint: adaptive=True needs an error estimate, which {solver!r} lacks; use "
                 "'heun', 'euler_heun', 'milstein', 'srk', ... or a fixed dt."
             )
-        controller: Any = PIDController(rtol=rtol, atol=atol, step_ts=ts)
+        controller: Any = PIDController(rtol=rtol, atol=atol, step_ts=step_ts)
     else:
         if dt is None:
             raise ValueError("sdeint: `dt` is required for fixed steps, e.g. dt=1e-2.")
-        controller = ConstantStepSize(step_ts=ts)
+        controller = ConstantStepSize(step_ts=step_ts)
     if dt is not None and (
         isinstance(dt, bool) or not isinstance(dt, numbers.Real | torch.Tensor) or not dt > 0
     ):
@@ -212,8 +214,11 @@ def sdeint(
             t0, t1, shape, dtype=y0.dtype, device=y0.device,
             levy_area="space-time" if needs_area else None,
         )  # fmt: skip
-    elif not isinstance(bm, (AbstractPath, AbstractBrownianPath)):
-        raise TypeError(f"sdeint: `bm` must be a Brownian motion, got {type(bm).__name__}.")
+    elif not (isinstance(bm, AbstractPath) or callable(bm)):
+        raise TypeError(
+            f"sdeint: `bm` must be a Brownian motion (called as bm(ta, tb)), got "
+            f"{type(bm).__name__}."
+        )
 
     if not logqp:
         terms = MultiTerm(

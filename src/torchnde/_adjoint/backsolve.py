@@ -51,7 +51,7 @@ from .params import (
     undeclared_leaves,
     unique_tensors,
 )
-from .stochastic import has_control, stochastic_apply
+from .stochastic import is_sde, stochastic_apply
 
 __all__ = ["BacksolveAdjoint", "InterpolatedAdjoint"]
 
@@ -550,7 +550,7 @@ class _ContinuousAdjoint(AbstractAdjoint):
 
     def apply(self, problem: Problem) -> LoopResult:
         who = type(self).__name__
-        if has_control(problem.terms):
+        if is_sde(problem.terms):
             return stochastic_apply(self, problem)
         if problem.event is not None:
             return with_event_time(problem, self.apply, who)

@@ -31,22 +31,28 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._brownian import AbstractBrownianPath
 from .._core.loop import LoopResult
 from .._core.loop import run as run_loop
 from .._core.problem import Problem
-from .._core.sde import jvp, solver_calculus, split_sde
+from .._core.sde import diagonal_derivative, jvp, solver_calculus, split_sde
 from .._core.solution import Status
 from .._core.terms import AbstractTerm, ControlTerm, MultiTerm, broadcast_time
 from .params import captured_tensors, describe_tensors, flatten_args, unique_tensors
 
-__all__ = ["has_control", "stochastic_apply"]
+__all__ = ["is_sde", "stochastic_apply"]
 
 
-def has_control(terms: AbstractTerm) -> bool:
-    """Whether the (unwrapped) terms contain a controlled term (an SDE or CDE)."""
+def is_sde(terms: AbstractTerm) -> bool:
+    """Whether the (unwrapped) terms are an SDE: a ``ControlTerm`` driven by a Brownian motion
+    or declaring a calculus (a CDE's controlled term is neither)."""
     inner = getattr(terms, "term", terms)
     leaves = inner.terms if isinstance(inner, MultiTerm) else (inner,)
-    return any(isinstance(t, ControlTerm) for t in leaves)
+    return any(
+        isinstance(t, ControlTerm)
+        and (t.calculus is not None or isinstance(t.control, AbstractBrownianPath))
+        for t in leaves
+    )
 
 
 class _SDERun:
@@ -101,15 +107,21 @@ class _SDERun:
     ) -> torch.Tensor:
         """``f h + g ΔW`` in Stratonovich form."""
         diffusion, drift = self.diffusion, self.drift
-        g = diffusion.vf(t, y, args)
-        out = diffusion.prod(g, dw)
-        if drift is not None:
-            out = out + drift.vf(t, y, args) * broadcast_time(h, y)
         if self.ito:
             # Stratonovich drift = Itô drift - ½ (∂_y g) g (g_i depends on y_i for diagonal
             # noise; one column for scalar noise).
-            _, dgg = jvp(lambda z: diffusion.vf(t, z, args), y, g)
-            out = out - 0.5 * dgg * broadcast_time(h, y)
+            g_at = lambda z: diffusion.vf(t, z, args)
+            if diffusion.noise == "diagonal":
+                g, dg = diagonal_derivative(g_at, y)
+                dgg = g * dg
+            else:
+                g = diffusion.vf(t, y, args)
+                _, dgg = jvp(g_at, y, g)
+            out = diffusion.prod(g, dw) - 0.5 * dgg * broadcast_time(h, y)
+        else:
+            out = diffusion.prod(diffusion.vf(t, y, args), dw)
+        if drift is not None:
+            out = out + drift.vf(t, y, args) * broadcast_time(h, y)
         return out
 
     def backward(

@@ -203,6 +203,28 @@ def drift_increment(
     return drift.vf(t, y, args) * broadcast_time(h, y)
 
 
+def diagonal_derivative(fn: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fn(y), fn'(y))`` (the Jacobian's diagonal) for an ``fn`` acting componentwise
+    (``fn_i`` depends on ``y_i`` only, as diagonal noise requires): the diagonal is one
+    vector-Jacobian product with ones (cheaper than forward mode, whose formulas for some
+    activations fall back to slow decompositions). Differentiable in turn when autograd
+    is recording."""
+    recording = torch.is_grad_enabled()
+    with torch.enable_grad():
+        y_ = y if recording and y.requires_grad else y.detach().requires_grad_(True)
+        out = fn(y_)
+        if not out.requires_grad:
+            return out, torch.zeros_like(out)
+        (d,) = torch.autograd.grad(
+            out, y_, torch.ones_like(out), create_graph=recording, allow_unused=True
+        )
+    if d is None:
+        d = torch.zeros_like(out)
+    if not recording:
+        return out.detach(), d
+    return out, d
+
+
 def jvp(fn: Any, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(fn(y), J_fn(y) v)`` by forward-mode differentiation (differentiable in turn by
     backpropagation; a third of the overhead of ``torch.func.jvp``)."""
@@ -248,9 +270,13 @@ def milstein_correction(
                 g_plus = diffusion.vf(t, y + g * sqrt_h, args)
                 g_minus = diffusion.vf(t, y - g * sqrt_h, args)
                 gg = (g_plus - g_minus) / (2 * sqrt_h)
+        elif noise == "diagonal":
+            # Diagonal noise: g_i depends on y_i only, so J_g g = g' ⊙ g.
+            # (g is recomputed with the derivative's graph: g(y) itself is cheap next to it.)
+            g_, dg = diagonal_derivative(lambda z: diffusion.vf(t, z, args), y)
+            gg = g_ * dg
         else:
-            # Diagonal noise: g_i depends on y_i only, so J_g g = g' ⊙ g; scalar noise: the
-            # one column's directional derivative along itself.
+            # Scalar noise: the one column's directional derivative along itself.
             _, gg = jvp(lambda z: diffusion.vf(t, z, args), y, g)
         w = dw * dw
         if ito:

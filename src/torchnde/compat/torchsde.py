@@ -1,0 +1,305 @@
+"""torchsde's API on torchnde: ``sdeint``, ``sdeint_adjoint`` and the Brownian motions.
+
+Migrating is one import line::
+
+    # import torchsde
+    from torchnde.compat import torchsde
+
+    ys = torchsde.sdeint(sde, y0, ts, method="srk", dt=1e-2)
+
+The SDE protocol is torchsde's: an object (usually an ``nn.Module``) with attributes
+``noise_type`` (``"diagonal"``, ``"scalar"``, ``"additive"``, ``"general"``) and ``sde_type``
+(``"ito"``, ``"stratonovich"``), and methods ``f(t, y)`` (drift) and ``g(t, y)`` (diffusion:
+``(batch, d)`` for diagonal noise, ``(batch, d, m)`` otherwise, ``(batch, d, 1)`` for scalar
+noise), or ``f_and_g(t, y)``; ``h(t, y)`` (the prior drift) for ``logqp=True``. ``names``
+renames them as in torchsde. Method names, defaults (``dt=1e-3``, ``rtol=1e-5``,
+``atol=1e-4``) and the shape of the outputs are torchsde's: ``ys`` of shape
+``(len(ts), batch, d)``, and with ``logqp=True`` the KL increments between consecutive times,
+shape ``(len(ts) - 1, batch)``.
+
+Not supported (``NotImplementedError`` naming the option): SDEs that only provide
+``g_prod`` (a diffusion-vector product without ``g``), ``method="log_ode"``, ``extra=True`` /
+``extra_solver_state``, given ``W``/``H`` values for the Brownian motions, ``dt_min``
+below the step (ignored: torchnde reports step-size underflow itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
+from .._brownian import BrownianInterval as _BrownianInterval
+from .._brownian import BrownianPath as _BrownianPath
+from .._brownian import VirtualBrownianTree as _VirtualBrownianTree
+from .._core.terms import NOISE_TYPES
+from .._sdeint import sde_solver_from_name
+from .._sdeint import sdeint as _sdeint
+
+__all__ = ["BrownianInterval", "BrownianPath", "BrownianTree", "sdeint", "sdeint_adjoint"]
+
+_METHODS = {
+    "euler": "euler",
+    "milstein": "milstein",
+    "srk": "srk",
+    "midpoint": "midpoint",
+    "reversible_heun": "reversible_heun",
+    "heun": "heun",
+    "euler_heun": "euler_heun",
+}
+_LEVY = {"none": None, "space-time": "space-time", "davie": "davie", "foster": "foster"}
+
+
+def _levy(name: str) -> str | None:
+    if name not in _LEVY:
+        raise ValueError(f"`levy_area_approximation` must be one of {list(_LEVY)}, got {name!r}.")
+    return _LEVY[name]
+
+
+def BrownianInterval(
+    t0: float,
+    t1: float,
+    size: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    device: Any = None,
+    entropy: int | None = None,
+    dt: float | None = None,
+    tol: float = 0.0,
+    pool_size: int = 8,
+    cache_size: int | None = 45,
+    halfway_tree: bool = False,
+    levy_area_approximation: str = "none",
+    W: torch.Tensor | None = None,
+    H: torch.Tensor | None = None,
+) -> _BrownianInterval:
+    """torchsde's ``BrownianInterval(t0, t1, size, ...)`` as a torchnde
+    :class:`~torchnde.BrownianInterval` (``entropy`` is the seed; ``dt``, ``tol``,
+    ``pool_size`` and ``halfway_tree`` are tuning hints it does not need)."""
+    if W is not None or H is not None:
+        raise NotImplementedError("BrownianInterval: given `W`/`H` values are not supported.")
+    if size is None:
+        raise ValueError("BrownianInterval: `size` (batch, noise) is required.")
+    return _BrownianInterval(
+        float(t0), float(t1), tuple(size), dtype=dtype, device=device, seed=entropy,
+        levy_area=_levy(levy_area_approximation),
+        cache_size=64 if cache_size is None else max(int(cache_size), 1),
+    )  # fmt: skip
+
+
+def BrownianTree(
+    t0: float,
+    w0: torch.Tensor,
+    t1: float | None = None,
+    w1: torch.Tensor | None = None,
+    entropy: int | None = None,
+    tol: float = 1e-6,
+    pool_size: int = 24,
+    cache_depth: int = 9,
+    safety: float | None = None,
+    levy_area_approximation: str = "none",
+) -> _VirtualBrownianTree:
+    """torchsde's ``BrownianTree(t0, w0, t1=t0 + 1, ...)`` as a torchnde
+    :class:`~torchnde.VirtualBrownianTree` of the shape, dtype and device of ``w0``, resolved
+    to ``tol``. Values are increments from ``t0`` (``w0`` gives the shape only)."""
+    if w1 is not None:
+        raise NotImplementedError("BrownianTree: a given endpoint `w1` is not supported.")
+    t1 = float(t0) + 1.0 if t1 is None else float(t1)
+    return _VirtualBrownianTree(
+        float(t0), t1, tuple(w0.shape), tol=tol, dtype=w0.dtype, device=w0.device,
+        seed=entropy, levy_area=_levy(levy_area_approximation),
+    )  # fmt: skip
+
+
+def BrownianPath(
+    t0: float,
+    w0: torch.Tensor,
+    window_size: int = 8,
+    *,
+    t1: float | None = None,
+    entropy: int | None = None,
+    levy_area_approximation: str = "none",
+) -> _BrownianPath:
+    """torchsde's ``BrownianPath(t0, w0)`` as a torchnde :class:`~torchnde.BrownianPath` of
+    the shape, dtype and device of ``w0`` on ``[t0, t1]`` (torchnde's paths are bounded:
+    ``t1`` defaults to ``t0 + 1``)."""
+    t1 = float(t0) + 1.0 if t1 is None else float(t1)
+    return _BrownianPath(
+        float(t0), t1, tuple(w0.shape), dtype=w0.dtype, device=w0.device, seed=entropy,
+        levy_area=_levy(levy_area_approximation),
+    )  # fmt: skip
+
+
+def _functions(sde: Any, names: dict[str, str] | None, logqp: bool) -> tuple:
+    names = dict(names or {})
+    unknown = set(names) - {
+        "drift", "diffusion", "prior_drift", "drift_and_diffusion", "drift_and_diffusion_prod",
+    }  # fmt: skip
+    if unknown:
+        raise ValueError(f"sdeint: unknown keys in `names`: {sorted(unknown)}.")
+    f = getattr(sde, names.get("drift", "f"), None)
+    g = getattr(sde, names.get("diffusion", "g"), None)
+    fg = getattr(sde, names.get("drift_and_diffusion", "f_and_g"), None)
+    if f is None and fg is not None:
+        f = lambda t, y: fg(t, y)[0]
+    if g is None and fg is not None:
+        g = lambda t, y: fg(t, y)[1]
+    if f is None or g is None:
+        has_gprod = getattr(sde, names.get("drift_and_diffusion_prod", "g_prod"), None)
+        if has_gprod is not None:
+            raise NotImplementedError(
+                "sdeint: SDEs given by a diffusion-vector product only (`g_prod`) are not "
+                "supported; define `g` (or `f_and_g`) as well."
+            )
+        raise TypeError("sdeint: `sde` needs methods `f` and `g` (or `f_and_g`).")
+    h = None
+    if logqp:
+        h = getattr(sde, names.get("prior_drift", "h"), None)
+        if h is None:
+            raise TypeError("sdeint: logqp=True needs the prior drift `h(t, y)` on the SDE.")
+    return f, g, h
+
+
+def _solve(
+    sde: Any, y0: torch.Tensor, ts: Any, bm: Any, method: str | None, dt: float,
+    adaptive: bool, rtol: float, atol: float, options: dict | None, names: dict | None,
+    logqp: bool, extra: bool, extra_solver_state: Any, adjoint: Any, who: str,
+) -> Any:  # fmt: skip
+    if extra or extra_solver_state is not None:
+        raise NotImplementedError(f"{who}: `extra` / `extra_solver_state` are not supported.")
+    noise = getattr(sde, "noise_type", None)
+    calculus = getattr(sde, "sde_type", None)
+    if noise not in NOISE_TYPES:
+        raise ValueError(
+            f"{who}: `sde.noise_type` must be one of {list(NOISE_TYPES)}, got {noise!r}."
+        )
+    if calculus not in ("ito", "stratonovich"):
+        raise ValueError(
+            f"{who}: `sde.sde_type` must be 'ito' or 'stratonovich', got {calculus!r}."
+        )
+    options = dict(options or {})
+    grad_free = bool(options.pop("grad_free", False))
+    if options:
+        raise NotImplementedError(f"{who}: unsupported `options` {sorted(options)}.")
+    f, g, h = _functions(sde, names, logqp)
+    if noise == "scalar":
+        g_user = g
+
+        def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (batch, d, 1) -> (batch, d)
+            out = g_user(t, y)
+            return out.squeeze(-1) if out.ndim == y.ndim + 1 else out
+
+    solver: Any = None
+    if method is not None:
+        if method == "log_ode":
+            raise NotImplementedError(f"{who}: method='log_ode' is not supported.")
+        if method not in _METHODS:
+            raise ValueError(
+                f"{who}: `method` must be one of {sorted([*_METHODS, 'log_ode'])}, got {method!r}."
+            )
+        name = "milstein_derivative_free" if method == "milstein" and grad_free else method
+        if method == "euler" and calculus == "stratonovich":
+            raise ValueError(
+                f"{who}: method='euler' converges to the Itô solution, but sde_type="
+                "'stratonovich'; use 'midpoint', 'heun', 'euler_heun' or 'reversible_heun'."
+            )
+        solver = sde_solver_from_name(name, noise, calculus)
+    out = _sdeint(
+        f, g, y0, ts, noise=noise, calculus=calculus, method=solver, dt=dt, bm=bm,
+        adjoint=adjoint, logqp=logqp, prior_drift=h, adaptive=adaptive, rtol=rtol, atol=atol,
+    )  # fmt: skip
+    if logqp:
+        ys, kl = out
+        return ys, kl.diff(dim=0)
+    return out
+
+
+def sdeint(
+    sde: Any,
+    y0: torch.Tensor,
+    ts: Any,
+    bm: Any = None,
+    method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: dict[str, Any] | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any = None,
+    **unused_kwargs: Any,
+) -> Any:
+    """torchsde's ``sdeint``: solve ``sde`` from ``y0`` at ``ts[0]`` and return the states at
+    ``ts``, shape ``(len(ts), batch, d)`` (time first); with ``logqp=True`` also the KL
+    increments ``(len(ts) - 1, batch)``. Gradients by backpropagation through the solver."""
+    if unused_kwargs:
+        raise ValueError(f"sdeint: unexpected arguments {sorted(unused_kwargs)}.")
+    return _solve(
+        sde, y0, ts, bm, method, dt, adaptive, rtol, atol, options, names, logqp, extra,
+        extra_solver_state, DirectAdjoint(), "sdeint",
+    )  # fmt: skip
+
+
+def sdeint_adjoint(
+    sde: Any,
+    y0: torch.Tensor,
+    ts: Any,
+    bm: Any = None,
+    method: str | None = None,
+    adjoint_method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    adjoint_adaptive: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+    adjoint_rtol: float = 1e-5,
+    adjoint_atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: dict[str, Any] | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any = None,
+    **unused_kwargs: Any,
+) -> Any:
+    """torchsde's ``sdeint_adjoint``: as :func:`sdeint`, with gradients by the stochastic
+    adjoint (:class:`~torchnde.BacksolveAdjoint`: the adjoint SDE solved backwards on the same
+    Brownian path), or, for ``method="reversible_heun"`` with
+    ``adjoint_method="adjoint_reversible_heun"``, by :class:`~torchnde.ReversibleAdjoint`
+    (exact). ``adjoint_params`` defaults to ``sde.parameters()``. The backward solve uses the
+    midpoint method on the forward steps: other ``adjoint_method`` names,
+    ``adjoint_adaptive`` and the adjoint tolerances select nothing."""
+    if unused_kwargs:
+        raise ValueError(f"sdeint_adjoint: unexpected arguments {sorted(unused_kwargs)}.")
+    if adjoint_options:
+        raise NotImplementedError("sdeint_adjoint: `adjoint_options` are not supported.")
+    params: list[torch.Tensor] | None
+    if adjoint_params is None:
+        params = list(sde.parameters()) if isinstance(sde, torch.nn.Module) else None
+    else:
+        params = list(adjoint_params)
+    adjoint: Any
+    if adjoint_method == "adjoint_reversible_heun":
+        if method != "reversible_heun":
+            raise ValueError(
+                "sdeint_adjoint: adjoint_method='adjoint_reversible_heun' needs "
+                f"method='reversible_heun', got {method!r}."
+            )
+        adjoint = ReversibleAdjoint(params=params)
+    elif adjoint_method is None or adjoint_method in _METHODS:
+        adjoint = BacksolveAdjoint(params=params)
+    else:
+        raise ValueError(
+            f"sdeint_adjoint: `adjoint_method` must be None, 'adjoint_reversible_heun' or one of "
+            f"{sorted(_METHODS)}, got {adjoint_method!r}."
+        )
+    return _solve(
+        sde, y0, ts, bm, method, dt, adaptive, rtol, atol, options, names, logqp, extra,
+        extra_solver_state, adjoint, "sdeint_adjoint",
+    )  # fmt: skip

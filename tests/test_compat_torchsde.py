@@ -1,0 +1,140 @@
+"""torchnde.compat.torchsde: the same numbers as torchsde on the same Brownian increments, the
+SDE protocol (f/g/h, f_and_g, names, noise and SDE types), logqp, adjoints and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchnde as tn
+from torchnde.compat import torchsde as tsde
+
+torchsde = pytest.importorskip("torchsde")
+
+B, D = 4, 3
+TS = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+
+
+class SDE(nn.Module):
+    def __init__(self, noise_type="diagonal", sde_type="ito"):
+        super().__init__()
+        self.noise_type, self.sde_type = noise_type, sde_type
+        torch.manual_seed(0)
+        self.lin = nn.Linear(D, D).double()
+        self.s = nn.Parameter(torch.linspace(0.2, 0.5, D, dtype=torch.float64))
+
+    def f(self, t, y):
+        return torch.tanh(self.lin(y))
+
+    def h(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        g = self.s * torch.cos(y)
+        if self.noise_type == "scalar":
+            return g[..., None]
+        if self.noise_type == "general":
+            return g[..., None] * torch.tensor([1.0, -0.5], dtype=torch.float64)
+        return g
+
+
+def _bm(noise_type):
+    m = {"diagonal": D, "scalar": 1, "general": 2}[noise_type]
+    return torchsde.BrownianInterval(0.0, 1.0, (B, m), dtype=torch.float64, entropy=1)
+
+
+@pytest.mark.parametrize(
+    "method, noise_type, sde_type",
+    [
+        ("euler", "diagonal", "ito"),
+        ("euler", "general", "ito"),
+        ("milstein", "diagonal", "ito"),
+        ("milstein", "scalar", "ito"),
+        ("milstein", "diagonal", "stratonovich"),
+        ("midpoint", "diagonal", "stratonovich"),
+        ("heun", "general", "stratonovich"),
+        ("euler_heun", "diagonal", "stratonovich"),
+        ("reversible_heun", "diagonal", "stratonovich"),
+    ],
+)
+def test_same_solution_as_torchsde_on_the_same_increments(method, noise_type, sde_type):
+    sde = SDE(noise_type, sde_type)
+    y0 = torch.full((B, D), 0.3, dtype=torch.float64)
+    bm = _bm(noise_type)
+    with torch.no_grad():
+        # dt a power of two: both libraries then query the Brownian motion at the same times to
+        # the bit (with dt=0.05 their step ends differ in the last bit, W by ~sqrt(1e-17)).
+        ref = torchsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=2.0**-4)
+        ours = tsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=2.0**-4)
+    assert ours.shape == ref.shape == (5, B, D)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_logqp_and_f_and_g_and_names():
+    class Renamed(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def drift_and_diffusion(self, t, y):
+            return -y + 0.7, 0.5 * torch.ones_like(y)
+
+        def prior(self, t, y):
+            return -y
+
+    y0 = torch.zeros(B, D, dtype=torch.float64)
+    names = {"drift_and_diffusion": "drift_and_diffusion", "prior_drift": "prior"}
+    ys, log_ratio = tsde.sdeint(Renamed(), y0, TS, dt=0.05, logqp=True, names=names)
+    assert ys.shape == (5, B, D) and log_ratio.shape == (4, B)
+    # u = 0.7 / 0.5 per component: KL over each interval of 0.25 is ½ D u² · 0.25
+    torch.testing.assert_close(log_ratio, torch.full((4, B), 0.5 * D * 1.4**2 * 0.25,
+                                                     dtype=torch.float64))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method, adjoint_method", [("midpoint", None), ("reversible_heun", "adjoint_reversible_heun")]
+)
+def test_sdeint_adjoint_gradients(method, adjoint_method):
+    sde = SDE("diagonal", "stratonovich")
+    y0 = torch.full((B, D), 0.3, dtype=torch.float64)
+    bm = tsde.BrownianInterval(0.0, 1.0, (B, D), dtype=torch.float64, entropy=3)
+    ys = tsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=2.0**-7)
+    direct = torch.autograd.grad(ys[-1].square().sum(), list(sde.parameters()))
+    ys = tsde.sdeint_adjoint(
+        sde, y0, TS, bm=bm, method=method, adjoint_method=adjoint_method, dt=2.0**-7
+    )
+    adj = torch.autograd.grad(ys[-1].square().sum(), list(sde.parameters()))
+    tol = 1e-10 if adjoint_method else 2e-2
+    for a, d in zip(adj, direct):
+        assert float((a - d).norm() / d.norm()) < tol
+
+
+def test_brownian_constructors():
+    w0 = torch.zeros(B, D, dtype=torch.float64)
+    for bm in (
+        tsde.BrownianInterval(0.0, 1.0, size=(B, D), dtype=torch.float64, dt=0.01),
+        tsde.BrownianTree(0.0, w0, t1=1.0, tol=1e-5),
+        tsde.BrownianPath(0.0, w0, t1=1.0),
+    ):
+        assert isinstance(bm, tn.AbstractBrownianPath)
+        assert bm(0.2, 0.7).shape == (B, D)
+        torch.testing.assert_close(bm(0.0, 0.5) + bm(0.5, 1.0), bm(0.0, 1.0))
+
+
+def test_errors():
+    y0 = torch.zeros(B, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        tsde.sdeint(SDE(), y0, TS, method="rk4")
+    with pytest.raises(NotImplementedError, match="log_ode"):
+        tsde.sdeint(SDE(), y0, TS, method="log_ode")
+    with pytest.raises(ValueError, match="converges to the Itô solution"):
+        tsde.sdeint(SDE("diagonal", "stratonovich"), y0, TS, method="euler")
+    with pytest.raises(ValueError, match="sde.noise_type"):
+        tsde.sdeint(SDE("diag"), y0, TS)
+    with pytest.raises(TypeError, match="needs the prior drift"):
+
+        class NoPrior(SDE):
+            h = None
+
+        tsde.sdeint(NoPrior(), y0, TS, logqp=True)
+    with pytest.raises(NotImplementedError, match="extra"):
+        tsde.sdeint(SDE(), y0, TS, extra=True)
