@@ -314,3 +314,21 @@ def test_bad_input_raises_a_clear_error(i):
     kw.update(over)
     with pytest.raises(exc, match=match):
         tn.cdeint(kw.pop("X"), kw.pop("func"), kw.pop("z0"), kw.pop("t"), **kw)
+
+
+def test_cde_term_with_per_sample_stepping_matches_joint_stepping():
+    x, t = _data(seed=8)
+    X = _path("natural", x, t)
+    f = Field()
+    z0 = torch.randn(3, 3, dtype=F64)
+    joint = tn.cdeint(X, f, z0, t, rtol=1e-10, atol=1e-12)
+    sol = tn.solve(
+        tn.CDETerm(lambda tt, z, args: f(tt, z), X),
+        tn.Dopri5(),
+        t[0],
+        t[-1],
+        z0,
+        saveat=tn.SaveAt(ts=t),
+        controller=tn.PIDController(rtol=1e-10, atol=1e-12, step_ts=t, per_sample=True),
+    )
+    torch.testing.assert_close(sol.ys, joint, rtol=1e-8, atol=1e-9)

@@ -45,9 +45,14 @@ def hermite_cubic_coeffs(x: torch.Tensor, t: torch.Tensor | None = None) -> torc
         ``t``.
     """
     x, t = check_path("hermite_cubic_coeffs", x, t)
-    x = linear_interpolation_coeffs(x, t)
-    h = (t[..., 1:] - t[..., :-1]).unsqueeze(-1)
-    x0, x1 = x[..., :-1, :], x[..., 1:, :]
-    slopes = (x1 - x0) / h
-    m0 = torch.cat([slopes[..., :1, :], slopes[..., :-1, :]], dim=-2)
-    return hermite_segment(x0, x1, h, m0)
+    if bool(torch.isnan(x.sum())):  # one reduction: NaN propagates through the sum
+        x = linear_interpolation_coeffs(x, t)
+    h_inv = (1 / (t[..., 1:] - t[..., :-1])).unsqueeze(-1)
+    x0 = x[..., :-1, :]
+    slope = (x[..., 1:, :] - x0) * h_inv
+    m0 = torch.cat([slope[..., :1, :], slope[..., :-1, :]], dim=-2)
+    diff = slope - m0
+    # c = 2 (slope - m0) / h, d = (m0 - slope) / h²  (see hermite_segment)
+    two_c = diff * (4 * h_inv)
+    three_d = diff * (-3 * h_inv * h_inv)
+    return torch.cat([x0, m0, two_c, three_d], dim=-1)

@@ -27,6 +27,7 @@ from .._cde.log_ode import logsig_windows as _logsig_windows
 from .._cde.missing import fill_forward as _fill_forward
 from .._cde.signature import logsignature as _logsignature
 from .._cde.signature import signature as _signature
+from .._cde.tridiagonal import thomas as _thomas
 from .._convenience import METHODS
 from .._core.controllers import ConstantStepSize, PIDController
 from .._core.solution import SaveAt
@@ -102,8 +103,28 @@ def _forward_fill(x: torch.Tensor, fill_index: int = -2) -> torch.Tensor:
     return _fill_forward(moved).movedim(-2, fill_index)
 
 
+def _cheap_stack(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """torchcde.misc.cheap_stack: ``torch.stack``."""
+    return torch.stack(tensors, dim)
+
+
+def _tridiagonal_solve(
+    b: torch.Tensor, A_upper: torch.Tensor, A_diagonal: torch.Tensor, A_lower: torch.Tensor
+) -> torch.Tensor:
+    """torchcde.misc.tridiagonal_solve: solves along the last dimension of ``b``."""
+    zero = torch.zeros_like(A_diagonal[..., :1])
+    lower = torch.cat([zero, A_lower], dim=-1)
+    upper = torch.cat([A_upper, zero], dim=-1)
+    rows = (v.movedim(-1, 0) for v in (lower, A_diagonal, upper, b))
+    return _thomas(*rows).movedim(0, -1)
+
+
 #: torchcde.misc, the parts its users and tests reach for.
-misc = types.SimpleNamespace(forward_fill=_forward_fill, validate_input_path=_validate)
+misc = types.ModuleType("torchcde.misc", "torchcde.misc on torchnde")
+misc.forward_fill = _forward_fill  # type: ignore[attr-defined]
+misc.validate_input_path = _validate  # type: ignore[attr-defined]
+misc.cheap_stack = _cheap_stack  # type: ignore[attr-defined]
+misc.tridiagonal_solve = _tridiagonal_solve  # type: ignore[attr-defined]
 
 
 def _rectilinear(x: torch.Tensor, time_index: int) -> torch.Tensor:
@@ -213,7 +234,11 @@ class _Piecewise(InterpolationBase):
     def interval(self) -> torch.Tensor:
         return torch.stack([self._t[0], self._t[-1]])
 
-    def _interpret_t(self, t: Any, segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _interpret_t(
+        self, t: Any, segments: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t - t_index, index)`` as torchcde's ``_interpret_t``."""
+        segments = self._t.numel() - 1 if segments is None else segments
         t = torch.as_tensor(t, dtype=self._t.dtype, device=self._t.device)
         # Left-continuous at the knots, as torchcde (bucketize(t) - 1).
         index = torch.bucketize(t.detach(), self._t.detach()).sub(1).clamp(0, segments - 1)
@@ -222,10 +247,14 @@ class _Piecewise(InterpolationBase):
 
 class LinearInterpolation(_Piecewise):
     """As ``torchcde.LinearInterpolation(coeffs, t=None)``; ``evaluate``/``derivative`` take
-    a time tensor of any shape ``s`` and return ``(..., *s, channels)``."""
+    a time tensor of any shape ``s`` and return ``(..., *s, channels)``.
+
+    Slopes are computed per call from the two neighbouring values (not stored): a graph from
+    ``coeffs`` to a stored slope would be shared by every evaluation, which a continuous
+    adjoint differentiating with respect to ``coeffs`` cannot traverse twice.
+    """
 
     _coeffs: torch.Tensor
-    _derivs: torch.Tensor
 
     def __init__(self, coeffs: torch.Tensor, t: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -233,18 +262,20 @@ class LinearInterpolation(_Piecewise):
             t = torch.linspace(
                 0, coeffs.size(-2) - 1, coeffs.size(-2), dtype=coeffs.dtype, device=coeffs.device
             )
-        derivs = (coeffs[..., 1:, :] - coeffs[..., :-1, :]) / (t[1:] - t[:-1]).unsqueeze(-1)
         self.register_buffer("_t", t)
         self.register_buffer("_coeffs", coeffs)
-        self.register_buffer("_derivs", derivs)
+
+    def _slope(self, index: torch.Tensor) -> torch.Tensor:
+        dx = self._coeffs[..., index + 1, :] - self._coeffs[..., index, :]
+        return dx / (self._t[index + 1] - self._t[index]).unsqueeze(-1)
 
     def evaluate(self, t: Any) -> torch.Tensor:
-        frac, index = self._interpret_t(t, self._derivs.size(-2))
-        return self._coeffs[..., index, :] + frac.unsqueeze(-1) * self._derivs[..., index, :]
+        frac, index = self._interpret_t(t)
+        return self._coeffs[..., index, :] + frac.unsqueeze(-1) * self._slope(index)
 
     def derivative(self, t: Any) -> torch.Tensor:
-        _, index = self._interpret_t(t, self._derivs.size(-2))
-        return self._derivs[..., index, :]
+        _, index = self._interpret_t(t)
+        return self._slope(index)
 
 
 class CubicSpline(_Piecewise):
