@@ -24,11 +24,13 @@ from ._core.solver import AbstractSolver as AbstractSolver
 from ._core.solvers import ALF as ALF
 from ._core.solvers import RK4 as RK4
 from ._core.solvers import RK38 as RK38
+from ._core.solvers import Adams as Adams
 from ._core.solvers import Bosh3 as Bosh3
 from ._core.solvers import Dopri5 as Dopri5
 from ._core.solvers import Dopri8 as Dopri8
 from ._core.solvers import Euler as Euler
 from ._core.solvers import Fehlberg2 as Fehlberg2
+from ._core.solvers import FixedAdams as FixedAdams
 from ._core.solvers import Heun as Heun
 from ._core.solvers import Leapfrog as Leapfrog
 from ._core.solvers import Midpoint as Midpoint

@@ -1,11 +1,13 @@
 """One file per numerical method."""
 
+from .adams import Adams as Adams
 from .alf import ALF as ALF
 from .bosh3 import Bosh3 as Bosh3
 from .dopri5 import Dopri5 as Dopri5
 from .dopri8 import Dopri8 as Dopri8
 from .euler import Euler as Euler
 from .fehlberg2 import Fehlberg2 as Fehlberg2
+from .fixed_adams import FixedAdams as FixedAdams
 from .heun import Heun as Heun
 from .leapfrog import Leapfrog as Leapfrog
 from .midpoint import Midpoint as Midpoint
