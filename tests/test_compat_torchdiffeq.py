@@ -60,7 +60,7 @@ def _reference(f, y0, t) -> torch.Tensor:
 # --------------------------------------------------------------------------- (a) agreement
 
 
-@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "heun3"])
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "rk4", "heun3"])
 def test_fixed_grid_methods_match_torchdiffeq_to_round_off(method) -> None:
     f = Pendulum()
     for options in (dict(step_size=0.05), None):

@@ -18,6 +18,7 @@ too (torchdiffeq only in ``odeint_event``).
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -208,8 +209,6 @@ class _Plan:
                 "ends themselves; mark discontinuities with options=dict(jump_t=...) on an "
                 "adaptive method instead (or torchnde's ConstantStepSize(jump_ts=...))."
             )
-        if self.solver is not None and self.adaptive != self.solver.is_adaptive:
-            self.adaptive = self.solver.is_adaptive
 
     # -- the pieces of a solve ------------------------------------------------------------
 
@@ -294,8 +293,7 @@ class _Plan:
                 "Event handling for fixed step solvers currently requires `step_size` to be "
                 "provided in options."
             )
-        grid = self.grid()
-        assert grid is not None
+        grid = typing.cast(torch.Tensor, self.grid())  # not None without step_size
         span = abs(float((self.t[-1] - self.t[0]).detach())) or 1.0
         return _tn.ConstantStepSize(step_ts=grid), span, 2**31 - 1
 
@@ -418,8 +416,8 @@ def _run(plan: _Plan, adjoint: Any) -> Any:
                 f"odeint: event_fn did not cross zero between t={float(t0)} and "
                 f"t={float(t1)} (torchnde integrates event problems over a finite horizon)."
             )
-        assert sol.ts is not None
-        return sol.ts[-1].to(t.dtype), sol.ys
+        ts = typing.cast(torch.Tensor, sol.ts)  # SaveAt(t0=True, t1=True) saves times
+        return ts[-1].to(t.dtype), sol.ys
     interp = plan.options.get("interp", "linear")
     if interp not in ("linear", "cubic"):
         raise ValueError(f"Unknown interpolation method {interp}")
@@ -525,8 +523,7 @@ def odeint_adjoint(
             "augmented state in its own layout; use norm='seminorm' or leave it out."
         )
     if adjoint_params is None:
-        assert isinstance(func, torch.nn.Module)
-        params = tuple(func.parameters())
+        params = tuple(typing.cast(torch.nn.Module, func).parameters())
     else:
         params = tuple(adjoint_params)
     params = tuple(p for p in params if p.requires_grad)
