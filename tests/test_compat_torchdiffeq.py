@@ -118,6 +118,15 @@ def test_fixed_adams_agree_with_the_reference(method) -> None:
     # at this step: its error here is O(10); torchnde's order-8 method stays accurate.
 
 
+@pytest.mark.parametrize("method", ["tsit5", "adams"])
+def test_methods_beyond_torchdiffeq_meet_tolerance(method) -> None:
+    f = Pendulum()
+    ref = _reference(f, _y0(), T)
+    with torch.no_grad():
+        ours = compat.odeint(f, _y0(), T, method=method, rtol=1e-8, atol=1e-8)
+    assert float((ours - ref).abs().max()) < 100 * 1e-8
+
+
 def test_tuple_state_matches_torchdiffeq() -> None:
     def f(t, y):
         x, v = y
