@@ -424,3 +424,29 @@ def test_fixed_adams_restarts_after_a_jump() -> None:
         )
         errs.append(abs(float(sol.ys[-1, 0]) - exact(1.0)))
     assert abs(_slope(np.array(hs), np.array(errs)) - 4) <= SLOPE_TOL, errs
+
+
+def test_fixed_adams_per_sample_restarts_mix_starter_and_adams_steps() -> None:
+    # Per-sample clocks that reach the jump at different iterations: within one batched step
+    # some samples take a Runge–Kutta start-up step and others an Adams step. Each sample
+    # must still get the result of its own solve.
+    def f(t, y, args):
+        tt = t.reshape(t.shape + (1,) * (y.ndim - t.ndim)) if t.ndim else t
+        return torch.where(tt <= 0.5, -y, 0.5 * y) + torch.sin(tt)
+
+    t0 = torch.tensor([0.0, 0.13, 0.31], dtype=F64)
+    kw = dict(
+        dt0=0.05,
+        controller=tn.ConstantStepSize(jump_ts=[0.5], per_sample=True),
+        saveat=tn.SaveAt(ts=[0.4, 0.7, 1.0], dense=True),
+    )
+    batch = tn.solve(tn.ODETerm(f), tn.FixedAdams(order=4), t0, 1.0, Y0, **kw)
+    for i in range(3):
+        alone = tn.solve(
+            tn.ODETerm(f), tn.FixedAdams(order=4), t0[i : i + 1], 1.0, Y0[i : i + 1], **kw
+        )
+        torch.testing.assert_close(batch.ys[:, i], alone.ys[:, 0], rtol=1e-13, atol=1e-13)
+        tq = torch.full((3,), 0.83, dtype=F64)
+        torch.testing.assert_close(
+            batch.evaluate(tq)[i], alone.evaluate(tq[:1])[0], rtol=1e-13, atol=1e-13
+        )
