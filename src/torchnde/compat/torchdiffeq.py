@@ -269,7 +269,7 @@ class _Plan:
             )
         return grid
 
-    def controller(self, t1: torch.Tensor) -> tuple[Any, Any, int]:
+    def controller(self) -> tuple[Any, Any, int]:
         """``(controller, dt0, max_steps)``."""
         opts = self.options
         if self.adaptive:
@@ -296,6 +296,13 @@ class _Plan:
         grid = typing.cast(torch.Tensor, self.grid())  # not None without step_size
         span = abs(float((self.t[-1] - self.t[0]).detach())) or 1.0
         return _tn.ConstantStepSize(step_ts=grid), span, 2**31 - 1
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        return a.shape == b.shape and bool((a == b).all())
+    return bool(a == b)
 
 
 def _first(x: Any) -> torch.Tensor:
@@ -393,7 +400,7 @@ def _run(plan: _Plan, adjoint: Any) -> Any:
         return _initial_only(y0, plan.is_tuple)
     time = t.to(plan.time_dtype())
     t0 = time[0]
-    controller, dt0, max_steps = plan.controller(time[-1])
+    controller, dt0, max_steps = plan.controller()
     kw: dict[str, Any] = dict(dt0=dt0, controller=controller, adjoint=adjoint, max_steps=max_steps)
     if plan.event_fn is not None:
         fn = plan.event_fn
@@ -535,14 +542,14 @@ def odeint_adjoint(
     same = (
         back.method == plan.method
         and adjoint_options == {k: v for k, v in (options or {}).items() if k != "norm"}
-        and adjoint_rtol == rtol
-        and adjoint_atol == atol
+        and _same_value(adjoint_rtol, rtol)
+        and _same_value(adjoint_atol, atol)
     )
     solver = controller = dt0 = None
     if not same:
         solver = back.solver
         if back.adaptive:
-            controller, dt0, _ = back.controller(t[-1])
+            controller, dt0, _ = back.controller()
         elif "step_size" in adjoint_options:
             controller, dt0 = _tn.ConstantStepSize(), abs(float(adjoint_options["step_size"]))
     adjoint = _tn.BacksolveAdjoint(
@@ -596,7 +603,7 @@ def odeint_dense(
     if plan.method == "scipy_solver":
         raise NotImplementedError("odeint_dense with method='scipy_solver'.")
     time = t.to(plan.time_dtype())
-    controller, dt0, max_steps = plan.controller(time[-1])
+    controller, dt0, max_steps = plan.controller()
     sol = _tn.solve(
         plan.term(),
         plan.solver,
