@@ -129,30 +129,47 @@ def slope(terms: Any, t: torch.Tensor, vf: Any) -> torch.Tensor:
 
 
 def interpolate_history(dense_info: tuple, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    """Dense output ``y0 + Σ_j W_j(θ) (h V_j)`` of an Adams step."""
-    y0, hv, alpha = dense_info
-    count = hv.shape[1] if per_sample else hv.shape[0]
-    w = integral_weights(alpha, theta, count)  # (n or batch, count)
+    """Dense output of an Adams step, ``y0 + h (Σ_j W_j(θ) c_j Φ_j + W_k(θ) e)``.
+
+    ``dense_info = (y0, h, coef, phi, k, e, alpha)``: ``coef`` ``(*batch, m)`` weights of the
+    history ``phi``, and the newest difference ``e`` (or ``None``) at history index ``k``
+    (batch shape). The history is contracted by one matrix product, with no temporary of its
+    size.
+    """
+    y0, h, coef, phi, k, e, alpha = dense_info
+    m = coef.shape[-1]
+    w = integral_weights(alpha, theta, m)  # (n or batch, m)
     if per_sample:
-        return y0 + contract(w[:, None, :], hv, 1)[:, 0]
-    return y0 + contract(w, hv, 0)
+        out = contract((w * coef)[:, None, :], phi, 1)[:, 0]
+        if e is not None:
+            wk = w.gather(-1, k.to(torch.int64)[:, None])[:, 0]
+            out = out + spread(wk.to(e.dtype), e) * e
+        return y0 + spread(h.to(y0.dtype), out) * out
+    out = contract(w * coef, phi, 0)
+    if e is not None:
+        wk = w[:, int(k)].to(e.dtype)
+        out = out + wk.reshape((-1,) + (1,) * e.ndim) * e
+    return y0 + h.to(y0.dtype) * out
 
 
 def advance(
-    star: torch.Tensor,
+    beta: torch.Tensor,
+    phi: torch.Tensor,
     f1: torch.Tensor,
     psi: torch.Tensor,
     num: torch.Tensor,
     dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The history at the new point: ``Φ_j(n+1) = f_{n+1} - Σ_{i<j} Φ*_i``, the new spacing
-    ``d' = (0, ψ_0, ..., ψ_{m-2})`` and the number of valid points."""
-    m = star.shape[dim]
-    excl = torch.cumsum(star, dim=dim).narrow(dim, 0, m - 1)
-    f1 = f1.unsqueeze(dim)
-    phi = torch.cat([f1, f1 - excl], dim=dim)
+    """The history at the new point, ``Φ_j(n+1) = f_{n+1} - Σ_{i<j} β_i Φ_i(n)`` (one matrix
+    product with a strictly lower triangular weight matrix, no other history-sized
+    temporaries), the new spacing ``d' = (0, ψ_0, ..., ψ_{m-2})`` and the number of valid
+    points."""
+    m = phi.shape[dim]
+    lower = torch.ones(m, m, dtype=beta.dtype, device=beta.device).tril(-1)
+    sums = contract(lower * beta.unsqueeze(-2), phi, dim)
+    phi_new = f1.unsqueeze(dim) - sums
     d = torch.cat([torch.zeros_like(psi[..., :1]), psi[..., :-1]], dim=-1)
-    return phi, d, torch.clamp(num + 1, max=float(m))
+    return phi_new, d, torch.clamp(num + 1, max=float(m))
 
 
 def initial_history(

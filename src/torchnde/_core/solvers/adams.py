@@ -15,7 +15,6 @@ from ..multistep import (
     initial_history,
     interpolate_history,
     slope,
-    spread,
 )
 from ..solver import AbstractSolver
 from ..terms import AbstractTerm
@@ -118,13 +117,13 @@ class Adams(AbstractSolver):
         dim = t0.ndim
         h = t1 - t0
         alpha, c, beta, psi = coefficients(h, d, num, m + 1)  # c_j, j = 0..m
-        star = spread(beta.to(phi.dtype), phi) * phi  # Φ*_j
         j = torch.arange(m, device=d.device, dtype=d.dtype)
         k = order[..., None]
         below = (j < k).to(d.dtype)
         # Rows: predictor weights, then Σ_{i<k'} Φ*_i for k' = k-2, k-1, k, k+1.
         rows = [c[..., :m] * below] + [(j < k + s).to(d.dtype) for s in (-2, -1, 0, 1)]
-        sums = contract(torch.stack(rows, dim=-2), star, dim).unbind(dim)
+        # Φ*_j = β_j Φ_j folded into the weights: one product with the history.
+        sums = contract(torch.stack(rows, dim=-2) * beta.unsqueeze(-2), phi, dim).unbind(dim)
         hy = (h if dim == 0 else h.reshape(h.shape + (1,) * (y0.ndim - 1))).to(y0.dtype)
         y_pred = y0 + hy * sums[0]
         fp = slope(terms, t1, terms.vf(t1, y_pred, args))
@@ -164,13 +163,9 @@ class Adams(AbstractSolver):
             new_order = kk - lower.to(kk.dtype) + higher.to(kk.dtype)
 
         # The history at the new point: Φ_j(n+1) = f_{n+1} - Σ_{i<j} Φ*_i.
-        phi_new, d_new, num_new = advance(star, f1, psi, num, dim)
-        # Dense output: the corrector polynomial, V_j = Φ*_j (j < k), Φ_k(n+1) (j = k).
-        onehot = (j == k).to(d.dtype)
-        v = spread(below.to(y0.dtype), star) * star + spread(onehot.to(y0.dtype), star) * (
-            phi_p[2].unsqueeze(dim)
-        )
-        dense_info = (y0, spread(h.to(y0.dtype), v) * v, alpha)
+        phi_new, d_new, num_new = advance(beta, phi, f1, psi, num, dim)
+        # Dense output: the corrector polynomial, Φ*_j for j < k and Φ_k(n+1) at j = k.
+        dense_info = (y0, h, below * beta, phi, kk, phi_p[2], alpha)
         return y1, y_error, dense_info, (vf1, phi_new, d_new, num_new, new_order)
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:

@@ -14,7 +14,6 @@ from ..multistep import (
     initial_history,
     interpolate_history,
     slope,
-    spread,
 )
 from ..runge_kutta import AbstractRungeKutta
 from ..solver import AbstractSolver
@@ -88,11 +87,14 @@ class FixedAdams(AbstractSolver):
     def vector_field_of(self, state: Any) -> Any:
         return state[0]
 
-    def _adams(self, terms, t1, y0, args, h, c, star, dim):
+    def _adams(self, terms, t1, y0, args, h, c, beta, phi, dim):
         p, iters = self.order, self.corrector_iterations
         j = torch.arange(p, device=c.device, dtype=c.dtype)
-        rows = [c[..., :p], c[..., :p] * (j < p - 1), (j < p - 1).to(c.dtype).expand_as(c[..., :p])]
-        pred, base, known = contract(torch.stack(rows, dim=-2), star, dim).unbind(dim)
+        older = (j < p - 1).to(c.dtype)
+        rows = [c[..., :p], c[..., :p] * older, older.expand_as(c[..., :p])]
+        # Φ*_j = β_j Φ_j folded into the weights: one product with the history.
+        weights = torch.stack(rows, dim=-2) * beta.unsqueeze(-2)
+        pred, base, known = contract(weights, phi, dim).unbind(dim)
         hy = h.to(y0.dtype)
         hy = hy if dim == 0 else hy.reshape(hy.shape + (1,) * (y0.ndim - 1))
         y1 = y0 + hy * pred
@@ -103,12 +105,13 @@ class FixedAdams(AbstractSolver):
             f = slope(terms, t1, terms.vf(t1, y1, args))
             last = f - known
             y1 = y0 + hy * (base + c_last * last)
-        # Dense output: V_j = Φ*_j, with Φ_{p-1}(n+1) from the last corrector slope.
-        v = star
-        if last is not None:
-            mask = (j == p - 1).to(y0.dtype).expand(c[..., :p].shape)
-            v = spread(1 - mask, star) * star + spread(mask, star) * last.unsqueeze(dim)
-        return y1, v
+        # Dense output: Φ*_j, with Φ_{p-1}(n+1) from the last corrector slope.
+        if last is None:
+            dense = (y0, h, beta, phi, None, None)
+        else:
+            k = torch.full_like(h, float(p - 1))
+            dense = (y0, h, beta * older, phi, k, last)
+        return y1, dense
 
     def step(self, terms, t0, t1, y0, args, state):  # type: ignore[override]
         vf0, phi, d, num = state
@@ -117,11 +120,10 @@ class FixedAdams(AbstractSolver):
         ready = num >= p
         all_ready, any_ready = (bool(x) for x in torch.stack([ready.all(), ready.any()]).tolist())
         alpha, c, beta, psi = coefficients(h, d, num, p)
-        star = spread(beta.to(phi.dtype), phi) * phi
         adams = start = None
         if any_ready:
-            y_a, v = self._adams(terms, t1, y0, args, h, c, star, dim)
-            adams = (y0, spread(h.to(y0.dtype), v) * v, alpha)
+            y_a, dense = self._adams(terms, t1, y0, args, h, c, beta, phi, dim)
+            adams = (*dense, alpha)
         if not all_ready:
             y_s, _, start, vf_s = self._starter.step(terms, t0, t1, y0, args, vf0)
         if adams is None:
@@ -133,7 +135,7 @@ class FixedAdams(AbstractSolver):
             else:
                 y1 = torch.where(ready.reshape(ready.shape + (1,) * (y0.ndim - dim)), y_a, y_s)
                 vf1 = tree_where(ready, vf_a, vf_s)
-        phi1, d1, num1 = advance(star, slope(terms, t1, vf1), psi, num, dim)
+        phi1, d1, num1 = advance(beta, phi, slope(terms, t1, vf1), psi, num, dim)
         extra = (self._starter.num_fevals_step if start is not None else 0) + (
             self.num_fevals_step if adams is not None else 0
         )
