@@ -54,7 +54,7 @@ from _common import (
 import numpy as np
 
 LIB_METHODS = {
-    "torchnde": {"dopri5", "tsit5"},
+    "torchnde": {"dopri5", "tsit5", "adams"},
     "torchdiffeq": {"dopri5"},  # torchdiffeq has no tsit5
     "torchode": {"dopri5", "tsit5"},
 }
@@ -87,7 +87,7 @@ def prep_torchnde(f, y0, t, method, tol, compile_kw: str | None = None) -> Runne
         term = torchnde.ODETerm(lambda t_, y, args: f(y))
     else:
         term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
-    solver = {"dopri5": torchnde.Dopri5, "tsit5": torchnde.Tsit5}[method]()
+    solver = {"dopri5": torchnde.Dopri5, "tsit5": torchnde.Tsit5, "adams": torchnde.Adams}[method]()
     ctrl = torchnde.PIDController(rtol=tol, atol=tol)
     saveat = torchnde.SaveAt(ts=t)
     t0, t1 = float(t[0]), float(t[-1])

@@ -51,6 +51,7 @@ from ._core.solvers import RK4 as RK4
 from ._core.solvers import RK38 as RK38
 from ._core.solvers import SRA1 as SRA1
 from ._core.solvers import SRI2 as SRI2
+from ._core.solvers import Adams as Adams
 from ._core.solvers import Bosh3 as Bosh3
 from ._core.solvers import Dopri5 as Dopri5
 from ._core.solvers import Dopri8 as Dopri8
@@ -58,6 +59,7 @@ from ._core.solvers import Euler as Euler
 from ._core.solvers import EulerHeun as EulerHeun
 from ._core.solvers import EulerMaruyama as EulerMaruyama
 from ._core.solvers import Fehlberg2 as Fehlberg2
+from ._core.solvers import FixedAdams as FixedAdams
 from ._core.solvers import Heun as Heun
 from ._core.solvers import ItoMilstein as ItoMilstein
 from ._core.solvers import Leapfrog as Leapfrog

@@ -17,8 +17,19 @@ from ._solve import solve
 
 __all__ = ["METHODS", "odeint", "solver_from_name"]
 
-#: torchdiffeq's method names (and a few aliases) mapped to solvers.
-METHODS: dict[str, type[AbstractSolver]] = {
+
+def _explicit_adams() -> AbstractSolver:
+    return solvers.FixedAdams(order=4, corrector_iterations=0)
+
+
+def _implicit_adams() -> AbstractSolver:
+    return solvers.FixedAdams(order=4, corrector_iterations=4)
+
+
+#: torchdiffeq's method names (and a few aliases) mapped to solvers (classes, or factories
+#: for names that configure one: "explicit_adams" is Adams–Bashforth, "implicit_adams"
+#: iterates the Adams–Moulton corrector, as in torchdiffeq).
+METHODS: dict[str, Callable[[], AbstractSolver]] = {
     "dopri8": solvers.Dopri8,
     "dopri5": solvers.Dopri5,
     "tsit5": solvers.Tsit5,
@@ -36,6 +47,10 @@ METHODS: dict[str, type[AbstractSolver]] = {
     "leapfrog": solvers.Leapfrog,
     "yoshida4": solvers.Yoshida4,
     "alf": solvers.ALF,
+    "adams": solvers.Adams,
+    "fixed_adams": solvers.FixedAdams,
+    "explicit_adams": _explicit_adams,
+    "implicit_adams": _implicit_adams,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

@@ -335,7 +335,8 @@ class PIDController(AbstractStepSizeController):
         # drives the factor to factormin.
         ratio = self._scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         accept = ratio <= 1.0
-        k = float(error_order)
+        # A variable-order solver gives its error order as a tensor (per sample or joint).
+        k = error_order if isinstance(error_order, torch.Tensor) else float(error_order)
         # The floor keeps a zero error (e.g. a finished sample) from making an infinite
         # factor, whose gradient would be NaN even where the clip below discards it.
         factor = ratio.clamp_min(1e-10).pow(-(self.pcoeff + self.icoeff + self.dcoeff) / k)

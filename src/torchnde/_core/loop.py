@@ -201,6 +201,7 @@ class Loop:
         check_vf: Any = None,
         compile_step: bool = False,
     ) -> None:
+        solver = solver.with_controller(controller, norm)
         self.terms, self.solver, self.controller = terms, solver, controller
         self.t0, self.t1, self.args, self.dt0, self.norm = t0, t1, args, dt0, norm
         self.ts, self.save_steps, self.save_dense = ts, save_steps, save_dense
@@ -237,7 +238,7 @@ class Loop:
         so it can be compiled as one graph."""
         y1, y_error, dense_info, fnew = self.solver.step(self.terms, t, tnext, y, self.args, fstate)
         accept, _, next_t1, made_jump, cstate = self.controller.adapt(
-            t, tnext, y, y1, y_error, self.solver.error_order, cstate, self.norm
+            t, tnext, y, y1, y_error, self.solver.error_order_of(fstate), cstate, self.norm
         )
         if self.per_sample:
             # Finished samples are carried along but never change.

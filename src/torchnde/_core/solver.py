@@ -34,6 +34,10 @@ class AbstractSolver(abc.ABC):
        ``(batch,)`` and the result the shape of ``y``.
     5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats;
        ``take_dense_fevals`` reports extra ones made lazily by the dense output.
+    6. Optional, for variable-order methods: ``error_order_of(state)`` gives the error order
+       of the next step (a tensor of the batch shape may vary per sample), and
+       ``with_controller(controller, norm)`` returns the instance a loop should use, e.g. one
+       that measures its own candidate error estimates in the controller's norm.
     """
 
     order: ClassVar[int]
@@ -70,6 +74,15 @@ class AbstractSolver(abc.ABC):
         """Vector-field evaluations the dense output of a step made since last asked (for
         stats; only methods whose interpolant needs extra stages make any)."""
         return 0
+
+    def error_order_of(self, state: Any) -> Any:
+        """The error order of the step taken from ``state`` (``error_order`` unless the method
+        changes its order from step to step)."""
+        return self.error_order
+
+    def with_controller(self, controller: Any, norm: Any) -> AbstractSolver:
+        """The solver a loop with this controller and error norm uses (``self`` by default)."""
+        return self
 
     @property
     def is_adaptive(self) -> bool:

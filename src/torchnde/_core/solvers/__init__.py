@@ -1,5 +1,6 @@
 """One file per numerical method."""
 
+from .adams import Adams as Adams
 from .alf import ALF as ALF
 from .bosh3 import Bosh3 as Bosh3
 from .dopri5 import Dopri5 as Dopri5
@@ -8,6 +9,7 @@ from .euler import Euler as Euler
 from .euler_heun import EulerHeun as EulerHeun
 from .euler_maruyama import EulerMaruyama as EulerMaruyama
 from .fehlberg2 import Fehlberg2 as Fehlberg2
+from .fixed_adams import FixedAdams as FixedAdams
 from .heun import Heun as Heun
 from .ito_milstein import ItoMilstein as ItoMilstein
 from .leapfrog import Leapfrog as Leapfrog

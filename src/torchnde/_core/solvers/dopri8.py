@@ -332,12 +332,12 @@ def _build_interpolant(info: _Dop853Dense) -> torch.Tensor:
     y0, K, terms, control = info.y0, info.K, info.terms, info.control
     a, d = _dense_coeffs(y0.dtype, y0.device)
     y0f = y0.reshape(1, -1)
-    Kx = torch.cat([K.reshape(K.shape[0], -1), info.k13.reshape(1, -1)])  # (13, N)
+    Kx = torch.cat([K.reshape(K.shape[0], -1), info.k13.reshape(1, -1).to(y0.dtype)])  # (13, N)
     h = info.t1 - info.t0
     for i, c in enumerate(_C_EXTRA):
         n = Kx.shape[0]
         yi = torch.addmm(y0f, a[i : i + 1, :n], Kx).view_as(y0)
-        ki = terms.prod(terms.vf(info.t0 + c * h, yi, info.args), control)
+        ki = terms.prod(terms.vf(info.t0 + c * h, yi, info.args), control).to(y0.dtype)
         Kx = torch.cat([Kx, ki.reshape(1, -1)])
     dy = (info.y1 - y0).reshape(1, -1)
     k1 = Kx[:1]
