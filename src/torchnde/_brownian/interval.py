@@ -18,8 +18,9 @@ points to the previous query's end points. For a fixed-step solve (or any set of
 one length $\Delta t$ on a grid) every query gets $w = \Delta t$: each grid time cuts its own
 dyadic leaf of width $< \Delta t$, which holds no other grid time, so the samples are the
 same *whatever the order of the queries* (forward, backward, shuffled). A sequential sweep
-touches about two new tree levels per step (one or two draws), and so does the backward
-sweep of an adjoint, however small the cache.
+touches about two new tree levels per step (about two draws), and so does the backward
+sweep of an adjoint as long as the cache holds a root-to-leaf path and its siblings (the
+default 64 nodes does for steps down to about 2^-25 of the interval).
 
 Exactness. Every value is a draw from the exact conditional law given the values already
 fixed, so all increments are exactly jointly Gaussian with the Brownian covariance (no
@@ -197,9 +198,20 @@ class BrownianInterval(AbstractBrownianPath):
             old, _ = cache.popitem(last=False)
             old.W = old.H = None
 
+    def _touch_ancestors(self, node: _Node) -> None:
+        """Mark the cached ancestors as recent: a sweep keeps its root-to-leaf path in the
+        cache instead of evicting it and recomputing it at the next subtree it enters."""
+        cache = self._cache
+        p = node.parent
+        while p is not None and p.parent is not None:
+            if p.W is not None:
+                cache.move_to_end(p)
+            p = p.parent
+
     def _values(self, node: _Node) -> tuple[torch.Tensor, torch.Tensor | None]:
         if node.W is not None:
             if node is not self._root:
+                self._touch_ancestors(node)
                 self._cache.move_to_end(node)
             return node.W, node.H
         chain = []
@@ -222,6 +234,7 @@ class BrownianInterval(AbstractBrownianPath):
             self._store(parent.left, W1, H1)
             self._store(parent.right, W2, H2)
             W, H = (W1, H1) if child is parent.left else (W2, H2)
+        self._touch_ancestors(node)
         return W, H
 
     def _forward_increment(self, ta: float, tb: float) -> tuple[torch.Tensor, torch.Tensor | None]:
