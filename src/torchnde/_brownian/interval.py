@@ -31,7 +31,8 @@ sampled conditionally on the points already there, as in torchsde; only then do 
 depend on the order in which such close points were first queried.
 
 Memory. Tensors: at most ``cache_size`` nodes (plus the root). Bookkeeping: a small Python
-object per tree node (about 100 bytes), i.e. a few per distinct query time.
+object per tree node, which must stay to reproduce the cuts: about 0.7 KB per distinct query
+time of a fixed-step sweep (torchsde's interval with its dt hint: about 0.4 KB).
 
 Reference: the interval/bridge construction follows Kidger, Foster, Li, Lyons (2021),
 "Efficient and Accurate Gradients for Neural SDEs", NeurIPS, §4 (the Brownian Interval).
@@ -54,16 +55,13 @@ _MAX_DYADIC_DEPTH = 50
 
 
 class _Node:
-    __slots__ = ("a", "b", "depth", "index", "seed", "parent", "left", "right", "W", "H")
+    __slots__ = ("a", "b", "depth", "index", "parent", "left", "right", "W", "H")
 
-    def __init__(
-        self, a: float, b: float, depth: int, index: int, seed: int, parent: _Node | None
-    ) -> None:
+    def __init__(self, a: float, b: float, depth: int, index: int, parent: _Node | None) -> None:
         self.a = a
         self.b = b
         self.depth = depth  # dyadic depth, or -1 below a cut at a query point
         self.index = index
-        self.seed = seed
         self.parent = parent
         self.left: _Node | None = None
         self.right: _Node | None = None
@@ -122,7 +120,7 @@ class BrownianInterval(AbstractBrownianPath):
             )
         self.cache_size = cache_size
         self._base = mix(self.seed, 1)
-        self._root = _Node(self.t0, self.t1, 0, 0, mix(self._base, 0), None)
+        self._root = _Node(self.t0, self.t1, 0, 0, None)
         z = self._randn(mix(self.seed, 0), lead=(2,))
         self._root.W = z[0].mul(math.sqrt(self._span))
         if self.levy_area is not None:
@@ -145,11 +143,20 @@ class BrownianInterval(AbstractBrownianPath):
     def _cut(self, node: _Node, m: float) -> None:
         if node.depth >= 0 and m == 0.5 * (node.a + node.b):
             d, i = node.depth + 1, 2 * node.index
-            node.left = _Node(node.a, m, d, i, mix(self._base, (d << 56) ^ i), node)
-            node.right = _Node(m, node.b, d, i + 1, mix(self._base, (d << 56) ^ (i + 1)), node)
+            node.left = _Node(node.a, m, d, i, node)
+            node.right = _Node(m, node.b, d, i + 1, node)
         else:
-            node.left = _Node(node.a, m, -1, 0, mix(node.seed, 1), node)
-            node.right = _Node(m, node.b, -1, 0, mix(node.seed, 2), node)
+            node.left = _Node(node.a, m, -1, 0, node)
+            node.right = _Node(m, node.b, -1, 0, node)
+
+    def _seed(self, node: _Node) -> int:
+        """The seed of a node's cut: from its position for a dyadic node, else from its
+        parent's seed and its side (computed, not stored, to keep nodes small)."""
+        if node.depth >= 0:
+            return mix(self._base, (node.depth << 56) ^ node.index)
+        parent = node.parent
+        assert parent is not None
+        return mix(self._seed(parent), 1 if node is parent.left else 2)
 
     def _insert(self, t: float, w: float) -> None:
         """Make ``t`` a node boundary, cutting dyadically down to width ``< w`` first."""
@@ -227,7 +234,7 @@ class BrownianInterval(AbstractBrownianPath):
             parent = child.parent
             assert parent is not None and parent.left is not None and parent.right is not None
             lead = () if self.levy_area is None else (2,)
-            z = self._randn(parent.seed, lead)
+            z = self._randn(self._seed(parent), lead)
             h1 = parent.left.b - parent.a
             h2 = parent.b - parent.left.b
             W1, H1, W2, H2 = split(W, H, z, h1, h2)
