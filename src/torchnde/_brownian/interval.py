@@ -181,19 +181,42 @@ class BrownianInterval(AbstractBrownianPath):
             node = left if t < m else node.right
 
     def _cover(self, ta: float, tb: float) -> list[_Node]:
-        """The maximal nodes inside ``[ta, tb]`` (both node boundaries), left to right."""
-        out: list[_Node] = []
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            if node.b <= ta or tb <= node.a:
-                continue
-            if ta <= node.a and node.b <= tb:
-                out.append(node)
-                continue
-            assert node.left is not None and node.right is not None
-            stack.append(node.right)
-            stack.append(node.left)
+        """The maximal nodes inside ``[ta, tb]`` (both node boundaries), left to right: down
+        to the lowest node holding both, then along the two paths to ``ta`` and ``tb``."""
+        node = self._root
+        while True:
+            if node.a == ta and node.b == tb:
+                return [node]
+            left, right = node.left, node.right
+            assert left is not None and right is not None
+            m = left.b
+            if tb <= m:
+                node = left
+            elif ta >= m:
+                node = right
+            else:
+                break
+        # [ta, m] inside `left`: walk to ta, keeping the right siblings passed on the way
+        rights: list[_Node] = []
+        n = left
+        while n.a != ta:
+            assert n.left is not None and n.right is not None
+            if ta < n.left.b:
+                rights.append(n.right)
+                n = n.left
+            else:
+                n = n.right
+        out = [n, *reversed(rights)]
+        # [m, tb] inside `right`: walk to tb, keeping the left siblings
+        n = right
+        while n.b != tb:
+            assert n.left is not None and n.right is not None
+            if tb > n.left.b:
+                out.append(n.left)
+                n = n.right
+            else:
+                n = n.left
+        out.append(n)
         return out
 
     # ------------------------------------------------------------------------------ values
@@ -218,7 +241,6 @@ class BrownianInterval(AbstractBrownianPath):
     def _values(self, node: _Node) -> tuple[torch.Tensor, torch.Tensor | None]:
         if node.W is not None:
             if node is not self._root:
-                self._touch_ancestors(node)
                 self._cache.move_to_end(node)
             return node.W, node.H
         chain = []
@@ -241,7 +263,6 @@ class BrownianInterval(AbstractBrownianPath):
             self._store(parent.left, W1, H1)
             self._store(parent.right, W2, H2)
             W, H = (W1, H1) if child is parent.left else (W2, H2)
-        self._touch_ancestors(node)
         return W, H
 
     def _forward_increment(self, ta: float, tb: float) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -253,10 +274,13 @@ class BrownianInterval(AbstractBrownianPath):
         h = nodes[0].b - nodes[0].a
         if len(nodes) == 1:
             # a fresh tensor, so that callers may modify it without touching the cache
-            return W.clone(), None if H is None else H.clone()
+            W, H = W.clone(), None if H is None else H.clone()
         for node in nodes[1:]:
             W2, H2 = self._values(node)
             h2 = node.b - node.a
             W, H = join(W, H, h, W2, H2, h2)
             h += h2
+        # the parents of the cover are on the paths to ta and tb
+        self._touch_ancestors(nodes[0])
+        self._touch_ancestors(nodes[-1])
         return W, H
