@@ -180,6 +180,29 @@ def test_backward_pass_reconstructs_the_forward_increments_bit_for_bit(cls, levy
         assert torch.equal(bm(b, a), -f[0])
 
 
+@pytest.mark.parametrize("n", [100, 1000])
+def test_brownian_interval_sweeps_cost_a_bounded_number_of_draws_per_step(n):
+    # No dt hint and no cliff: a fixed-step sweep and its backward sweep each cost O(1)
+    # Gaussian draws per step (counted, not timed), whatever n.
+    bm = tn.BrownianInterval(0.0, 1.0, (1,), seed=0)
+    draws = [0]
+    randn = bm._randn
+
+    def counting(*a, **k):
+        draws[0] += 1
+        return randn(*a, **k)
+
+    bm._randn = counting  # type: ignore[method-assign]
+    ts = [k / n for k in range(n + 1)]
+    pairs = list(zip(ts[:-1], ts[1:]))
+    for a, b in pairs:
+        bm(a, b)
+    forward, draws[0] = draws[0], 0
+    for a, b in reversed(pairs):
+        bm(a, b)
+    assert forward / n < 3.5 and draws[0] / n < 3.5
+
+
 def test_brownian_path_is_reproducible_for_a_query_sequence():
     seq = [0.5, 0.1, 0.9, 0.3, 0.95]
     a = make(tn.BrownianPath, shape=(3,))

@@ -6,11 +6,10 @@ A node is cut once, at a point $m$, into two children whose values are drawn fro
 Brownian bridge given the node's values (:func:`bridge.split`), with noise seeded by the
 node. Nodes near the top are cut at their *dyadic midpoints* and seeded by their position
 (depth, index), so a dyadic node has the same value whenever it exists, whatever was queried
-before. A query time $t$ walks down from
-the root: while the current leaf is a dyadic node wider than the target width $w$ it is cut
-at its midpoint; once narrower, it is cut at $t$ itself and $t$ becomes a node boundary. The
-increment over $[t_a, t_b]$ is then the join of the $O(\text{depth})$ maximal nodes inside
-it.
+before. A query time $t$ walks down from the root: while the current leaf is a dyadic node
+wider than the target width $w$ it is cut at its midpoint; once narrower, it is cut at $t$
+itself and $t$ becomes a node boundary. The increment over $[t_a, t_b]$ is then the join of
+the $O(\text{depth})$ maximal nodes inside it.
 
 The target width is adapted from the query pattern, so that no ``dt`` hint is needed and the
 tree stays balanced: $w$ is the smallest of the query's length and the distances from its end
