@@ -199,22 +199,24 @@ class BrownianInterval(AbstractBrownianPath):
         rights: list[_Node] = []
         n = left
         while n.a != ta:
-            assert n.left is not None and n.right is not None
-            if ta < n.left.b:
-                rights.append(n.right)
-                n = n.left
+            lo, hi = n.left, n.right
+            assert lo is not None and hi is not None
+            if ta < lo.b:
+                rights.append(hi)
+                n = lo
             else:
-                n = n.right
+                n = hi
         out = [n, *reversed(rights)]
         # [m, tb] inside `right`: walk to tb, keeping the left siblings
         n = right
         while n.b != tb:
-            assert n.left is not None and n.right is not None
-            if tb > n.left.b:
-                out.append(n.left)
-                n = n.right
+            lo, hi = n.left, n.right
+            assert lo is not None and hi is not None
+            if tb > lo.b:
+                out.append(lo)
+                n = hi
             else:
-                n = n.left
+                n = lo
         out.append(n)
         return out
 
