@@ -330,6 +330,37 @@ def test_per_sample_times_give_each_sample_its_own_increment(cls):
 
 
 @pytest.mark.parametrize("cls", ALL)
+def test_per_sample_times_with_levy_area(cls):
+    bm = make(cls, shape=(3, 2), levy_area="foster")
+    ta = torch.tensor([0.1, 0.6, 0.3], dtype=F64)
+    tb = torch.tensor([0.4, 0.2, 0.9], dtype=F64)
+    inc = bm.increment(ta, tb)
+    for i in range(3):
+        one = bm.increment(float(ta[i]), float(tb[i]))
+        assert torch.equal(inc.W[i], one.W[i])
+        for got, ref in zip(inc[1:], one[1:]):
+            if cls is tn.BrownianPath:
+                # its H joins the gaps between the times stored *now*: equal to round-off
+                assert_close(got[i], ref[i], atol=1e-12)
+            else:
+                assert torch.equal(got[i], ref[i])
+
+
+def test_seed_none_follows_torch_manual_seed():
+    torch.manual_seed(7)
+    a = tn.BrownianInterval(0.0, 1.0, (3,))(0.5)
+    torch.manual_seed(7)
+    b = tn.BrownianInterval(0.0, 1.0, (3,))(0.5)
+    assert torch.equal(a, b)
+
+
+def test_numpy_scalars_are_accepted_as_times():
+    np = pytest.importorskip("numpy")
+    bm = make(tn.BrownianInterval, shape=(3,))
+    assert torch.equal(bm(np.float32(0.25), np.float64(0.5)), bm(0.25, 0.5))
+
+
+@pytest.mark.parametrize("cls", ALL)
 def test_control_term_reads_the_brownian_increment(cls):
     bm = make(cls, shape=(3, 2))
     term = tn.ControlTerm(lambda t, y, args: torch.ones_like(y), bm, noise="diagonal")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -44,6 +45,11 @@ class BrownianIncrement(NamedTuple):
     A: torch.Tensor | None = None
 
 
+def is_real(x: object) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
@@ -73,7 +79,7 @@ def _check_time(name: str, arg: str, t: Any) -> float:
                 f"{name}: `{arg}` must be a scalar, got a tensor of shape {tuple(t.shape)}."
             )
         t = t.item()
-    if isinstance(t, bool) or not isinstance(t, int | float):
+    if not is_real(t):
         raise TypeError(f"{name}: `{arg}` must be a real number, got {type(t).__name__} {t!r}.")
     t = float(t)
     if not math.isfinite(t):
@@ -207,7 +213,7 @@ class AbstractBrownianPath(AbstractPath):
                 f"{self._name}: `{arg}` must have shape () or (batch,) = ({self.shape[0]},) "
                 f"(per-sample times), got shape {tuple(t.shape)}."
             )
-        if isinstance(t, bool) or not isinstance(t, int | float):
+        if not is_real(t):
             raise TypeError(
                 f"{self._name}: `{arg}` must be a number or a tensor, got {type(t).__name__}."
             )

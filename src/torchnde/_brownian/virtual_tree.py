@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import AbstractBrownianPath, Time
+from .base import AbstractBrownianPath, Time, is_real
 from .bridge import join, mix, split
 
 __all__ = ["VirtualBrownianTree"]
@@ -67,7 +67,7 @@ class VirtualBrownianTree(AbstractBrownianPath):
         super().__init__(t0, t1, shape, dtype=dtype, device=device, seed=seed, levy_area=levy_area)
         if tol is None:
             tol = self._span * 2.0**-20
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
+        if not is_real(tol) or not float(tol) > 0:
             raise ValueError(
                 f"VirtualBrownianTree: `tol` must be a positive number (time resolution), got "
                 f"{tol!r}."
