@@ -170,6 +170,19 @@ class AbstractBrownianPath(AbstractPath):
         # round-off slack for times that land a hair outside [t0, t1] (t0 + n * dt)
         self._slack = 1e-6 * max(abs(self.t0), abs(self.t1), self._span)
 
+    def _cache_size(self, cache_size: int | None, per_node: int) -> int:
+        """Validate ``cache_size``; ``None`` picks as many nodes as fit in 32 MiB (at least
+        64, at most 8192), ``per_node`` tensors of ``shape`` each."""
+        if cache_size is None:
+            nbytes = per_node * math.prod(self.shape) * torch.finfo(self.dtype).bits // 8
+            return max(64, min(8192, (32 << 20) // max(nbytes, 1)))
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(
+                f"{self._name}: `cache_size` must be a positive int (tree nodes whose tensors "
+                f"are kept) or None, got {cache_size!r}."
+            )
+        return cache_size
+
     # ---------------------------------------------------------------------------- sampling
     def _randn(self, seed: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
         """Standard normal noise of shape ``lead + self.shape`` from a seed (bit-reproducible

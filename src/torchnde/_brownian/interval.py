@@ -18,8 +18,8 @@ one length $\Delta t$ on a grid) every query gets $w = \Delta t$: each grid time
 dyadic leaf of width $< \Delta t$, which holds no other grid time, so the samples are the
 same *whatever the order of the queries* (forward, backward, shuffled). A sequential sweep
 touches about two new tree levels per step (about two draws), and so does the backward
-sweep of an adjoint as long as the cache holds a root-to-leaf path and its siblings (the
-default 64 nodes does for steps down to about 2^-25 of the interval).
+sweep of an adjoint as long as the cache holds a root-to-leaf path and its siblings (64
+nodes do for steps down to about 2^-25 of the interval; the default holds more).
 
 Exactness. Every value is a draw from the exact conditional law given the values already
 fixed, so all increments are exactly jointly Gaussian with the Brownian covariance (no
@@ -89,7 +89,8 @@ class BrownianInterval(AbstractBrownianPath):
         levy_area: ``None``, ``"space-time"`` (sample $H$ jointly with $W$), or ``"davie"`` /
             ``"foster"`` (also approximate the full area $A$ from $(W, H)$).
         cache_size: how many tree nodes keep their tensors (LRU); memory is
-            ``cache_size * prod(shape)`` numbers (twice that with Lévy area).
+            ``cache_size * prod(shape)`` numbers (twice that with Lévy area). Default: as many
+            as fit in 32 MiB, at least 64 (more make random access cheaper).
 
     Example:
         >>> bm = BrownianInterval(0.0, 1.0, (256, 32), seed=0)
@@ -109,15 +110,10 @@ class BrownianInterval(AbstractBrownianPath):
         device: torch.device | str | None = None,
         seed: int | None = None,
         levy_area: str | None = None,
-        cache_size: int = 64,
+        cache_size: int | None = None,
     ) -> None:
         super().__init__(t0, t1, shape, dtype=dtype, device=device, seed=seed, levy_area=levy_area)
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
-            raise ValueError(
-                f"BrownianInterval: `cache_size` must be a positive int (nodes kept in memory), "
-                f"got {cache_size!r}."
-            )
-        self.cache_size = cache_size
+        self.cache_size = self._cache_size(cache_size, 1 if levy_area is None else 2)
         self._base = mix(self.seed, 1)
         self._root = _Node(self.t0, self.t1, 0, 0, None)
         z = self._randn(mix(self.seed, 0), lead=(2,))
