@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -44,6 +45,11 @@ class BrownianIncrement(NamedTuple):
     A: torch.Tensor | None = None
 
 
+def is_real(x: object) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
@@ -73,7 +79,7 @@ def _check_time(name: str, arg: str, t: Any) -> float:
                 f"{name}: `{arg}` must be a scalar, got a tensor of shape {tuple(t.shape)}."
             )
         t = t.item()
-    if isinstance(t, bool) or not isinstance(t, int | float):
+    if not is_real(t):
         raise TypeError(f"{name}: `{arg}` must be a real number, got {type(t).__name__} {t!r}.")
     t = float(t)
     if not math.isfinite(t):
@@ -152,10 +158,30 @@ class AbstractBrownianPath(AbstractPath):
                 f"{levy_area!r}."
             )
         self.levy_area = levy_area
-        self._gen = torch.Generator(device=self.device)
+        try:
+            self._gen = torch.Generator(device=self.device)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{name}: cannot create a random generator on `device`={device!r} "
+                f"({str(e).split('.')[0]}); pass a "
+                "device this machine has (e.g. 'cpu' or 'cuda')."
+            ) from None
         self._span = self.t1 - self.t0
         # round-off slack for times that land a hair outside [t0, t1] (t0 + n * dt)
         self._slack = 1e-6 * max(abs(self.t0), abs(self.t1), self._span)
+
+    def _cache_size(self, cache_size: int | None, per_node: int) -> int:
+        """Validate ``cache_size``; ``None`` picks as many nodes as fit in 32 MiB (at least
+        64, at most 8192), ``per_node`` tensors of ``shape`` each."""
+        if cache_size is None:
+            nbytes = per_node * math.prod(self.shape) * torch.finfo(self.dtype).bits // 8
+            return max(64, min(8192, (32 << 20) // max(nbytes, 1)))
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(
+                f"{self._name}: `cache_size` must be a positive int (tree nodes whose tensors "
+                f"are kept) or None, got {cache_size!r}."
+            )
+        return cache_size
 
     # ---------------------------------------------------------------------------- sampling
     def _randn(self, seed: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
@@ -200,7 +226,7 @@ class AbstractBrownianPath(AbstractPath):
                 f"{self._name}: `{arg}` must have shape () or (batch,) = ({self.shape[0]},) "
                 f"(per-sample times), got shape {tuple(t.shape)}."
             )
-        if isinstance(t, bool) or not isinstance(t, int | float):
+        if not is_real(t):
             raise TypeError(
                 f"{self._name}: `{arg}` must be a number or a tensor, got {type(t).__name__}."
             )

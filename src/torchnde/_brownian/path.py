@@ -28,7 +28,10 @@ class BrownianPath(AbstractBrownianPath):
 
     Extending the path forward costs one Gaussian draw; a query between known times is filled
     in by the Brownian bridge (also exact). The samples depend on the seed and on the order in
-    which new times were first queried; repeated queries return the stored values.
+    which new times were first queried; repeated queries return the stored values (the
+    space-time Lévy area of an interval is the join of the gaps between the times stored at
+    the query, so once new times were added inside the interval it is reproduced to round-off
+    rather than bit for bit).
 
     Args:
         t0, t1: the interval, ``t0 < t1``.

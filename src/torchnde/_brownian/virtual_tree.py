@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import AbstractBrownianPath, Time
+from .base import AbstractBrownianPath, Time, is_real
 from .bridge import join, mix, split
 
 __all__ = ["VirtualBrownianTree"]
@@ -46,7 +46,8 @@ class VirtualBrownianTree(AbstractBrownianPath):
         shape: ``(batch, *noise)``.
         tol: the time resolution (leaf width bound); default ``(t1 - t0) * 2**-20``.
         dtype, device, seed, levy_area: as for :class:`BrownianInterval`.
-        cache_size: how many tree nodes keep their tensors (LRU).
+        cache_size: how many tree nodes keep their tensors (LRU); default as many as fit in
+            32 MiB, at least 64.
     """
 
     _name = "VirtualBrownianTree"
@@ -62,24 +63,19 @@ class VirtualBrownianTree(AbstractBrownianPath):
         device: torch.device | str | None = None,
         seed: int | None = None,
         levy_area: str | None = None,
-        cache_size: int = 64,
+        cache_size: int | None = None,
     ) -> None:
         super().__init__(t0, t1, shape, dtype=dtype, device=device, seed=seed, levy_area=levy_area)
         if tol is None:
             tol = self._span * 2.0**-20
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
+        if not is_real(tol) or not float(tol) > 0:
             raise ValueError(
                 f"VirtualBrownianTree: `tol` must be a positive number (time resolution), got "
                 f"{tol!r}."
             )
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
-            raise ValueError(
-                "VirtualBrownianTree: `cache_size` must be a positive int (nodes kept in "
-                f"memory), got {cache_size!r}."
-            )
         self.tol = float(tol)
         self.depth = min(60, max(0, math.ceil(math.log2(self._span / self.tol))))
-        self.cache_size = cache_size
+        self.cache_size = self._cache_size(cache_size, 1 if levy_area is None else 2)
         self._base = mix(self.seed, 2)
         z = self._randn(mix(self.seed, 0), lead=(2,))
         W = z[0].mul(math.sqrt(self._span))
@@ -208,6 +204,9 @@ class VirtualBrownianTree(AbstractBrownianPath):
             stack.append((d + 1, 2 * i + 1, m, b))
             stack.append((d + 1, 2 * i, a, m))
         W, H, h = pieces[0]
+        if len(pieces) == 1:
+            assert H is not None
+            return H.clone()  # may be a cached tensor: the caller gets its own
         for W2, H2, h2 in pieces[1:]:
             W, H = join(W, H, h, W2, H2, h2)
             h += h2
