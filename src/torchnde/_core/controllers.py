@@ -52,9 +52,12 @@ class AbstractStepSizeController(abc.ABC):
        ``(accept, next_t0, next_t1, made_jump, state)``; every time has the batch shape of the
        solve (``()`` joint, ``(batch,)`` per sample).
     3. ``per_sample`` says whether each sample steps on its own.
+    4. ``never_rejects = True`` promises that ``accept`` is always true, so the loop skips
+       selecting between the old and the new state.
     """
 
     per_sample: bool = False
+    never_rejects: bool = False
     dtmin: float | None = None
     step_ts: torch.Tensor | None = None
     jump_ts: torch.Tensor | None = None
@@ -131,6 +134,8 @@ class ConstantStepSize(AbstractStepSizeController):
             first-same-as-last evaluation is redone after them.
         per_sample: step each sample on its own clock (for per-sample ``t0``/``t1``/``ts``).
     """
+
+    never_rejects = True
 
     def __init__(
         self,

@@ -348,7 +348,10 @@ class Loop:
             t, tnext, y, st.fstate, st.cstate, st.running
         )
         nfe = self.solver.num_fevals_step
-        t_after = torch.where(accept, tnext, t)
+        # Joint steps of a controller that never rejects (a non-finite step ends the solve)
+        # need no selection between the old and the new state: it would only copy.
+        always = not (per_sample or adaptive) and self.controller.never_rejects
+        t_after = tnext if always else torch.where(accept, tnext, t)
         t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
         event_hit, event_mask, g_prev = st.event_hit, st.event_mask, st.g_prev
@@ -374,8 +377,11 @@ class Loop:
 
         # Advance accepted samples.
         t_before = t
-        y = torch.where(broadcast_time(accept, y1), y1, y)
-        fstate = tree_where(accept, fnew, st.fstate)
+        if always:
+            y, fstate = y1, fnew
+        else:
+            y = torch.where(broadcast_time(accept, y1), y1, y)
+            fstate = tree_where(accept, fnew, st.fstate)
         t = t_after
         tnext = self._clip_end(next_t1)
         new = _State(
@@ -443,13 +449,15 @@ class Loop:
                     req.append(made_jump)
                 vals = _host(req)
                 t_host, tnext_host = float(vals[0]), float(vals[1])
-                accepted = t_host != prev.t_shown
                 status = Status.SUCCESSFUL
                 if ev_now:
                     status = Status.EVENT_OCCURRED
                 elif not adaptive and not vals[2]:
                     status = Status.NONFINITE
-                elif adaptive and not accepted and tnext_host - t_host < self.floor_host:
+                    if always:
+                        t_host = prev.t_shown  # the failed step is undone below
+                accepted = t_host != prev.t_shown
+                if adaptive and not accepted and tnext_host - t_host < self.floor_host:
                     status = Status.DT_UNDERFLOW
                 host.status = status
                 host.accepted = accepted
@@ -462,6 +470,10 @@ class Loop:
                 host.num_accepted = prev.num_accepted + int(accepted)
             else:
                 host = replay
+            if always and host.status == Status.NONFINITE:
+                # Keep the last finite state, as a rejecting controller would.
+                t, y = t_before, st.y
+                new.t, new.y, new.fstate = t, y, st.fstate
             if host.accepted:
                 if host.save_num > prev.save_num:
                     num_new = host.save_num - prev.save_num
