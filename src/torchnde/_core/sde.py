@@ -210,6 +210,13 @@ def diagonal_derivative(fn: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     activations fall back to slow decompositions). Differentiable in turn when autograd
     is recording."""
     recording = torch.is_grad_enabled()
+    if recording and not y.requires_grad:
+        # Record only if fn reads tensors requiring grad (parameters); otherwise the graph
+        # through a fresh leaf would make the solution require grad for nothing.
+        plain = fn(y)
+        if not plain.requires_grad:
+            with torch.no_grad():
+                return diagonal_derivative(fn, y)
     with torch.enable_grad():
         y_ = y if recording and y.requires_grad else y.detach().requires_grad_(True)
         out = fn(y_)
