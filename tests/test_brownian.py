@@ -31,6 +31,14 @@ def make(cls, shape=(N,), t0=0.0, t1=1.0, **kw):
     return cls(t0, t1, shape, **kw)
 
 
+def assert_close(x: torch.Tensor, y: torch.Tensor, atol: float) -> None:
+    """|x - y| <= atol elementwise, same shape and dtype (torch.testing.assert_close costs a
+    multi-second import of torch.distributed on first use)."""
+    assert x.shape == y.shape and x.dtype == y.dtype
+    err = float((x - y).abs().max()) if x.numel() else 0.0
+    assert err <= atol, f"max abs difference {err:.3g} > {atol:.3g}"
+
+
 def se_var(var: float, n: int = N) -> float:
     """Standard error of a sample variance of n Gaussian samples."""
     return var * math.sqrt(2.0 / n)
@@ -98,8 +106,8 @@ def test_increments_are_additive_over_splits_to_round_off(cls):
     for _ in range(30):
         a, b, c = sorted(rng.uniform(0.0, 1.0) for _ in range(3))
         Wac = bm(a, c)
-        torch.testing.assert_close(bm(a, b) + bm(b, c), Wac, atol=1e-13, rtol=0)
-    torch.testing.assert_close(bm(0.25), bm(0.0, 0.25), atol=0, rtol=0)
+        assert_close(bm(a, b) + bm(b, c), Wac, atol=1e-13)
+    assert_close(bm(0.25), bm(0.0, 0.25), atol=0)
 
 
 def grid_queries(n=100):
@@ -152,6 +160,8 @@ def test_dyadic_nodes_of_brownian_interval_do_not_depend_on_the_queries():
 @pytest.mark.parametrize("levy_area", [None, "space-time"])
 def test_backward_pass_reconstructs_the_forward_increments_bit_for_bit(cls, levy_area):
     kw = {} if cls is tn.BrownianPath else {"cache_size": 2}  # tiny cache: recompute a lot
+    if cls is tn.VirtualBrownianTree:
+        kw["tol"] = 1e-3
     bm = make(cls, shape=(6, 3), levy_area=levy_area, **kw)
     rng = random.Random(1)
     ts = sorted({0.0, 1.0, *(rng.uniform(0, 1) for _ in range(40))})
@@ -168,6 +178,29 @@ def test_backward_pass_reconstructs_the_forward_increments_bit_for_bit(cls, levy
     # reverse-time queries give the negated increment, bit for bit
     for (a, b), f in zip(pairs, fwd):
         assert torch.equal(bm(b, a), -f[0])
+
+
+@pytest.mark.parametrize("n", [100, 1000])
+def test_brownian_interval_sweeps_cost_a_bounded_number_of_draws_per_step(n):
+    # No dt hint and no cliff: a fixed-step sweep and its backward sweep each cost O(1)
+    # Gaussian draws per step (counted, not timed), whatever n.
+    bm = tn.BrownianInterval(0.0, 1.0, (1,), seed=0)
+    draws = [0]
+    randn = bm._randn
+
+    def counting(*a, **k):
+        draws[0] += 1
+        return randn(*a, **k)
+
+    bm._randn = counting  # type: ignore[method-assign]
+    ts = [k / n for k in range(n + 1)]
+    pairs = list(zip(ts[:-1], ts[1:]))
+    for a, b in pairs:
+        bm(a, b)
+    forward, draws[0] = draws[0], 0
+    for a, b in reversed(pairs):
+        bm(a, b)
+    assert forward / n < 3.5 and draws[0] / n < 3.5
 
 
 def test_brownian_path_is_reproducible_for_a_query_sequence():
@@ -191,6 +224,24 @@ def test_space_time_levy_area_has_variance_h_over_12_and_is_independent_of_W(cls
         # independent: uncorrelated with W and with W^2 (Gaussian pair, so enough)
         assert abs(float(torch.corrcoef(torch.stack([W, H]))[0, 1])) < 5 / math.sqrt(N)
         assert abs(float(torch.corrcoef(torch.stack([W * W, H]))[0, 1])) < 5 / math.sqrt(N)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_space_time_levy_area_is_the_time_integral_of_the_path(cls):
+    # H = (1/h) int (W_u - W_a - (u - a)/h W_ab) du. The trapezoid rule on a grid of step dt
+    # misses exactly sum_k (dt/h) H_k (the sub-intervals' own areas), of standard deviation
+    # dt / sqrt(12) for h = 1; an H unrelated to the path would be off by sqrt(1/12).
+    n, B = 256, 256
+    dt = 1.0 / n
+    kw = {"tol": 2.0**-10} if cls is tn.VirtualBrownianTree else {}
+    bm = make(cls, shape=(B,), levy_area="space-time", **kw)
+    W_ab, H, _ = bm.increment(0.0, 1.0)
+    dW = torch.stack([bm(k * dt, (k + 1) * dt) for k in range(n)])
+    Wt = torch.cat([torch.zeros(1, B, dtype=F64), dW.cumsum(0)])  # W at the grid, (n + 1, B)
+    u = torch.linspace(0.0, 1.0, n + 1, dtype=F64)[:, None]
+    f = Wt - u * W_ab
+    H_trap = dt * (f[1:] + f[:-1]).sum(0) / 2
+    assert (H - H_trap).abs().max() < 6 * dt / math.sqrt(12)
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -223,8 +274,8 @@ def test_space_time_levy_area_is_consistent_over_splits(cls):
         W2, H2, _ = bm.increment(b, c)
         W, H, _ = bm.increment(a, c)
         Wj, Hj = join(W1, H1, b - a, W2, H2, c - b)
-        torch.testing.assert_close(Wj, W, atol=1e-12, rtol=0)
-        torch.testing.assert_close(Hj, H, atol=1e-12, rtol=0)
+        assert_close(Wj, W, atol=1e-12)
+        assert_close(Hj, H, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["davie", "foster"])
@@ -233,7 +284,7 @@ def test_full_levy_area_has_the_right_mean_variance_and_antisymmetry(kind):
     bm = make(tn.BrownianInterval, shape=(N, 2), levy_area=kind)
     W, H, A = bm.increment(0.25, 0.25 + h)
     assert A is not None and A.shape == (N, 2, 2)
-    torch.testing.assert_close(A, -A.transpose(-1, -2), atol=0, rtol=0)
+    assert_close(A, -A.transpose(-1, -2), atol=0)
     a = A[:, 0, 1]
     # Var A_ij = h^2 / 4 for the true Lévy area; both approximations match it
     assert abs(float(a.var()) - h * h / 4) < 5 * se_var(h * h / 4)
@@ -272,10 +323,10 @@ def test_per_sample_times_give_each_sample_its_own_increment(cls):
     tb = torch.tensor([0.5, 0.3, 0.3, 0.2])  # the last one runs backwards
     W = bm(ta, tb)
     for i in range(4):
-        torch.testing.assert_close(W[i], bm(float(ta[i]), float(tb[i]))[i], atol=0, rtol=0)
+        assert torch.equal(W[i], bm(float(ta[i]), float(tb[i]))[i])
     # a scalar time broadcasts against per-sample ones
     W0 = bm(0.0, tb)
-    torch.testing.assert_close(W0[3], bm(0.0, float(tb[3]))[3], atol=0, rtol=0)
+    assert torch.equal(W0[3], bm(0.0, float(tb[3]))[3])
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -283,7 +334,7 @@ def test_control_term_reads_the_brownian_increment(cls):
     bm = make(cls, shape=(3, 2))
     term = tn.ControlTerm(lambda t, y, args: torch.ones_like(y), bm, noise="diagonal")
     t0, t1 = torch.tensor(0.2, dtype=F64), torch.tensor(0.45, dtype=F64)
-    torch.testing.assert_close(term.contr(t0, t1), bm(0.2, 0.45), atol=0, rtol=0)
+    assert_close(term.contr(t0, t1), bm(0.2, 0.45), atol=0)
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -296,7 +347,7 @@ def test_solving_dy_equals_sigma_dW_returns_sigma_W(cls):
         tn.ControlTerm(lambda t, y, args: 0.5 * torch.ones_like(y), bm, noise="diagonal"),
     )
     sol = tn.solve(terms, tn.Heun(), 0.0, 1.0, y0, dt0=0.05, controller=tn.ConstantStepSize())
-    torch.testing.assert_close(sol.ys[-1], 0.5 * bm(0.0, 1.0), atol=1e-12, rtol=0)
+    assert_close(sol.ys[-1], 0.5 * bm(0.0, 1.0), atol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -305,7 +356,7 @@ def test_samples_live_on_the_requested_cuda_device(cls):
     bm = cls(0.0, 1.0, (8, 3), device="cuda", seed=0, levy_area="foster")
     W, H, A = bm.increment(torch.tensor(0.1, device="cuda"), torch.tensor(0.9, device="cuda"))
     assert W.device.type == H.device.type == A.device.type == "cuda"
-    torch.testing.assert_close(bm(0.1, 0.5) + bm(0.5, 0.9), W, atol=1e-6, rtol=0)
+    assert_close(bm(0.1, 0.5) + bm(0.5, 0.9), W, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -339,6 +390,12 @@ def test_bad_tree_parameters_raise_clear_errors():
         tn.BrownianInterval(0.0, 1.0, (4,), cache_size=0)
     with pytest.raises(ValueError, match="`tol` must be a positive number"):
         tn.VirtualBrownianTree(0.0, 1.0, (4,), tol=0.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot create a random generator on `device`='cuda'"):
+        tn.BrownianInterval(0.0, 1.0, (4,), device="cuda")
 
 
 def test_times_a_round_off_outside_the_interval_are_clipped():

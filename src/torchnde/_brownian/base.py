@@ -152,7 +152,14 @@ class AbstractBrownianPath(AbstractPath):
                 f"{levy_area!r}."
             )
         self.levy_area = levy_area
-        self._gen = torch.Generator(device=self.device)
+        try:
+            self._gen = torch.Generator(device=self.device)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{name}: cannot create a random generator on `device`={device!r} "
+                f"({str(e).split('.')[0]}); pass a "
+                "device this machine has (e.g. 'cpu' or 'cuda')."
+            ) from None
         self._span = self.t1 - self.t0
         # round-off slack for times that land a hair outside [t0, t1] (t0 + n * dt)
         self._slack = 1e-6 * max(abs(self.t0), abs(self.t1), self._span)

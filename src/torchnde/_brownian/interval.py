@@ -6,11 +6,10 @@ A node is cut once, at a point $m$, into two children whose values are drawn fro
 Brownian bridge given the node's values (:func:`bridge.split`), with noise seeded by the
 node. Nodes near the top are cut at their *dyadic midpoints* and seeded by their position
 (depth, index), so a dyadic node has the same value whenever it exists, whatever was queried
-before. A query time $t$ walks down from
-the root: while the current leaf is a dyadic node wider than the target width $w$ it is cut
-at its midpoint; once narrower, it is cut at $t$ itself and $t$ becomes a node boundary. The
-increment over $[t_a, t_b]$ is then the join of the $O(\text{depth})$ maximal nodes inside
-it.
+before. A query time $t$ walks down from the root: while the current leaf is a dyadic node
+wider than the target width $w$ it is cut at its midpoint; once narrower, it is cut at $t$
+itself and $t$ becomes a node boundary. The increment over $[t_a, t_b]$ is then the join of
+the $O(\text{depth})$ maximal nodes inside it.
 
 The target width is adapted from the query pattern, so that no ``dt`` hint is needed and the
 tree stays balanced: $w$ is the smallest of the query's length and the distances from its end
@@ -18,8 +17,9 @@ points to the previous query's end points. For a fixed-step solve (or any set of
 one length $\Delta t$ on a grid) every query gets $w = \Delta t$: each grid time cuts its own
 dyadic leaf of width $< \Delta t$, which holds no other grid time, so the samples are the
 same *whatever the order of the queries* (forward, backward, shuffled). A sequential sweep
-touches about two new tree levels per step (one or two draws), and so does the backward
-sweep of an adjoint, however small the cache.
+touches about two new tree levels per step (about two draws), and so does the backward
+sweep of an adjoint as long as the cache holds a root-to-leaf path and its siblings (the
+default 64 nodes does for steps down to about 2^-25 of the interval).
 
 Exactness. Every value is a draw from the exact conditional law given the values already
 fixed, so all increments are exactly jointly Gaussian with the Brownian covariance (no
@@ -30,7 +30,8 @@ sampled conditionally on the points already there, as in torchsde; only then do 
 depend on the order in which such close points were first queried.
 
 Memory. Tensors: at most ``cache_size`` nodes (plus the root). Bookkeeping: a small Python
-object per tree node (about 100 bytes), i.e. a few per distinct query time.
+object per tree node, which must stay to reproduce the cuts: about 0.7 KB per distinct query
+time of a fixed-step sweep (torchsde's interval with its dt hint: about 0.4 KB).
 
 Reference: the interval/bridge construction follows Kidger, Foster, Li, Lyons (2021),
 "Efficient and Accurate Gradients for Neural SDEs", NeurIPS, §4 (the Brownian Interval).
@@ -53,16 +54,13 @@ _MAX_DYADIC_DEPTH = 50
 
 
 class _Node:
-    __slots__ = ("a", "b", "depth", "index", "seed", "parent", "left", "right", "W", "H")
+    __slots__ = ("a", "b", "depth", "index", "parent", "left", "right", "W", "H")
 
-    def __init__(
-        self, a: float, b: float, depth: int, index: int, seed: int, parent: _Node | None
-    ) -> None:
+    def __init__(self, a: float, b: float, depth: int, index: int, parent: _Node | None) -> None:
         self.a = a
         self.b = b
         self.depth = depth  # dyadic depth, or -1 below a cut at a query point
         self.index = index
-        self.seed = seed
         self.parent = parent
         self.left: _Node | None = None
         self.right: _Node | None = None
@@ -121,7 +119,7 @@ class BrownianInterval(AbstractBrownianPath):
             )
         self.cache_size = cache_size
         self._base = mix(self.seed, 1)
-        self._root = _Node(self.t0, self.t1, 0, 0, mix(self._base, 0), None)
+        self._root = _Node(self.t0, self.t1, 0, 0, None)
         z = self._randn(mix(self.seed, 0), lead=(2,))
         self._root.W = z[0].mul(math.sqrt(self._span))
         if self.levy_area is not None:
@@ -144,11 +142,20 @@ class BrownianInterval(AbstractBrownianPath):
     def _cut(self, node: _Node, m: float) -> None:
         if node.depth >= 0 and m == 0.5 * (node.a + node.b):
             d, i = node.depth + 1, 2 * node.index
-            node.left = _Node(node.a, m, d, i, mix(self._base, (d << 56) ^ i), node)
-            node.right = _Node(m, node.b, d, i + 1, mix(self._base, (d << 56) ^ (i + 1)), node)
+            node.left = _Node(node.a, m, d, i, node)
+            node.right = _Node(m, node.b, d, i + 1, node)
         else:
-            node.left = _Node(node.a, m, -1, 0, mix(node.seed, 1), node)
-            node.right = _Node(m, node.b, -1, 0, mix(node.seed, 2), node)
+            node.left = _Node(node.a, m, -1, 0, node)
+            node.right = _Node(m, node.b, -1, 0, node)
+
+    def _seed(self, node: _Node) -> int:
+        """The seed of a node's cut: from its position for a dyadic node, else from its
+        parent's seed and its side (computed, not stored, to keep nodes small)."""
+        if node.depth >= 0:
+            return mix(self._base, (node.depth << 56) ^ node.index)
+        parent = node.parent
+        assert parent is not None
+        return mix(self._seed(parent), 1 if node is parent.left else 2)
 
     def _insert(self, t: float, w: float) -> None:
         """Make ``t`` a node boundary, cutting dyadically down to width ``< w`` first."""
@@ -173,19 +180,44 @@ class BrownianInterval(AbstractBrownianPath):
             node = left if t < m else node.right
 
     def _cover(self, ta: float, tb: float) -> list[_Node]:
-        """The maximal nodes inside ``[ta, tb]`` (both node boundaries), left to right."""
-        out: list[_Node] = []
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            if node.b <= ta or tb <= node.a:
-                continue
-            if ta <= node.a and node.b <= tb:
-                out.append(node)
-                continue
-            assert node.left is not None and node.right is not None
-            stack.append(node.right)
-            stack.append(node.left)
+        """The maximal nodes inside ``[ta, tb]`` (both node boundaries), left to right: down
+        to the lowest node holding both, then along the two paths to ``ta`` and ``tb``."""
+        node = self._root
+        while True:
+            if node.a == ta and node.b == tb:
+                return [node]
+            left, right = node.left, node.right
+            assert left is not None and right is not None
+            m = left.b
+            if tb <= m:
+                node = left
+            elif ta >= m:
+                node = right
+            else:
+                break
+        # [ta, m] inside `left`: walk to ta, keeping the right siblings passed on the way
+        rights: list[_Node] = []
+        n = left
+        while n.a != ta:
+            lo, hi = n.left, n.right
+            assert lo is not None and hi is not None
+            if ta < lo.b:
+                rights.append(hi)
+                n = lo
+            else:
+                n = hi
+        out = [n, *reversed(rights)]
+        # [m, tb] inside `right`: walk to tb, keeping the left siblings
+        n = right
+        while n.b != tb:
+            lo, hi = n.left, n.right
+            assert lo is not None and hi is not None
+            if tb > lo.b:
+                out.append(lo)
+                n = hi
+            else:
+                n = lo
+        out.append(n)
         return out
 
     # ------------------------------------------------------------------------------ values
@@ -196,6 +228,16 @@ class BrownianInterval(AbstractBrownianPath):
         if len(cache) > self.cache_size:
             old, _ = cache.popitem(last=False)
             old.W = old.H = None
+
+    def _touch_ancestors(self, node: _Node) -> None:
+        """Mark the cached ancestors as recent: a sweep keeps its root-to-leaf path in the
+        cache instead of evicting it and recomputing it at the next subtree it enters."""
+        cache = self._cache
+        p = node.parent
+        while p is not None and p.parent is not None:
+            if p.W is not None:
+                cache.move_to_end(p)
+            p = p.parent
 
     def _values(self, node: _Node) -> tuple[torch.Tensor, torch.Tensor | None]:
         if node.W is not None:
@@ -215,7 +257,7 @@ class BrownianInterval(AbstractBrownianPath):
             parent = child.parent
             assert parent is not None and parent.left is not None and parent.right is not None
             lead = () if self.levy_area is None else (2,)
-            z = self._randn(parent.seed, lead)
+            z = self._randn(self._seed(parent), lead)
             h1 = parent.left.b - parent.a
             h2 = parent.b - parent.left.b
             W1, H1, W2, H2 = split(W, H, z, h1, h2)
@@ -233,10 +275,13 @@ class BrownianInterval(AbstractBrownianPath):
         h = nodes[0].b - nodes[0].a
         if len(nodes) == 1:
             # a fresh tensor, so that callers may modify it without touching the cache
-            return W.clone(), None if H is None else H.clone()
+            W, H = W.clone(), None if H is None else H.clone()
         for node in nodes[1:]:
             W2, H2 = self._values(node)
             h2 = node.b - node.a
             W, H = join(W, H, h, W2, H2, h2)
             h += h2
+        # the parents of the cover are on the paths to ta and tb
+        self._touch_ancestors(nodes[0])
+        self._touch_ancestors(nodes[-1])
         return W, H

@@ -208,6 +208,9 @@ class VirtualBrownianTree(AbstractBrownianPath):
             stack.append((d + 1, 2 * i + 1, m, b))
             stack.append((d + 1, 2 * i, a, m))
         W, H, h = pieces[0]
+        if len(pieces) == 1:
+            assert H is not None
+            return H.clone()  # may be a cached tensor: the caller gets its own
         for W2, H2, h2 in pieces[1:]:
             W, H = join(W, H, h, W2, H2, h2)
             h += h2
