@@ -26,19 +26,37 @@ below the step (ignored: torchnde reports step-size underflow itself).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
-from .._brownian import BrownianInterval as _BrownianInterval
-from .._brownian import BrownianPath as _BrownianPath
-from .._brownian import VirtualBrownianTree as _VirtualBrownianTree
 from .._core.terms import NOISE_TYPES
 from .._sdeint import sde_solver_from_name
 from .._sdeint import sdeint as _sdeint
+from ._torchsde_brownian import (
+    BaseBrownian,
+    BrownianInterval,
+    BrownianPath,
+    BrownianTree,
+    ReverseBrownian,
+)
 
-__all__ = ["BrownianInterval", "BrownianPath", "BrownianTree", "sdeint", "sdeint_adjoint"]
+__all__ = [
+    "BaseBrownian",
+    "BaseSDE",
+    "BrownianInterval",
+    "BrownianPath",
+    "BrownianTree",
+    "ReverseBrownian",
+    "SDEIto",
+    "SDEStratonovich",
+    "brownian_interval_like",
+    "sdeint",
+    "sdeint_adjoint",
+    "settings",
+]
 
 _METHODS = {
     "euler": "euler",
@@ -49,85 +67,91 @@ _METHODS = {
     "heun": "heun",
     "euler_heun": "euler_heun",
 }
-_LEVY = {"none": None, "space-time": "space-time", "davie": "davie", "foster": "foster"}
 
 
-def _levy(name: str) -> str | None:
-    if name not in _LEVY:
-        raise ValueError(f"`levy_area_approximation` must be one of {list(_LEVY)}, got {name!r}.")
-    return _LEVY[name]
+class _Names:
+    """A torchsde ``settings`` enumeration: attributes and iteration over the names."""
+
+    def __init__(self, **names: str) -> None:
+        self.__dict__.update(names)
+
+    def __iter__(self) -> Any:
+        return iter(self.__dict__.values())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.__dict__.values()
 
 
-def BrownianInterval(
-    t0: float,
-    t1: float,
+settings = SimpleNamespace(
+    SDE_TYPES=_Names(ito="ito", stratonovich="stratonovich"),
+    NOISE_TYPES=_Names(
+        general="general", diagonal="diagonal", scalar="scalar", additive="additive"
+    ),
+    METHODS=_Names(
+        euler="euler",
+        milstein="milstein",
+        srk="srk",
+        midpoint="midpoint",
+        reversible_heun="reversible_heun",
+        adjoint_reversible_heun="adjoint_reversible_heun",
+        heun="heun",
+        log_ode_midpoint="log_ode",
+        euler_heun="euler_heun",
+    ),  # fmt: skip
+    LEVY_AREA_APPROXIMATIONS=_Names(
+        none="none", space_time="space-time", davie="davie", foster="foster"
+    ),
+)
+"""torchsde's ``torchsde.settings`` constants (``METHODS``, ``NOISE_TYPES``, ``SDE_TYPES``,
+``LEVY_AREA_APPROXIMATIONS``)."""
+
+
+class BaseSDE(torch.nn.Module):
+    """torchsde's ``BaseSDE(noise_type, sde_type)``: an ``nn.Module`` carrying the two
+    attributes the SDE protocol reads."""
+
+    def __init__(self, noise_type: str, sde_type: str) -> None:
+        super().__init__()
+        if noise_type not in NOISE_TYPES:
+            raise ValueError(
+                f"Expected noise type in {list(NOISE_TYPES)}, but found {noise_type!r}."
+            )
+        if sde_type not in ("ito", "stratonovich"):
+            raise ValueError(
+                f"Expected sde type in ['ito', 'stratonovich'], but found {sde_type!r}."
+            )
+        self.noise_type = noise_type
+        self.sde_type = sde_type
+
+
+class SDEIto(BaseSDE):
+    """torchsde's ``SDEIto(noise_type)``."""
+
+    def __init__(self, noise_type: str) -> None:
+        super().__init__(noise_type=noise_type, sde_type="ito")
+
+
+class SDEStratonovich(BaseSDE):
+    """torchsde's ``SDEStratonovich(noise_type)``."""
+
+    def __init__(self, noise_type: str) -> None:
+        super().__init__(noise_type=noise_type, sde_type="stratonovich")
+
+
+def brownian_interval_like(
+    y: torch.Tensor,
+    t0: Any = 0.0,
+    t1: Any = 1.0,
     size: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
     device: Any = None,
-    entropy: int | None = None,
-    dt: float | None = None,
-    tol: float = 0.0,
-    pool_size: int = 8,
-    cache_size: int | None = 45,
-    halfway_tree: bool = False,
-    levy_area_approximation: str = "none",
-    W: torch.Tensor | None = None,
-    H: torch.Tensor | None = None,
-) -> _BrownianInterval:
-    """torchsde's ``BrownianInterval(t0, t1, size, ...)`` as a torchnde
-    :class:`~torchnde.BrownianInterval` (``entropy`` is the seed; ``dt``, ``tol``,
-    ``pool_size`` and ``halfway_tree`` are tuning hints it does not need)."""
-    if W is not None or H is not None:
-        raise NotImplementedError("BrownianInterval: given `W`/`H` values are not supported.")
-    if size is None:
-        raise ValueError("BrownianInterval: `size` (batch, noise) is required.")
-    return _BrownianInterval(
-        float(t0), float(t1), tuple(size), dtype=dtype, device=device, seed=entropy,
-        levy_area=_levy(levy_area_approximation),
-        cache_size=64 if cache_size is None else max(int(cache_size), 1),
-    )  # fmt: skip
-
-
-def BrownianTree(
-    t0: float,
-    w0: torch.Tensor,
-    t1: float | None = None,
-    w1: torch.Tensor | None = None,
-    entropy: int | None = None,
-    tol: float = 1e-6,
-    pool_size: int = 24,
-    cache_depth: int = 9,
-    safety: float | None = None,
-    levy_area_approximation: str = "none",
-) -> _VirtualBrownianTree:
-    """torchsde's ``BrownianTree(t0, w0, t1=t0 + 1, ...)`` as a torchnde
-    :class:`~torchnde.VirtualBrownianTree` of the shape, dtype and device of ``w0``, resolved
-    to ``tol``. Values are increments from ``t0`` (``w0`` gives the shape only)."""
-    if w1 is not None:
-        raise NotImplementedError("BrownianTree: a given endpoint `w1` is not supported.")
-    t1 = float(t0) + 1.0 if t1 is None else float(t1)
-    return _VirtualBrownianTree(
-        float(t0), t1, tuple(w0.shape), tol=tol, dtype=w0.dtype, device=w0.device,
-        seed=entropy, levy_area=_levy(levy_area_approximation),
-    )  # fmt: skip
-
-
-def BrownianPath(
-    t0: float,
-    w0: torch.Tensor,
-    window_size: int = 8,
-    *,
-    t1: float | None = None,
-    entropy: int | None = None,
-    levy_area_approximation: str = "none",
-) -> _BrownianPath:
-    """torchsde's ``BrownianPath(t0, w0)`` as a torchnde :class:`~torchnde.BrownianPath` of
-    the shape, dtype and device of ``w0`` on ``[t0, t1]`` (torchnde's paths are bounded:
-    ``t1`` defaults to ``t0 + 1``)."""
-    t1 = float(t0) + 1.0 if t1 is None else float(t1)
-    return _BrownianPath(
-        float(t0), t1, tuple(w0.shape), dtype=w0.dtype, device=w0.device, seed=entropy,
-        levy_area=_levy(levy_area_approximation),
+    **kwargs: Any,
+) -> BrownianInterval:
+    """torchsde's ``brownian_interval_like(y, t0, t1, size, dtype, device, **kwargs)``: a
+    :class:`BrownianInterval` with the shape, dtype and device of ``y`` unless given."""
+    return BrownianInterval(
+        t0, t1, size=y.shape if size is None else size, dtype=y.dtype if dtype is None else dtype,
+        device=y.device if device is None else device, **kwargs,
     )  # fmt: skip
 
 
