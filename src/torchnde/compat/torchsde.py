@@ -25,6 +25,7 @@ below the step (ignored: torchnde reports step-size underflow itself).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -66,6 +67,10 @@ _METHODS = {
     "reversible_heun": "reversible_heun",
     "heun": "heun",
     "euler_heun": "euler_heun",
+}
+_CALCULUS = {
+    "ito": ("euler", "milstein", "srk"),
+    "stratonovich": ("midpoint", "heun", "euler_heun", "reversible_heun", "milstein", "log_ode"),
 }
 
 
@@ -202,11 +207,45 @@ def _solve(
         raise ValueError(
             f"{who}: `sde.sde_type` must be 'ito' or 'stratonovich', got {calculus!r}."
         )
+    if not isinstance(y0, torch.Tensor) or y0.dim() != 2:
+        raise ValueError(f"{who}: `y0` must be a 2-dimensional tensor of shape (batch, channels).")
+    if not isinstance(ts, torch.Tensor):
+        if not isinstance(ts, tuple | list) or not all(isinstance(t, float | int) for t in ts):
+            raise ValueError(
+                f"{who}: evaluation times `ts` must be a 1-D Tensor or list/tuple of floats."
+            )
+        ts = torch.tensor(ts, dtype=y0.dtype, device=y0.device)
+    if ts.dim() != 1 or not bool((ts[1:] > ts[:-1]).all()):
+        raise ValueError(f"{who}: evaluation times `ts` must be strictly increasing.")
     options = dict(options or {})
     grad_free = bool(options.pop("grad_free", False))
     if options:
         raise NotImplementedError(f"{who}: unsupported `options` {sorted(options)}.")
+    if method is None:  # torchsde's defaults
+        method = (
+            "midpoint" if calculus == "stratonovich" else "euler" if noise == "general" else "srk"
+        )
+    if method not in _METHODS and method != "log_ode":
+        raise ValueError(
+            f"{who}: `method` must be one of {sorted([*_METHODS, 'log_ode'])}, got {method!r}."
+        )
+    if method not in _CALCULUS[calculus]:
+        other = "stratonovich" if calculus == "ito" else "ito"
+        raise ValueError(
+            f"{who}: SDE is of type {calculus} but solver {method!r} is for type {other}."
+        )
+    if method in ("milstein", "srk") and noise == "general":
+        raise ValueError(
+            f"{who}: SDE has noise type general but solver {method!r} only supports noise types "
+            "('additive', 'diagonal', 'scalar')."
+        )
+    if method == "log_ode":
+        raise NotImplementedError(f"{who}: method='log_ode' is not supported.")
     f, g, h = _functions(sde, names, logqp)
+    if logqp:
+        f, g = _logqp(f, g, h, noise)
+        y0 = torch.cat([y0, y0.new_zeros(y0.shape[0], 1)], dim=1)
+    _check_sizes(who, g, ts, y0, bm, noise)
     if noise == "scalar":
         g_user = g
 
@@ -214,29 +253,97 @@ def _solve(
             out = g_user(t, y)
             return out.squeeze(-1) if out.ndim == y.ndim + 1 else out
 
-    solver: Any = None
-    if method is not None:
-        if method == "log_ode":
-            raise NotImplementedError(f"{who}: method='log_ode' is not supported.")
-        if method not in _METHODS:
-            raise ValueError(
-                f"{who}: `method` must be one of {sorted([*_METHODS, 'log_ode'])}, got {method!r}."
-            )
-        name = "milstein_derivative_free" if method == "milstein" and grad_free else method
-        if method == "euler" and calculus == "stratonovich":
-            raise ValueError(
-                f"{who}: method='euler' converges to the Itô solution, but sde_type="
-                "'stratonovich'; use 'midpoint', 'heun', 'euler_heun' or 'reversible_heun'."
-            )
-        solver = sde_solver_from_name(name, noise, calculus)
-    out = _sdeint(
-        f, g, y0, ts, noise=noise, calculus=calculus, method=solver, dt=dt, bm=bm,
-        adjoint=adjoint, logqp=logqp, prior_drift=h, adaptive=adaptive, rtol=rtol, atol=atol,
-    )  # fmt: skip
+    if adaptive and method == "euler" and noise != "additive":
+        warnings.warn(
+            "Numerical solution is not guaranteed to converge to the correct solution when using "
+            "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
+            stacklevel=3,
+        )
+    name = "milstein_derivative_free" if method == "milstein" and grad_free else method
+    solver = sde_solver_from_name(name, noise, calculus)
+    try:
+        ys = _sdeint(
+            f, g, y0, ts, noise=noise, calculus=calculus, method=solver, dt=dt, bm=bm,
+            adjoint=adjoint, adaptive=adaptive, rtol=rtol, atol=atol,
+        )  # fmt: skip
+    except ValueError as e:
+        if "needs an error estimate" in str(e):
+            raise NotImplementedError(
+                f"{who}: adaptive=True with method={method!r} is not supported (torchsde "
+                "estimates the error by step doubling; torchnde's method has no error "
+                "estimate). Use 'heun', 'euler_heun' or 'milstein', or a fixed dt."
+            ) from None
+        raise
     if logqp:
-        ys, kl = out
-        return ys, kl.diff(dim=0)
-    return out
+        ys, log_ratio = ys[..., :-1], ys[..., -1]
+        return ys, log_ratio[1:] - log_ratio[:-1]
+    return ys
+
+
+def _stable_division(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    b = torch.where(b.abs().detach() > eps, b, torch.full_like(b, eps) * b.sign())
+    return a / b
+
+
+def _logqp(f: Any, g: Any, h: Any, noise: str) -> tuple[Any, Any]:
+    """torchsde's ``logqp``: the state augmented with the log-ratio
+    $\\int \frac12 |u|^2 dt$, $u = g^{+}(f - h)$, driven by no noise (a zero diffusion row;
+    for diagonal noise one more Brownian channel, as in torchsde)."""
+
+    def u2(t: torch.Tensor, y: torch.Tensor, fy: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        if noise == "diagonal":
+            u = _stable_division(fy - h(t, y), gy)
+        else:
+            u = torch.linalg.pinv(gy).matmul((fy - h(t, y)).unsqueeze(-1)).squeeze(-1)
+        return 0.5 * (u**2).sum(dim=1, keepdim=True)
+
+    def f_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
+        y = ya[:, :-1]
+        fy = f(t, y)
+        return torch.cat([fy, u2(t, y, fy, g(t, y))], dim=1)
+
+    def g_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
+        gy = g(t, ya[:, :-1])
+        if noise == "diagonal":
+            return torch.cat([gy, gy.new_zeros(gy.shape[0], 1)], dim=1)
+        return torch.cat([gy, gy.new_zeros(gy.shape[0], 1, gy.shape[-1])], dim=1)
+
+    return f_aug, g_aug
+
+
+def _check_sizes(who: str, g: Any, ts: torch.Tensor, y0: torch.Tensor, bm: Any, noise: str) -> None:
+    """torchsde's contract on the sizes of the diffusion and the Brownian motion."""
+    with torch.no_grad():
+        gy = g(ts[0], y0)
+    if noise == "diagonal" and gy.dim() != 2:
+        raise ValueError(
+            f"{who}: the diffusion must be of shape (batch, state_channels) for diagonal noise, "
+            f"but got {tuple(gy.shape)}."
+        )
+    if noise != "diagonal" and gy.dim() != 3:
+        raise ValueError(
+            f"{who}: the diffusion must be of shape (batch, state_channels, noise_channels) for "
+            f"{noise} noise, but got {tuple(gy.shape)}."
+        )
+    m = gy.shape[1] if noise == "diagonal" else gy.shape[2]
+    if tuple(gy.shape[:2]) != tuple(y0.shape):
+        raise ValueError(
+            f"{who}: the diffusion's (batch, state) sizes {tuple(gy.shape[:2])} do not match "
+            f"`y0`'s {tuple(y0.shape)}."
+        )
+    if noise == "scalar" and m != 1:
+        raise ValueError(
+            f"{who}: scalar noise must have only one channel; the diffusion has {m} noise channels."
+        )
+    if bm is not None:
+        shape = tuple(getattr(bm, "shape", ()))
+        if len(shape) != 2:
+            raise ValueError(f"{who}: `bm` must be of shape (batch, noise_channels), got {shape}.")
+        if shape != (y0.shape[0], m):
+            raise ValueError(
+                f"{who}: `bm` has shape {shape} but (batch, noise_channels) = "
+                f"{(y0.shape[0], m)}: batch or noise sizes not consistent."
+            )
 
 
 def sdeint(
