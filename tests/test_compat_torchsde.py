@@ -214,3 +214,40 @@ def test_contract_matches_torchsde(noise, sde_type):
                 assert method == "log_ode" or (adaptive and method == "midpoint"), theirs
                 continue
             assert ours == theirs, (method, levy, adaptive, logqp)
+
+
+def test_brownian_conditioning_and_offsets():
+    """Given end values pin the path exactly (Brownian-bridge transform), sub-intervals still
+    add up, and BrownianTree / BrownianPath point values start at w0, as in torchsde."""
+    W = torch.randn(B, D, dtype=torch.float64)
+    H = torch.randn(B, D, dtype=torch.float64)
+    bm = tsde.BrownianInterval(0.0, 2.0, W=W, H=H, levy_area_approximation="space-time")
+    W01, U01 = bm(0.0, 2.0, return_U=True)
+    torch.testing.assert_close(W01, W)
+    torch.testing.assert_close(U01, 2.0 * (H + 0.5 * W))  # U = h (H + W / 2)
+    (Wa, Ua), (Wb, Ub) = bm(0.0, 0.7, return_U=True), bm(0.7, 2.0, return_U=True)
+    torch.testing.assert_close(Wa + Wb, W)
+    torch.testing.assert_close(Ua + Ub + (2.0 - 0.7) * Wa, U01)  # U is additive this way
+    w0 = torch.randn(B, D, dtype=torch.float64)
+    w1 = torch.randn(B, D, dtype=torch.float64)
+    tree = tsde.BrownianTree(0.0, w0, t1=1.0, w1=w1, entropy=3)
+    torch.testing.assert_close(tree(0.0), w0)
+    torch.testing.assert_close(tree(1.0), w1)
+    path = tsde.BrownianPath(0.0, w0)
+    torch.testing.assert_close(path(0.5), w0 + path(0.0, 0.5))
+    with pytest.raises(RuntimeError, match="must respect ta <= tb"):
+        bm(0.5, 0.2)
+
+
+def test_unsupported_options_raise():
+    y0 = torch.zeros(B, D, dtype=torch.float64)
+    sde = SDE()
+    with pytest.raises(NotImplementedError, match="dt_min"):
+        tsde.sdeint(sde, y0, TS, dt_min=1e-3)
+    with pytest.raises(NotImplementedError, match="adjoint_adaptive"):
+        tsde.sdeint_adjoint(sde, y0, TS, adjoint_adaptive=True)
+    with pytest.raises(NotImplementedError, match="extra"):
+        tsde.sdeint(sde, y0, TS, extra=True)
+    rev = tsde.ReverseBrownian(tsde.BrownianInterval(0.0, 1.0, (B, D), dtype=torch.float64))
+    with pytest.raises(NotImplementedError, match="ReverseBrownian"):
+        tsde.sdeint(sde, y0, TS, bm=rev)

@@ -1,4 +1,4 @@
-"""torchsde's API on torchnde: ``sdeint``, ``sdeint_adjoint`` and the Brownian motions.
+r"""torchsde's API on torchnde: ``sdeint``, ``sdeint_adjoint`` and the Brownian motions.
 
 Migrating is one import line::
 
@@ -12,15 +12,24 @@ The SDE protocol is torchsde's: an object (usually an ``nn.Module``) with attrib
 (``"ito"``, ``"stratonovich"``), and methods ``f(t, y)`` (drift) and ``g(t, y)`` (diffusion:
 ``(batch, d)`` for diagonal noise, ``(batch, d, m)`` otherwise, ``(batch, d, 1)`` for scalar
 noise), or ``f_and_g(t, y)``; ``h(t, y)`` (the prior drift) for ``logqp=True``. ``names``
-renames them as in torchsde. Method names, defaults (``dt=1e-3``, ``rtol=1e-5``,
-``atol=1e-4``) and the shape of the outputs are torchsde's: ``ys`` of shape
-``(len(ts), batch, d)``, and with ``logqp=True`` the KL increments between consecutive times,
-shape ``(len(ts) - 1, batch)``.
+renames them as in torchsde. Method names and defaults (``method`` by SDE type and noise,
+``dt=1e-3``, ``rtol=1e-5``, ``atol=1e-4``), the contract checks (``ValueError`` for an
+unknown method, a method of the other SDE type, Milstein / SRK with general noise, sizes of
+the diffusion, of ``bm`` and of ``y0`` that do not match, times not strictly increasing)
+and the outputs are torchsde's: ``ys`` of shape ``(len(ts), batch, d)``; with
+``logqp=True`` also the log-ratio increments ``(len(ts) - 1, batch)``, computed as torchsde
+does, by augmenting the state with $\int \frac12 |u|^2 dt$, $u = g^{+}(f - h)$ (so for
+diagonal noise a given ``bm`` has ``d + 1`` channels). The Brownian motions are torchsde's
+classes on torchnde's (see :mod:`torchnde.compat._torchsde_brownian`).
 
 Not supported (``NotImplementedError`` naming the option): SDEs that only provide
 ``g_prod`` (a diffusion-vector product without ``g``), ``method="log_ode"``, ``extra=True`` /
-``extra_solver_state``, given ``W``/``H`` values for the Brownian motions, ``dt_min``
-below the step (ignored: torchnde reports step-size underflow itself).
+``extra_solver_state``, ``adaptive=True`` with ``method="midpoint"`` (no error estimate),
+a ``dt_min`` other than the default (torchnde's adaptive solves report step-size underflow
+instead of forcing ``dt_min`` steps), ``adjoint_adaptive=True``, ``adjoint_options``,
+``options`` other than ``grad_free``, ``bm=ReverseBrownian(...)``, and the Itô stochastic
+adjoint with general noise (write the SDE in Stratonovich form). ``adjoint_method`` selects
+nothing: the backward solve is torchnde's (:class:`~torchnde.BacksolveAdjoint`).
 """
 
 from __future__ import annotations
@@ -193,10 +202,20 @@ def _functions(sde: Any, names: dict[str, str] | None, logqp: bool) -> tuple:
 def _solve(
     sde: Any, y0: torch.Tensor, ts: Any, bm: Any, method: str | None, dt: float,
     adaptive: bool, rtol: float, atol: float, options: dict | None, names: dict | None,
-    logqp: bool, extra: bool, extra_solver_state: Any, adjoint: Any, who: str,
+    logqp: bool, extra: bool, extra_solver_state: Any, adjoint: Any, who: str, dt_min: float,
 ) -> Any:  # fmt: skip
     if extra or extra_solver_state is not None:
         raise NotImplementedError(f"{who}: `extra` / `extra_solver_state` are not supported.")
+    if dt_min != 1e-5:
+        raise NotImplementedError(
+            f"{who}: `dt_min` is not supported (got {dt_min}); torchnde's adaptive solves stop "
+            "with a step-size underflow status instead of forcing steps of dt_min."
+        )
+    if isinstance(bm, ReverseBrownian):
+        raise NotImplementedError(
+            f"{who}: bm=ReverseBrownian(...) is not supported; solve forwards in time (torchnde "
+            "runs reverse-time solves on the forward Brownian motion itself)."
+        )
     noise = getattr(sde, "noise_type", None)
     calculus = getattr(sde, "sde_type", None)
     if noise not in NOISE_TYPES:
@@ -371,7 +390,7 @@ def sdeint(
         raise ValueError(f"sdeint: unexpected arguments {sorted(unused_kwargs)}.")
     return _solve(
         sde, y0, ts, bm, method, dt, adaptive, rtol, atol, options, names, logqp, extra,
-        extra_solver_state, DirectAdjoint(), "sdeint",
+        extra_solver_state, DirectAdjoint(), "sdeint", dt_min,
     )  # fmt: skip
 
 
@@ -410,6 +429,11 @@ def sdeint_adjoint(
         raise ValueError(f"sdeint_adjoint: unexpected arguments {sorted(unused_kwargs)}.")
     if adjoint_options:
         raise NotImplementedError("sdeint_adjoint: `adjoint_options` are not supported.")
+    if adjoint_adaptive:
+        raise NotImplementedError(
+            "sdeint_adjoint: adjoint_adaptive=True is not supported; the backward solve takes "
+            "the forward steps."
+        )
     params: list[torch.Tensor] | None
     if adjoint_params is None:
         params = list(sde.parameters()) if isinstance(sde, torch.nn.Module) else None
@@ -432,5 +456,5 @@ def sdeint_adjoint(
         )
     return _solve(
         sde, y0, ts, bm, method, dt, adaptive, rtol, atol, options, names, logqp, extra,
-        extra_solver_state, adjoint, "sdeint_adjoint",
+        extra_solver_state, adjoint, "sdeint_adjoint", dt_min,
     )  # fmt: skip
