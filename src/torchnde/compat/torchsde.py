@@ -184,18 +184,23 @@ def _functions(sde: Any, names: dict[str, str] | None, logqp: bool) -> tuple:
     if g is None and fg is not None:
         g = lambda t, y: fg(t, y)[1]
     if f is None or g is None:
-        has_gprod = getattr(sde, names.get("drift_and_diffusion_prod", "g_prod"), None)
-        if has_gprod is not None:
+        prod = names.get("drift_and_diffusion_prod", "f_and_g_prod")
+        if hasattr(sde, "g_prod") or hasattr(sde, prod):
             raise NotImplementedError(
-                "sdeint: SDEs given by a diffusion-vector product only (`g_prod`) are not "
-                "supported; define `g` (or `f_and_g`) as well."
+                f"sdeint: SDEs given by a diffusion-vector product only (`g_prod`, `{prod}`) "
+                "are not supported; define `g` (or `f_and_g`) as well."
             )
-        raise TypeError("sdeint: `sde` needs methods `f` and `g` (or `f_and_g`).")
+        raise ValueError(  # torchsde's error type
+            "sdeint: `sde` must define `f` and `g`, or `f_and_g` (after renaming by `names`)."
+        )
     h = None
     if logqp:
         h = getattr(sde, names.get("prior_drift", "h"), None)
         if h is None:
-            raise TypeError("sdeint: logqp=True needs the prior drift `h(t, y)` on the SDE.")
+            raise AttributeError(  # torchsde's error type
+                "sdeint: logqp=True needs the prior drift `h(t, y)` on the SDE (or rename it "
+                "with names={'prior_drift': ...})."
+            )
     return f, g, h
 
 
