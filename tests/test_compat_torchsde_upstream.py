@@ -67,13 +67,18 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot fetch the {UPSTREAM} sdist with pip (offline?): {e}")
+        pytest.skip(f"cannot fetch the {UPSTREAM} sdist with pip (offline, or pip failed): {e}")
     archives = list(where.glob("torchsde-*.tar.gz"))
     if done.returncode != 0 or not archives:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        pytest.skip(f"cannot fetch the {UPSTREAM} sdist with pip (offline?): {tail}")
+        pytest.skip(f"cannot fetch the {UPSTREAM} sdist with pip (offline, or pip failed): {tail}")
     with tarfile.open(archives[0]) as tar:
-        tar.extractall(where, filter="data")
+        members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+        for m in members:  # plain files inside the folder only (Python 3.10 has no filter=)
+            if m.name.startswith(("/", "\\")) or ".." in Path(m.name).parts:
+                pytest.fail(f"unexpected path {m.name!r} in {archives[0].name}")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(where, members=members, **safe)
     root = next(p for p in where.iterdir() if p.is_dir() and p.name.startswith("torchsde-"))
     (root / "tests" / "conftest.py").write_text(CONFTEST)
     return root
