@@ -24,12 +24,13 @@ classes on torchnde's (see :mod:`torchnde.compat._torchsde_brownian`).
 
 Not supported (``NotImplementedError`` naming the option): SDEs that only provide
 ``g_prod`` (a diffusion-vector product without ``g``), ``method="log_ode"``, ``extra=True`` /
-``extra_solver_state``, ``adaptive=True`` with ``method="midpoint"`` (no error estimate),
-a ``dt_min`` other than the default (torchnde's adaptive solves report step-size underflow
-instead of forcing ``dt_min`` steps), ``adjoint_adaptive=True``, ``adjoint_options``,
-``options`` other than ``grad_free``, ``bm=ReverseBrownian(...)``, and the Itô stochastic
-adjoint with general noise (write the SDE in Stratonovich form). ``adjoint_method`` selects
-nothing: the backward solve is torchnde's (:class:`~torchnde.BacksolveAdjoint`).
+``extra_solver_state``, a ``dt_min`` other than the default (torchnde's adaptive solves
+report step-size underflow instead of forcing ``dt_min`` steps), ``adjoint_adaptive=True``,
+``adjoint_options``, ``options`` other than ``grad_free``, ``bm=ReverseBrownian(...)``, and
+the Itô stochastic adjoint with general noise (write the SDE in Stratonovich form).
+``adjoint_method`` selects nothing: the backward solve is torchnde's
+(:class:`~torchnde.BacksolveAdjoint`). With ``adaptive=True`` the steps come from a
+``PIDController(rtol, atol)`` on step-doubling error estimates (``heun``: its embedded one).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
 from .._core.terms import NOISE_TYPES
 from .._sdeint import sde_solver_from_name
 from .._sdeint import sdeint as _sdeint
+from ._sde_midpoint import SDEMidpoint
 from ._torchsde_brownian import (
     BaseBrownian,
     BrownianInterval,
@@ -284,7 +286,9 @@ def _solve(
             stacklevel=3,
         )
     name = "milstein_derivative_free" if method == "milstein" and grad_free else method
-    solver = sde_solver_from_name(name, noise, calculus)
+    solver: Any = sde_solver_from_name(name, noise, calculus)
+    if adaptive and method == "midpoint":  # the same steps, with a step-doubling error estimate
+        solver = SDEMidpoint(adaptive=True)
     try:
         ys = _sdeint(
             f, g, y0, ts, noise=noise, calculus=calculus, method=solver, dt=dt, bm=bm,
