@@ -18,13 +18,24 @@ BATCH = 8
 
 
 def _problem(calculus: str, shape=(BATCH, 2), noise="diagonal"):
-    bm_shape = shape if noise == "diagonal" else (shape[0], 1)
+    bm_shape = {"diagonal": shape, "additive": shape, "scalar": (shape[0], 1)}.get(
+        noise, (shape[0], 2)
+    )
     bm = _bm(bm_shape, 5)
     mu = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     sig = torch.linspace(0.5, 0.8, shape[-1], dtype=torch.float64).requires_grad_(True)
+    mix = torch.tensor([1.0, -0.5], dtype=torch.float64)
+
+    def diffusion(t, y, args):
+        if noise == "additive":
+            return sig * (1 + t) * torch.ones_like(y)
+        if noise == "general":  # two commuting channels: g_j = c_j σ cos(y)
+            return (sig * torch.cos(y))[..., None] * mix
+        return sig * torch.cos(y)
+
     terms = tn.MultiTerm(
         tn.ODETerm(lambda t, y, args: mu * torch.sin(y)),
-        tn.ControlTerm(lambda t, y, args: sig * torch.cos(y), bm, noise=noise, calculus=calculus),
+        tn.ControlTerm(diffusion, bm, noise=noise, calculus=calculus),
     )
     y0 = torch.full(shape, 0.3, dtype=torch.float64, requires_grad=True)
     return terms, y0, [y0, mu, sig]
@@ -46,6 +57,8 @@ def _grads(terms, solver, y0, leaves, dt, adjoint):
         ("ito", tn.ItoMilstein(), "scalar", 0.35),
         ("stratonovich", tn.Midpoint(), "diagonal", 0.7),  # strong order 1 (commutative)
         ("stratonovich", tn.Heun(), "scalar", 0.7),
+        ("stratonovich", tn.Heun(), "general", 0.7),
+        ("ito", tn.SRA1(), "additive", 0.7),
     ],
 )
 def test_stochastic_adjoint_converges_to_direct(calculus, solver, noise, min_slope):

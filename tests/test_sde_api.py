@@ -170,3 +170,22 @@ def test_adjoint_limits_raise():
     with pytest.raises(NotImplementedError, match="Itô stochastic adjoint"):
         tn.solve(_terms("general", calculus="ito"), tn.EulerMaruyama(), 0.0, 1.0, y0,
                  dt0=0.125, adjoint=tn.BacksolveAdjoint())  # fmt: skip
+
+
+@pytest.mark.parametrize("solver", [tn.EulerMaruyama(), tn.ItoMilstein(), tn.SRI2()])
+def test_per_sample_end_times_match_joint_solves(solver):
+    # Each sample steps on its own clock and reads its own row of the one Brownian motion, so
+    # its result equals a joint solve to its own end time.
+    bm = _bm((4, 2), 0)
+    terms = tn.MultiTerm(
+        tn.ODETerm(lambda t, y, args: -y),
+        tn.ControlTerm(lambda t, y, args: torch.sin(y), bm, noise="diagonal", calculus="ito"),
+    )
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    t1 = torch.tensor([1.0, 0.5, 0.75, 1.0], dtype=torch.float64)
+    per_sample = tn.solve(
+        terms, solver, 0.0, t1, y0, dt0=0.125, controller=tn.ConstantStepSize(per_sample=True)
+    ).ys[-1]
+    for i, end in enumerate(t1.tolist()):
+        joint = tn.solve(terms, solver, 0.0, end, y0, dt0=0.125).ys[-1]
+        torch.testing.assert_close(per_sample[i], joint[i], rtol=1e-12, atol=1e-12)

@@ -14,6 +14,7 @@ converges in and the noise types it supports, and ``solve`` checks both once, up
 from __future__ import annotations
 
 import abc
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -26,9 +27,35 @@ from .terms import AbstractTerm, ControlTerm, MultiTerm, ODETerm, broadcast_time
 __all__ = ["AbstractSDESolver", "check_sde", "split_sde", "solver_calculus"]
 
 
+def _dead() -> None:
+    return None
+
+
+# The last split, as weak references (terms, drift, diffusion): asked for at every step. One
+# tuple, replaced atomically, so concurrent solves in threads never read a mismatched set;
+# weak, so it keeps no user model or Brownian motion alive.
+_last_split: tuple[Any, Any, Any] = (_dead, _dead, _dead)
+
+
 def split_sde(terms: AbstractTerm, who: str) -> tuple[ODETerm | None, ControlTerm]:
     """The drift and diffusion terms of ``MultiTerm(ODETerm(f), ControlTerm(g, bm))`` (in
     either order; a lone ``ControlTerm`` has no drift)."""
+    global _last_split
+    ref_terms, ref_drift, ref_diffusion = _last_split
+    if ref_terms() is terms:
+        diffusion = ref_diffusion()
+        if diffusion is not None:
+            return ref_drift(), diffusion
+    drift, diffusion = _split_sde(terms, who)
+    _last_split = (
+        weakref.ref(terms),
+        _dead if drift is None else weakref.ref(drift),
+        weakref.ref(diffusion),
+    )
+    return drift, diffusion
+
+
+def _split_sde(terms: AbstractTerm, who: str) -> tuple[ODETerm | None, ControlTerm]:
     if isinstance(terms, ControlTerm):
         return None, terms
     if isinstance(terms, MultiTerm) and len(terms.terms) == 2:
@@ -210,6 +237,13 @@ def diagonal_derivative(fn: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     activations fall back to slow decompositions). Differentiable in turn when autograd
     is recording."""
     recording = torch.is_grad_enabled()
+    if recording and not y.requires_grad:
+        # Record only if fn reads tensors requiring grad (parameters); otherwise the graph
+        # through a fresh leaf would make the solution require grad for nothing.
+        plain = fn(y)
+        if not plain.requires_grad:
+            with torch.no_grad():
+                return diagonal_derivative(fn, y)
     with torch.enable_grad():
         y_ = y if recording and y.requires_grad else y.detach().requires_grad_(True)
         out = fn(y_)
