@@ -36,6 +36,15 @@ METHODS: dict[str, type[AbstractSolver]] = {
     "leapfrog": solvers.Leapfrog,
     "yoshida4": solvers.Yoshida4,
     "alf": solvers.ALF,
+    "implicit_euler": solvers.ImplicitEuler,
+    "trapezoid": solvers.Trapezoid,
+    "kvaerno3": solvers.Kvaerno3,
+    "kvaerno4": solvers.Kvaerno4,
+    "kvaerno5": solvers.Kvaerno5,
+    "ros3p": solvers.Ros3p,
+    "rodas4": solvers.Rodas4,
+    "rodas5": solvers.Rodas5,
+    "auto_switch": solvers.AutoSwitch,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

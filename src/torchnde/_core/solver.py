@@ -33,7 +33,8 @@ class AbstractSolver(abc.ABC):
        and the result ``(n, *y.shape)``; with ``per_sample=True``, ``theta`` has shape
        ``(batch,)`` and the result the shape of ``y``.
     5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats;
-       ``take_dense_fevals`` reports extra ones made lazily by the dense output.
+       ``take_dense_fevals`` reports extra ones made lazily by the dense output (or, for
+       methods whose cost varies per step, all of them); ``take_stats`` any other counts.
     """
 
     order: ClassVar[int]
@@ -70,6 +71,23 @@ class AbstractSolver(abc.ABC):
         """Vector-field evaluations the dense output of a step made since last asked (for
         stats; only methods whose interpolant needs extra stages make any)."""
         return 0
+
+    def take_stats(self, dense_info: Any) -> dict[str, int] | None:
+        """Counts beyond vector-field evaluations made by a step since last asked (e.g.
+        ``num_jacobians``, ``num_lu_factorisations`` of implicit methods), summed into
+        ``Solution.stats``; ``None`` when there are none."""
+        return None
+
+    def rejected_state(self, state: Any, new_state: Any) -> Any:
+        """The state to carry after a rejected step (default: the state before it). Implicit
+        methods keep the Jacobian the rejected attempt computed at the same point."""
+        return state
+
+    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
+        """This solver told the step-size controller's tolerances (implicit methods use them
+        for their Newton iterations); solvers are immutable, so this returns a copy or
+        ``self``."""
+        return self
 
     @property
     def is_adaptive(self) -> bool:
