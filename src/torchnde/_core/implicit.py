@@ -260,7 +260,8 @@ class AbstractESDIRK(AbstractImplicitSolver):
         piv = torch.arange(1, n + 1, dtype=torch.int32, device=y0.device).expand(B, n).contiguous()
         zeros = y0.new_zeros(B)
         false = torch.zeros(B, dtype=torch.bool, device=y0.device)
-        return (f0, torch.zeros_like(eye), eye, piv, zeros, zeros, false, false)
+        # eta = 1: the first iterate of the first solve is never taken as converged.
+        return (f0, torch.zeros_like(eye), eye, piv, zeros, y0.new_ones(B), false, false)
 
     def rejected_state(self, state: Any, new_state: Any) -> Any:
         # A rejected attempt started from the same point: keep the Jacobian it computed (and
@@ -327,10 +328,18 @@ class AbstractESDIRK(AbstractImplicitSolver):
                 *(torch.where(retry, a, b) for a, b in zip(again[2:], out[2:])),
             )
         hK, z_last, failed, theta, eta_new = out
-        y1f = torch.where(failed[:, None], y0f, z_last)
         e = tab.cast(y0.dtype, y0.device)["e"]
         err = torch.einsum("s,sbn->bn", e, hK)
-        err = torch.where(failed[:, None], torch.full_like(err, float("inf")), err)
+        if self._rtol is None:
+            # Fixed steps cannot be rejected: a failed solve makes the state NaN, which the
+            # loop reports as NONFINITE.
+            y1f = torch.where(failed[:, None], torch.full_like(z_last, float("nan")), z_last)
+        else:
+            # Adaptive: reject and shrink. A huge finite error rather than inf keeps the
+            # controller's gradient finite (its factor is clipped there anyway).
+            y1f = torch.where(failed[:, None], y0f, z_last)
+            big = (y0f.detach().abs() + 1) * 1e8
+            err = torch.where(failed[:, None], big, err)
         safe_h = torch.where(hB != 0, hB, torch.ones_like(hB))
         f1f = hK[-1] / safe_h[:, None]
         y1 = g.unflat(y1f)

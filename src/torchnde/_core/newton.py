@@ -236,18 +236,21 @@ def newton_solve(
         delta = lu_solve(LU, piv, -G)
         scale = scale_fn(z)
         dn = scaled_rms(delta, scale)
-        bad = ~torch.isfinite(dn)
+        finite = torch.isfinite(dn)
+        diverging = torch.zeros_like(finite)
         if k > 0:
             theta = dn / dn_prev
-            bad = bad | (theta >= 1.0)
+            diverging = theta >= 1.0
             theta_c = theta.clamp(max=0.999).nan_to_num(0.999)
             theta_max = torch.where(running, torch.maximum(theta_max, theta_c), theta_max)
             eta = torch.where(running, theta_c / (1 - theta_c), eta)
-        z = torch.where(running[:, None] & ~bad[:, None], z + delta, z)
         # Converged: the predicted remaining error is below kappa, or the correction is at
-        # the round-off of the state.
+        # the round-off of the state (where the rate is noise, so it may look divergent).
         tiny = (delta.abs() <= 8 * eps * z.abs()).all(1)
-        done = running & ~bad & ((eta * dn <= kappa) | tiny)
+        conv = finite & ((eta * dn <= kappa) | tiny)
+        bad = ~finite | (diverging & ~conv)
+        z = torch.where(running[:, None] & ~bad[:, None], z + delta, z)
+        done = running & conv
         failed = failed | (running & bad)
         running = running & ~done & ~bad
         dn_prev = torch.where(dn > 0, dn, torch.ones_like(dn))
