@@ -34,12 +34,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from .._core.implicit import AbstractImplicitSolver
 from .._core.loop import LoopResult
 from .._core.packing import PackedTerm, ReversedTerm
 from .._core.problem import Problem
 from .._core.solution import SaveAt, SolveError, Status
 from .._core.solver import AbstractSolver
-from .._core.implicit import AbstractImplicitSolver
 from .._core.solvers.auto_switch import AutoSwitch
 from .._core.solvers.rk4 import RK4
 from .._core.solvers.tsit5 import Tsit5
