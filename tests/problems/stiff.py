@@ -4,8 +4,9 @@ Each vector field is written once for NumPy and torch (state indexed as ``y[...,
 
 * Robertson's chemical kinetics (3 components, ``[0, 1e5]``): rate constants spanning nine
   orders of magnitude (H. H. Robertson, 1966; Hairer & Wanner, *Solving ODEs II*, Sec. IV.1).
-* Van der Pol with ``mu = 1000`` (2 components): relaxation oscillations with fast jumps
-  (Hairer & Wanner, Sec. IV.1); the interval covers the first slow phase and a jump.
+* Van der Pol with ``mu = 1000``, ``y'' - mu (1 - y^2) y' + y = 0`` (2 components,
+  ``[0, 1000]``): a relaxation oscillation; the interval covers the first slow phase (period
+  about 1614) and the first fast jump, near t = 807 (Hairer & Wanner, Sec. IV.1).
 * HIRES (8 components, ``[0, 321.8122]``): photomorphogenesis, from the Test Set for IVP
   Solvers (Mazzia & Magherini; Hairer & Wanner, Sec. IV.10).
 
@@ -62,12 +63,12 @@ MU = 1000.0
 
 def vdp(t: Any, y: Any) -> Any:
     y1, y2 = y[..., 0], y[..., 1]
-    return _stack([y2, MU * ((1 - y1 * y1) * y2 - y1)], y)
+    return _stack([y2, MU * (1 - y1 * y1) * y2 - y1], y)
 
 
 def vdp_jac(t: float, y: np.ndarray) -> np.ndarray:
     y1, y2 = y
-    return np.array([[0.0, 1.0], [MU * (-2 * y1 * y2 - 1), MU * (1 - y1 * y1)]])
+    return np.array([[0.0, 1.0], [-2 * MU * y1 * y2 - 1, MU * (1 - y1 * y1)]])
 
 
 def hires(t: Any, y: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .controllers import AbstractStepSizeController, Norm
+from .controllers import AbstractStepSizeController, ConstantStepSize, Norm
 from .events import Event
 from .solution import Status
 from .solver import AbstractSolver
@@ -208,7 +208,10 @@ class Loop:
         self.event, self.max_steps, self.progress = event, max_steps, progress
         self.to_user_time, self.check_vf = to_user_time, check_vf
         self.per_sample = controller.per_sample
-        self.adaptive = solver.is_adaptive
+        # Adaptive stepping: an error estimate and a controller that uses it (an adaptive
+        # solver on constant steps can neither reject nor shrink, so a non-finite state ends
+        # the solve as it does for fixed-step solvers).
+        self.adaptive = solver.is_adaptive and not isinstance(controller, ConstantStepSize)
         self.has_jumps = controller.jump_ts is not None
         eps = torch.finfo(t0.dtype).eps
         # Smallest meaningful step: below the time resolution of the interval, or dtmin.

@@ -86,7 +86,8 @@ class FlatODE:
         args: the user's args.
         like: the state (shape, dtype).
         blocks: one Jacobian block per leading-dimension sample (``True``) or one full one.
-        user_jacobian: optional ``jacobian(t, y, args)``.
+        user_jacobian: ``jacobian(t, y, args)``, ``"autograd"``/``None`` or
+            ``"finite_difference"``.
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class FlatODE:
         args: Any,
         like: torch.Tensor,
         blocks: bool,
-        user_jacobian: Callable[..., torch.Tensor] | None,
+        user_jacobian: Any,
         t_like: torch.Tensor,
     ) -> None:
         self.terms, self.args, self.shape = terms, args, like.shape
@@ -117,9 +118,11 @@ class FlatODE:
         vf = self.terms.vf(t, self.unflat(z), self.args)
         return self.terms.prod(vf, self.unit).reshape(self.B, self.n)
 
-    def jacobian(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}``."""
-        if self.user_jacobian is not None:
+    def jacobian(self, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None = None):
+        """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}`` (``f = g(t, z)`` if known)."""
+        if self.user_jacobian == "finite_difference":
+            return fd_jacobian(self, t, z, f)
+        if self.user_jacobian is not None and self.user_jacobian != "autograd":
             return self._user(t, z)
         return jacobian(self, t, z)
 
@@ -172,6 +175,23 @@ def jacobian(g: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t, z) -> t
                 rows.append(torch.zeros_like(z) if gi is None else gi)
             J = torch.stack(rows)
     return J.permute(1, 0, 2)
+
+
+def fd_jacobian(g: FlatODE, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None):
+    """Forward-difference block Jacobians ``(B, n, n)``: ``n`` evaluations, each perturbing one
+    component of every sample (steps ``sqrt(eps) max(|z_j|, 1e-3)``, as in Hairer's codes)."""
+    if f is None:
+        f = g(t, z)
+    eps = torch.finfo(z.dtype).eps ** 0.5
+    delta = eps * z.abs().clamp_min(1e-3)
+    cols = []
+    for j in range(g.n):
+        zj = z.clone()
+        zj[:, j] = z[:, j] + delta[:, j]
+        # The step actually taken (rounding), so the quotient is consistent.
+        dj = zj[:, j] - z[:, j]
+        cols.append((g(t, zj) - f) / dj[:, None])
+    return torch.stack(cols, dim=-1)
 
 
 def lu_factor(J: torch.Tensor, hg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +293,9 @@ class _ImplicitCorrection(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
         (z,) = ctx.saved_tensors
         with torch.no_grad():
-            J = ctx.g.jacobian(ctx.t, z)
+            g = ctx.g
+            # Exact: autograd, or the user's own Jacobian (never finite differences).
+            J = g._user(ctx.t, z) if callable(g.user_jacobian) else jacobian(g, ctx.t, z)
             LU, piv = lu_factor(J, ctx.hg)
             lam = lu_solve(LU, piv, grad, adjoint=True)
         return -lam, None, None, None, None
