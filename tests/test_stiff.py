@@ -395,3 +395,13 @@ def test_per_sample_needs_blocks() -> None:
             torch.ones(2, 1, dtype=torch.float64),
             controller=tn.PIDController(per_sample=True),
         )  # fmt: skip
+
+
+def test_gradcheck_autoswitch() -> None:
+    def fn(y0, k, A):
+        return tn.solve(
+            tn.ODETerm(_grad_field), tn.AutoSwitch(switch_after=2), 0.0, 0.5, y0, (k, A),
+            controller=tn.PIDController(rtol=1e-4, atol=1e-4), saveat=tn.SaveAt(ts=[0.5]),
+        ).ys  # fmt: skip
+
+    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-5, rtol=1e-4)
