@@ -51,6 +51,15 @@ METHODS: dict[str, Callable[[], AbstractSolver]] = {
     "fixed_adams": solvers.FixedAdams,
     "explicit_adams": _explicit_adams,
     "implicit_adams": _implicit_adams,
+    "implicit_euler": solvers.ImplicitEuler,
+    "trapezoid": solvers.Trapezoid,
+    "kvaerno3": solvers.Kvaerno3,
+    "kvaerno4": solvers.Kvaerno4,
+    "kvaerno5": solvers.Kvaerno5,
+    "ros3p": solvers.Ros3p,
+    "rodas4": solvers.Rodas4,
+    "rodas5": solvers.Rodas5,
+    "auto_switch": solvers.AutoSwitch,
 }
 
 _ODEINT_OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm"}

@@ -484,6 +484,7 @@ def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
         "num_accepted_steps": accepted if per_sample else int(accepted),
         "num_rejected_steps": rejected if per_sample else int(rejected),
         "num_fevals": res.num_fevals,
+        **res.extra_stats,
     }
     return Solution(
         ts=ts,

@@ -34,12 +34,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from .._core.implicit import AbstractImplicitSolver
 from .._core.loop import LoopResult
 from .._core.packing import PackedTerm, ReversedTerm
 from .._core.problem import Problem
 from .._core.solution import SaveAt, SolveError, Status
 from .._core.solver import AbstractSolver
+from .._core.solvers.auto_switch import AutoSwitch
 from .._core.solvers.rk4 import RK4
+from .._core.solvers.tsit5 import Tsit5
 from .._core.symplectic import AbstractSymplectic
 from .._core.terms import AbstractTerm, MultiTerm, ODETerm, broadcast_time
 from .base import AbstractAdjoint
@@ -177,12 +180,19 @@ class _Run:
     # --- the backward pass
     def _backward_solver(self) -> AbstractSolver:
         """The adjoint's solver, else the forward one; a symplectic method only solves
-        (q, p) systems, so RK4 (same order class, same fixed step) stands in for it."""
+        (q, p) systems, so RK4 (same order class, same fixed step) stands in for it, and
+        implicit methods are replaced by Tsit5 (see below)."""
         adj, p = self.adjoint, self.problem
         if adj.solver is not None:
             return adj.solver
         if isinstance(p.solver, AbstractSymplectic):
             return RK4()
+        if isinstance(p.solver, (AbstractImplicitSolver, AutoSwitch)):
+            # The augmented system's Jacobian would need second derivatives through the
+            # vector-Jacobian products of the adjoint vector field; an explicit adaptive method
+            # integrates it (for stiff problems prefer CheckpointAdjoint or DirectAdjoint,
+            # whose gradients follow the implicit forward solve).
+            return Tsit5()
         return p.solver
 
     def _controller(self) -> tuple[AbstractStepSizeController, Any]:

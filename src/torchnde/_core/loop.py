@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ class LoopResult:
     steps_y: torch.Tensor | None
     dense: list | None
     event_mask: tuple[torch.Tensor, ...] | None
+    extra_stats: dict = field(default_factory=dict)  # solver counts (Jacobians, LUs, ...)
 
 
 def _host(values: list[torch.Tensor]) -> list:
@@ -208,7 +209,10 @@ class Loop:
         self.event, self.max_steps, self.progress = event, max_steps, progress
         self.to_user_time, self.check_vf = to_user_time, check_vf
         self.per_sample = controller.per_sample
-        self.adaptive = solver.is_adaptive
+        # Adaptive stepping: an error estimate and a controller that uses it (an adaptive
+        # solver on constant steps can neither reject nor shrink, so a non-finite state ends
+        # the solve as it does for fixed-step solvers).
+        self.adaptive = solver.is_adaptive and not controller.never_rejects
         self.has_jumps = controller.jump_ts is not None
         eps = torch.finfo(t0.dtype).eps
         # Smallest meaningful step: below the time resolution of the interval, or dtmin.
@@ -224,6 +228,7 @@ class Loop:
         self.ts_host = [] if ts is None or self.per_sample else ts.detach().tolist()
         if ts is not None and self.per_sample:
             self.arange = torch.arange(t0.shape[0], device=t0.device)
+        self.extra_stats: dict[str, int] = {}
         self.attempt = (
             torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
         )
@@ -381,7 +386,7 @@ class Loop:
             y, fstate = y1, fnew
         else:
             y = torch.where(broadcast_time(accept, y1), y1, y)
-            fstate = tree_where(accept, fnew, st.fstate)
+            fstate = tree_where(accept, fnew, self.solver.rejected_state(st.fstate, fnew))
         t = t_after
         tnext = self._clip_end(next_t1)
         new = _State(
@@ -492,6 +497,10 @@ class Loop:
             new.fstate = tree_where(made_jump, init, new.fstate)
             nfe += self.solver.num_fevals_init
         nfe += self.solver.take_dense_fevals(dense_info)
+        extra = self.solver.take_stats(dense_info)
+        if extra and replay is None:
+            for k, v in extra.items():
+                self.extra_stats[k] = self.extra_stats.get(k, 0) + v
         return new, host, emit, nfe
 
     def finish(
@@ -542,6 +551,7 @@ class Loop:
             steps_y=st_y,
             dense=dense,
             event_mask=st.event_mask,
+            extra_stats=dict(self.extra_stats),
         )
 
     def new_output(self, y0: torch.Tensor) -> torch.Tensor | None:

@@ -39,7 +39,9 @@ _MESSAGES = {
     ),
     Status.DT_UNDERFLOW: (
         "the step size fell below `dtmin` or below the resolution of the time dtype; the "
-        "problem may be stiff, singular, or need looser tolerances"
+        "problem may be stiff (use an implicit solver such as Kvaerno5 or Rodas5), singular, "
+        "or need looser tolerances; for implicit solvers, Newton's method failed to converge "
+        "even for tiny steps (check the Jacobian and the vector field's smoothness)"
     ),
     Status.NONFINITE: (
         "the state or the vector field became non-finite (NaN/inf) and shrinking the step "
@@ -107,7 +109,8 @@ class Solution:
             tuple state). Entries a sample never reached (after a failure or a terminal
             event) are NaN.
         stats: ``num_steps`` (attempted), ``num_accepted_steps`` and ``num_rejected_steps``
-            (per sample when stepping per sample), ``num_fevals``.
+            (per sample when stepping per sample), ``num_fevals``; implicit and Rosenbrock
+            solvers add ``num_jacobians`` and ``num_lu_factorisations`` (batched calls).
         status: a :class:`Status` code per sample (a 0-d tensor for joint stepping).
         event_mask: for a solve with events, a tuple with, per event function, a bool tensor
             saying whether it stopped the solve.

@@ -33,11 +33,14 @@ class AbstractSolver(abc.ABC):
        and the result ``(n, *y.shape)``; with ``per_sample=True``, ``theta`` has shape
        ``(batch,)`` and the result the shape of ``y``.
     5. ``num_fevals_init`` and ``num_fevals_step`` count vector-field evaluations for stats;
-       ``take_dense_fevals`` reports extra ones made lazily by the dense output.
-    6. Optional, for variable-order methods: ``error_order_of(state)`` gives the error order
-       of the next step (a tensor of the batch shape may vary per sample), and
-       ``with_controller(controller, norm)`` returns the instance a loop should use, e.g. one
-       that measures its own candidate error estimates in the controller's norm.
+       ``take_dense_fevals`` reports extra ones made lazily by the dense output (or, for
+       methods whose cost varies per step, all of them); ``take_stats`` any other counts.
+    6. Optional hooks: ``error_order_of(state)`` gives the error order of the next step (a
+       tensor of the batch shape may vary per sample, for variable-order methods);
+       ``with_controller(controller, norm)`` returns the instance a loop should use (by
+       default, ``with_tolerances`` told a PID controller's tolerances, which implicit methods
+       use for their Newton iterations; Adams measures its candidate error estimates in the
+       controller's norm); ``rejected_state`` what to carry after a rejected step.
     """
 
     order: ClassVar[int]
@@ -75,13 +78,34 @@ class AbstractSolver(abc.ABC):
         stats; only methods whose interpolant needs extra stages make any)."""
         return 0
 
+    def take_stats(self, dense_info: Any) -> dict[str, int] | None:
+        """Counts beyond vector-field evaluations made by a step since last asked (e.g.
+        ``num_jacobians``, ``num_lu_factorisations`` of implicit methods), summed into
+        ``Solution.stats``; ``None`` when there are none."""
+        return None
+
+    def rejected_state(self, state: Any, new_state: Any) -> Any:
+        """The state to carry after a rejected step (default: the state before it). Implicit
+        methods keep the Jacobian the rejected attempt computed at the same point."""
+        return state
+
     def error_order_of(self, state: Any) -> Any:
         """The error order of the step taken from ``state`` (``error_order`` unless the method
         changes its order from step to step)."""
         return self.error_order
 
     def with_controller(self, controller: Any, norm: Any) -> AbstractSolver:
-        """The solver a loop with this controller and error norm uses (``self`` by default)."""
+        """The solver a loop with this controller and error norm uses: by default this solver
+        told the controller's tolerances, if it has any."""
+        rtol = getattr(controller, "rtol", None)
+        if rtol is None:
+            return self
+        return self.with_tolerances(rtol, controller.atol)
+
+    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
+        """This solver told the step-size controller's tolerances (implicit methods use them
+        for their Newton iterations); solvers are immutable, so this returns a copy or
+        ``self``."""
         return self
 
     @property

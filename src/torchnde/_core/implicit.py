@@ -1,0 +1,396 @@
+r"""Implicit solvers: the shared options, and the ESDIRK engine.
+
+An ESDIRK (explicit first stage, singly diagonally implicit) Runge–Kutta method with
+diagonal $\gamma$ computes, for stages $i = 1, \dots, s-1$,
+
+$$z_i = y_0 + h \sum_{j<i} a_{ij} k_j + h\gamma\, k_i,\qquad k_i = f(t_0 + c_i h, z_i),$$
+
+with $k_0 = f(t_0, y_0)$. Each stage is a nonlinear equation for $z_i$, solved by simplified
+Newton with the matrix $I - h\gamma J$ (one LU factorisation for every stage, reused across
+steps while Newton converges fast and the step size stays close). All methods here are
+stiffly accurate ($y_1 = z_{s-1}$, so $k_{s-1} = f(t_1, y_1)$ is the next step's $k_0$), and
+$k_i$ is recovered as $(z_i - \text{base}_i) / (h\gamma)$, which does not amplify the Newton
+error by the stiffness (Hairer & Wanner, *Solving ODEs II*, Sec. IV.8).
+
+A Newton failure rejects the step: the error estimate is infinite, so the controller
+shrinks the step (after first retrying with a fresh Jacobian when the one used was stale).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .newton import (
+    Counts,
+    FlatODE,
+    attach_implicit_gradient,
+    is_ode,
+    lu_factor,
+    newton_solve,
+    unit_norm_floor,
+)
+from .runge_kutta import hermite
+from .solver import AbstractSolver
+from .terms import AbstractTerm
+
+__all__ = ["AbstractESDIRK", "AbstractImplicitSolver", "ESDIRKTableau"]
+
+
+class AbstractImplicitSolver(AbstractSolver):
+    """Options shared by the solvers that need the Jacobian of the vector field.
+
+    Args:
+        jacobian: how to get $\\partial f / \\partial y$. ``"autograd"`` (default):
+            ``torch.func.jacrev``, one vectorised backward pass per state component of one
+            sample, exact. ``"finite_difference"``: one extra evaluation of ``f`` per state
+            component of one sample (all samples perturbed at once); much cheaper for small
+            systems, accurate to about ``sqrt(eps)``, what SciPy's and Hairer's stiff codes
+            do by default. A callable ``jacobian(t, y, args)``: your own, returning shape
+            ``(*y.shape, *y.shape)``, or ``(batch, *state, *state)`` with one block per sample
+            when the Jacobian is blockwise (see ``jacobian_blocks``). Gradients of implicit
+            (Newton) stages always use the exact autograd Jacobian in the backward pass.
+        jacobian_blocks: whether the samples along the first dimension of the state are
+            independent systems, each with its own ``(n, n)`` Jacobian block (``n`` the size of
+            one sample). ``None``: blocks when stepping per sample (which already assumes
+            independent samples), one full Jacobian of the whole state otherwise.
+    """
+
+    num_fevals_init: ClassVar[int] = 1
+    num_fevals_step: ClassVar[int] = 0  # counted per step through take_dense_fevals
+
+    def __init__(
+        self,
+        *,
+        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
+        jacobian_blocks: bool | None = None,
+    ) -> None:
+        if jacobian is None:
+            jacobian = "autograd"
+        if not callable(jacobian) and jacobian not in ("autograd", "finite_difference"):
+            raise ValueError(
+                f"{type(self).__name__}: `jacobian` must be 'autograd', 'finite_difference' or "
+                f"a callable jacobian(t, y, args), got {jacobian!r}."
+            )
+        if jacobian_blocks is not None and not isinstance(jacobian_blocks, bool):
+            raise TypeError(
+                f"{type(self).__name__}: `jacobian_blocks` must be a bool or None, got "
+                f"{jacobian_blocks!r}."
+            )
+        self.jacobian = jacobian
+        self.jacobian_blocks = jacobian_blocks
+
+    def _ode(self, terms: AbstractTerm, args: Any, y: torch.Tensor, t: torch.Tensor) -> FlatODE:
+        if not is_ode(terms):
+            raise NotImplementedError(
+                f"{type(self).__name__} solves ODEs (ODETerm); got {type(terms).__name__}."
+            )
+        per_sample = t.ndim == 1
+        blocks = self.jacobian_blocks
+        if per_sample and blocks is False:
+            raise ValueError(
+                f"{type(self).__name__}: `jacobian_blocks=False` cannot step per sample; "
+                "per-sample stepping needs one Jacobian block per sample (leave it None)."
+            )
+        if blocks is None:
+            blocks = per_sample
+        return FlatODE(terms, args, y, blocks, self.jacobian, t)
+
+    def take_dense_fevals(self, dense_info: Any) -> int:
+        return dense_info[-1].take_fevals()
+
+    def take_stats(self, dense_info: Any) -> dict[str, int] | None:
+        return dense_info[-1].take()
+
+    def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+        return hermite(dense_info[:4], theta, per_sample)
+
+    def vector_field_of(self, state: Any) -> Any:
+        return state[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@dataclass(frozen=True, eq=False)
+class ESDIRKTableau:
+    """A stiffly accurate ESDIRK tableau.
+
+    Args:
+        a: the implicit rows ``1 .. s-1`` of the stage matrix, each of length ``i + 1`` and
+            ending with the diagonal ``gamma``.
+        c: the nodes, length ``s``, ``c[0] == 0``.
+        b_embedded: weights of the embedded solution (length ``s``); the error estimate is
+            ``h Σ (b - b_embedded)_i k_i`` with ``b`` the last row of ``a``.
+        order, error_order: order of the solution and exponent of the error estimate.
+    """
+
+    a: Sequence[Sequence[float]]
+    c: Sequence[float]
+    b_embedded: Sequence[float]
+    order: int
+    error_order: int
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        if len(self.a) != s - 1 or any(len(r) != i + 2 for i, r in enumerate(self.a)):
+            raise ValueError("ESDIRKTableau: `a` must have rows of lengths 2, 3, ..., s.")
+        gammas = {r[-1] for r in self.a}
+        if len(gammas) != 1:
+            raise ValueError(f"ESDIRKTableau: the diagonal must be constant, got {gammas}.")
+        for i, r in enumerate(self.a):
+            if abs(sum(r) - self.c[i + 1]) > 1e-10:
+                raise ValueError(f"ESDIRKTableau: row {i + 1} of `a` does not sum to c.")
+        if abs(self.c[-1] - 1.0) > 1e-14:
+            raise ValueError("ESDIRKTableau: a stiffly accurate method needs c[-1] == 1.")
+
+    @property
+    def gamma(self) -> float:
+        return float(self.a[0][-1])
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.c)
+
+    def full_a(self) -> list[list[float]]:
+        """The ``(s, s)`` stage matrix, zero first row."""
+        s = self.num_stages
+        out = [[0.0] * s for _ in range(s)]
+        for i, r in enumerate(self.a):
+            out[i + 1][: i + 2] = list(r)
+        return out
+
+    @property
+    def b(self) -> list[float]:
+        return list(self.a[-1])
+
+    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            a = torch.tensor(self.full_a(), dtype=torch.float64)
+            e = a[-1] - torch.tensor(self.b_embedded, dtype=torch.float64)
+            hit = {"a": a.to(dtype=dtype, device=device), "e": e.to(dtype=dtype, device=device)}
+            self._cache[key] = hit
+        return hit
+
+
+class AbstractESDIRK(AbstractImplicitSolver):
+    """ESDIRK methods with a shared batched Newton solver; subclasses set ``tableau``.
+
+    Args:
+        jacobian, jacobian_blocks: see :class:`AbstractImplicitSolver`.
+        newton_rtol, newton_atol: tolerances of the Newton iteration; ``None`` takes the
+            step-size controller's ``rtol``/``atol`` (fixed-step solves use
+            ``eps**(2/3)`` of the dtype).
+        kappa: Newton stops when the predicted remaining error is below ``kappa`` times the
+            tolerance (Hairer & Wanner recommend 0.01 to 0.1).
+        max_newton_iters: iterations before a stage counts as failed (the step is then
+            rejected and shrunk).
+        jacobian_theta: a contraction rate above this makes the next step recompute the
+            Jacobian.
+        lu_ratio: the LU of ``I - h γ J`` is refactorised when ``h γ`` changed by more than
+            this fraction since it was factorised.
+    """
+
+    tableau: ClassVar[ESDIRKTableau]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None:
+            cls.order = tab.order
+            cls.error_order = tab.error_order
+            cls.dense_order = 3
+
+    def __init__(
+        self,
+        *,
+        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
+        jacobian_blocks: bool | None = None,
+        newton_rtol: float | None = None,
+        newton_atol: float | None = None,
+        kappa: float = 0.05,
+        max_newton_iters: int = 10,
+        jacobian_theta: float = 0.3,
+        lu_ratio: float = 0.2,
+    ) -> None:
+        super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
+        name = type(self).__name__
+        for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
+            if v is not None and (not isinstance(v, (int, float)) or v <= 0):
+                raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
+        for k, v in (("kappa", kappa), ("jacobian_theta", jacobian_theta), ("lu_ratio", lu_ratio)):
+            if not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ValueError(f"{name}: `{k}` must be a number in (0, 1), got {v!r}.")
+        if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int):
+            raise TypeError(f"{name}: `max_newton_iters` must be an int, got {max_newton_iters!r}.")
+        if max_newton_iters < 1:
+            raise ValueError(f"{name}: `max_newton_iters` must be >= 1, got {max_newton_iters}.")
+        self.newton_rtol, self.newton_atol = newton_rtol, newton_atol
+        self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
+        self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
+        self._rtol: Any = None
+        self._atol: Any = None
+
+    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
+        new = copy.copy(self)
+        new._rtol, new._atol = rtol, atol
+        return new
+
+    def _scale_fn(self, g: FlatODE, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        rtol = self.newton_rtol if self.newton_rtol is not None else self._rtol
+        atol = self.newton_atol if self.newton_atol is not None else self._atol
+        floor = unit_norm_floor(dtype)
+        rtol = floor if rtol is None else rtol
+        atol = floor if atol is None else atol
+
+        def scale(z: torch.Tensor) -> torch.Tensor:
+            s = atol + rtol * g.unflat(z).abs()
+            return s.reshape(g.B, g.n)
+
+        return scale
+
+    # -- state: (f0, J, LU, piv, hg_lu, eta, jac_ok, jac_fresh) ---------------------------------
+
+    def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
+        g = self._ode(terms, args, y0, t0)
+        f0 = g.unflat(g(t0, g.flat(y0)))
+        B, n = g.B, g.n
+        eye = torch.eye(n, dtype=y0.dtype, device=y0.device).expand(B, n, n).contiguous()
+        piv = torch.arange(1, n + 1, dtype=torch.int32, device=y0.device).expand(B, n).contiguous()
+        zeros = y0.new_zeros(B)
+        false = torch.zeros(B, dtype=torch.bool, device=y0.device)
+        # eta = 1: the first iterate of the first solve is never taken as converged.
+        return (f0, torch.zeros_like(eye), eye, piv, zeros, y0.new_ones(B), false, false)
+
+    def rejected_state(self, state: Any, new_state: Any) -> Any:
+        # A rejected attempt started from the same point: keep the Jacobian it computed (and
+        # whether it was fresh), so the retry with a smaller step does not recompute it.
+        return (state[0],) + tuple(new_state[1:])
+
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        return self._step(terms, t0, t1, y0, args, state, None)
+
+    def _step(self, terms, t0, t1, y0, args, state, active):
+        f0, J, LU, piv, hg_lu, eta, jac_ok, fresh = state
+        g = self._ode(terms, args, y0, t0)
+        tab = self.tableau
+        gamma = tab.gamma
+        counts = Counts()
+        B = g.B
+        h = (t1 - t0).to(y0.dtype)
+        hB = h.expand(B) if h.ndim == 0 else h
+        hg = hB * gamma
+        y0f = g.flat(y0)
+        if active is None:
+            active = torch.ones(B, dtype=torch.bool, device=y0.device)
+        scale_fn = self._scale_fn(g, y0.dtype)
+
+        def refresh(J, LU, piv, hg_lu, fresh, need_jac):
+            if bool(need_jac.any()):
+                with torch.no_grad():
+                    # Not the carried f0: it comes from the stage algebra, (z - base) / (h γ),
+                    # which is off by the Newton error over h γ (too much for a difference).
+                    Jn = g.jacobian(t0, y0f)
+                if self.jacobian == "finite_difference":
+                    counts.num_fevals += g.n + 1
+                counts.num_jacobians += 1
+                J = torch.where(need_jac[:, None, None], Jn, J)
+                fresh = fresh | need_jac
+            ratio = hg / torch.where(hg_lu != 0, hg_lu, torch.ones_like(hg_lu))
+            refactor = need_jac | ~((ratio - 1).abs() <= self.lu_ratio)
+            refactor = refactor & active
+            if bool(refactor.any()):
+                with torch.no_grad():
+                    LUn, pivn = lu_factor(J, hg)
+                counts.num_lu += 1
+                LU = torch.where(refactor[:, None, None], LUn, LU)
+                piv = torch.where(refactor[:, None], pivn, piv)
+                hg_lu = torch.where(refactor, hg, hg_lu)
+            return J, LU, piv, hg_lu, fresh
+
+        J, LU, piv, hg_lu, fresh = refresh(J, LU, piv, hg_lu, fresh, ~jac_ok & active)
+        out = self._stages(g, t0, t1, y0f, f0, h, hB, hg, LU, piv, eta, active, scale_fn, counts)
+        retry = out[2] & ~fresh
+        if bool(retry.any()):
+            # Newton failed with a stale Jacobian: recompute it and redo those samples.
+            J, LU, piv, hg_lu, fresh = refresh(J, LU, piv, hg_lu, fresh, retry)
+            again = self._stages(
+                g, t0, t1, y0f, f0, h, hB, hg, LU, piv, eta, retry, scale_fn, counts
+            )
+            out = (
+                torch.where(retry[None, :, None], again[0], out[0]),
+                torch.where(retry[:, None], again[1], out[1]),
+                *(torch.where(retry, a, b) for a, b in zip(again[2:], out[2:])),
+            )
+        hK, z_last, failed, theta, eta_new = out
+        e = tab.cast(y0.dtype, y0.device)["e"]
+        err = torch.einsum("s,sbn->bn", e, hK)
+        if self._rtol is None:
+            # Fixed steps cannot be rejected: a failed solve makes the state NaN, which the
+            # loop reports as NONFINITE.
+            y1f = torch.where(failed[:, None], torch.full_like(z_last, float("nan")), z_last)
+        else:
+            # Adaptive: reject and shrink. A huge finite error rather than inf keeps the
+            # controller's gradient finite (its factor is clipped there anyway).
+            y1f = torch.where(failed[:, None], y0f, z_last)
+            big = (y0f.detach().abs() + 1) * 1e8
+            err = torch.where(failed[:, None], big, err)
+        safe_h = torch.where(hB != 0, hB, torch.ones_like(hB))
+        f1f = hK[-1] / safe_h[:, None]
+        y1 = g.unflat(y1f)
+        f1 = g.unflat(f1f)
+        # The Jacobian stays usable while Newton contracts fast; after a failure with a fresh
+        # one the step size is to blame, not the Jacobian.
+        slow = theta > self.jacobian_theta
+        jac_ok_new = ~slow | (failed & fresh)
+        new_state = (f1, J, LU, piv, hg_lu, eta_new, jac_ok_new, fresh)
+        dense_info = (y0, y1, g.unflat(hK[0]), g.unflat(hK[-1]), counts)
+        return y1, g.unflat(err), dense_info, new_state
+
+    def _stages(self, g, t0, t1, y0f, f0, h, hB, hg, LU, piv, eta, active, scale_fn, counts):
+        """All stages of one step. Returns ``(hK (s, B, n), z_last, failed, theta, eta)``."""
+        tab = self.tableau
+        a = tab.cast(y0f.dtype, y0f.device)["a"]
+        gamma = tab.gamma
+        s = tab.num_stages
+        hK = [hB[:, None] * g.flat(f0)]
+        failed = torch.zeros_like(active)
+        theta = torch.zeros_like(hg)
+        grad = torch.is_grad_enabled()
+        z = y0f
+        for i in range(1, s):
+            base = y0f
+            for j in range(i):
+                if tab.a[i - 1][j] != 0.0:
+                    base = base + a[i, j] * hK[j]
+            ti = t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * (t1 - t0)
+            z0 = base + gamma * hK[-1]
+            with torch.no_grad():
+                res = newton_solve(
+                    g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn, eta,
+                    active & ~failed, counts, kappa=self.kappa, max_iters=self.max_newton_iters,
+                )  # fmt: skip
+            eta = res.eta
+            failed = failed | (res.failed & active)
+            theta = torch.maximum(theta, res.theta)
+            z = res.z
+            if grad:
+                z = attach_implicit_gradient(g, ti, base, z, hg)
+                counts.num_fevals += 1
+            hK.append((z - base) / gamma)
+        return torch.stack(hK), z, failed, theta, eta

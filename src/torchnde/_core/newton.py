@@ -1,0 +1,325 @@
+r"""Batched Newton machinery shared by the implicit and Rosenbrock solvers.
+
+Everything works on the state flattened to ``(B, n)``: ``B`` independent systems of size
+``n`` (one block per sample), or ``B = 1`` with ``n`` the whole state (one full Jacobian).
+Jacobians are ``(B, n, n)`` and so are the LU factorisations of the Newton matrix
+$M = I - h\gamma J$, which ``torch.linalg.lu_factor`` / ``lu_solve`` handle in one batched
+call.
+
+Convergence of the simplified Newton iteration follows Hairer & Wanner, *Solving ODEs II*,
+Sec. IV.8: with the contraction rate $\theta_k = \|\Delta_k\| / \|\Delta_{k-1}\|$ and
+$\eta_k = \theta_k / (1 - \theta_k)$ the iteration stops when $\eta_k \|\Delta_k\| \le \kappa$
+(norms scaled by the tolerances), fails when $\theta_k \ge 1$ (divergence), a value is not
+finite, or after ``max_iters`` iterations.
+
+Gradients of a converged stage value $z^*$ (root of $F(z) = z - b - h\gamma f(t, z)$) come
+from the implicit function theorem, not from the iterations: :func:`attach_implicit_gradient`
+returns $z^* + C(F(z^*))$ where $C$ is zero in the forward pass and $-(\partial F/\partial
+z)^{-\top}$ in the backward pass, with the exact Jacobian at $z^*$.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .packing import PackedTerm, ReversedTerm
+from .terms import AbstractTerm, ODETerm
+
+__all__ = [
+    "Counts",
+    "FlatODE",
+    "attach_implicit_gradient",
+    "jacobian",
+    "lu_factor",
+    "lu_solve",
+    "newton_solve",
+]
+
+
+@dataclass
+class Counts:
+    """Work done by one step, read (and reset) by the loop through the solver's hooks."""
+
+    num_fevals: int = 0
+    num_jacobians: int = 0
+    num_lu: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def take(self) -> dict[str, int]:
+        out = {"num_jacobians": self.num_jacobians, "num_lu_factorisations": self.num_lu}
+        out.update(self.extra)
+        self.num_jacobians = self.num_lu = 0
+        self.extra = {}
+        return out
+
+    def take_fevals(self) -> int:
+        n, self.num_fevals = self.num_fevals, 0
+        return n
+
+
+def _user_time_map(terms: AbstractTerm) -> tuple[float, Any]:
+    """The sign of the internal time and the user's ODE term, for a user Jacobian."""
+    sign = 1.0
+    base = terms
+    while True:
+        if isinstance(base, ReversedTerm):
+            sign = -sign
+            base = base.term
+        elif isinstance(base, PackedTerm):
+            raise NotImplementedError(
+                "a user-supplied `jacobian` needs a single-tensor state; for a tuple state "
+                "leave `jacobian=None` (autograd) or stack the state into one tensor."
+            )
+        else:
+            return sign, base
+
+
+class FlatODE:
+    """The ODE ``dy/dt = g(t, y)`` of a term, seen on the state flattened to ``(B, n)``.
+
+    Args:
+        terms: an ODE term (possibly wrapped for reverse time or a tuple state).
+        args: the user's args.
+        like: the state (shape, dtype).
+        blocks: one Jacobian block per leading-dimension sample (``True``) or one full one.
+        user_jacobian: ``jacobian(t, y, args)``, ``"autograd"``/``None`` or
+            ``"finite_difference"``.
+    """
+
+    def __init__(
+        self,
+        terms: AbstractTerm,
+        args: Any,
+        like: torch.Tensor,
+        blocks: bool,
+        user_jacobian: Any,
+        t_like: torch.Tensor,
+    ) -> None:
+        self.terms, self.args, self.shape = terms, args, like.shape
+        if blocks and like.ndim == 0:
+            blocks = False
+        self.B = like.shape[0] if blocks else 1
+        self.n = like.numel() // self.B
+        self.blocks = blocks
+        self.user_jacobian = user_jacobian
+        self.unit = terms.contr(t_like, t_like + 1)
+
+    def flat(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(self.B, self.n)
+
+    def unflat(self, z: torch.Tensor) -> torch.Tensor:
+        return z.reshape(self.shape)
+
+    def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        vf = self.terms.vf(t, self.unflat(z), self.args)
+        return self.terms.prod(vf, self.unit).reshape(self.B, self.n)
+
+    def jacobian(self, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None = None):
+        """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}`` (``f = g(t, z)`` if known)."""
+        if self.user_jacobian == "finite_difference":
+            return fd_jacobian(self, t, z, f)
+        if self.user_jacobian is not None and self.user_jacobian != "autograd":
+            return self._user(t, z)
+        return jacobian(self, t, z)
+
+    def _user(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        sign, _ = _user_time_map(self.terms)
+        J = self.user_jacobian(t * sign, self.unflat(z), self.args)  # type: ignore[misc]
+        if not isinstance(J, torch.Tensor):
+            raise TypeError(f"`jacobian` must return a tensor, got {type(J).__name__}.")
+        want = (self.B, self.n, self.n)
+        if J.numel() != self.B * self.n * self.n:
+            shape = (
+                f"({self.B}, *state, *state) = {want} flattened"
+                if self.blocks
+                else f"(*y.shape, *y.shape) with {self.n}x{self.n} entries"
+            )
+            raise ValueError(
+                f"`jacobian` returned shape {tuple(J.shape)}; it must return df/dy of shape "
+                f"{shape}."
+            )
+        return J.reshape(want).to(z.dtype) * sign
+
+
+def jacobian(g: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t, z) -> torch.Tensor:
+    """Block Jacobians ``(B, n, n)`` of ``g(t, ·)`` at ``z`` of shape ``(B, n)``.
+
+    The samples are independent, so the Jacobian of ``Σ_b g_b`` with respect to ``z`` holds
+    every block: one forward evaluation and ``n`` vector-Jacobian products, vectorised by
+    ``torch.func.jacrev`` (falls back to a loop of ``autograd.grad`` when the vector field
+    cannot be vmapped).
+    """
+    if not torch.is_grad_enabled():
+        z = z.detach()
+
+    def summed(zz: torch.Tensor) -> torch.Tensor:
+        return g(t, zz).sum(0)
+
+    try:
+        J = torch.func.jacrev(summed)(z)  # (n, B, n)
+    except (RuntimeError, NotImplementedError):
+        # With autograd recording, the Jacobian keeps its graph (Rosenbrock gradients).
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            zz = z if z.requires_grad else z.detach().requires_grad_(True)
+            out = summed(zz)
+            rows = []
+            for i in range(out.shape[0]):
+                (gi,) = torch.autograd.grad(
+                    out[i], zz, retain_graph=True, create_graph=create, allow_unused=True
+                )
+                rows.append(torch.zeros_like(z) if gi is None else gi)
+            J = torch.stack(rows)
+    return J.permute(1, 0, 2)
+
+
+def fd_jacobian(g: FlatODE, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None):
+    """Forward-difference block Jacobians ``(B, n, n)``: ``n`` evaluations, each perturbing one
+    component of every sample (steps ``sqrt(eps) max(|z_j|, 1e-3)``, as in Hairer's codes)."""
+    if f is None:
+        f = g(t, z)
+    eps = torch.finfo(z.dtype).eps ** 0.5
+    delta = eps * z.abs().clamp_min(1e-3)
+    cols = []
+    for j in range(g.n):
+        zj = z.clone()
+        zj[:, j] = z[:, j] + delta[:, j]
+        # The step actually taken (rounding), so the quotient is consistent.
+        dj = zj[:, j] - z[:, j]
+        cols.append((g(t, zj) - f) / dj[:, None])
+    return torch.stack(cols, dim=-1)
+
+
+def lu_factor(J: torch.Tensor, hg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LU factors of ``I - hg J`` (``hg`` of shape ``(B,)``)."""
+    n = J.shape[-1]
+    eye = torch.eye(n, dtype=J.dtype, device=J.device)
+    M = eye - hg[:, None, None] * J
+    LU, piv, _ = torch.linalg.lu_factor_ex(M)
+    return LU, piv
+
+
+def lu_solve(LU: torch.Tensor, piv: torch.Tensor, r: torch.Tensor, adjoint: bool = False):
+    return torch.linalg.lu_solve(LU, piv, r.unsqueeze(-1), adjoint=adjoint).squeeze(-1)
+
+
+def scaled_rms(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """RMS of ``x / scale`` per row: ``(B,)``."""
+    return (x / scale).square().mean(1).sqrt()
+
+
+@dataclass
+class NewtonResult:
+    z: torch.Tensor
+    failed: torch.Tensor  # (B,) bool
+    theta: torch.Tensor  # (B,) the slowest contraction rate seen
+    eta: torch.Tensor  # (B,) carried to the next solve
+
+
+def newton_solve(
+    g: FlatODE,
+    t: torch.Tensor,
+    base: torch.Tensor,
+    z0: torch.Tensor,
+    hg: torch.Tensor,
+    LU: torch.Tensor,
+    piv: torch.Tensor,
+    scale_fn: Callable[[torch.Tensor], torch.Tensor],
+    eta: torch.Tensor,
+    active: torch.Tensor,
+    counts: Counts,
+    *,
+    kappa: float,
+    max_iters: int,
+) -> NewtonResult:
+    """Simplified Newton for ``z = base + hg g(t, z)`` on the rows where ``active``.
+
+    Converged rows are frozen (so a sample's result does not depend on its batch mates);
+    the host learns once per iteration whether any row is still iterating.
+    """
+    eps = torch.finfo(z0.dtype).eps
+    uround = max(eps, 1e-16)
+    z = z0
+    running = active.clone()
+    failed = torch.zeros_like(active)
+    theta_max = torch.zeros_like(eta)
+    eta = eta.clamp_min(uround).pow(0.8)
+    dn_prev = torch.ones_like(eta)
+    hgc = hg[:, None]
+    for k in range(max_iters):
+        G = z - base - hgc * g(t, z)
+        counts.num_fevals += 1
+        delta = lu_solve(LU, piv, -G)
+        scale = scale_fn(z)
+        dn = scaled_rms(delta, scale)
+        finite = torch.isfinite(dn)
+        diverging = torch.zeros_like(finite)
+        if k > 0:
+            theta = dn / dn_prev
+            diverging = theta >= 1.0
+            theta_c = theta.clamp(max=0.999).nan_to_num(0.999)
+            theta_max = torch.where(running, torch.maximum(theta_max, theta_c), theta_max)
+            eta = torch.where(running, theta_c / (1 - theta_c), eta)
+        # Converged: the predicted remaining error is below kappa, or the correction is at
+        # the round-off of the state (where the rate is noise, so it may look divergent).
+        tiny = (delta.abs() <= 8 * eps * z.abs()).all(1)
+        conv = finite & ((eta * dn <= kappa) | tiny)
+        bad = ~finite | (diverging & ~conv)
+        z = torch.where(running[:, None] & ~bad[:, None], z + delta, z)
+        done = running & conv
+        failed = failed | (running & bad)
+        running = running & ~done & ~bad
+        dn_prev = torch.where(dn > 0, dn, torch.ones_like(dn))
+        if not bool(running.any()):
+            break
+    failed = failed | running
+    return NewtonResult(z=z, failed=failed, theta=theta_max, eta=eta)
+
+
+class _ImplicitCorrection(torch.autograd.Function):
+    """Zero forward; backward ``-(I - hg J(t, z*))^{-T} grad`` (implicit function theorem)."""
+
+    @staticmethod
+    def forward(ctx: Any, r: torch.Tensor, g: Any, t: torch.Tensor, z: torch.Tensor, hg):  # type: ignore[override]
+        ctx.g, ctx.t, ctx.hg = g, t, hg
+        ctx.save_for_backward(z)
+        return torch.zeros_like(r)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        with torch.no_grad():
+            g = ctx.g
+            # Exact: autograd, or the user's own Jacobian (never finite differences).
+            J = g._user(ctx.t, z) if callable(g.user_jacobian) else jacobian(g, ctx.t, z)
+            LU, piv = lu_factor(J, ctx.hg)
+            lam = lu_solve(LU, piv, grad, adjoint=True)
+        return -lam, None, None, None, None
+
+
+def attach_implicit_gradient(
+    g: FlatODE, t: torch.Tensor, base: torch.Tensor, z_star: torch.Tensor, hg: torch.Tensor
+) -> torch.Tensor:
+    """``z*`` carrying the implicit-function-theorem gradient of ``z = base + hg g(t, z)``
+    with respect to ``base``, ``hg``, ``t`` and whatever ``g`` closes over."""
+    z_star = z_star.detach()
+    r = z_star - base - hg[:, None] * g(t, z_star)
+    if not r.requires_grad:
+        return z_star
+    return z_star + _ImplicitCorrection.apply(r, g, t.detach(), z_star, hg.detach())
+
+
+def unit_norm_floor(dtype: torch.dtype) -> float:
+    """Default Newton tolerance of fixed-step solves (no controller tolerances to use)."""
+    return float(torch.finfo(dtype).eps) ** (2.0 / 3.0)
+
+
+def is_ode(terms: AbstractTerm) -> bool:
+    base = terms
+    while isinstance(base, (ReversedTerm, PackedTerm)):
+        base = base.term
+    return isinstance(base, ODETerm)

@@ -1,0 +1,190 @@
+r"""The Rosenbrock engine: linearly implicit Runge–Kutta methods.
+
+In the transformed form of Hairer & Wanner (*Solving ODEs II*, Sec. IV.7, eq. (7.25)) a
+Rosenbrock method with diagonal $\gamma$ solves one linear system per stage, all with the
+matrix $M = I - h\gamma J$ of the Jacobian $J = \partial f/\partial y(t_0, y_0)$:
+
+$$M U_i = h\gamma\Big(f\big(t_0 + \alpha_i h,\; y_0 + \textstyle\sum_{j<i} a_{ij} U_j\big)
++ \sum_{j<i} \tfrac{c_{ij}}{h} U_j + \gamma_i h\, \partial_t f(t_0, y_0)\Big),$$
+
+$$y_1 = y_0 + \sum_i m_i U_i,\qquad \hat e = \sum_i (m_i - \hat m_i) U_i.$$
+
+No Newton iteration: one Jacobian, one time derivative (a forward-mode product) and one LU
+factorisation per step, and no host synchronisation. The step is an explicit function of its
+inputs (through the linear solves), so autograd differentiates it exactly; the linear solves'
+backward passes solve with $M^\top$, which is the implicit function theorem for these linear
+stage equations. The vector field at the end of the step is evaluated for the Hermite dense
+output and reused as the next step's first stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .implicit import AbstractImplicitSolver
+from .newton import Counts, FlatODE, lu_factor, lu_solve
+from .terms import AbstractTerm
+
+__all__ = ["AbstractRosenbrock", "RosenbrockTableau"]
+
+
+@dataclass(frozen=True, eq=False)
+class RosenbrockTableau:
+    """Coefficients in Hairer & Wanner's transformed form (see the module docstring).
+
+    Args:
+        a, c: strictly lower rows ``1 .. s-1`` (row ``i`` has length ``i``).
+        alpha: stage times, length ``s``.
+        gamma_sum: $\\gamma_i = \\sum_j \\gamma_{ij}$, length ``s``; ``gamma_sum[0]`` is the
+            diagonal $\\gamma$.
+        m, m_error: weights of the solution and of the embedded one.
+        order, error_order: order of the solution and exponent of the error estimate.
+    """
+
+    a: Sequence[Sequence[float]]
+    c: Sequence[Sequence[float]]
+    alpha: Sequence[float]
+    gamma_sum: Sequence[float]
+    m: Sequence[float]
+    m_error: Sequence[float]
+    order: int
+    error_order: int
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        s = len(self.m)
+        for name, rows in (("a", self.a), ("c", self.c)):
+            if len(rows) != s - 1 or any(len(r) != i + 1 for i, r in enumerate(rows)):
+                raise ValueError(f"RosenbrockTableau: `{name}` must have rows of length 1..s-1.")
+        for name in ("alpha", "gamma_sum", "m_error"):
+            if len(getattr(self, name)) != s:
+                raise ValueError(f"RosenbrockTableau: `{name}` must have length {s}.")
+
+    @property
+    def gamma(self) -> float:
+        return float(self.gamma_sum[0])
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.m)
+
+    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            s = self.num_stages
+            a = torch.zeros(s, s, dtype=torch.float64)
+            c = torch.zeros(s, s, dtype=torch.float64)
+            for i in range(1, s):
+                a[i, :i] = torch.tensor(self.a[i - 1], dtype=torch.float64)
+                c[i, :i] = torch.tensor(self.c[i - 1], dtype=torch.float64)
+            m = torch.tensor(self.m, dtype=torch.float64)
+            e = m - torch.tensor(self.m_error, dtype=torch.float64)
+            hit = {
+                k: v.to(dtype=dtype, device=device)
+                for k, v in (("a", a), ("c", c * self.gamma), ("m", m), ("e", e))
+            }
+            self._cache[key] = hit
+        return hit
+
+
+def _time_derivative(g: FlatODE, t: torch.Tensor, z: torch.Tensor, h: torch.Tensor):
+    """``∂g/∂t`` at ``(t, z)``, ``(B, n)``, by a central difference: two evaluations (a
+    forward-mode product costs several times more), relative error about ``eps^(2/3)``; it
+    enters the stages multiplied by ``h²``."""
+    eps = torch.finfo(z.dtype).eps ** (1.0 / 3.0)
+    dt = eps * torch.maximum(t.abs(), h.abs().to(t.dtype)).clamp_min(eps)
+    tp, tm = t + dt, t - dt
+    width = (tp - tm).to(z.dtype)
+    return (g(tp, z) - g(tm, z)) / (width if width.ndim == 0 else width[:, None])
+
+
+class AbstractRosenbrock(AbstractImplicitSolver):
+    """Rosenbrock methods; subclasses set ``tableau``.
+
+    Args:
+        jacobian, jacobian_blocks: see :class:`~torchnde._core.implicit.AbstractImplicitSolver`.
+    """
+
+    tableau: ClassVar[RosenbrockTableau]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None:
+            cls.order = tab.order
+            cls.error_order = tab.error_order
+            cls.dense_order = 3
+
+    def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
+        g = self._ode(terms, args, y0, t0)
+        f0 = g.unflat(g(t0, g.flat(y0)))
+        # The state carries the last Jacobian too (AutoSwitch reads its spectral radius).
+        return (f0, y0.new_zeros(g.B, g.n, g.n))
+
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        f0 = state[0]
+        g = self._ode(terms, args, y0, t0)
+        tab = self.tableau
+        co = tab.cast(y0.dtype, y0.device)
+        a, cg = co["a"], co["c"]
+        s = tab.num_stages
+        gamma = tab.gamma
+        counts = Counts()
+        B = g.B
+        h = (t1 - t0).to(y0.dtype)
+        hB = h.expand(B) if h.ndim == 0 else h
+        hg = hB * gamma
+        y0f = g.flat(y0)
+        f0f = g.flat(f0)
+        J = g.jacobian(t0, y0f, f0f)
+        ft = _time_derivative(g, t0, y0f, h)
+        LU, piv = lu_factor(J, hg)
+        counts.num_jacobians, counts.num_lu = 1, 1
+        counts.num_fevals = s + 2  # stages 1..s-1, the time derivative (2), f(t1, y1)
+        if self.jacobian == "finite_difference":
+            counts.num_fevals += g.n
+        hgc = hg[:, None]
+        # h² γ γ_i ∂f/∂t and γ Σ c_ij U_j: no division by h (finished samples have h = 0).
+        h2ft = (hB * hg)[:, None] * ft
+        U: list[torch.Tensor] = []
+        for i in range(s):
+            if i == 0:
+                fi = f0f
+            else:
+                zi = y0f
+                for j in range(i):
+                    if tab.a[i - 1][j] != 0.0:
+                        zi = zi + a[i, j] * U[j]
+                ti = t0 if tab.alpha[i] == 0.0 else t0 + tab.alpha[i] * (t1 - t0)
+                fi = g(ti, zi)
+            rhs = hgc * fi
+            for j in range(i):
+                if tab.c[i - 1][j] != 0.0:
+                    rhs = rhs + cg[i, j] * U[j]
+            if tab.gamma_sum[i] != 0.0:
+                rhs = rhs + tab.gamma_sum[i] * h2ft
+            U.append(lu_solve(LU, piv, rhs))
+        Us = torch.stack(U)
+        y1f = y0f + torch.einsum("s,sbn->bn", co["m"], Us)
+        err = torch.einsum("s,sbn->bn", co["e"], Us)
+        y1 = g.unflat(y1f)
+        f1 = g.unflat(g(t1, y1f))
+        dense_info = (y0, y1, f0 * _bt(h, f0), f1 * _bt(h, f1), counts)
+        return y1, g.unflat(err), dense_info, (f1, J)
+
+
+def _bt(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return h if h.ndim == 0 else h.reshape((-1,) + (1,) * (like.ndim - 1))
