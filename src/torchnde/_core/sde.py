@@ -332,3 +332,46 @@ def milstein_correction(
             _, c = jvp(lambda z, j=j: diffusion.vf(t, z, args)[..., j], y, g[..., j])
             out = out - 0.5 * h * c
     return out
+
+
+class AbstractMilstein(AbstractSDESolver):
+    """The Milstein step shared by :class:`ItoMilstein` and :class:`StratonovichMilstein`;
+    the subclass's ``calculus`` picks the correction term."""
+
+    strong_order: ClassVar[float] = 1.0
+    noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar", "additive", "general")
+    num_fevals_step: ClassVar[int] = 3
+
+    def __init__(self, *, derivative_free: bool = False, adaptive: bool = False) -> None:
+        if not isinstance(derivative_free, bool):
+            raise TypeError(
+                f"{type(self).__name__}: `derivative_free` must be a bool, got {derivative_free!r}."
+            )
+        self.derivative_free = derivative_free
+        super().__init__(adaptive=adaptive)
+
+    def _step(
+        self,
+        drift: ODETerm | None,
+        diffusion: ControlTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+    ) -> torch.Tensor:
+        h = t1 - t0
+        dw = diffusion.contr(t0, t1)
+        g = diffusion.vf(t0, y0, args)
+        f_h = drift_increment(drift, t0, y0, args, h)
+        y1 = y0 + diffusion.prod(g, dw)
+        if f_h is not None:
+            y1 = y1 + f_h
+        corr = milstein_correction(
+            diffusion, t0, y0, g, dw, h, args,
+            ito=self.calculus == "ito", derivative_free=self.derivative_free, f_h=f_h,
+        )  # fmt: skip
+        return y1 if corr is None else y1 + corr
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(derivative_free={self.derivative_free}, adaptive={self.adaptive})"

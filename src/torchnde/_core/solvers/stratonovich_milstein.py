@@ -2,17 +2,14 @@ r"""The Milstein method for Stratonovich SDEs (Milstein 1974)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import torch
-
-from ..sde import AbstractSDESolver, drift_increment, milstein_correction
-from ..terms import ControlTerm, ODETerm
+from ..sde import AbstractMilstein
 
 __all__ = ["StratonovichMilstein"]
 
 
-class StratonovichMilstein(AbstractSDESolver):
+class StratonovichMilstein(AbstractMilstein):
     r"""The Milstein method for Stratonovich SDEs,
 
     $$ y_{n+1} = y_n + f(t_n, y_n)\,h + g(t_n, y_n)\,\Delta W_n + \tfrac12 (L g)\,\Delta W_n^2, $$
@@ -45,41 +42,4 @@ class StratonovichMilstein(AbstractSDESolver):
         Sec. 10.3 and 11.1.
     """
 
-    strong_order: ClassVar[float] = 1.0
     calculus: ClassVar[str] = "stratonovich"
-    noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar", "additive", "general")
-    num_fevals_step: ClassVar[int] = 3
-
-    def __init__(self, *, derivative_free: bool = False, adaptive: bool = False) -> None:
-        if not isinstance(derivative_free, bool):
-            raise TypeError(
-                f"StratonovichMilstein: `derivative_free` must be a bool, got {derivative_free!r}."
-            )
-        self.derivative_free = derivative_free
-        super().__init__(adaptive=adaptive)
-
-    def _step(
-        self,
-        drift: ODETerm | None,
-        diffusion: ControlTerm,
-        t0: torch.Tensor,
-        t1: torch.Tensor,
-        y0: torch.Tensor,
-        args: Any,
-    ) -> torch.Tensor:
-        h = t1 - t0
-        dw = diffusion.contr(t0, t1)
-        g = diffusion.vf(t0, y0, args)
-        f_h = drift_increment(drift, t0, y0, args, h)
-        y1 = y0 + diffusion.prod(g, dw)
-        if f_h is not None:
-            y1 = y1 + f_h
-        corr = milstein_correction(
-            diffusion, t0, y0, g, dw, h, args,
-            ito=False, derivative_free=self.derivative_free, f_h=f_h,
-        )  # fmt: skip
-        return y1 if corr is None else y1 + corr
-
-    def __repr__(self) -> str:
-        name = type(self).__name__
-        return f"{name}(derivative_free={self.derivative_free}, adaptive={self.adaptive})"
