@@ -230,3 +230,33 @@ def test_no_grad_solve_records_nothing():
     with torch.no_grad():
         sol = tn.solve(tn.ODETerm(lambda t, y, args: -y), tn.Tsit5(), 0.0, 1.0, y0)
     assert not sol.ys.requires_grad
+
+
+def test_steps_chosen_without_gradients_give_the_gradient_on_the_fixed_mesh():
+    # With differentiate_steps=False the gradient is that of a solve on the same mesh held
+    # fixed: replaying the accepted step times as step_ts must reproduce it to round-off.
+    w = torch.tensor([[0.3, -1.2], [0.8, 0.1]], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=F64)
+
+    def field(t, y, args):
+        return torch.tanh(y @ w) * torch.cos(3 * t)
+
+    ctrl = tn.PIDController(rtol=1e-6, atol=1e-8, differentiate_steps=False)
+    sol = tn.solve(tn.ODETerm(field), tn.Dopri5(), 0.0, 2.0, y0, controller=ctrl,
+                   saveat=tn.SaveAt(steps=True))  # fmt: skip
+    mesh = sol.ts.detach()
+    assert len(mesh) > 5
+    (g_adaptive,) = torch.autograd.grad(sol.ys[-1].pow(2).sum(), w)
+    fixed = tn.ConstantStepSize(step_ts=mesh)
+    sol_fixed = tn.solve(tn.ODETerm(field), tn.Dopri5(), 0.0, 2.0, y0, dt0=4.0, controller=fixed)
+    torch.testing.assert_close(sol_fixed.ys[-1], sol.ys[-1], rtol=1e-13, atol=1e-13)
+    (g_fixed,) = torch.autograd.grad(sol_fixed.ys[-1].pow(2).sum(), w)
+    torch.testing.assert_close(g_adaptive, g_fixed, rtol=1e-12, atol=1e-13)
+    # The default also differentiates the step sizes: a different (exact) derivative.
+    ctrl_default = tn.PIDController(rtol=1e-6, atol=1e-8)
+    sol_default = tn.solve(tn.ODETerm(field), tn.Dopri5(), 0.0, 2.0, y0, controller=ctrl_default)
+    torch.testing.assert_close(sol_default.ys[-1], sol.ys[-1], rtol=0, atol=0)
+    (g_default,) = torch.autograd.grad(sol_default.ys[-1].pow(2).sum(), w)
+    assert not torch.allclose(g_default, g_fixed, rtol=1e-12, atol=1e-13)
+    with pytest.raises(TypeError, match="differentiate_steps"):
+        tn.PIDController(differentiate_steps="no")  # type: ignore[arg-type]

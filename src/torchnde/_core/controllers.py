@@ -218,6 +218,13 @@ class PIDController(AbstractStepSizeController):
         step_ts: times to step to exactly.
         jump_ts: discontinuities: stepped to exactly, first-same-as-last redone after them.
         per_sample: each sample its own step size, acceptance and status.
+        differentiate_steps: with ``True`` (default) gradients also flow through the choice of
+            the step sizes, so ``DirectAdjoint`` gives the exact derivative of the computed
+            solution (what ``gradcheck`` checks). With ``False`` the step sizes are chosen
+            without gradients (torchdiffeq's convention): the gradient is that of a solve on
+            the same, fixed mesh. Prefer ``False`` when the vector field is not smooth in
+            time between the steps (e.g. a spline control whose knots the steps straddle),
+            where the mesh's derivative can dominate the solution's.
     """
 
     def __init__(
@@ -237,6 +244,7 @@ class PIDController(AbstractStepSizeController):
         step_ts: Sequence[float] | torch.Tensor | None = None,
         jump_ts: Sequence[float] | torch.Tensor | None = None,
         per_sample: bool = False,
+        differentiate_steps: bool = True,
     ) -> None:
         self.rtol = _positive("rtol", rtol)
         self.atol = _positive("atol", atol)
@@ -267,6 +275,11 @@ class PIDController(AbstractStepSizeController):
         self.step_ts = _as_time_grid("step_ts", step_ts)
         self.jump_ts = _as_time_grid("jump_ts", jump_ts)
         self.per_sample = bool(per_sample)
+        if not isinstance(differentiate_steps, bool):
+            raise TypeError(
+                f"PIDController: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
+            )
+        self.differentiate_steps = differentiate_steps
 
     def _scaled_norm(self, e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor | None, norm):
         """norm(e / (atol + rtol max(|y0|, |y1|))); ``norm=None`` is the RMS norm."""
@@ -323,6 +336,8 @@ class PIDController(AbstractStepSizeController):
                 (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / (order + 1)),
             ).to(t0.dtype)
             dt0 = torch.minimum(100 * h0, h1)
+            if not self.differentiate_steps:
+                dt0 = dt0.detach()
         if self.dtmax is not None:
             dt0 = dt0.clamp(max=self.dtmax)
         end, at_jump = self._clip(t0, t0 + dt0)
@@ -339,6 +354,8 @@ class PIDController(AbstractStepSizeController):
         # A non-finite error is a failed step: NaN becomes inf, which rejects the step and
         # drives the factor to factormin.
         ratio = self._scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
+        if not self.differentiate_steps:
+            ratio = ratio.detach()
         accept = ratio <= 1.0
         # A variable-order solver gives its error order as a tensor (per sample or joint).
         k = error_order if isinstance(error_order, torch.Tensor) else float(error_order)
