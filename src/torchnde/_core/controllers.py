@@ -162,6 +162,10 @@ class ConstantStepSize(AbstractStepSizeController):
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
         dt0, made_jump, origin, k = state
         accept = torch.ones_like(t0, dtype=torch.bool)
+        if self.step_ts is None and self.jump_ts is None:
+            # Only the last step (clipped to the end of the interval) can be shortened.
+            k = k + 1
+            return accept, t1, origin + k * dt0, made_jump, (dt0, made_jump, origin, k)
         # A step shortened to a grid point restarts the count from there.
         regular = t1 == origin + k * dt0
         origin = torch.where(regular, origin, t1)
