@@ -213,6 +213,9 @@ class Loop:
         # solver on constant steps can neither reject nor shrink, so a non-finite state ends
         # the solve as it does for fixed-step solvers).
         self.adaptive = solver.is_adaptive and not controller.never_rejects
+        # Joint steps of a controller that never rejects (a non-finite step ends the solve)
+        # need no selection between the old and the new state: it would only copy.
+        self.always_accept = not (self.per_sample or self.adaptive) and controller.never_rejects
         self.has_jumps = controller.jump_ts is not None
         eps = torch.finfo(t0.dtype).eps
         # Smallest meaningful step: below the time resolution of the interval, or dtmin.
@@ -353,9 +356,7 @@ class Loop:
             t, tnext, y, st.fstate, st.cstate, st.running
         )
         nfe = self.solver.num_fevals_step
-        # Joint steps of a controller that never rejects (a non-finite step ends the solve)
-        # need no selection between the old and the new state: it would only copy.
-        always = not (per_sample or adaptive) and self.controller.never_rejects
+        always = self.always_accept
         t_after = tnext if always else torch.where(accept, tnext, t)
         t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
