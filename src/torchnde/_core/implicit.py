@@ -63,6 +63,16 @@ class AbstractImplicitSolver(AbstractSolver):
     num_fevals_init: ClassVar[int] = 1
     num_fevals_step: ClassVar[int] = 0  # counted per step through take_dense_fevals
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A method given by its tableau (ESDIRK, Rosenbrock) takes its orders from it; dense
+        # output is cubic Hermite.
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None:
+            cls.order = tab.order
+            cls.error_order = tab.error_order
+            cls.dense_order = 3
+
     def __init__(
         self,
         *,
@@ -199,14 +209,6 @@ class AbstractESDIRK(AbstractImplicitSolver):
     """
 
     tableau: ClassVar[ESDIRKTableau]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        tab = cls.__dict__.get("tableau")
-        if tab is not None:
-            cls.order = tab.order
-            cls.error_order = tab.error_order
-            cls.dense_order = 3
 
     def __init__(
         self,

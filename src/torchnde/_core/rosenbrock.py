@@ -112,14 +112,6 @@ class AbstractRosenbrock(AbstractImplicitSolver):
 
     tableau: ClassVar[RosenbrockTableau]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        tab = cls.__dict__.get("tableau")
-        if tab is not None:
-            cls.order = tab.order
-            cls.error_order = tab.error_order
-            cls.dense_order = 3
-
     def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
         g = self._ode(terms, args, y0, t0)
         f0 = g.unflat(g(t0, g.flat(y0)))
