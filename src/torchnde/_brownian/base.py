@@ -9,7 +9,7 @@ import abc
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -243,7 +243,7 @@ class AbstractBrownianPath(AbstractPath):
             W, H = self._forward_increment(ta, tb)
         A = None
         if want_area and self.levy_area in ("davie", "foster"):
-            assert H is not None
+            H = cast(torch.Tensor, H)  # tracked whenever `levy_area` is set
             # one independent normal per (i, j) pair, seeded by the query interval
             noise = self._randn(
                 mix(self.seed, 8, float_bits(ta), float_bits(tb)), lead=(self.shape[-1],)
@@ -281,8 +281,7 @@ class AbstractBrownianPath(AbstractPath):
                 if out[k] is None:
                     out[k] = torch.empty_like(v)
                 out[k].index_copy_(0, idx, v.index_select(0, idx))  # type: ignore[union-attr]
-        assert out[0] is not None
-        return BrownianIncrement(out[0], out[1], out[2])
+        return BrownianIncrement(cast(torch.Tensor, out[0]), out[1], out[2])
 
     def __call__(self, ta: Time, tb: Time | None = None, *, return_levy_area: bool = False) -> Any:
         """``W(tb) - W(ta)``; ``bm(t)`` is ``W(t) - W(t0)``. With ``return_levy_area=True`` a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -90,9 +91,9 @@ class BrownianPath(AbstractBrownianPath):
         ts.insert(k, t)
         self._ws.insert(k, self._ws[k - 1] + W1)
         if self.levy_area is not None:
-            assert H1 is not None and H2 is not None
-            self._hs[k - 1] = H1
-            self._hs.insert(k, H2)
+            # H1, H2 exist whenever H does (the path tracks the Lévy area).
+            self._hs[k - 1] = cast(torch.Tensor, H1)
+            self._hs.insert(k, cast(torch.Tensor, H2))
         return k
 
     def _forward_increment(self, ta: float, tb: float) -> tuple[torch.Tensor, torch.Tensor | None]:
