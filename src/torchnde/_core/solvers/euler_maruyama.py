@@ -36,9 +36,6 @@ class EulerMaruyama(AbstractSDESolver):
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar", "additive", "general")
     num_fevals_step: ClassVar[int] = 2
 
-    def __init__(self, *, adaptive: bool = False) -> None:
-        super().__init__(adaptive=adaptive)
-
     def _step(
         self,
         drift: ODETerm | None,

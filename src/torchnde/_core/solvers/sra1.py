@@ -43,9 +43,6 @@ class SRA1(AbstractSDESolver):
     noise_types: ClassVar[tuple[str, ...]] = ("additive",)
     num_fevals_step: ClassVar[int] = 4
 
-    def __init__(self, *, adaptive: bool = False) -> None:
-        super().__init__(adaptive=adaptive)
-
     def _step(
         self,
         drift: ODETerm | None,

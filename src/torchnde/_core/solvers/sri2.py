@@ -60,9 +60,6 @@ class SRI2(AbstractSDESolver):
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar")
     num_fevals_step: ClassVar[int] = 7
 
-    def __init__(self, *, adaptive: bool = False) -> None:
-        super().__init__(adaptive=adaptive)
-
     def _step(
         self,
         drift: ODETerm | None,
