@@ -9,9 +9,11 @@ data-parallel. Also runnable as ``python -m torchnde``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +103,32 @@ def _list() -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Show the warnings of a command as ``torchnde COMMAND: warning: ...`` lines on stderr
+    (not Python's ``file:line: UserWarning:`` form), every time they occur."""
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        print(f"torchnde {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
 def _errors(command: str, fn: Any) -> int:
     """Run ``fn`` and turn the expected failures into a message and an exit code."""
     from . import SolveError
     from .experiments import MissingDependency
     from .experiments.checkpoint import CheckpointError
     from .experiments.harness import TrainingError
+    from .experiments.runfolder import RunFolderError
 
     try:
-        fn()
-    except (CheckpointError, MissingDependency, SolveError, TrainingError) as e:
+        with _warnings_as_lines(command):
+            fn()
+    except (CheckpointError, MissingDependency, RunFolderError, SolveError, TrainingError) as e:
         print(f"torchnde {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -184,19 +202,19 @@ def _resume(ns: Any) -> int:
 
 
 def _report(ns: Any) -> int:
-    from .experiments import report
-
     out = Path(ns.dir)
-    jsonl = out / "metrics.jsonl"
     try:
         meta = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         ns._parser.error(f"{str(out)!r} is not a run folder: it has no readable config.json.")
-    history = (
-        [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
-        if jsonl.is_file()
-        else []
-    )
+    return _errors("report", lambda: _write_report(out, meta))
+
+
+def _write_report(out: Path, meta: dict[str, Any]) -> None:
+    from .experiments import report
+    from .experiments.runfolder import read_jsonl
+
+    history = read_jsonl(out / "metrics.jsonl")
     if history:
         try:
             report.require_matplotlib()
@@ -206,7 +224,6 @@ def _report(ns: Any) -> int:
             report.plot_loss(history, out / "loss.png", meta["experiment"])
     path = report.write_report(out)
     print(path.read_text(), end="")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

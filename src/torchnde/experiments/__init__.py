@@ -21,16 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError as CheckpointError
 from .config import ExperimentConfig as ExperimentConfig
 from .config import ODEConfig as ODEConfig
 from .config import make_config as make_config
+from .runfolder import RunFolderError as RunFolderError
 
 __all__ = [
     "EXPERIMENTS",
+    "CheckpointError",
     "Experiment",
     "ExperimentConfig",
     "MissingDependency",
     "ODEConfig",
+    "RunFolderError",
     "get_experiment",
     "make_config",
     "register",

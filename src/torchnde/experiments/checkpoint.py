@@ -6,13 +6,22 @@ Python, NumPy and torch (CPU and CUDA) random generators, so that a resumed run 
 exactly where the interrupted one stopped. It is written to a temporary file in the same
 folder, flushed to disk and renamed over the old one (``os.replace`` is atomic), so the latest
 checkpoint is always a complete file.
+
+Every checkpoint carries the sha256 of its content (:func:`content_digest`: every tensor's
+dtype, shape and bytes, and every other value, in a fixed order), verified on load, so a file
+altered after it was written (a flipped bit on disk, a bad copy) is a :class:`CheckpointError`
+instead of a resumed run that silently continues from different weights. Checkpoints of the
+first layout (``torchnde.checkpoint/1``, before checksums) still load, with a warning that they
+cannot be verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +32,7 @@ import torch
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "content_digest",
     "get_rng_state",
     "load_checkpoint",
     "save_checkpoint",
@@ -30,7 +40,9 @@ __all__ = [
 ]
 
 #: The tag every torchnde checkpoint carries (and the version of its layout).
-CHECKPOINT_FORMAT = "torchnde.checkpoint/1"
+CHECKPOINT_FORMAT = "torchnde.checkpoint/2"
+#: The layout before checksums: loaded unverified, with a warning.
+_UNVERIFIED_FORMAT = "torchnde.checkpoint/1"
 
 
 class CheckpointError(ValueError):
@@ -63,13 +75,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(state: Any) -> str:
+    """The sha256 (hex) of ``state``: every tensor's dtype, shape and bytes and every other
+    value, in an order fixed by the keys, so it does not depend on how ``torch.save`` lays
+    the file out."""
+    h = hashlib.sha256()
+    _feed(h, state)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tagged with :data:`CHECKPOINT_FORMAT`) to ``path`` atomically."""
+    """Write ``state`` (tagged with :data:`CHECKPOINT_FORMAT` and the sha256 of its content)
+    to ``path`` atomically; the temporary file is removed if the write fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"format": CHECKPOINT_FORMAT, **state}
+    payload["sha256"] = content_digest(payload)
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,8 +132,10 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: the file is missing, cannot be read (truncated, not a torch file,
-            pickled objects other than tensors), is not a torchnde checkpoint, or belongs to
-            another experiment.
+            pickled objects other than tensors), is not a torchnde checkpoint, its content does
+            not match its checksum, or it belongs to another experiment.
+
+    A checkpoint of the layout before checksums loads with a warning that it is unverified.
     """
     path = Path(path)
     if not path.is_file():
@@ -104,12 +148,27 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} is corrupt or not a torchnde checkpoint ({first}); "
             "delete it and rerun, or resume from another copy."
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    formats = (CHECKPOINT_FORMAT, _UNVERIFIED_FORMAT)
+    if not isinstance(state, dict) or state.get("format") not in formats:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{str(path)!r} is not a torchnde checkpoint (expected format "
             f"{CHECKPOINT_FORMAT!r}, found {found!r}); was it written by `torchnde run`?"
         )
+    if state["format"] == _UNVERIFIED_FORMAT:
+        warnings.warn(
+            f"checkpoint {str(path)!r} was written before checkpoints had checksums "
+            f"({_UNVERIFIED_FORMAT}): loading it unverified.",
+            stacklevel=2,
+        )
+    else:
+        stored = state.pop("sha256", None)
+        if stored != content_digest(state):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt: its content does not match its sha256 "
+                "checksum (the file was altered or damaged after it was written). Delete it and "
+                "start over without resuming (`torchnde run`), or resume from another copy."
+            )
     if experiment is not None and state.get("experiment") != experiment:
         raise CheckpointError(
             f"checkpoint {str(path)!r} belongs to experiment {state.get('experiment')!r}, not "

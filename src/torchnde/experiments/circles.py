@@ -27,6 +27,7 @@ from . import harness
 from ._models import mlp
 from .config import ODEConfig, check, is_int
 from .harness import Headline, StepOutput, ode_solver_setup
+from .runfolder import read_jsonl
 
 __all__ = ["Config", "Task", "nested_circles"]
 
@@ -139,22 +140,37 @@ class Task(harness.Task):
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         n, a = metrics["node"], metrics["anode"]
+        gain = a["test_accuracy"] - n["test_accuracy"]
+        acc = f"yes: ANODE {gain:.1%} higher" if gain > 0 else f"no: ANODE not higher ({gain:+.1%})"
+        mse = (
+            f"yes: {1 - a['test_mse'] / n['test_mse']:.0%} lower"
+            if a["test_mse"] < n["test_mse"]
+            else "no: ANODE's test MSE is not lower"
+        )
+        nfe = (
+            f"yes: {n['test_nfe'] - a['test_nfe']} fewer"
+            if a["test_nfe"] < n["test_nfe"]
+            else "no: ANODE needs no fewer NFEs"
+        )
         return [
             Headline(
                 "test accuracy, NODE vs ANODE",
                 f"{n['test_accuracy']:.1%} vs {a['test_accuracy']:.1%}",
                 "a NODE flow can only squeeze the disk through a gap in the annulus; "
                 "ANODE separates them (Sec. 4, Figs. 5-7)",
+                acc,
             ),
             Headline(
                 "test MSE, NODE vs ANODE",
                 f"{n['test_mse']:.3g} vs {a['test_mse']:.3g}",
                 "ANODE reaches a lower loss (Fig. 7)",
+                mse,
             ),
             Headline(
                 "forward NFE on the test set, NODE vs ANODE",
                 f"{n['test_nfe']} vs {a['test_nfe']}",
                 "ANODE needs fewer NFEs; NODE's grow during training (Fig. 8)",
+                nfe,
             ),
         ]
 
@@ -196,9 +212,5 @@ class Task(harness.Task):
         return fig
 
     def _history(self) -> list[dict[str, Any]]:
-        import json
-
         path = self.config.out / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path)

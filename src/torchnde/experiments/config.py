@@ -134,8 +134,9 @@ class ODEConfig(ExperimentConfig):
     per_sample: bool = field(
         default=False,
         metadata={
-            "help": "step each sample on its own clock (results independent of batch "
-            "composition, so exactly the same under torchrun)"
+            "help": "step each sample on its own clock (each sample's solve independent of "
+            "the rest of its batch; torchrun then matches one process up to rounding, see "
+            "docs/usage/cli.md)"
         },
     )
 

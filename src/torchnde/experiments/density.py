@@ -165,9 +165,29 @@ class Task(harness.Task):
         }
         return metrics
 
+    #: How close RNODE's test log-likelihood must be to FFJORD's to count as "similar" (nats).
+    SIMILAR_NATS = 0.05
+
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         f, r, g = metrics["ffjord"], metrics["rnode"], metrics["gaussian"]
+        ll_f, ll_r, ll_g = (m["test_log_likelihood"] for m in (f, r, g))
+        if ll_f > ll_g:
+            fits = f"yes: FFJORD's likelihood is {ll_f - ll_g:.3f} nats above the Gaussian's"
+        else:
+            fits = f"no: FFJORD's likelihood is {ll_g - ll_f:.3f} nats below the Gaussian's"
+        gap, tol = ll_r - ll_f, cls.SIMILAR_NATS
+        fewer = r["test_nfe"] < f["test_nfe"]
+        saved = f"{1 - r['test_nfe'] / f['test_nfe']:.0%} fewer NFE" if f["test_nfe"] else ""
+        if not fewer:
+            nfe = "no: RNODE needs no fewer function evaluations than FFJORD"
+        elif gap >= -tol:
+            nfe = f"yes: {saved}, likelihood {gap:+.3f} nats (within {tol} or better)"
+        else:
+            nfe = (
+                f"partly: {saved}, but RNODE's likelihood is {-gap:.3f} nats worse than FFJORD's "
+                f"(more than {tol}: not similar)"
+            )
         return [
             Headline(
                 f"test log-likelihood on {metrics['dataset']} (nats, standardised data), "
@@ -176,12 +196,14 @@ class Task(harness.Task):
                 f"{g['test_log_likelihood']:.3f}",
                 "FFJORD fits multi-modal 2-D densities a Gaussian cannot "
                 "(Grathwohl et al. 2019, Fig. 2)",
+                fits,
             ),
             Headline(
-                "forward NFE on the test set, FFJORD vs RNODE",
-                f"{f['test_nfe']} vs {r['test_nfe']}",
+                "forward NFE on the test set, FFJORD vs RNODE; likelihood gap RNODE - FFJORD",
+                f"{f['test_nfe']} vs {r['test_nfe']}; {gap:+.3f} nats",
                 "RNODE needs fewer function evaluations at a similar likelihood "
                 "(Finlay et al. 2020, Table 2)",
+                nfe,
             ),
         ]
 

@@ -22,6 +22,7 @@ import abc
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -39,6 +40,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig, ODEConfig, describe_config
 from .progress import ProgressReporter
+from .runfolder import RunFolderError, RunLock, make_run_folder, read_jsonl, remove_stale_tmp
 
 __all__ = ["Headline", "StepOutput", "Task", "TrainingError", "ode_solver_setup", "run"]
 
@@ -50,11 +52,18 @@ class TrainingError(RuntimeError):
 
 
 class Headline(NamedTuple):
-    """A headline number: what it is, this run's value, and the paper's claim beside it."""
+    """A headline number: what it is, this run's value, the paper's claim beside it, and
+    whether this run's numbers show the claim.
+
+    ``verdict`` starts with ``yes``, ``partly`` or ``no``, states the criterion and the numbers
+    it was decided on (e.g. ``"no: RNODE's likelihood is 0.15 nats worse than FFJORD's"``): a
+    report must not claim what its numbers do not show.
+    """
 
     label: str
     value: str
     paper: str
+    verdict: str = ""
 
 
 @dataclass
@@ -161,10 +170,19 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if r["step"] <= upto]
+    """The logged steps up to ``upto`` (those after the checkpoint are redone), with a
+    warning when some of them are missing: the history would otherwise be silently short."""
+    history = [r for r in read_jsonl(path) if r["step"] <= upto]
+    if [r["step"] for r in history] != list(range(1, upto + 1)):
+        have = "does not exist" if not path.exists() else f"has {len(history)} of them"
+        warnings.warn(
+            f"the checkpoint is at step {upto} but {str(path)!r} {have}; training continues "
+            "from the checkpoint, but the loss history, loss.png and the training summary of "
+            "metrics.json cover only the logged steps (metrics.json records how many are "
+            "missing).",
+            stacklevel=2,
+        )
+    return history
 
 
 def _mean(xs: list[float]) -> float:
@@ -185,6 +203,9 @@ def run(
 
     Raises:
         CheckpointError: when resuming from a missing, corrupt or foreign checkpoint.
+        RunFolderError: ``config.out`` cannot be created or written, another process holds
+            it (see :class:`~torchnde.experiments.runfolder.RunLock`), or its
+            ``metrics.jsonl`` is corrupt before its last line.
     """
     from . import get_experiment
 
@@ -221,9 +242,34 @@ class _Run:
         self.out = config.out
 
     def execute(self) -> dict[str, Any] | None:
-        cfg, info, out = self.config, self.info, self.out
+        """Open the run folder (rank 0 creates and locks it), train, evaluate, release."""
+        info, out = self.info, self.out
+        lock, error = None, None
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                make_run_folder(out)
+                command = "torchnde resume" if self.resume else f"torchnde run {self.name}"
+                lock = RunLock(out, command)
+                lock.acquire()
+            except RunFolderError as e:
+                error = e
+        # Every rank learns whether rank 0 got the folder, so none waits for it forever.
+        flag = torch.tensor([float(error is not None)], device=self.device)
+        failed = distributed.all_reduce_sum(flag, info)
+        if error is not None:
+            raise error
+        if float(failed[0]) > 0:
+            raise RunFolderError(f"rank 0 could not open the run folder {str(out)!r}.")
+        try:
+            if info.is_main:
+                remove_stale_tmp(out)
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> dict[str, Any] | None:
+        cfg, info, out = self.config, self.info, self.out
         ckpt = None
         if self.resume:
             ckpt = load_checkpoint(out / CHECKPOINT, self.name)
@@ -254,7 +300,7 @@ class _Run:
             set_rng_state(ckpt["rng"])
             epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         jsonl = out / "metrics.jsonl"
-        history = _read_history(jsonl, step) if ckpt is not None else []
+        history = _read_history(jsonl, step) if ckpt is not None and info.is_main else []
         if info.is_main:
             if ckpt is None and (out / CHECKPOINT).exists():
                 # A fresh run in a used folder: drop the old run's results, so that nothing
@@ -345,7 +391,7 @@ class _Run:
         if not info.is_main:
             distributed.barrier(info)
             return None
-        metrics = self._finish(task, model, history, steps_per_epoch)
+        metrics = self._finish(task, model, history, steps_per_epoch, step)
         distributed.barrier(info)
         return metrics
 
@@ -385,15 +431,22 @@ class _Run:
         distributed.barrier(self.info)
 
     def _finish(
-        self, task: Task, model: nn.Module, history: list[dict[str, Any]], steps_per_epoch: int
+        self,
+        task: Task,
+        model: nn.Module,
+        history: list[dict[str, Any]],
+        steps_per_epoch: int,
+        steps: int,
     ) -> dict[str, Any]:
         cfg, out = self.config, self.out
         start = time.perf_counter()
         model.eval()
         results = task.evaluate(model)
         eval_time = time.perf_counter() - start
-        last = history[-steps_per_epoch:]
-        first = history[:steps_per_epoch]
+        # By epoch, not by position: a history with missing lines must not pass a later
+        # epoch off as the first.
+        first = [r for r in history if r["epoch"] == 1]
+        last = [r for r in history if r["epoch"] == cfg.epochs]
         train_time = sum(r["time_s"] for r in history)
         metrics: dict[str, Any] = {
             "experiment": self.name,
@@ -402,7 +455,8 @@ class _Run:
             "eval": results,
             "train": {
                 "epochs": cfg.epochs,
-                "steps": len(history),
+                "steps": steps,
+                "steps_missing_from_log": steps - len(history),
                 "loss_first_epoch": _mean([r["loss"] for r in first]),
                 "loss_last_epoch": _mean([r["loss"] for r in last]),
                 "nfe_per_step": _mean([r.get("nfe", 0.0) for r in history]),
@@ -421,7 +475,8 @@ class _Run:
         report.write_json(out / "metrics.json", metrics)
         report.write_report(out)
         for h in metrics["headline"]:
-            self.say(f"{self.name}: {h['label']}: {h['value']} (paper: {h['paper']})")
+            shown = f"; this run: {h['verdict']}" if h.get("verdict") else ""
+            self.say(f"{self.name}: {h['label']}: {h['value']} (paper: {h['paper']}{shown})")
         files = ["config.json", "metrics.jsonl", "metrics.json", CHECKPOINT, *figures, "report.md"]
         self.say(f"{self.name}: wrote {', '.join(files)} to {out}")
         return metrics

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .runfolder import read_jsonl
+
 __all__ = [
     "new_figure",
     "plot_loss",
@@ -24,10 +26,14 @@ __all__ = [
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (the temporary file is
+    removed if the write fails)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -119,11 +125,7 @@ def write_report(out: Path) -> Path:
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     jsonl = out / "metrics.jsonl"
-    history = (
-        [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        if jsonl.is_file()
-        else []
-    )
+    history = read_jsonl(jsonl)
     name = meta["experiment"]
     lines = [f"# {name}: {meta.get('title', '')}", "", f"Paper: {meta.get('paper', '')}.", ""]
     versions = meta.get("versions", {})
@@ -150,11 +152,22 @@ def write_report(out: Path) -> Path:
             "",
             "## Headline",
             "",
-            "| quantity | this run | paper |",
-            "|---|---|---|",
+            "| quantity | this run | paper | shown by this run? |",
+            "|---|---|---|---|",
         ]
-        lines += [f"| {h['label']} | {h['value']} | {h['paper']} |" for h in metrics["headline"]]
+        lines += [
+            f"| {h['label']} | {h['value']} | {h['paper']} | {h.get('verdict', '')} |"
+            for h in metrics["headline"]
+        ]
         lines.append("")
+        missing = metrics["train"].get("steps_missing_from_log", 0)
+        if missing:
+            lines += [
+                f"**Incomplete history**: {missing} of the {metrics['train']['steps']} steps are "
+                "missing from `metrics.jsonl` (deleted or lost before a resume); the loss plot and "
+                "the training summary cover only the logged steps.",
+                "",
+            ]
     figures = [p for p in ("loss.png", f"{name}.png") if (out / p).is_file()]
     if figures:
         lines += ["## Figures", ""]
