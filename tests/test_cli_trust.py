@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def test_resume_on_a_locked_folder_fails_and_leaves_it_untouched(tmp_path, lock_
     assert after == before
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_into_one_folder(tmp_path, capsys):
     # The real thing: a `torchnde run` in another process, and a second one while it runs.
     out = tmp_path / "run"
@@ -484,26 +486,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_torchrun_reproduces_one_process_past_step_100_in_float64(tmp_path):
-    # In float32, one process and two differ by a rounding error in the first steps; an
-    # adaptive step that a rounding error accepts in one and rejects in the other then moves
-    # that sample's loss by about the tolerance, and training amplifies it: 15% apart at step
-    # 100 of this config. In float64 nothing of this shows at that length.
-    args = ["--epochs", "1", "--seed", "0", "batch_size=9", "per_sample=true", "dtype=float64"]
+def _first_losses_one_and_two_processes(tmp_path: Path, monkeypatch, dtype: str, steps: int):
+    """The first ``steps`` losses of the default-schedule spiral (10 epochs of 49 steps, the
+    learning rate still high at step 100), per-sample stepping, in one process and under
+    torchrun with two; both runs are stopped after ``steps`` steps."""
+    from torchnde.experiments import harness
+
+    args = ["--epochs", "10", "--seed", "0", "hidden=16", "per_sample=true", f"dtype={dtype}"]
     args += ["plot=false", "--quiet"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["run", "spiral", "--out", str(one), *args]) == 0
+    one, two = tmp_path / f"one_{dtype}", tmp_path / f"two_{dtype}"
+
+    def stop(self, step):
+        if step == steps:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness._Run, "_after_step", stop)
+    assert main(["run", "spiral", "--out", str(one), *args]) == 130
+    monkeypatch.undo()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SRC))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
     cmd += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "torchnde"]
     cmd += ["run", "spiral", "--out", str(two), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _jsonl(one / "metrics.jsonl"), _jsonl(two / "metrics.jsonl")
-    assert len(a) == len(b) == 110
-    for ra, rb in zip(a, b):
-        assert math.isclose(ra["loss"], rb["loss"], rel_tol=1e-8), (ra, rb)
-    ma = json.loads((one / "metrics.json").read_text())["eval"]
-    mb = json.loads((two / "metrics.json").read_text())["eval"]
-    assert math.isclose(ma["trajectory_mse"], mb["trajectory_mse"], rel_tol=1e-8)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    jsonl = two / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 600
+        while not jsonl.is_file() or jsonl.read_text().count("\n") < steps:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its two workers
+        proc.wait()
+    a = _jsonl(one / "metrics.jsonl")
+    b = [json.loads(line) for line in jsonl.read_text().splitlines()[:steps]]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
+    return [r["loss"] for r in a], [r["loss"] for r in b]
+
+
+@pytest.mark.slow
+def test_torchrun_reproduces_one_process_past_step_100_in_float64(tmp_path, monkeypatch):
+    # In float32 the two runs start 1e-7 apart (the shards' sums are added in another order);
+    # an adaptive step that rounding accepts in one run and rejects in the other moves a
+    # sample's loss by about the tolerance, and training amplifies it: about 10% apart by step
+    # 110 of this schedule (the issue's 5.5% at step 101). In float64 the two runs agree.
+    a, b = _first_losses_one_and_two_processes(tmp_path, monkeypatch, "float64", 110)
+    for step, (la, lb) in enumerate(zip(a, b), 1):
+        assert math.isclose(la, lb, rel_tol=1e-8), (step, la, lb)

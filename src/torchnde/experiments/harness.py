@@ -391,7 +391,7 @@ class _Run:
         if not info.is_main:
             distributed.barrier(info)
             return None
-        metrics = self._finish(task, model, history, steps_per_epoch, step)
+        metrics = self._finish(task, model, history, step)
         distributed.barrier(info)
         return metrics
 
@@ -435,7 +435,6 @@ class _Run:
         task: Task,
         model: nn.Module,
         history: list[dict[str, Any]],
-        steps_per_epoch: int,
         steps: int,
     ) -> dict[str, Any]:
         cfg, out = self.config, self.out
