@@ -175,6 +175,33 @@ def test_run_lock_in_python(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def test_without_fcntl_the_lock_file_is_exclusive_and_stale_when_its_pid_is_dead(
+    tmp_path, monkeypatch
+):
+    from torchnde.experiments import runfolder
+
+    monkeypatch.setattr(runfolder, "fcntl", None)  # as on Windows
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        try:
+            owner = {"pid": live.pid, "host": socket.gethostname(), "started": time.time()}
+            (tmp_path / LOCK_FILE).write_text(json.dumps(owner))
+            with pytest.raises(RunFolderError, match=rf"in use .* \(pid {live.pid} on "):
+                RunLock(tmp_path).acquire()
+        finally:
+            live.kill()
+    dead = _dead_pid()
+    owner["pid"] = dead
+    (tmp_path / LOCK_FILE).write_text(json.dumps(owner))
+    with pytest.warns(UserWarning, match=rf"no longer runs \(pid {dead} on"):
+        lock = RunLock(tmp_path)
+        lock.acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    with pytest.raises(RunFolderError, match=rf"\(pid {os.getpid()} on "):
+        RunLock(tmp_path).acquire()
+    lock.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -384,7 +411,13 @@ def test_spiral_compares_with_predicting_the_mean(tmp_path):
     worse = dict(ev, trajectory_mse=2 * expected, r2=-1.0)
     assert Task.headline(worse)[0].verdict == "no: no better than predicting the mean"
     half = dict(ev, trajectory_mse=expected / 2, r2=0.5)
-    assert Task.headline(half)[0].verdict.startswith("no (criterion R² >= 0.9): R² is only 0.5")
+    assert Task.headline(half)[0].verdict == (
+        "partly: 2x below predicting the mean, but R² is only 0.500 (criterion 0.9)"
+    )
+    good = dict(ev, trajectory_mse=expected / 20, r2=0.95)
+    assert (
+        Task.headline(good)[0].verdict == "yes (criterion R² >= 0.9): 20x below predicting the mean"
+    )
 
 
 def test_density_says_when_rnode_loses_likelihood():

@@ -155,10 +155,11 @@ class Task(harness.Task):
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         mse, mean_mse = metrics["trajectory_mse"], metrics["mean_predictor_mse"]
         r2 = metrics["r2"]
+        below = f"{mean_mse / mse:.3g}x below predicting the mean" if mse > 0 else ""
         if r2 >= 0.9:
-            verdict = f"yes (criterion R² >= 0.9): {mean_mse / mse:.3g}x below predicting the mean"
+            verdict = f"yes (criterion R² >= 0.9): {below}"
         elif mse < mean_mse:
-            verdict = f"no (criterion R² >= 0.9): R² is only {r2:.3f}"
+            verdict = f"partly: {below}, but R² is only {r2:.3f} (criterion 0.9)"
         else:
             verdict = "no: no better than predicting the mean"
         return [
