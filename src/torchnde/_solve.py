@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from ._adjoint import AbstractAdjoint, DirectAdjoint
 from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
 from ._core.events import Event
-from ._core.loop import LoopResult
+from ._core.loop import Cause, LoopResult, time_floor
 from ._core.packing import PackedTerm, ReversedTerm, StateSpec
 from ._core.problem import Problem
 from ._core.progress import ProgressMeter
@@ -33,10 +34,54 @@ def _describe(x: Any) -> str:
 def _on_unpacked(fn: Any, spec: StateSpec) -> Any:
     """An event function of a tuple state, called on the packed state."""
 
+    @functools.wraps(fn)
     def wrapped(t: torch.Tensor, y: torch.Tensor, args: Any) -> Any:
         return fn(t, spec.unpack(y), args)
 
     return wrapped
+
+
+def _check_state_dtype(parts: tuple[torch.Tensor, ...]) -> None:
+    """float32 or float64: half precision cannot hold the error control's tolerances (nor,
+    as the time dtype, resolve the steps), and fails later as a misleading underflow."""
+    for p in parts:
+        if not torch.is_floating_point(p):
+            raise TypeError(
+                f"`y0` must be floating point (float32 or float64), got {_describe(p)}; "
+                "convert it with y0.float() or y0.double()."
+            )
+        if p.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"`y0` has dtype {p.dtype}, which solves do not support: its resolution "
+                f"({torch.finfo(p.dtype).eps:.1e}) is coarser than any useful tolerance and "
+                "step size. Solve in float32 or float64 (y0.float()); to run the vector "
+                "field's layers in half precision, use torch.autocast inside the vector field "
+                "and return dy/dt as y.dtype (f(...).to(y.dtype))."
+            )
+
+
+def _check_norm(norm: Any, y0: torch.Tensor, per_sample: bool) -> None:
+    """A user's error norm maps the (scaled) error to one value: a 0-d tensor when the batch
+    steps jointly, ``(batch,)`` per sample. Checked once, on a tensor of ones."""
+    with torch.no_grad():
+        out = norm(torch.ones_like(y0))
+    expect = f"shape ({y0.shape[0]},), one value per sample" if per_sample else "a 0-d tensor"
+    if not isinstance(out, torch.Tensor) or not torch.is_floating_point(out):
+        raise TypeError(
+            f"PIDController `norm` must return a floating-point tensor ({expect}), got "
+            f"{_describe(out)}; e.g. norm=lambda x: x.abs().max()."
+        )
+    if out.shape != ((y0.shape[0],) if per_sample else ()):
+        fix = (
+            "reduce all but the batch dimension, e.g. "
+            "lambda x: x.reshape(x.shape[0], -1).abs().amax(1)"
+            if per_sample
+            else "reduce it to one number, e.g. lambda x: x.abs().max()"
+        )
+        raise ValueError(
+            f"PIDController `norm` must return {expect} for the state of shape "
+            f"{tuple(y0.shape)}, got shape {tuple(out.shape)}: {fix}."
+        )
 
 
 def _time_tensor(
@@ -122,12 +167,7 @@ def _normalise(
         parts = tuple(y0)
     else:
         raise TypeError(f"`y0` must be a tensor or a tuple of tensors, got {_describe(y0)}.")
-    for p in parts:
-        if not torch.is_floating_point(p):
-            raise TypeError(
-                f"`y0` must be floating point (float32 or float64), got {_describe(p)}; "
-                "convert it with y0.float() or y0.double()."
-            )
+    _check_state_dtype(parts)
     if len({p.dtype for p in parts}) > 1 or len({p.device for p in parts}) > 1:
         raise ValueError(
             "the tensors of a tuple `y0` must share one dtype and one device, got "
@@ -262,6 +302,9 @@ def _normalise(
         def norm(x: torch.Tensor, _n: Any = user_norm, _s: StateSpec = spec) -> torch.Tensor:
             return _n(_s.unpack(x))
 
+    if norm is not None:
+        _check_norm(norm, y0_packed, per_sample)
+
     if direction < 0:
         terms = ReversedTerm(terms)
     controller = controller.prepare(direction, time_dtype, device)
@@ -294,9 +337,16 @@ def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
     if not isinstance(base, ODETerm):
         return
     if not isinstance(vf, torch.Tensor):
+        hint = " (a missing `return`?)" if vf is None else ""
         raise TypeError(
             f"the vector field must return a tensor (or a tuple for a tuple state), got "
-            f"{_describe(vf)}."
+            f"{_describe(vf)}{hint}; f(t, y, args) must return dy/dt with the shape of y."
+        )
+    if vf.device != y0.device:
+        raise ValueError(
+            f"the vector field returned a tensor on {vf.device} for a state on {y0.device}; "
+            "keep its parameters and any tensors it creates on the state's device "
+            "(module.to(y0.device), torch.zeros(..., device=y.device))."
         )
     if vf.shape != y0.shape:
         raise ValueError(
@@ -306,7 +356,7 @@ def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
     if vf.dtype != y0.dtype:
         raise TypeError(
             f"the vector field returned dtype {vf.dtype} for a state of dtype {y0.dtype}; "
-            "return dy/dt in the dtype of y."
+            "return dy/dt in the dtype of y (under torch.autocast: f(...).to(y.dtype))."
         )
 
 
@@ -444,7 +494,14 @@ def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
         flat = res.status.reshape(-1)
         i = int(torch.nonzero(failed.reshape(-1))[0])
         t_fail = float(res.t.detach().reshape(-1)[i]) * direction
-        raise SolveError(Status(int(flat[i])), t_fail, res.num_steps, int(failed.sum()))
+        cause = Cause.NONE if res.cause is None else Cause(int(res.cause.reshape(-1)[i]))
+        raise SolveError(
+            Status(int(flat[i])),
+            t_fail,
+            res.num_steps,
+            int(failed.sum()),
+            detail=_failure_detail(p, cause, i),
+        )
 
     ts_parts: list[torch.Tensor] = []
     ys_parts: list[torch.Tensor] = []
@@ -493,6 +550,76 @@ def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
         status=res.status,
         event_mask=res.event_mask,
         _interpolate=interp,
+    )
+
+
+_FIXES = {
+    Cause.Y0: "check the data or the encoder that produced `y0`",
+    Cause.VF_T0: (
+        "check the vector field's parameters (NaN weights after a diverged optimiser step?) "
+        "and its inputs, e.g. with torch.isfinite on f(t0, y0, args)"
+    ),
+    Cause.NORM_T0: "a `norm` must return a finite value >= 0 for every finite input",
+    Cause.NORM: "a `norm` must return a finite value >= 0 for every finite input",
+    Cause.EVENT: (
+        "an event function must stay finite along the solution: its sign change is the event"
+    ),
+    Cause.VF: "check the vector field there (a division by zero, a log or sqrt out of range?)",
+    Cause.STEP: "check the vector field for a blow-up (the solution may leave every bound)",
+}
+
+
+def _failure_detail(p: Problem, cause: Cause, i: int) -> str:
+    """What went wrong for the first failed sample (flat index ``i``), with the fix."""
+    if cause in (Cause.DTMIN, Cause.RESOLUTION):
+        return _underflow_detail(p, cause, i)
+    if cause == Cause.NONE:
+        return ""
+    msg = cause.message
+    if cause == Cause.Y0:
+        y0 = p.y0[i] if p.per_sample else p.y0
+        bad = ~torch.isfinite(y0.detach())
+        where = f" for sample {i}" if p.per_sample else ""
+        msg += f" ({int(bad.sum())} of {bad.numel()} elements{where})"
+    fix = _FIXES.get(cause)
+    return f"{msg}; {fix}" if fix else msg
+
+
+def _underflow_detail(p: Problem, cause: Cause, i: int) -> str:
+    """Why the step size underflowed, naming precision when the dtypes are the cause, and
+    stiffness only when they are not."""
+    tdtype, sdtype = p.t0.dtype, p.y0.dtype
+    ctrl = p.controller
+    if cause == Cause.DTMIN:
+        head = f"the step size fell below `dtmin`={ctrl.dtmin:g}"
+    else:
+        floor = float(time_floor(p.t0, p.t1).reshape(-1)[i if p.per_sample else 0])
+        head = (
+            f"the step size fell below the resolution of the time dtype {tdtype}: steps "
+            f"shorter than 16·eps·max(|t0|, |t1|) = {floor:.2g} are lost to rounding"
+        )
+    rtol = getattr(ctrl, "rtol", None)
+    if rtol is not None:
+        rtol = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+        eps = torch.finfo(sdtype).eps
+        if rtol < 10 * eps:
+            return (
+                f"{head}. rtol={rtol:g} is at the precision of the state dtype {sdtype} (eps "
+                f"{eps:.1e}), so rounding alone fails the error test: use rtol >= {100 * eps:.0e}"
+                + (", or solve in float64 (y0.double())" if sdtype != torch.float64 else "")
+            )
+    precision = " The"
+    if cause == Cause.RESOLUTION and tdtype != torch.float64:
+        precision = (
+            f" {tdtype} time resolves only ~{torch.finfo(tdtype).eps:.0e} relative: pass t0 "
+            "and t1 as float64 tensors to step in float64 time (the state keeps its dtype)."
+            " Otherwise, the"
+        )
+    return (
+        f"{head}.{precision} problem may be stiff (use an implicit solver such as "
+        "Kvaerno5 or Rodas5) or singular near this time (a blow-up); for implicit solvers, "
+        "Newton's method may fail even for tiny steps (check the Jacobian and the vector "
+        "field's smoothness)"
     )
 
 

@@ -90,6 +90,13 @@ class AbstractStepSizeController(abc.ABC):
         norm: Norm,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any]: ...
 
+    def error_ratio(
+        self, y0: torch.Tensor, y1: torch.Tensor, y_error: torch.Tensor | None, norm: Norm
+    ) -> torch.Tensor | None:
+        """The error ratio a step is accepted by (``<= 1``), batch shape; used only to explain
+        a failed solve. ``None`` for controllers that measure no error."""
+        return None
+
     def prepare(
         self, direction: float, dtype: torch.dtype, device: torch.device
     ) -> AbstractStepSizeController:
@@ -182,17 +189,33 @@ class ConstantStepSize(AbstractStepSizeController):
 
 
 def _positive(name: str, value: Any) -> Any:
+    """A finite, positive number or tensor of them (``rtol``, ``atol``, ``dtmin``, ``dtmax``).
+
+    ``inf`` is refused: an infinite tolerance accepts every step however wrong (and
+    ``rtol=inf`` makes the error ratio NaN where the state is 0), so the solve "succeeds"
+    with an arbitrary error."""
     if isinstance(value, torch.Tensor):
-        if not torch.is_floating_point(value) or value.numel() == 0 or not bool((value > 0).all()):
+        if (
+            not torch.is_floating_point(value)
+            or value.numel() == 0
+            or not bool((value > 0).all())
+            or not bool(torch.isfinite(value).all())
+        ):
             raise ValueError(
-                f"PIDController: `{name}` must be positive, got a tensor of shape "
+                f"PIDController: `{name}` must be positive and finite, got a tensor of shape "
                 f"{tuple(value.shape)} and dtype {value.dtype} with min "
-                f"{value.min().item() if value.numel() else 'n/a'}."
+                f"{value.min().item() if value.numel() else 'n/a'} and max "
+                f"{value.max().item() if value.numel() else 'n/a'}."
             )
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or not math.isfinite(value)
+    ):
         raise ValueError(
-            f"PIDController: `{name}` must be a positive number or tensor, got {value!r}. "
+            f"PIDController: `{name}` must be a positive, finite number or tensor, got {value!r}. "
             f"Use e.g. {name}=1e-6."
         )
     return float(value)
@@ -255,6 +278,8 @@ class PIDController(AbstractStepSizeController):
         for name, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)):
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise TypeError(f"PIDController: `{name}` must be a number, got {v!r}.")
+            if not math.isfinite(v):
+                raise ValueError(f"PIDController: `{name}` must be finite, got {v!r}.")
         if pcoeff == 0 and icoeff == 0 and dcoeff == 0:
             raise ValueError(
                 "PIDController: `pcoeff`, `icoeff` and `dcoeff` are all 0, so the step size "
@@ -262,9 +287,15 @@ class PIDController(AbstractStepSizeController):
             )
         self.pcoeff, self.icoeff, self.dcoeff = float(pcoeff), float(icoeff), float(dcoeff)
         self.dtmin = None if dtmin is None else _positive("dtmin", dtmin)
+        # dtmax=inf means no limit, like None.
+        if isinstance(dtmax, float) and dtmax == math.inf:
+            dtmax = None
         self.dtmax = None if dtmax is None else _positive("dtmax", dtmax)
         if self.dtmin is not None and self.dtmax is not None and self.dtmin > self.dtmax:
             raise ValueError(f"PIDController: `dtmin` ({dtmin}) is larger than `dtmax` ({dtmax}).")
+        for name, v in (("safety", safety), ("factormin", factormin), ("factormax", factormax)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"PIDController: `{name}` must be a number, got {v!r}.")
         if not 0 < safety <= 1:
             raise ValueError(f"PIDController: `safety` must be in (0, 1], got {safety!r}.")
         if not 0 < factormin < 1 < factormax:
@@ -299,6 +330,9 @@ class PIDController(AbstractStepSizeController):
             return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
         return torch.linalg.vector_norm(x)
 
+    def error_ratio(self, y0, y1, y_error, norm):  # type: ignore[override]
+        return None if y_error is None else self._scaled_norm(y_error, y0, y1, norm)
+
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
         nfe = 0
         if dt0 is None:
@@ -322,6 +356,8 @@ class PIDController(AbstractStepSizeController):
 
             d0 = scaled(y0)
             d1 = scaled(unit)
+            # A non-finite d0 or d1 (finite y0 and f0: a NaN norm) makes dt0 NaN below, which
+            # the loop reports as a non-finite start instead of stepping on NaN times.
             small = (d0 < 1e-5) | (d1 < 1e-5)
             h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
             h0 = h0.to(t0.dtype)
@@ -340,8 +376,16 @@ class PIDController(AbstractStepSizeController):
                 (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / (order + 1)),
             ).to(t0.dtype)
             dt0 = torch.minimum(100 * h0, h1)
+            # f blew up (or is NaN) at the trial point y0 + h0 f0: no estimate of the second
+            # derivative; start from h0 and let step rejection shrink it.
+            dt0 = torch.where(torch.isfinite(d2), dt0, h0)
             if not self.differentiate_steps:
                 dt0 = dt0.detach()
+        elif norm is not None:
+            # The user's norm is first called here (the built-in RMS norm is finite on the
+            # finite y0): NaN makes the first step NaN, reported at once as NONFINITE.
+            d0 = self._scaled_norm(y0, y0, None, norm)
+            dt0 = torch.where(torch.isfinite(d0), dt0, math.nan)
         if self.dtmax is not None:
             dt0 = dt0.clamp(max=self.dtmax)
         end, at_jump = self._clip(t0, t0 + dt0)

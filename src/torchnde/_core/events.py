@@ -48,6 +48,20 @@ class Event:
         self.fns = fns
         self.directions = dirs
 
+    def first_values(
+        self, t: torch.Tensor, y: Any, args: Any, per_sample: bool, like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """:meth:`values` at the start of the solve, each function's output validated once
+        (``like`` is the state: its batch size and device)."""
+        out = []
+        for i, f in enumerate(self.fns):
+            v = f(t, y, args)
+            _check_value(v, f"`fn[{i}]`" if len(self.fns) > 1 else "`fn`", per_sample, like)
+            if per_sample and v.ndim > 1:
+                v = v.reshape(v.shape[0], -1)
+            out.append(v)
+        return out
+
     def values(self, t: torch.Tensor, y: Any, args: Any, per_sample: bool) -> list[torch.Tensor]:
         out = []
         for f in self.fns:
@@ -71,3 +85,49 @@ class Event:
             else:
                 out.append(hit.any())
         return out
+
+
+def _check_value(v: Any, name: str, per_sample: bool, like: torch.Tensor) -> None:
+    """An event function's value: a real floating tensor; per sample, one row per sample."""
+    what = (
+        f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
+        if isinstance(v, torch.Tensor)
+        else f"{type(v).__name__} {v!r}"
+    )
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise TypeError(
+            f"Event: {name} returned a bool ({what}). An event fires where a continuous function "
+            "crosses zero, so return that function rather than a comparison: e.g. "
+            "`y[0, 0] - 0.5` instead of `y[0, 0] < 0.5` (with direction=-1 for downward "
+            "crossings only)."
+        )
+    if not isinstance(v, torch.Tensor):
+        why = (
+            " (a missing `return`?)"
+            if v is None
+            else ". A number carries no gradient for the event time and costs a host sync per "
+            "call"
+        )
+        raise TypeError(
+            f"Event: {name} must return a tensor, got {what}{why}: return the tensor expression "
+            "itself, e.g. `y[..., 0] - 0.5`, not `float(...)` or `.item()`."
+        )
+    if not torch.is_floating_point(v):
+        raise TypeError(
+            f"Event: {name} must return a real floating-point tensor whose sign change is the "
+            f"event, got {what}; e.g. `y[..., 0] - 0.5`."
+        )
+    if v.numel() == 0:
+        raise ValueError(f"Event: {name} returned an empty tensor ({what}).")
+    if v.device != like.device:
+        raise ValueError(
+            f"Event: {name} returned a tensor on {v.device} but the state is on {like.device}; "
+            "compute it from `t` and `y` (or move it with `.to(y.device)`)."
+        )
+    if per_sample and (v.ndim == 0 or v.shape[0] != like.shape[0]):
+        batch = like.shape[0]
+        raise ValueError(
+            f"Event: with per-sample stepping {name} must return one value per sample, shape "
+            f"({batch},) or ({batch}, ...), got {what}; e.g. `y[:, 0] - 0.5` rather than "
+            "`y[0, 0] - 0.5`."
+        )

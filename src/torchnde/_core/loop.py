@@ -11,6 +11,7 @@ transfer per step.
 from __future__ import annotations
 
 import bisect
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,74 @@ from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["Host", "Loop", "LoopResult", "run"]
+__all__ = ["Cause", "Host", "Loop", "LoopResult", "run", "time_floor"]
+
+
+class Cause(enum.IntEnum):
+    """Why a sample failed, beyond its :class:`Status`; each member carries its message."""
+
+    NONE = 0
+    Y0 = 1  # NONFINITE at the start
+    VF_T0 = 2
+    NORM_T0 = 3
+    EVENT = 4  # NONFINITE, at the start or at an accepted step
+    VF = 5  # NONFINITE during the solve
+    STEP = 6
+    FIXED_STEP = 7
+    NORM = 8
+    DTMIN = 9  # DT_UNDERFLOW
+    RESOLUTION = 10
+
+    @property
+    def message(self) -> str:
+        return _CAUSES[self]
+
+
+_CAUSES = {
+    Cause.NONE: "",
+    Cause.Y0: "`y0` contains NaN or inf",
+    Cause.VF_T0: "the vector field returned NaN or inf at t0 (for a finite `y0`)",
+    Cause.NORM_T0: "the error `norm` returned NaN or inf at t0 for a finite argument",
+    Cause.EVENT: "an event function returned NaN or inf",
+    Cause.VF: (
+        "the vector field returned NaN or inf at the state the solve reached (an accepted "
+        "point), so no step from there can succeed"
+    ),
+    Cause.STEP: (
+        "every step from the point reached, however small, gave a NaN or inf state or error "
+        "estimate (a blow-up, or a vector field that is NaN just past this time)"
+    ),
+    Cause.FIXED_STEP: (
+        "the step from the point reached gave a NaN or inf state; a fixed-step solve cannot "
+        "retry with a smaller step: reduce `dt0`, use an adaptive solver, or check the vector "
+        "field"
+    ),
+    Cause.NORM: "the error `norm` returned NaN or inf for a finite error estimate",
+    Cause.DTMIN: "the step size fell below `dtmin`",
+    Cause.RESOLUTION: "the step size fell below the resolution of the time dtype",
+}
+
+
+def time_floor(t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+    """The smallest meaningful step: below it, ``t + dt`` rounds to ``t`` within 16 ulps of
+    the interval's largest time (batch shape)."""
+    eps = torch.finfo(t0.dtype).eps
+    return (16 * eps * torch.maximum(torch.maximum(t0.abs(), t1.abs()), (t1 - t0).abs())).detach()
+
+
+def _nonfinite(x: Any, per_sample: bool) -> torch.Tensor | None:
+    """Whether ``x`` (a tensor or a tuple of them) holds a NaN or inf: per sample (leading
+    dimension) or for the whole tensor; ``None`` when ``x`` holds no tensor."""
+    parts = [p for p in (x if isinstance(x, (tuple, list)) else (x,)) if isinstance(p, torch.Tensor)]
+    out = None
+    for p in parts:
+        p = p.detach()
+        if per_sample and p.ndim > 0:
+            bad = ~torch.isfinite(p.reshape(p.shape[0], -1)).all(1)
+        else:
+            bad = ~torch.isfinite(p).all()
+        out = bad if out is None else out | bad
+    return out
 
 
 @dataclass
@@ -41,6 +109,7 @@ class LoopResult:
     dense: list | None
     event_mask: tuple[torch.Tensor, ...] | None
     extra_stats: dict = field(default_factory=dict)  # solver counts (Jacobians, LUs, ...)
+    cause: torch.Tensor | None = None  # a Cause per sample (batch shape), NONE if successful
 
 
 def _host(values: list[torch.Tensor]) -> list:
@@ -148,6 +217,7 @@ class _State:
     event_mask: tuple | None
     save_index: torch.Tensor | None  # per sample: how many save times each sample has passed
     y1: torch.Tensor  # the last attempted state (joint failure diagnosis)
+    cause: torch.Tensor  # a Cause found while stepping (at the start, or an event's NaN)
 
 
 @dataclass
@@ -217,10 +287,7 @@ class Loop:
         # need no selection between the old and the new state: it would only copy.
         self.always_accept = not (self.per_sample or self.adaptive) and controller.never_rejects
         self.has_jumps = controller.jump_ts is not None
-        eps = torch.finfo(t0.dtype).eps
-        # Smallest meaningful step: below the time resolution of the interval, or dtmin.
-        floor = 16 * eps * torch.maximum(torch.maximum(t0.abs(), t1.abs()), (t1 - t0).abs())
-        floor = floor.detach()
+        floor = time_floor(t0, t1)
         if controller.dtmin is not None:
             floor = floor.clamp_min(controller.dtmin)
         self.floor = floor
@@ -296,7 +363,11 @@ class Loop:
 
     def init(self, y0: torch.Tensor) -> tuple[_State, Host, _Emit, int]:
         terms, solver, t0, t1, args = self.terms, self.solver, self.t0, self.t1, self.args
-        fstate = solver.init(terms, t0, y0, args)
+        try:
+            fstate = solver.init(terms, t0, y0, args)
+        except Exception as err:
+            self._explain(t0, y0, err)
+            raise
         vf0 = solver.vector_field_of(fstate)
         if self.check_vf is not None and vf0 is not None:
             self.check_vf(vf0)
@@ -304,23 +375,34 @@ class Loop:
         if vf0 is None and self.dt0 is None:
             vf0 = terms.vf(t0, y0, args)  # for the initial step size
             nfe += 1
-        tnext, cstate, extra = self.controller.init(
-            terms, t0, t1, y0, self.dt0, args, solver, vf0, self.norm
-        )
+            if self.check_vf is not None:
+                self.check_vf(vf0)
+        try:
+            tnext, cstate, extra = self.controller.init(
+                terms, t0, t1, y0, self.dt0, args, solver, vf0, self.norm
+            )
+        except Exception as err:
+            self._explain(t0, y0, err)
+            raise
         nfe += extra
         tnext = self._clip_end(tnext)
-        running = t0 < t1
-        zeros = torch.zeros_like(t0, dtype=torch.int64)
         g_prev: list = []
         event_mask = None
         if self.event is not None:
-            g_prev = self.event.values(self.to_user_time(t0), y0, args, self.per_sample)
+            g_prev = self.event.first_values(self.to_user_time(t0), y0, args, self.per_sample, y0)
+        cause = self._start_cause(y0, vf0, tnext, g_prev)
+        ok = cause == Cause.NONE
+        # A sample that cannot start stays at t0; a zero-length step keeps NaN times out.
+        tnext = torch.where(ok, tnext, t0)
+        running = (t0 < t1) & ok
+        zeros = torch.zeros_like(t0, dtype=torch.int64)
+        if self.event is not None:
             event_mask = tuple(torch.zeros_like(running) for _ in self.event.fns)
         st = _State(
             t=t0, tnext=tnext, y=y0, fstate=fstate, cstate=cstate, running=running,
-            num_accepted=zeros, num_attempts=zeros, finite_at_stop=torch.ones_like(running),
+            num_accepted=zeros, num_attempts=zeros, finite_at_stop=ok,
             event_hit=torch.zeros_like(running), g_prev=g_prev, event_mask=event_mask,
-            save_index=None, y1=y0,
+            save_index=None, y1=y0, cause=cause,
         )  # fmt: skip
         saves: list = []
         host = Host(keep_going=True)
@@ -334,16 +416,39 @@ class Loop:
                 st.save_index = count
             host.keep_going = bool(_host([running.any()])[0])
         else:
-            t_host = float(t0.detach())
+            t_host, ok_host = _host([t0, ok])
             if ts is not None:
                 host.save_num = bisect.bisect_right(self.ts_host, t_host)
                 if host.save_num:
                     saves = [
                         (0, host.save_num, self._interp_saves(host.save_num, 0, t0, t0, y0, None))
                     ]
-            host.keep_going = t_host < self.t1_host
+            host.keep_going = t_host < self.t1_host and bool(ok_host)
             host.t_shown = t_host
+            if not ok_host:
+                host.status = Status.NONFINITE
         return st, host, _Emit(saves), nfe
+
+    def _start_cause(
+        self, y0: torch.Tensor, vf0: Any, tnext: torch.Tensor, g0: list
+    ) -> torch.Tensor:
+        """Per sample, why the solve cannot start (``Cause.NONE`` when it can): checked once,
+        on what initialisation computed anyway, so a NaN start ends at once instead of
+        spinning on NaN step sizes."""
+        per_sample = self.per_sample
+        cause = torch.zeros_like(self.t0, dtype=torch.int8)
+        # Lowest priority first: the first bad thing along the computation is named.
+        for code, bad in (
+            (Cause.NORM_T0, ~torch.isfinite(tnext.detach())),
+            (Cause.EVENT, _nonfinite(g0, per_sample) if g0 else None),
+            (Cause.VF_T0, _nonfinite(vf0, per_sample)),
+            (Cause.Y0, _nonfinite(y0, per_sample)),
+        ):
+            if bad is not None and bad.shape == cause.shape:
+                cause = torch.where(bad, int(code), cause)
+            elif bad is not None:
+                cause = torch.where(bad.any(), int(code), cause)
+        return cause
 
     def body(
         self, st: _State, prev: Host, replay: Host | None = None
@@ -352,20 +457,33 @@ class Loop:
         the host decisions are taken from it instead of synchronising."""
         per_sample, adaptive, event, args = self.per_sample, self.adaptive, self.event, self.args
         t, tnext, y = st.t, st.tnext, st.y
-        y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = self.attempt(
-            t, tnext, y, st.fstate, st.cstate, st.running
-        )
+        try:
+            y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = self.attempt(
+                t, tnext, y, st.fstate, st.cstate, st.running
+            )
+        except Exception as err:
+            self._explain(t, y, err)
+            raise
         nfe = self.solver.num_fevals_step
         always = self.always_accept
         t_after = tnext if always else torch.where(accept, tnext, t)
         t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
         event_hit, event_mask, g_prev = st.event_hit, st.event_mask, st.g_prev
-        ev_now = False
+        ev_now = ev_bad = False
+        cause = st.cause
         if event is not None and event_mask is not None:
             g_new = event.values(self.to_user_time(tnext), y1, args, per_sample)
             crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
-            ev_now = bool(_host([crossed.any()])[0]) if replay is None else replay.event
+            # An event function that is NaN at an accepted point can never fire: a failure.
+            bad = _nonfinite(g_new, per_sample) & accept & ~crossed  # type: ignore[operator]
+            cause = torch.where(bad, int(Cause.EVENT), cause)
+            if replay is not None:
+                ev_now = replay.event
+            elif per_sample:
+                ev_now = bool(_host([crossed.any()])[0])
+            else:
+                ev_now, ev_bad = (bool(v) for v in _host([crossed.any(), bad]))
             if ev_now:
                 t_ev, y_ev, which = _locate_event(
                     event, self.solver, dense_info, t, tnext - t, g_prev, args, crossed,
@@ -394,7 +512,7 @@ class Loop:
             t=t, tnext=tnext, y=y, fstate=fstate, cstate=cstate, running=st.running,
             num_accepted=st.num_accepted, num_attempts=st.num_attempts,
             finite_at_stop=st.finite_at_stop, event_hit=event_hit, g_prev=g_prev,
-            event_mask=event_mask, save_index=st.save_index, y1=y1,
+            event_mask=event_mask, save_index=st.save_index, y1=y1, cause=cause,
         )  # fmt: skip
         emit = _Emit(saves=[])
         host = Host(keep_going=False, event=ev_now)
@@ -410,6 +528,8 @@ class Loop:
                 stop = stop | ~finite
             if ev_hit is not None:
                 stop = stop | ev_hit
+            if event is not None:
+                stop = stop | (cause != st.cause)
             new.finite_at_stop = torch.where(st.running, finite, st.finite_at_stop)
             new.running = running = st.running & ~stop
             count = None
@@ -458,7 +578,7 @@ class Loop:
                 status = Status.SUCCESSFUL
                 if ev_now:
                     status = Status.EVENT_OCCURRED
-                elif not adaptive and not vals[2]:
+                elif ev_bad or (not adaptive and not vals[2]):
                     status = Status.NONFINITE
                     if always:
                         t_host = prev.t_shown  # the failed step is undone below
@@ -515,16 +635,16 @@ class Loop:
             status = torch.where(t < self.t1, fail, status)
             status = torch.where(st.running, int(Status.MAX_STEPS_REACHED), status)
             status = torch.where(st.event_hit, int(Status.EVENT_OCCURRED), status)
+            status = torch.where(st.cause != Cause.NONE, int(Status.NONFINITE), status)
             num_accepted, num_attempts = st.num_accepted, st.num_attempts
         else:
             code = last.status
             if code == Status.SUCCESSFUL and last.t_shown < self.t1_host:
                 code = Status.MAX_STEPS_REACHED
-            if code == Status.DT_UNDERFLOW and not bool(torch.isfinite(st.y1.detach().sum())):
-                code = Status.NONFINITE
             status = torch.tensor(int(code), device=t.device)
             num_accepted = torch.tensor(last.num_accepted, device=t.device)
             num_attempts = torch.tensor(num_steps, device=t.device)
+        status, cause = self._explain_failures(st, status, None if per_sample else code)
         dense = [e.dense for e in emits if e.dense is not None] if self.save_dense else None
         st_t = st_y = None
         steps = [e.step for e in emits if e.step is not None]
@@ -553,7 +673,81 @@ class Loop:
             dense=dense,
             event_mask=st.event_mask,
             extra_stats=dict(self.extra_stats),
+            cause=cause,
         )
+
+    def _explain_failures(
+        self, st: _State, status: torch.Tensor, code: Status | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cause of each failed sample, once, at the end. A step-size underflow whose
+        steps were NaN, or whose error norm was, is a NONFINITE failure: shrinking the step
+        cannot help. Costs nothing unless a sample underflowed or blew up."""
+        cause = st.cause.to(torch.int64)
+        nonfinite = (status == Status.NONFINITE) & (cause == Cause.NONE)
+        underflow = status == Status.DT_UNDERFLOW
+        if code is None:
+            blew_up, under = (bool(v) for v in _host([nonfinite.any(), underflow.any()]))
+        else:  # the host knows the joint status: no sync for a successful solve
+            blew_up, under = code == Status.NONFINITE, code == Status.DT_UNDERFLOW
+        if blew_up:
+            late = Cause.STEP if self.adaptive else Cause.FIXED_STEP
+            cause = torch.where(nonfinite, int(late), cause)
+        if under:
+            found = self._diagnose_underflow(st)
+            named = underflow & (found != Cause.NONE)
+            status = torch.where(named, int(Status.NONFINITE), status)
+            limit = Cause.RESOLUTION
+            if self.controller.dtmin is not None:
+                limit = Cause.DTMIN if bool((self.floor <= self.controller.dtmin).all()) else limit
+            cause = torch.where(named, found, torch.where(underflow, int(limit), cause))
+        return status, cause
+
+    def _diagnose_underflow(self, st: _State) -> torch.Tensor:
+        """Per sample, whether NaN/inf explain an underflow: the vector field at the point
+        reached, the last attempted state, then one more (diagnostic, uncounted) step of the
+        smallest size, whose state, error estimate and error norm are looked at."""
+        per_sample = self.per_sample
+        t, y = st.t, st.y
+        cause = torch.zeros_like(t, dtype=torch.int64)
+
+        def mark(code: Cause, bad: torch.Tensor | None) -> None:
+            nonlocal cause
+            if bad is not None:
+                bad = bad if bad.shape == cause.shape else bad.any()
+                cause = torch.where((cause == Cause.NONE) & bad, int(code), cause)
+
+        mark(Cause.VF, _nonfinite(self.solver.vector_field_of(st.fstate), per_sample))
+        mark(Cause.STEP, _nonfinite(st.y1, per_sample))
+        try:
+            with torch.no_grad():
+                t_end = torch.minimum(t + self.floor, self.t1)
+                y1, y_error, _, _ = self.solver.step(
+                    self.terms, t, t_end, y, self.args, st.fstate
+                )
+                mark(Cause.STEP, _nonfinite(y1, per_sample))
+                mark(Cause.STEP, _nonfinite(y_error, per_sample))
+                ratio = self.controller.error_ratio(y, y1, y_error, self.norm)
+                if ratio is not None:
+                    mark(Cause.NORM, ~torch.isfinite(ratio))
+        except Exception:  # noqa: BLE001 - a diagnosis must not mask the failure itself
+            pass
+        return cause
+
+    def _explain(self, t: torch.Tensor, y: torch.Tensor, err: Exception) -> None:
+        """After an exception inside a step: when the vector field's output is at fault
+        (``None``, a wrong shape, dtype or device), raise that clear error instead of the raw
+        one from deep inside the solver; otherwise return (the caller re-raises)."""
+        if self.check_vf is None:
+            return
+        try:
+            with torch.no_grad():
+                vf = self.terms.vf(t, y, self.args)
+        except Exception:  # noqa: BLE001 - the vector field's own error is the clearest
+            return
+        try:
+            self.check_vf(vf)
+        except (TypeError, ValueError) as clear:
+            raise clear from err
 
     def new_output(self, y0: torch.Tensor) -> torch.Tensor | None:
         """The NaN-filled tensor the save times are written into."""

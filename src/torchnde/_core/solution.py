@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,30 +39,34 @@ _MESSAGES = {
         "or check the vector field for stiffness or a blow-up"
     ),
     Status.DT_UNDERFLOW: (
-        "the step size fell below `dtmin` or below the resolution of the time dtype; the "
-        "problem may be stiff (use an implicit solver such as Kvaerno5 or Rodas5), singular, "
-        "or need looser tolerances; for implicit solvers, Newton's method failed to converge "
-        "even for tiny steps (check the Jacobian and the vector field's smoothness)"
+        "the step size fell below `dtmin` or below the resolution of the time dtype: "
+        "tolerances tighter than the dtype resolves, a stiff problem (use an implicit solver "
+        "such as Kvaerno5 or Rodas5), a singularity, or, for implicit solvers, Newton's "
+        "method failing even for tiny steps"
     ),
     Status.NONFINITE: (
-        "the state or the vector field became non-finite (NaN/inf) and shrinking the step "
-        "did not help; check the vector field and the initial state"
+        "NaN or inf in the initial state, the vector field, the error norm or an event "
+        "function, which shrinking the step cannot cure"
     ),
 }
 
 
 class SolveError(RuntimeError):
-    """A solve failed. ``status``, ``t`` and ``num_steps`` say how and where."""
+    """A solve failed. ``status``, ``t`` and ``num_steps`` say how and where; ``detail``, when
+    the solve could tell, why (it then replaces the status's generic message)."""
 
-    def __init__(self, status: Status, t: float, num_steps: int, num_failed: int = 1) -> None:
+    def __init__(
+        self, status: Status, t: float, num_steps: int, num_failed: int = 1, detail: str = ""
+    ) -> None:
         self.status = status
         self.t = t
         self.num_steps = num_steps
+        self.detail = detail
         who = "" if num_failed <= 1 else f" ({num_failed} samples failed; first shown)"
         super().__init__(
             f"Solve failed at t={t:.6g} after {num_steps} steps: {status.name}: "
-            f"{status.message}{who}. Pass throw=False to get the partial solution and "
-            "per-sample `status` instead."
+            f"{detail or status.message}{who}. Pass throw=False to get the partial solution "
+            "and per-sample `status` instead."
         )
 
 
@@ -92,11 +97,29 @@ class SaveAt:
         for name in ("t0", "t1", "steps", "dense"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SaveAt: `{name}` must be a bool, got {getattr(self, name)!r}.")
+        if self.ts is not None and not isinstance(self.ts, torch.Tensor):
+            _check_times(self.ts)
         if not (self.t0 or self.t1 or self.ts is not None or self.steps or self.dense):
             raise ValueError(
                 "SaveAt: nothing to save; set at least one of t0=True, t1=True, ts=..., "
                 "steps=True or dense=True."
             )
+
+
+def _check_times(ts: Any) -> None:
+    """``SaveAt(ts=...)`` given as a sequence: real numbers (nested once for per-sample times)."""
+    try:
+        as_tensor = torch.as_tensor(ts)
+    except (TypeError, ValueError, RuntimeError):
+        as_tensor = None
+    if as_tensor is None or not (
+        torch.is_floating_point(as_tensor) or as_tensor.dtype in (torch.int32, torch.int64)
+    ):
+        raise TypeError(
+            f"SaveAt: `ts` must be a tensor or a sequence of real numbers (the times to save "
+            f"at), got {type(ts).__name__} {reprlib.repr(ts)}; e.g. SaveAt(ts=[0.5, 1.0]) or "
+            "SaveAt(ts=torch.linspace(0, 1, 11))."
+        )
 
 
 @dataclass

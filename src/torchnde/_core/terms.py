@@ -14,6 +14,7 @@ inside a term.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,6 +80,7 @@ class ODETerm(AbstractTerm):
                 "ODETerm: `vector_field` must be callable as f(t, y, args), got "
                 f"{type(vector_field).__name__}."
             )
+        _check_takes_t_y_args("ODETerm", vector_field)
         self.vector_field = vector_field
 
     def vf(self, t: torch.Tensor, y: Any, args: Any) -> Any:
@@ -99,6 +101,39 @@ class ODETerm(AbstractTerm):
 
     def __repr__(self) -> str:
         return f"ODETerm({getattr(self.vector_field, '__name__', self.vector_field)!r})"
+
+
+def _check_takes_t_y_args(who: str, f: Callable) -> None:
+    """Refuse, at construction, a vector field that cannot be called as ``f(t, y, args)``:
+    typically torchdiffeq's ``f(t, y)``, which would fail at the first evaluation with a bare
+    "takes 2 positional arguments but 3 were given". Functions whose signature Python cannot
+    inspect (some builtins and extensions) are let through."""
+    target = f.forward if isinstance(f, torch.nn.Module) else f
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None, None)
+        return
+    except TypeError:
+        pass
+    name = getattr(target, "__qualname__", type(f).__name__)
+    try:
+        sig.bind(None, None)
+        two = True
+    except TypeError:
+        two = False
+    fix = (
+        f"wrap it: {who}(lambda t, y, args: f(t, y)), or add a third parameter `args` (it "
+        "receives solve's `args=`)"
+        if two
+        else "give it the parameters (t, y, args)"
+    )
+    raise TypeError(
+        f"{who}: `vector_field` must be callable as f(t, y, args), but {name} has signature "
+        f"{sig}; {fix}."
+    )
 
 
 class AbstractPath(abc.ABC):
