@@ -586,18 +586,25 @@ def _failure_detail(p: Problem, cause: Cause, i: int) -> str:
 
 
 def _underflow_detail(p: Problem, cause: Cause, i: int) -> str:
-    """Why the step size underflowed, naming precision when the dtypes are the cause, and
-    stiffness only when they are not."""
+    """Why the step size underflowed: precision when the dtypes are the cause (tolerances at
+    the state dtype's rounding, or a time dtype too coarse for the interval), and stiffness
+    or a singularity only when they may not be."""
     tdtype, sdtype = p.t0.dtype, p.y0.dtype
     ctrl = p.controller
+    stiff = (
+        "the problem may be stiff (use an implicit solver such as Kvaerno5 or Rodas5) or "
+        "singular near this time (a blow-up); for implicit solvers, Newton's method may fail "
+        "even for tiny steps (check the Jacobian and the vector field's smoothness)"
+    )
     if cause == Cause.DTMIN:
-        head = f"the step size fell below `dtmin`={ctrl.dtmin:g}"
-    else:
-        floor = float(time_floor(p.t0, p.t1).reshape(-1)[i if p.per_sample else 0])
-        head = (
-            f"the step size fell below the resolution of the time dtype {tdtype}: steps "
-            f"shorter than 16·eps·max(|t0|, |t1|) = {floor:.2g} are lost to rounding"
-        )
+        return f"the step size fell below `dtmin`={ctrl.dtmin:g}: {stiff}, or `dtmin` is too large"
+    k = i if p.per_sample else 0
+    floor = float(time_floor(p.t0, p.t1).reshape(-1)[k])
+    span = float((p.t1 - p.t0).detach().abs().reshape(-1)[k])
+    head = (
+        f"the step size fell below the resolution of the time dtype {tdtype}: steps shorter "
+        f"than 16·eps·max(|t0|, |t1|) = {floor:.2g} are lost to rounding"
+    )
     rtol = getattr(ctrl, "rtol", None)
     if rtol is not None:
         rtol = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
@@ -608,19 +615,22 @@ def _underflow_detail(p: Problem, cause: Cause, i: int) -> str:
                 f"{eps:.1e}), so rounding alone fails the error test: use rtol >= {100 * eps:.0e}"
                 + (", or solve in float64 (y0.double())" if sdtype != torch.float64 else "")
             )
-    precision = " The"
-    if cause == Cause.RESOLUTION and tdtype != torch.float64:
-        precision = (
-            f" {tdtype} time resolves only ~{torch.finfo(tdtype).eps:.0e} relative: pass t0 "
-            "and t1 as float64 tensors to step in float64 time (the state keeps its dtype)."
-            " Otherwise, the"
-        )
-    return (
-        f"{head}.{precision} problem may be stiff (use an implicit solver such as "
-        "Kvaerno5 or Rodas5) or singular near this time (a blow-up); for implicit solvers, "
-        "Newton's method may fail even for tiny steps (check the Jacobian and the vector "
-        "field's smoothness)"
+    float64_time = (
+        "pass t0 and t1 as float64 tensors to step in float64 time (the state keeps its dtype)"
     )
+    if floor > 1e-3 * span:
+        # Fewer than a thousand steps fit in the interval at this resolution: precision.
+        fix = float64_time if tdtype != torch.float64 else "shift the interval to start near 0"
+        return (
+            f"{head}, {floor / span:.2g} of the interval [t0, t1] (large times, short "
+            f"interval): {fix}"
+        )
+    if tdtype != torch.float64:
+        return (
+            f"{head}. {tdtype} time resolves only ~{torch.finfo(tdtype).eps:.0e} relative: "
+            f"{float64_time}. Otherwise, {stiff}"
+        )
+    return f"{head}. The {stiff[4:]}"
 
 
 def _make_interpolator(p: Problem, res: LoopResult) -> Any:

@@ -15,9 +15,13 @@ EventFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]
 class Event:
     r"""Stop the solve at the first zero crossing of any of the event functions.
 
-    ``fn(t, y, args)`` returns a tensor; in joint stepping the solve stops when any element
-    crosses zero, in per-sample stepping ``fn`` returns ``(batch,)`` (or ``(batch, ...)``) and
-    each sample stops at its own crossing. The crossing is located on the dense output by
+    ``fn(t, y, args)`` returns a floating-point tensor, continuous along the solution, whose
+    sign change is the event (``y[..., 0] - 0.5``, not the comparison ``y[..., 0] < 0.5``,
+    which is refused with a ``TypeError``, as are Python numbers, which carry no gradient for
+    the event time). In joint stepping the solve stops when any element crosses zero; in
+    per-sample stepping ``fn`` returns ``(batch,)`` (or ``(batch, ...)``) and each sample
+    stops at its own crossing. An event value that is NaN at the start or at an accepted
+    step can never cross: the (sample's) solve fails with ``Status.NONFINITE``. The crossing is located on the dense output by
     bisection to the resolution of the time dtype; ``SaveAt(t1=True)`` then saves the event
     time and state, and ``Solution.event_mask`` says which function fired.
 
@@ -105,8 +109,7 @@ def _check_value(v: Any, name: str, per_sample: bool, like: torch.Tensor) -> Non
         why = (
             " (a missing `return`?)"
             if v is None
-            else ". A number carries no gradient for the event time and costs a host sync per "
-            "call"
+            else ". A number carries no gradient for the event time and costs a host sync per call"
         )
         raise TypeError(
             f"Event: {name} must return a tensor, got {what}{why}: return the tensor expression "

@@ -82,7 +82,9 @@ def time_floor(t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
 def _nonfinite(x: Any, per_sample: bool) -> torch.Tensor | None:
     """Whether ``x`` (a tensor or a tuple of them) holds a NaN or inf: per sample (leading
     dimension) or for the whole tensor; ``None`` when ``x`` holds no tensor."""
-    parts = [p for p in (x if isinstance(x, (tuple, list)) else (x,)) if isinstance(p, torch.Tensor)]
+    parts = [
+        p for p in (x if isinstance(x, (tuple, list)) else (x,)) if isinstance(p, torch.Tensor)
+    ]
     out = None
     for p in parts:
         p = p.detach()
@@ -704,8 +706,9 @@ class Loop:
 
     def _diagnose_underflow(self, st: _State) -> torch.Tensor:
         """Per sample, whether NaN/inf explain an underflow: the vector field at the point
-        reached, the last attempted state, then one more (diagnostic, uncounted) step of the
-        smallest size, whose state, error estimate and error norm are looked at."""
+        reached, the last attempted state, then one more step of the smallest size
+        (diagnostic: not counted, made only for a failed solve), whose state, error estimate
+        and error norm are looked at."""
         per_sample = self.per_sample
         t, y = st.t, st.y
         cause = torch.zeros_like(t, dtype=torch.int64)
@@ -717,19 +720,21 @@ class Loop:
                 cause = torch.where((cause == Cause.NONE) & bad, int(code), cause)
 
         mark(Cause.VF, _nonfinite(self.solver.vector_field_of(st.fstate), per_sample))
-        mark(Cause.STEP, _nonfinite(st.y1, per_sample))
+        if not per_sample:
+            # Joint: the last attempt is the one that underflowed. (A sample that stopped
+            # early keeps being attempted with whatever step the controller proposes, so its
+            # last attempt says nothing.)
+            mark(Cause.STEP, _nonfinite(st.y1, per_sample))
         try:
             with torch.no_grad():
                 t_end = torch.minimum(t + self.floor, self.t1)
-                y1, y_error, _, _ = self.solver.step(
-                    self.terms, t, t_end, y, self.args, st.fstate
-                )
+                y1, y_error, _, _ = self.solver.step(self.terms, t, t_end, y, self.args, st.fstate)
                 mark(Cause.STEP, _nonfinite(y1, per_sample))
                 mark(Cause.STEP, _nonfinite(y_error, per_sample))
                 ratio = self.controller.error_ratio(y, y1, y_error, self.norm)
                 if ratio is not None:
                     mark(Cause.NORM, ~torch.isfinite(ratio))
-        except Exception:  # noqa: BLE001 - a diagnosis must not mask the failure itself
+        except Exception:  # a diagnosis must not mask the failure itself
             pass
         return cause
 
@@ -742,7 +747,7 @@ class Loop:
         try:
             with torch.no_grad():
                 vf = self.terms.vf(t, y, self.args)
-        except Exception:  # noqa: BLE001 - the vector field's own error is the clearest
+        except Exception:  # the vector field's own error is then the clearest
             return
         try:
             self.check_vf(vf)
