@@ -178,6 +178,14 @@ def test_non_finite_y0_ends_at_once_naming_y0(bad, solver, kw):
     assert int(sol.status) == tn.Status.NONFINITE and sol.stats["num_steps"] == 0
 
 
+def test_huge_finite_y0_is_not_mistaken_for_inf():
+    # The joint start check sums y0 and f(t0, y0) first; the sum overflows, the state does not.
+    y0 = torch.full((3,), 1e308, dtype=F64)
+    sol = solve(y0=y0)
+    assert int(sol.status) == tn.Status.SUCCESSFUL
+    torch.testing.assert_close(sol.ys[-1], y0 / math.e, rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("kw", [{}, dict(dt0=0.1)], ids=["dt0-chosen", "dt0-given"])
 def test_nan_weights_end_at_once_naming_the_vector_field_without_extra_evaluations(kw):
     w = torch.full((2, 2), NAN, dtype=F64)

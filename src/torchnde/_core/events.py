@@ -21,9 +21,10 @@ class Event:
     the event time). In joint stepping the solve stops when any element crosses zero; in
     per-sample stepping ``fn`` returns ``(batch,)`` (or ``(batch, ...)``) and each sample
     stops at its own crossing. An event value that is NaN at the start or at an accepted
-    step can never cross: the (sample's) solve fails with ``Status.NONFINITE``. The crossing is located on the dense output by
-    bisection to the resolution of the time dtype; ``SaveAt(t1=True)`` then saves the event
-    time and state, and ``Solution.event_mask`` says which function fired.
+    step can never cross: the (sample's) solve fails with ``Status.NONFINITE``. The crossing
+    is located on the dense output by bisection to the resolution of the time dtype;
+    ``SaveAt(t1=True)`` then saves the event time and state, and ``Solution.event_mask`` says
+    which function fired.
 
     Args:
         fn: an event function or a sequence of them.

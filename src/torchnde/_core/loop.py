@@ -392,11 +392,29 @@ class Loop:
         event_mask = None
         if self.event is not None:
             g_prev = self.event.first_values(self.to_user_time(t0), y0, args, self.per_sample, y0)
-        cause = self._start_cause(y0, vf0, tnext, g_prev)
-        ok = cause == Cause.NONE
-        # A sample that cannot start stays at t0; a zero-length step keeps NaN times out.
-        tnext = torch.where(ok, tnext, t0)
-        running = (t0 < t1) & ok
+        if self.per_sample:
+            cause = self._start_cause(y0, vf0, tnext, g_prev)
+            ok = cause == Cause.NONE
+            # A sample that cannot start stays at t0; a zero-length step keeps NaN times out.
+            tnext = torch.where(ok, tnext, t0)
+            running = (t0 < t1) & ok
+        else:
+            # One fused sum tells whether anything is non-finite (an overflowing sum of
+            # finite values is caught by the exact check); only then is the cause looked for.
+            parts = [y0, tnext, *g_prev]
+            parts += [
+                v
+                for v in (vf0 if isinstance(vf0, tuple) else (vf0,))
+                if isinstance(v, torch.Tensor)
+            ]
+            probe = sum(p.detach().sum() for p in parts)
+            t_host, ok_host = _host([t0, torch.isfinite(probe)])  # type: ignore[arg-type]
+            cause = torch.zeros_like(t0, dtype=torch.int8)
+            if not ok_host:
+                cause = self._start_cause(y0, vf0, tnext, g_prev)
+                ok_host = int(cause) == Cause.NONE
+            ok = torch.ones_like(t0, dtype=torch.bool)
+            running = t0 < t1
         zeros = torch.zeros_like(t0, dtype=torch.int64)
         if self.event is not None:
             event_mask = tuple(torch.zeros_like(running) for _ in self.event.fns)
@@ -418,7 +436,6 @@ class Loop:
                 st.save_index = count
             host.keep_going = bool(_host([running.any()])[0])
         else:
-            t_host, ok_host = _host([t0, ok])
             if ts is not None:
                 host.save_num = bisect.bisect_right(self.ts_host, t_host)
                 if host.save_num:
@@ -685,11 +702,13 @@ class Loop:
         steps were NaN, or whose error norm was, is a NONFINITE failure: shrinking the step
         cannot help. Costs nothing unless a sample underflowed or blew up."""
         cause = st.cause.to(torch.int64)
+        if code is not None and code not in (Status.NONFINITE, Status.DT_UNDERFLOW):
+            return status, cause  # joint: the host knows; nothing to explain
         nonfinite = (status == Status.NONFINITE) & (cause == Cause.NONE)
         underflow = status == Status.DT_UNDERFLOW
         if code is None:
             blew_up, under = (bool(v) for v in _host([nonfinite.any(), underflow.any()]))
-        else:  # the host knows the joint status: no sync for a successful solve
+        else:
             blew_up, under = code == Status.NONFINITE, code == Status.DT_UNDERFLOW
         if blew_up:
             late = Cause.STEP if self.adaptive else Cause.FIXED_STEP
