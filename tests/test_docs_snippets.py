@@ -8,10 +8,11 @@ blocks build on each other), in a temporary working directory. A block that must
 
 and is reported as skipped with that reason (``pytest -ra``); a block that runs but takes more
 than a few seconds (a training loop) is preceded by ``<!-- slow-test: the reason -->`` and runs
-with the slow tests (``pytest -m slow``), as do the page's later blocks. ```bash blocks are not run, but
-each ``torchnde`` command in them must parse and name a real experiment, real options and real
-config keys; the ``$ torchnde ...`` lines of ```text blocks must print the error shown below
-them. See docs/devdocs/tests.md.
+with the slow tests (``pytest -m slow``), as do the page's later blocks.
+
+```bash blocks are not run, but each ``torchnde`` command in them must parse and name a real
+experiment, real options and real config keys; the ``$ torchnde ...`` lines of ```text blocks
+must print the error shown below them. See docs/devdocs/tests.md.
 """
 
 from __future__ import annotations

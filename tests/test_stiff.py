@@ -269,7 +269,7 @@ def test_gradcheck_adaptive_every_adjoint(solver_cls: type, adjoint) -> None:
             adjoint=adjoint,
         ).ys  # fmt: skip
 
-    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_implicit_gradient_does_not_unroll_newton() -> None:
