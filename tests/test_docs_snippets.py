@@ -130,15 +130,19 @@ def _run_page_up_to(block: Block, workdir: Path, monkeypatch: pytest.MonkeyPatch
             break
         if current.skip is not None:
             continue
-        if page.done == 1:
-            torch.manual_seed(0)
+        dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
         try:
-            exec(compile(current.code, str(current.page), "exec"), page.namespace)
+            with torch.random.fork_rng():  # each block seeded, the other tests' RNG untouched
+                torch.manual_seed(0)
+                exec(compile(current.code, str(current.page), "exec"), page.namespace)
         except Exception:
             page.failed = f"{current.where} failed:\n{traceback.format_exc(limit=-8)}"
             if current is not block:
                 pytest.fail(page.failed, pytrace=False)
             raise
+        finally:
+            torch.set_default_dtype(dtype)
+            torch.set_grad_enabled(grad)
     if page.failed is not None:
         pytest.fail(f"an earlier block of the page failed: {page.failed}", pytrace=False)
 
@@ -188,7 +192,7 @@ def _torchnde_argv(line: str) -> list[str] | None:
     ``torchrun [opts] -m torchnde ...``), or None when the line runs something else."""
     words = shlex.split(line, comments=True)
     for i, w in enumerate(words):
-        if w == "torchnde" and (i == 0 or words[i - 1] in ("-m", "&&")):
+        if w == "torchnde" and (i == 0 or words[i - 1] == "-m"):
             return words[i + 1 :]
     return None
 
