@@ -479,6 +479,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # two runs, one of them under torchrun: about 9 s
 def test_torchrun_two_processes_match_one_process(tmp_path):
     # Per-sample stepping makes each window's solve independent of the rest of its shard, so
     # two processes compute the single-process result up to the order of the sums; in float32
@@ -528,6 +529,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the full default spiral job in a subprocess: about 10 s
 def test_readme_main_job_runs_from_the_command_line(tmp_path):
     readme = (Path(SRC).parent / "README.md").read_text()
     assert "torchnde run spiral" in readme

@@ -219,6 +219,7 @@ UPSTREAM_FILES = [
 ]
 
 
+@pytest.mark.slow  # torchcde's own suite in a subprocess (when TORCHNDE_TORCHCDE_TESTS is set)
 def test_upstream_torchcde_suite(tmp_path):
     folder = os.environ.get("TORCHNDE_TORCHCDE_TESTS")
     if not folder or not os.path.isdir(folder):

@@ -216,6 +216,7 @@ def _outcome(lib, noise, sde_type, method, levy, adaptive, logqp):
     return shapes, warned
 
 
+@pytest.mark.slow  # every method x option of both libraries: about 15 s
 @pytest.mark.parametrize("noise", ["diagonal", "scalar", "additive", "general"])
 @pytest.mark.parametrize("sde_type", ["ito", "stratonovich"])
 def test_contract_matches_torchsde(noise, sde_type):

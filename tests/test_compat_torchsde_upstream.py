@@ -91,6 +91,7 @@ def test_upstream_files_are_accounted_for(upstream: Path) -> None:
         assert not (upstream / "tests" / "problems.py").exists(), name
 
 
+@pytest.mark.slow  # torchsde's own suite in a subprocess: about 40 s
 def test_upstream_suite_passes(upstream: Path) -> None:
     deselected = ["device1"] if RUN_ALL else list(DESELECTED)
     keep = " and ".join(f"not ({expr})" for expr in deselected)

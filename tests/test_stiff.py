@@ -27,6 +27,9 @@ ROSENBROCK = [tn.Ros3p, tn.Rodas4, tn.Rodas5]
 SOLVERS = ESDIRK + ROSENBROCK
 
 
+SLOW = pytest.mark.slow  # more than ~3 s each on 2 cores
+
+
 def _ids(c: type) -> str:
     return c.__name__
 
@@ -154,6 +157,7 @@ def _stiff_solve(name, solver, rtol, atol, max_steps=100000):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # six stiff reference solves against Radau: about 10 s
 @pytest.mark.parametrize("case", STIFF_CASES, ids=lambda c: c[0])
 @pytest.mark.parametrize("solver_cls", [tn.Rodas5, tn.Kvaerno5], ids=_ids)
 def test_stiff_reference_within_budget(case, solver_cls) -> None:
@@ -170,6 +174,7 @@ def test_stiff_reference_within_budget(case, solver_cls) -> None:
     assert sol.stats["num_jacobians"] <= jacs, sol.stats
 
 
+@pytest.mark.slow  # 2000 Dopri5 steps on each problem: about 5 s
 @pytest.mark.parametrize("name", ["robertson", "vdp1000", "hires"])
 def test_explicit_solver_runs_out_of_steps_on_stiff_problems(name: str) -> None:
     case = next(c for c in STIFF_CASES if c[0] == name)
@@ -252,11 +257,13 @@ def test_gradcheck_direct_fixed_steps(solver_cls: type) -> None:
             controller=tn.ConstantStepSize(), saveat=tn.SaveAt(ts=[0.2, 0.6]),
         ).ys  # fmt: skip
 
-    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize(
-    "adjoint", [tn.DirectAdjoint(), tn.CheckpointAdjoint(), tn.BacksolveAdjoint()], ids=repr
+    "adjoint",
+    [tn.DirectAdjoint(), tn.CheckpointAdjoint(), pytest.param(tn.BacksolveAdjoint(), marks=SLOW)],
+    ids=repr,
 )
 @pytest.mark.parametrize("solver_cls", [tn.Kvaerno5, tn.Rodas4], ids=_ids)
 def test_gradcheck_adaptive_every_adjoint(solver_cls: type, adjoint) -> None:
@@ -269,7 +276,7 @@ def test_gradcheck_adaptive_every_adjoint(solver_cls: type, adjoint) -> None:
             adjoint=adjoint,
         ).ys  # fmt: skip
 
-    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert gradcheck(fn, _grad_inputs(), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_implicit_gradient_does_not_unroll_newton() -> None:

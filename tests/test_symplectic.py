@@ -55,6 +55,7 @@ def _rk4_energy() -> torch.Tensor:
 _ENERGY_TS = torch.arange(1, 201, dtype=F64) * 5.0
 
 
+@pytest.mark.slow  # 10^4 steps of each method and of RK4: 7-14 s each
 @pytest.mark.parametrize("solver_cls", [tn.Leapfrog, tn.Yoshida4], ids=lambda c: c.__name__)
 def test_energy_error_stays_bounded_where_rk4_drifts(solver_cls):
     # 10^4 steps of the pendulum: the symplectic error oscillates without growing, RK4's
