@@ -34,13 +34,15 @@ COEFFS = {
 }
 
 
-def _path(kind: str, x: torch.Tensor, t: torch.Tensor | None) -> tn.AbstractInterpolation:
+def _path(
+    kind: str, x: torch.Tensor, t: torch.Tensor | None, **kw: bool
+) -> tn.AbstractInterpolation:
     fn, cls = COEFFS[kind]
-    return cls(fn(x, t), t)
+    return cls(fn(x, t), t, **kw)
 
 
 def _inside_times(t: torch.Tensor, per_segment: int = 3) -> list[torch.Tensor]:
-    """Times strictly inside segments (and one outside each end, extrapolated)."""
+    """Times strictly inside segments."""
     out = []
     for i in range(t.numel() - 1):
         for f in torch.linspace(0.1, 0.9, per_segment, dtype=F64):
@@ -55,7 +57,11 @@ def test_every_interpolation_is_exact_on_linear_functions(kind):
     beta = torch.tensor([1.5, 0.25, -3.0], dtype=F64)
     x = (alpha + t[:, None] * beta).expand(2, 9, 3)
     X = _path(kind, x, t)
-    for s in [*_inside_times(t), t[0] - 0.3, t[-1] + 0.4]:
+    for s in _inside_times(t):
+        torch.testing.assert_close(X.evaluate(s), (alpha + s * beta).expand(2, 3))
+        torch.testing.assert_close(X.derivative(s), beta.expand(2, 3))
+    X = _path(kind, x, t, extrapolate=True)  # the end pieces extended: still the line
+    for s in [t[0] - 0.3, t[-1] + 0.4]:
         torch.testing.assert_close(X.evaluate(s), (alpha + s * beta).expand(2, 3))
         torch.testing.assert_close(X.derivative(s), beta.expand(2, 3))
 
@@ -173,7 +179,8 @@ def test_a_channel_never_observed_is_zero():
 def test_per_sample_times_match_separate_series(kind):
     x = _series(3, 7, 2, 6)
     ts = torch.stack([_irregular_t(7, s) for s in range(3)])
-    X = _path(kind, x, ts)
+    # A time of sample b may lie outside another sample's interval: only sample b is compared.
+    X = _path(kind, x, ts, extrapolate=True)
     for b in range(3):
         Xb = _path(kind, x[b : b + 1], ts[b])
         for s in _inside_times(ts[b], 1):
@@ -289,3 +296,78 @@ def test_bad_input_raises_a_clear_error(i):
     fn, exc, match = ERRORS[i]
     with pytest.raises(exc, match=match):
         fn()
+
+
+# -- the interval: times outside are an error unless the path extrapolates ---------------
+def _every_path(t: torch.Tensor, **kw: bool) -> dict[str, tn.AbstractInterpolation]:
+    x = _series(2, t.numel(), 2, 3)
+    paths = {kind: _path(kind, x, t, **kw) for kind in COEFFS}
+    # rectilinear: observation i sits at knot 2 i of the default times 0, 1, ..., 2 n - 2
+    rect = tn.rectilinear_interpolation_coeffs(x, t)
+    paths["rectilinear"] = tn.LinearInterpolation(rect, **kw)
+    return paths
+
+
+@pytest.mark.parametrize("kind", [*COEFFS, "rectilinear"])
+def test_a_time_outside_the_interval_is_an_error_naming_the_interval(kind):
+    t = torch.linspace(0.0, 1.0, 6, dtype=F64)
+    X = _every_path(t)[kind]
+    lo, hi = (float(v) for v in X.interval)
+    outside = [lo - 0.5, hi + 0.5, hi + 4.0]
+    for s in outside:
+        where = rf"\[{lo:.6g}, {hi:.6g}\]"
+        with pytest.raises(ValueError, match=rf"evaluate: `t0` = {s:.6g} lies outside .*{where}"):
+            X.evaluate(s)
+        with pytest.raises(ValueError, match=rf"derivative: `t` = {s:.6g} lies outside .*{where}"):
+            X.derivative(torch.tensor(s, dtype=F64))
+        with pytest.raises(ValueError, match="`t1` = .* extrapolate=True"):
+            X.evaluate(torch.tensor(lo, dtype=F64), torch.tensor(s, dtype=F64))
+    with pytest.raises(ValueError, match=rf"`t0` has 2 times from -1 to {hi + 2:.6g} outside"):
+        X.evaluate(torch.tensor([-1.0, lo, hi + 2], dtype=F64))
+
+
+@pytest.mark.parametrize("kind", [*COEFFS, "rectilinear"])
+def test_the_end_points_and_round_off_at_them_are_inside(kind):
+    # float32 times and data: the ends known to float32 round-off, queried in float64
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float32) * 0.1
+    x = _series(2, 7, 2, 3).float()
+    if kind == "rectilinear":
+        X = tn.LinearInterpolation(tn.rectilinear_interpolation_coeffs(x, t))
+        last = torch.cat([t[-1:].expand(2, 1), x[:, -1]], dim=-1)
+    else:
+        X, last = _path(kind, x, t), x[:, -1]
+    lo, hi = X.interval.double()
+    eps = torch.finfo(torch.float32).eps
+    for s in [lo, hi, hi * (1 + 2 * eps), float(hi) + 1e-8 * float(hi), float(lo) - 1e-9]:
+        X.evaluate(s)
+        X.derivative(torch.as_tensor(s))
+    # exactly at the end: the last observation
+    torch.testing.assert_close(X.evaluate(X.interval[1]), last)
+    with pytest.raises(ValueError, match="outside"):
+        X.evaluate(hi * (1 + 100 * eps))
+
+
+def test_extrapolate_true_extends_the_end_pieces_as_scipy_does():
+    t = _irregular_t(7, 2)
+    x = _series(1, 7, 1, 2)
+    X = tn.CubicSpline(tn.natural_cubic_coeffs(x, t), t, extrapolate=True)
+    ref = scipy_interp.CubicSpline(t.numpy(), x[0, :, 0].numpy(), bc_type="natural")
+    for s in [float(t[0]) - 0.7, float(t[-1]) + 1.3]:
+        torch.testing.assert_close(X.evaluate(s)[0, 0].item(), float(ref(s)), rtol=1e-12, atol=0)
+        got = X.derivative(torch.tensor(s, dtype=F64))[0, 0].item()
+        torch.testing.assert_close(got, float(ref(s, 1)), rtol=1e-12, atol=0)
+    with pytest.raises(TypeError, match="`extrapolate` must be True or False"):
+        tn.LinearInterpolation(x, t, extrapolate="yes")  # type: ignore[arg-type]
+
+
+def test_per_sample_times_are_checked_against_each_samples_own_interval():
+    t = _irregular_t(5)
+    ts = torch.stack([t, t + 0.5])
+    X = tn.LinearInterpolation(tn.linear_interpolation_coeffs(_series(2, 5, 1), ts), ts)
+    # the interval is where every sample is defined
+    torch.testing.assert_close(X.interval, torch.stack([t[0] + 0.5, t[-1]]))
+    X.evaluate(torch.stack([t[0], t[0] + 0.5]))  # one time per sample, each inside its own
+    with pytest.raises(ValueError, match=r"outside the interval \[.*\] of sample 1 .*where every"):
+        X.evaluate(t[0])  # one time for both: before sample 1's first observation
+    with pytest.raises(ValueError, match="of sample 0"):
+        X.derivative(torch.stack([t[-1] + 0.1, t[-1]]))

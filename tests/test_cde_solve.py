@@ -332,3 +332,115 @@ def test_cde_term_with_per_sample_stepping_matches_joint_stepping():
         controller=tn.PIDController(rtol=1e-10, atol=1e-12, step_ts=t, per_sample=True),
     )
     torch.testing.assert_close(sol.ys, joint, rtol=1e-8, atol=1e-9)
+
+
+# -- the path's interval: solves outside it are an error, checked once at the boundary ----
+@pytest.mark.parametrize("kind", ["linear", "natural", "hermite"])
+def test_cdeint_with_times_outside_the_path_is_an_error_naming_the_interval(kind):
+    x, t = _data()
+    X = _path(kind, x, t)
+    z0 = torch.zeros(3, 3, dtype=F64)
+    lo, hi = float(t[0]), float(t[-1])
+    where = rf"outside the interval \[{lo:.6g}, {hi:.6g}\] of the"
+    for ts in ([lo, hi + 0.5], [lo - 0.5, hi], [hi, lo - 1.0], [lo, 0.5 * (lo + hi), hi + 2.0]):
+        with pytest.raises(ValueError, match=rf"cdeint: `t` .*{where}.*extrapolate=True"):
+            tn.cdeint(X, Field(), z0, torch.tensor(ts, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f, X: tn.CDETerm(lambda tt, z, args: f(tt, z), X),
+        lambda f, X: tn.ControlTerm(lambda tt, z, args: f(tt, z), X),
+        lambda f, X: tn.MultiTerm(
+            tn.ODETerm(lambda tt, z, args: -z), tn.ControlTerm(lambda tt, z, args: f(tt, z), X)
+        ),
+    ],
+    ids=["CDETerm", "ControlTerm", "MultiTerm"],
+)
+def test_solve_checks_t0_and_t1_against_the_paths_interval(make):
+    x, t = _data()
+    X = _path("natural", x, t)
+    term = make(Field(), X)
+    z0 = torch.zeros(3, 3, dtype=F64)
+    lo, hi = t[0], t[-1]
+    kw = dict(dt0=0.1, controller=tn.ConstantStepSize())
+    with pytest.raises(ValueError, match=rf"solve: `t1` = {float(hi) + 1:.6g} lies outside"):
+        tn.solve(term, tn.RK4(), lo, hi + 1, z0, **kw)
+    with pytest.raises(ValueError, match=rf"solve: `t0` = {float(lo) - 1:.6g} lies outside"):
+        tn.solve(term, tn.RK4(), lo - 1, hi, z0, **kw)
+    with pytest.raises(ValueError, match="solve: `t1` = .* lies outside"):  # backwards
+        tn.solve(term, tn.RK4(), hi, lo - 1, z0, **kw)
+    tn.solve(term, tn.RK4(), lo, hi, z0, **kw)  # the whole interval is fine
+
+
+def test_per_sample_solves_check_each_samples_own_interval():
+    x, _ = _data(batch=2)
+    t = _data()[1]
+    ts = torch.stack([t, t + 0.5])
+    X = tn.CubicSpline(tn.natural_cubic_coeffs(x, ts), ts)
+    f = Field()
+    term = tn.CDETerm(lambda tt, z, args: f(tt, z), X)
+    ctrl = tn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    z0 = torch.zeros(2, 3, dtype=F64)
+    tn.solve(term, tn.Dopri5(), ts[:, 0], ts[:, -1], z0, controller=ctrl)  # each its own
+    with pytest.raises(ValueError, match=r"`t0` = .* of sample 1 of the CubicSpline"):
+        tn.solve(term, tn.Dopri5(), ts[0, 0].expand(2), ts[:, -1], z0, controller=ctrl)
+    with pytest.raises(ValueError, match="of sample 1"):  # its union is not where it is defined
+        tn.cdeint(X, f, z0, torch.stack([ts[0, 0], ts[1, -1]]))
+
+
+def test_the_whole_interval_with_round_off_at_its_ends_solves_without_error():
+    x, t = _data(batch=2, channels=1)
+    X = _path("natural", x.float(), t.float())
+    A = torch.tensor([[1.0], [-0.5]])
+    eps = torch.finfo(torch.float32).eps
+    lo, hi = X.interval.double()
+    ts = torch.stack([lo * (1 - 2 * eps), hi * (1 + 2 * eps)])  # float64, off by round-off
+    zs = tn.cdeint(X, lambda tt, z: A.expand(2, 2, 1), torch.zeros(2, 2), ts, solver="rk4")
+    want = (X.evaluate(X.interval[1]) - X.evaluate(X.interval[0])) @ A.T
+    torch.testing.assert_close(zs[-1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "natural"])
+def test_extrapolate_true_integrates_the_extended_path(kind):
+    # dz = A dX  =>  z(t) = z0 + A (X(t) - X(t0)), also on the extended end pieces
+    x, t = _data()
+    fn, cls = (
+        (tn.linear_interpolation_coeffs, tn.LinearInterpolation)
+        if kind == "linear"
+        else (tn.natural_cubic_coeffs, tn.CubicSpline)
+    )
+    X = cls(fn(x, t), t, extrapolate=True)
+    A = torch.tensor([[1.0, -2.0], [0.5, 0.25], [0.0, 3.0]], dtype=F64)
+    ts = torch.stack([t[0] - 0.5, t[-1] + 0.75])
+    zs = tn.cdeint(X, lambda tt, z: A.expand(3, 3, 2), torch.zeros(3, 3, dtype=F64), ts, rtol=1e-10)
+    torch.testing.assert_close(zs[-1], (X.evaluate(ts[1]) - X.evaluate(ts[0])) @ A.T)
+
+
+def test_the_interval_is_checked_once_per_solve_not_at_every_stage(monkeypatch):
+    import torchnde._cde.path as path_module
+
+    calls = []
+    original = path_module.check_within
+    monkeypatch.setattr(
+        path_module, "check_within", lambda *a, **k: calls.append(k) or original(*a, **k)
+    )
+    x, t = _data()
+    X = _path("natural", x, t)
+    f = Field()
+    for term in (
+        tn.CDETerm(lambda tt, z, args: f(tt, z), X),
+        tn.ControlTerm(lambda tt, z, args: f(tt, z), X),
+    ):
+        calls.clear()
+        sol = tn.solve(
+            term,
+            tn.Dopri5(),
+            t[0],
+            t[-1],
+            torch.zeros(3, 3, dtype=F64),
+            controller=tn.PIDController(rtol=1e-8, atol=1e-10),
+        )
+        assert sol.stats["num_steps"] > 5
+        assert [c["what"] for c in calls] == ["`t0`", "`t1`"]

@@ -209,6 +209,7 @@ def _normalise(
             "t1 > t0 and t1 < t0."
         )
     direction = -1.0 if bool((span < 0).any()) else 1.0
+    terms.check_times(t0_, t1_)  # e.g. a CDE's path must cover [t0, t1]
 
     dt0_: torch.Tensor | None = None
     if dt0 is not None:

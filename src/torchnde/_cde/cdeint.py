@@ -16,6 +16,7 @@ from .._core.solver import AbstractSolver
 from .._core.terms import AbstractPath
 from .._solve import solve
 from ._checks import describe
+from .interval import check_within
 from .path import AbstractInterpolation
 from .term import CDETerm
 
@@ -83,7 +84,8 @@ def cdeint(
             ``(..., hidden)`` (an ``nn.Module`` is fine).
         z0: the initial state, shape ``(..., hidden)``.
         t: 1-D times to return the state at; ``t[0]`` is the initial time. Decreasing times
-            solve backwards.
+            solve backwards. They must lie in the interval of ``X`` (``X.interval``; a
+            ``ValueError`` otherwise, unless ``X`` was built with ``extrapolate=True``).
         solver: a solver (``Dopri5()``, ``RK4()``, ...) or a method name (``"dopri5"``,
             ``"rk4"``, ...); ``method`` is the same as a name. Dopri5 by default.
         rtol, atol: tolerances of adaptive solvers.
@@ -127,6 +129,8 @@ def cdeint(
             f"{who}: `t` must be a 1-D tensor of at least 2 times (the first is the initial "
             f"time), got {describe(t)}."
         )
+    if isinstance(X, AbstractInterpolation):
+        check_within(X, t, who=who, what="`t`")
     solver_ = resolve_solver(who, solver, method)
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     smooth = isinstance(X, AbstractInterpolation) and X.continuous_derivative

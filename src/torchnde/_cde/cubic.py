@@ -178,6 +178,9 @@ class CubicSpline(AbstractInterpolation):
     Args:
         coeffs: shape ``(..., length - 1, 4 * channels)``.
         t: the times given to the coefficient function (default ``0, ..., length - 1``).
+        extrapolate: let :meth:`evaluate`, :meth:`derivative` and solves go outside the
+            interval of ``t``, extending the first and last cubic (which grows like the cube
+            of the distance); by default a time outside is a ``ValueError``.
 
     Example:
         >>> X = CubicSpline(natural_cubic_coeffs(x, t), t)
@@ -186,7 +189,9 @@ class CubicSpline(AbstractInterpolation):
 
     continuous_derivative = True
 
-    def __init__(self, coeffs: torch.Tensor, t: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, coeffs: torch.Tensor, t: torch.Tensor | None = None, *, extrapolate: bool = False
+    ) -> None:
         if not isinstance(coeffs, torch.Tensor) or coeffs.ndim < 2 or coeffs.shape[-1] % 4:
             raise ValueError(
                 "CubicSpline: `coeffs` must be a tensor of shape (..., length - 1, 4 * channels) "
@@ -210,7 +215,7 @@ class CubicSpline(AbstractInterpolation):
         self._a = coeffs[..., :c]
         # b, 2c, 3d together: one row lookup per derivative.
         self._d = coeffs[..., c:].contiguous()
-        super().__init__(t.to(coeffs.device), coeffs)
+        super().__init__(t.to(coeffs.device), coeffs, extrapolate)
 
     @property
     def coeffs(self) -> torch.Tensor:

@@ -119,6 +119,9 @@ class LinearInterpolation(AbstractInterpolation):
         coeffs: from :func:`linear_interpolation_coeffs` (or
             :func:`rectilinear_interpolation_coeffs`), shape ``(..., length, channels)``.
         t: the times given to the coefficient function (default ``0, ..., length - 1``).
+        extrapolate: let :meth:`evaluate`, :meth:`derivative` and solves go outside the
+            interval of ``t``, extending the first and last segment; by default a time
+            outside is a ``ValueError``.
 
     Example:
         >>> X = LinearInterpolation(linear_interpolation_coeffs(x, t), t)
@@ -127,7 +130,9 @@ class LinearInterpolation(AbstractInterpolation):
 
     continuous_derivative = False
 
-    def __init__(self, coeffs: torch.Tensor, t: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, coeffs: torch.Tensor, t: torch.Tensor | None = None, *, extrapolate: bool = False
+    ) -> None:
         if not isinstance(coeffs, torch.Tensor) or coeffs.ndim < 2:
             raise TypeError(
                 "LinearInterpolation: `coeffs` must be a tensor of shape (..., length, "
@@ -138,7 +143,7 @@ class LinearInterpolation(AbstractInterpolation):
         self._x = coeffs
         h = (knots[..., 1:] - knots[..., :-1]).unsqueeze(-1)
         self._slopes = (coeffs[..., 1:, :] - coeffs[..., :-1, :]) / h
-        super().__init__(knots, self._slopes)
+        super().__init__(knots, self._slopes, extrapolate)
 
     @property
     def coeffs(self) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from .._core.terms import AbstractPath
 from ._checks import describe
+from .interval import check_within
 
 __all__ = ["AbstractInterpolation"]
 
@@ -19,7 +20,10 @@ class AbstractInterpolation(AbstractPath):
 
     Times passed to :meth:`evaluate` and :meth:`derivative` are either 0-d (one time for the
     whole batch) or of shape :attr:`batch_shape` (one time per sample, as a per-sample solve
-    passes them). Outside the knots the first and last pieces are extended.
+    passes them). They must lie in the path's interval, the first to the last observation
+    time (of each sample, for per-sample times), up to round-off: outside it is a
+    ``ValueError``, unless the path was built with ``extrapolate=True``, which extends the
+    first and last pieces.
 
     At a knot the derivative of a path that is not continuously differentiable (linear
     interpolation) takes the left limit with ``side="left"`` (the default, what a forward-in-time
@@ -30,7 +34,16 @@ class AbstractInterpolation(AbstractPath):
     #: restart there (the knots become the controller's ``jump_ts``).
     continuous_derivative: bool = False
 
-    def __init__(self, t: torch.Tensor, coeffs: torch.Tensor) -> None:
+    #: whether times outside the interval extend the first and last pieces (else they raise).
+    extrapolate: bool = False
+
+    def __init__(self, t: torch.Tensor, coeffs: torch.Tensor, extrapolate: bool = False) -> None:
+        if not isinstance(extrapolate, bool):
+            raise TypeError(
+                f"{type(self).__name__}: `extrapolate` must be True or False, got "
+                f"{describe(extrapolate)}."
+            )
+        self.extrapolate = extrapolate
         self._t = t
         self._tsearch = t.detach().contiguous()
         self.batch_shape = coeffs.shape[:-2]
@@ -63,8 +76,15 @@ class AbstractInterpolation(AbstractPath):
 
     @property
     def interval(self) -> torch.Tensor:
-        """``[first time, last time]`` (over all samples)."""
-        return torch.stack([self._tsearch[..., 0].min(), self._tsearch[..., -1].max()])
+        """``[first time, last time]``: where the path is defined (for per-sample times, where
+        every sample is: the latest first time to the earliest last time)."""
+        return torch.stack([self._tsearch[..., 0].max(), self._tsearch[..., -1].min()])
+
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``[t0, t1]`` (either order, 0-d or per sample) lies in
+        the interval: what ``solve`` calls once for a term on this path."""
+        check_within(self, t0, who="solve", what="`t0`")
+        check_within(self, t1, who="solve", what="`t1`")
 
     # -- locating a time ------------------------------------------------------------------
     def _locate(self, t: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +132,15 @@ class AbstractInterpolation(AbstractPath):
     def evaluate(self, t0: torch.Tensor, t1: torch.Tensor | None = None) -> torch.Tensor:
         """The value ``X(t0)``, shape ``(..., channels)``; with ``t1`` the increment
         ``X(t1) - X(t0)`` (what a :class:`ControlTerm` contracts with)."""
+        who = f"{type(self).__name__}.evaluate"
+        check_within(self, t0, who=who, what="`t0`")
         if t1 is None:
             return self._evaluate(t0)
+        check_within(self, t1, who=who, what="`t1`")
+        return self._evaluate(t1) - self._evaluate(t0)
+
+    def evaluate_unchecked(self, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+        """``X(t1) - X(t0)`` without the interval check (for a solve, checked once)."""
         return self._evaluate(t1) - self._evaluate(t0)
 
     def _evaluate(self, t: torch.Tensor) -> torch.Tensor:
@@ -125,6 +152,12 @@ class AbstractInterpolation(AbstractPath):
         jumps, the left limit (``side="left"``) or the right limit (``side="right"``)."""
         if side not in ("left", "right"):
             raise ValueError(f"`side` must be 'left' or 'right', got {side!r}.")
+        check_within(self, t, who=f"{type(self).__name__}.derivative", what="`t`")
+        return self._derivative(t, side)
+
+    def _derivative(self, t: torch.Tensor, side: str) -> torch.Tensor:
+        """:meth:`derivative` without the interval check: for the vector field of a solve,
+        whose interval was checked once (:meth:`check_times`)."""
         idx, s = self._locate(t, side)
         return self._slope(idx, self._per_row(s))
 

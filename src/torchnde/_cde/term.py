@@ -63,13 +63,18 @@ class CDETerm(ODETerm):
         self.side = side
         self._checked = False
         if isinstance(path, AbstractInterpolation):
-            self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path.derivative(
+            # Unchecked: solve checks the interval once (check_times), not at every stage.
+            self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path._derivative(
                 t, side
             )
         else:
             self._derivative = path.derivative
         # The fused field is what solvers (and the continuous adjoints) call.
         super().__init__(self._fused)
+
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        if isinstance(self.path, AbstractPath):
+            self.path.check_times(t0, t1)
 
     def _fused(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
         g = self.func(t, z, args)

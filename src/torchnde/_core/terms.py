@@ -58,6 +58,11 @@ class AbstractTerm(abc.ABC):
     def vf_prod(self, t: torch.Tensor, y: Any, args: Any, control: Any) -> torch.Tensor:
         return self.prod(self.vf(t, y, args), control)
 
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:  # noqa: B027
+        """Raise ``ValueError`` unless the term is defined on all of ``[t0, t1]`` (e.g. a CDE
+        whose path covers a shorter interval). ``solve`` calls it once; defined everywhere
+        by default."""
+
     def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
         """Write ``prod(vf, control)`` into ``out`` (a stage slot of a solver)."""
         out.copy_(self.prod(vf, control))
@@ -168,6 +173,15 @@ class AbstractPath(abc.ABC):
     def derivative(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not differentiable in time.")
 
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:  # noqa: B027
+        """Raise ``ValueError`` unless the path is defined on all of ``[t0, t1]`` (an
+        interpolation on a shorter interval); defined everywhere by default."""
+
+    def evaluate_unchecked(self, t0: torch.Tensor, t1: torch.Tensor) -> Any:
+        """``evaluate(t0, t1)`` inside a solve, whose times :meth:`check_times` checked once:
+        a path that checks the times of every ``evaluate`` call skips that check here."""
+        return self.evaluate(t0, t1)
+
 
 NOISE_TYPES = ("general", "diagonal", "scalar", "additive")
 CALCULI = ("ito", "stratonovich")
@@ -251,8 +265,12 @@ class ControlTerm(AbstractTerm):
 
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
         if isinstance(self.control, AbstractPath):
-            return self.control.evaluate(t0, t1)
+            return self.control.evaluate_unchecked(t0, t1)
         return self.control(t0, t1)
+
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        if isinstance(self.control, AbstractPath):
+            self.control.check_times(t0, t1)
 
     def contr_levy(self, t0: torch.Tensor, t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""The increment $\Delta W$ and the space-time Lévy area
@@ -324,6 +342,10 @@ class MultiTerm(AbstractTerm):
 
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> tuple:
         return tuple(term.contr(t0, t1) for term in self.terms)
+
+    def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        for term in self.terms:
+            term.check_times(t0, t1)
 
     def prod(self, vf: Any, control: Any) -> torch.Tensor:
         parts = [term.prod(v, c) for term, v, c in zip(self.terms, vf, control)]
