@@ -11,14 +11,16 @@ log-ODE functions use), in plain PyTorch. Options that are not supported raise
 
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from .._adjoint import BacksolveAdjoint, DirectAdjoint
+from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
 from .._cde import lyndon as _lyndon
 from .._cde.cubic import natural_cubic_coeffs as _natural
 from .._cde.hermite import hermite_cubic_coeffs as _hermite
@@ -30,7 +32,10 @@ from .._cde.signature import signature as _signature
 from .._cde.tridiagonal import thomas as _thomas
 from .._convenience import METHODS
 from .._core.controllers import ConstantStepSize, PIDController
+from .._core.runge_kutta import AbstractRungeKutta
 from .._core.solution import SaveAt
+from .._core.solver import AbstractSolver
+from .._core.tableau import ButcherTableau
 from .._core.terms import ODETerm
 from .._solve import solve
 
@@ -322,17 +327,75 @@ class CubicSpline(_Piecewise):
 
 
 class TupleControl(torch.nn.Module):
-    """Not supported: torchnde's CDE state is one tensor."""
+    """As ``torchcde.TupleControl(*controls)``: several controls over one interval, for a
+    tuple state ``z0 = (z_1, ..., z_n)`` whose ``func`` returns one matrix per control;
+    ``evaluate``/``derivative`` return tuples."""
 
     def __init__(self, *controls: Any) -> None:
-        raise NotImplementedError(
-            "torchnde.compat.torchcde: TupleControl (tuple states) is not supported; "
-            "concatenate the channels of the controls and the hidden states instead."
-        )
+        super().__init__()
+        if len(controls) == 0:
+            raise ValueError("Expected one or more controls to batch together.")
+        self._interval = controls[0].interval
+        grid_points = controls[0].grid_points
+        same_grid_points = True
+        for control in controls[1:]:
+            if bool((control.interval != self._interval).any()):
+                raise ValueError("Can only batch togehter controls over the same interval.")
+            if same_grid_points:
+                other = control.grid_points
+                same = other.shape == grid_points.shape and bool((other == grid_points).all())
+                same_grid_points = same
+        self._grid_points = grid_points if same_grid_points else None
+        self.controls = torch.nn.ModuleList(controls)
+
+    @property
+    def interval(self) -> torch.Tensor:
+        return self._interval
+
+    @property
+    def grid_points(self) -> torch.Tensor:
+        if self._grid_points is None:
+            raise RuntimeError("Batch of controls have different grid points.")
+        return self._grid_points
+
+    def evaluate(self, t: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(control.evaluate(t) for control in self.controls)
+
+    def derivative(self, t: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(control.derivative(t) for control in self.controls)
 
 
 # ------------------------------------------------------------------------------ cdeint
-_SDE_METHODS = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2", "srk": "rk4"}
+class _SRA1Drift(AbstractRungeKutta):
+    r"""torchsde's ``srk`` on torchcde's zero diffusion: SRA1's drift part (Rößler 2010), the
+    two-stage Runge–Kutta method of order 2 with $c_2 = 3/4$, $b = (1/3, 2/3)$."""
+
+    tableau: ClassVar[ButcherTableau] = ButcherTableau(
+        a=[[3 / 4]], b=[1 / 3, 2 / 3], c=[0.0, 3 / 4], order=2
+    )
+
+
+#: torchsde's methods on a CDE, whose diffusion torchcde sets to zero: the ODE method each
+#: reduces to, and the SDE type torchsde's solver is for (torchsde raises for the other one;
+#: Milstein has one of each).
+_SDE_METHODS: dict[str, tuple[Callable[[], AbstractSolver], tuple[str, ...]]] = {
+    "euler": (METHODS["euler"], ("ito",)),
+    "milstein": (METHODS["euler"], ("ito", "stratonovich")),
+    "srk": (_SRA1Drift, ("ito",)),
+    "euler_heun": (METHODS["euler"], ("stratonovich",)),
+    "midpoint": (METHODS["midpoint"], ("stratonovich",)),
+    "heun": (METHODS["heun2"], ("stratonovich",)),
+    "reversible_heun": (METHODS["reversible_heun"], ("stratonovich",)),
+}
+_SDE_KWARGS = {"dt", "adaptive", "rtol", "atol", "dt_min", "bm", "options"}
+_SDE_ADJOINT_KWARGS = {
+    "adjoint_method",
+    "adjoint_adaptive",
+    "adjoint_rtol",
+    "adjoint_atol",
+    "adjoint_options",
+    "adjoint_params",
+}
 _OPTIONS = {"step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm", "interp"}
 #: torchdiffeq's fixed-grid options; the adaptive ones are ignored there with a warning.
 _FIXED_OPTIONS = {"step_size", "interp", "max_num_steps"}
@@ -359,54 +422,203 @@ def _unsupported(name: str, why: str) -> NotImplementedError:
     return NotImplementedError(f"torchnde.compat.torchcde.cdeint: {name} is not supported: {why}")
 
 
+def _check_within_interval(X: Any, t: torch.Tensor) -> None:
+    """``t`` must lie in ``X.interval`` (up to round-off at the ends): torchcde integrates on
+    the extrapolated end pieces there, which carries no information about the data."""
+    interval = getattr(X, "interval", None)
+    if not isinstance(interval, torch.Tensor) or interval.numel() != 2:
+        return
+    lo, hi = (float(v) for v in interval.detach().reshape(2))
+    tq = t.detach()
+    eps = max(torch.finfo(tq.dtype).eps, torch.finfo(interval.dtype).eps)
+    tol = 8 * eps * max(abs(lo), abs(hi))
+    first, last = float(tq.min()), float(tq.max())
+    if first < lo - tol or last > hi + tol:
+        raise ValueError(
+            f"cdeint: `t` runs from {first:.6g} to {last:.6g}, outside X.interval = "
+            f"[{lo:.6g}, {hi:.6g}]: beyond its data the control would be extrapolated (a cubic "
+            "grows like the cube of the distance), so the solution would mean nothing. Pass "
+            "times within X.interval (e.g. t=X.interval)."
+        )
+
+
+def _check_one(dxdt: Any, vf: Any, z0: torch.Tensor, prod: bool) -> None:
+    """torchcde's shape checks for one tensor of the state."""
+    if dxdt.shape[:-1] != z0.shape[:-1]:
+        raise ValueError(
+            "X.derivative did not return a tensor with the same number of batch dimensions as "
+            f"z0. X.derivative returned shape {tuple(dxdt.shape)} (meaning "
+            f"{tuple(dxdt.shape[:-1])} batch dimensions), whilst z0 has shape {tuple(z0.shape)} "
+            f"(meaning {tuple(z0.shape[:-1])} batch dimensions)."
+        )
+    if prod:
+        if vf.shape != z0.shape:
+            raise ValueError(
+                "func.prod did not return a tensor with the same shape as z0. func.prod "
+                f"returned shape {tuple(vf.shape)} whilst z0 has shape {tuple(z0.shape)}."
+            )
+        return
+    if vf.shape[:-2] != z0.shape[:-1]:
+        raise ValueError(
+            "func did not return a tensor with the same number of batch dimensions as z0. "
+            f"func returned shape {tuple(vf.shape)} (meaning batch dimensions "
+            f"{tuple(vf.shape[:-2])}), whilst z0 has shape {tuple(z0.shape)} (meaning batch "
+            f"dimensions {tuple(z0.shape[:-1])})."
+        )
+    if vf.size(-2) != z0.size(-1):
+        raise ValueError(
+            "func did not return a tensor with the same number of hidden channels as z0. "
+            f"func returned shape {tuple(vf.shape)} (meaning {vf.size(-2)} channels), whilst "
+            f"z0 has shape {tuple(z0.shape)} (meaning {z0.size(-1)} channels)."
+        )
+    if vf.size(-1) != dxdt.size(-1):
+        raise ValueError(
+            "func did not return a tensor with the same number of input channels as "
+            f"X.derivative returned. func returned shape {tuple(vf.shape)} (meaning "
+            f"{vf.size(-1)} channels), whilst X.derivative returned shape "
+            f"{tuple(dxdt.shape)} (meaning {dxdt.size(-1)} channels)."
+        )
+
+
+def _check(X: Any, func: Any, z0: Any, t0: torch.Tensor) -> None:
+    """torchcde's ``_check_compatability``: one call of ``X.derivative`` and ``func``."""
+    dxdt = X.derivative(t0)
+    prod = getattr(func, "prod", None)
+    vf = prod(t0, z0, dxdt) if prod is not None else func(t0, z0)
+    what = "func.prod" if prod is not None else "func"
+    if isinstance(z0, torch.Tensor):
+        if not isinstance(dxdt, torch.Tensor):
+            raise ValueError("z0 is a tensor and so X.derivative must return a tensor as well.")
+        if not isinstance(vf, torch.Tensor):
+            raise ValueError(f"z0 is a tensor and so {what} must return a tensor as well.")
+        _check_one(dxdt, vf, z0, prod is not None)
+        return
+    if not isinstance(dxdt, (tuple, list)):
+        raise ValueError("z0 is a tuple/list and so X.derivative must return a tuple/list as well.")
+    if len(z0) != len(dxdt):
+        raise ValueError("z0 and X.derivative(t) must be tuples of the same length.")
+    if not isinstance(vf, (tuple, list)):
+        raise ValueError(f"z0 is a tuple/list and so {what} must return a tuple/list as well.")
+    if len(z0) != len(vf):
+        args = "(t, z, dXdt)" if prod is not None else "(t, z)"
+        raise ValueError(f"z0 and {what}{args} must be tuples of the same length.")
+    for dxdt_, vf_, z0_ in zip(dxdt, vf, z0):
+        if not isinstance(dxdt_, torch.Tensor):
+            raise ValueError("X.derivative must return a tensor or tuple of tensors.")
+        if not isinstance(vf_, torch.Tensor):
+            raise ValueError(f"{what} must return a tensor or tuple/list of tensors.")
+        _check_one(dxdt_, vf_, z0_, prod is not None)
+
+
+def _adjoint_params(func: Any, X: Any, adjoint_params: Any) -> list[torch.Tensor] | None:
+    """``adjoint_params`` as given, else ``func``'s parameters (with torchcde's warning when
+    the path's buffers need gradients that the adjoint would then not give them)."""
+    if adjoint_params is not None:
+        return list(adjoint_params)
+    if not isinstance(func, torch.nn.Module):
+        return None
+    if isinstance(X, torch.nn.Module) and any(b.requires_grad for b in X.buffers()):
+        warnings.warn(
+            "One of the inputs to the control path X requires gradients but "
+            "`kwargs['adjoint_params']` has not been passed; those inputs will not "
+            "receive a gradient with the adjoint method. Pass "
+            "adjoint_params=tuple(func.parameters()) + (coeffs,).",
+            stacklevel=3,
+        )
+    return [p for p in func.parameters() if p.requires_grad]
+
+
+def _interpolate(ys: Any, grid: torch.Tensor, t: torch.Tensor) -> Any:
+    """Outputs at ``t`` linearly interpolated from the states at the (sorted) ``grid``, time
+    first, as torchdiffeq's ``interp="linear"`` and torchsde's output times do."""
+    g = grid.detach()
+    j = (torch.searchsorted(g, t.detach(), right=True) - 1).clamp(0, max(g.numel() - 2, 0))
+    if g.numel() == 1:
+        return ys
+    frac = (t - grid[j]) / (grid[j + 1] - grid[j])
+
+    def one(y: torch.Tensor) -> torch.Tensor:
+        f = frac.to(y.dtype).reshape(frac.shape + (1,) * (y.ndim - 1))
+        return y[j] + f * (y[j + 1] - y[j])
+
+    return tuple(one(y) for y in ys) if isinstance(ys, tuple) else one(ys)
+
+
 def cdeint(
     X: Any,
     func: Callable[..., Any],
-    z0: torch.Tensor,
+    z0: torch.Tensor | tuple[torch.Tensor, ...],
     t: torch.Tensor,
     adjoint: bool = True,
     backend: str = "torchdiffeq",
     **kwargs: Any,
-) -> torch.Tensor:
+) -> Any:
     r"""As ``torchcde.cdeint``: solves $z_t = z_{t_0} + \int f(s, z_s)\,dX_s$.
 
-    Returns shape ``(..., len(t), hidden_channels)`` (time second to last, as torchcde).
-    Keyword arguments as torchdiffeq's ``odeint``/``odeint_adjoint``: ``method``
-    (default ``"dopri5"``), ``rtol`` (1e-4), ``atol`` (1e-6), ``options`` (``step_size``,
-    ``first_step``, ``max_num_steps``, ``step_t``, ``jump_t``, ``norm``), ``adjoint_params``,
-    ``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method``, ``adjoint_options``
-    (``norm="seminorm"``). ``func.prod(t, z, dXdt)`` is used when ``func`` has it.
+    Returns shape ``(..., len(t), hidden_channels)`` (time second to last, as torchcde), a
+    tuple of those for a tuple ``z0`` (with a :class:`TupleControl`). ``t`` must lie in
+    ``X.interval`` (a ``ValueError`` otherwise, where torchcde integrates on the control's
+    extrapolation). ``func.prod(t, z, dXdt)`` is used when ``func`` has it.
+
+    With ``backend="torchdiffeq"`` (default) the keyword arguments are torchdiffeq's
+    ``odeint``/``odeint_adjoint``'s: ``method`` (``"dopri5"``), ``rtol`` (1e-4), ``atol``
+    (1e-6), ``options`` (``step_size``, ``first_step``, ``max_num_steps``, ``step_t``,
+    ``jump_t``, ``norm``, ``interp``), ``adjoint_params``, ``adjoint_rtol``,
+    ``adjoint_atol``, ``adjoint_method``, ``adjoint_options`` (``norm="seminorm"``);
+    ``adjoint=True`` is :class:`~torchnde.BacksolveAdjoint`.
+
+    With ``backend="torchsde"`` they are torchsde's ``sdeint``/``sdeint_adjoint``'s, on the
+    zero diffusion torchcde gives the SDE: ``method`` (``"midpoint"``, or ``"srk"`` when
+    ``func.sde_type == "ito"``), ``dt`` (1e-3) with torchsde's grid ``t[0] + k dt`` and the
+    outputs linearly interpolated between its points, ``adjoint_method`` and
+    ``adjoint_params``. ``method="reversible_heun"`` with ``adjoint=True`` differentiates
+    by :class:`~torchnde.ReversibleAdjoint` (``adjoint_method="adjoint_reversible_heun"``,
+    the default for it there): exact gradients of the computed solution in O(1) memory.
     """
     if backend not in ("torchdiffeq", "torchsde"):
         raise ValueError(f"Unrecognised backend={backend}")
     if not callable(getattr(X, "derivative", None)):
         raise ValueError("X must have a 'derivative' method.")
-    if not isinstance(z0, torch.Tensor):
-        if isinstance(z0, (tuple, list)):
-            raise _unsupported("a tuple/list z0", "torchnde's CDE state is one tensor.")
+    if isinstance(z0, list):
+        z0 = tuple(z0)
+    parts = z0 if isinstance(z0, tuple) else (z0,)
+    if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
         raise ValueError("z0 must either a tensor or a tuple/list of tensors.")
-    kwargs = dict(kwargs)
-    sde_backend = backend == "torchsde"
-    method = kwargs.pop("method", "srk" if sde_backend else "dopri5")
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=parts[0].dtype)
+    if t.ndim != 1:
+        raise ValueError(f"t must be one dimensional. It instead has shape {tuple(t.shape)}.")
+    _check_within_interval(X, t)
+    with torch.no_grad():
+        _check(X, func, z0, t[0].detach())
+
+    prod = getattr(func, "prod", None)
+    tuple_state = isinstance(z0, tuple)
+
+    def field(tt: torch.Tensor, z: Any, args: Any) -> Any:
+        dxdt = X.derivative(tt)
+        if prod is not None:
+            return prod(tt, z, dxdt)
+        vf = func(tt, z)
+        if tuple_state:
+            return tuple((v @ d.unsqueeze(-1)).squeeze(-1) for v, d in zip(vf, dxdt))
+        return (vf @ dxdt.unsqueeze(-1)).squeeze(-1)
+
+    run = _torchsde if backend == "torchsde" else _torchdiffeq
+    ys = run(ODETerm(field), func, X, z0, t, adjoint, dict(kwargs))
+    if tuple_state:
+        return tuple(y.movedim(0, -2) for y in ys)
+    return ys.movedim(0, -2)
+
+
+def _torchdiffeq(
+    term: ODETerm, func: Any, X: Any, z0: Any, t: torch.Tensor, adjoint: bool, kwargs: dict
+) -> Any:
+    """The solve as torchdiffeq's ``odeint``/``odeint_adjoint`` would make it; time first."""
+    method = kwargs.pop("method", "dopri5")
     rtol = kwargs.pop("rtol", 1e-4)
     atol = kwargs.pop("atol", 1e-6)
     options = dict(kwargs.pop("options", None) or {})
-    if sde_backend:
-        # torchsde with the zero diffusion torchcde gives it: the ODE solver of the same name
-        # with fixed steps `dt`, stepping to every output time.
-        if method not in _SDE_METHODS:
-            raise _unsupported(
-                f"backend='torchsde' with method={method!r}",
-                f"supported: {sorted(_SDE_METHODS)} (on a CDE they reduce to ODE methods).",
-            )
-        if "dt" not in kwargs:
-            raise ValueError("backend='torchsde' needs the fixed step `dt`, e.g. dt=0.1.")
-        if kwargs.pop("adaptive", False):
-            raise _unsupported(
-                "adaptive=True with backend='torchsde'", "use backend='torchdiffeq'."
-            )
-        options = {"step_size": float(kwargs.pop("dt"))}
-        method = _SDE_METHODS[method]
     adjoint_params = kwargs.pop("adjoint_params", None)
     adjoint_rtol = kwargs.pop("adjoint_rtol", rtol)
     adjoint_atol = kwargs.pop("adjoint_atol", atol)
@@ -426,56 +638,11 @@ def cdeint(
     if not solver.is_adaptive:
         ignored = sorted(k for k in options if k not in _FIXED_OPTIONS)
         if ignored:
-            warnings.warn(f"{method}: Unexpected arguments {ignored}", stacklevel=2)
+            warnings.warn(f"{method}: Unexpected arguments {ignored}", stacklevel=3)
             options = {k: v for k, v in options.items() if k in _FIXED_OPTIONS}
     interp = options.get("interp", "linear")
     if interp not in ("linear", "cubic"):
         raise ValueError(f'interp must be "linear" or "cubic", got {interp!r}')
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t, dtype=z0.dtype)
-    if t.ndim != 1:
-        raise ValueError(f"t must be one dimensional. It instead has shape {tuple(t.shape)}.")
-
-    prod = getattr(func, "prod", None)
-
-    def field(tt: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
-        dxdt = X.derivative(tt)
-        if prod is not None:
-            return prod(tt, z, dxdt)
-        return (func(tt, z) @ dxdt.unsqueeze(-1)).squeeze(-1)
-
-    def check() -> None:
-        dxdt = X.derivative(t[0].detach())
-        if not isinstance(dxdt, torch.Tensor):
-            raise ValueError("z0 is a tensor and so X.derivative must return a tensor as well.")
-        if prod is not None:
-            return
-        vf = func(t[0].detach(), z0)
-        if not isinstance(vf, torch.Tensor):
-            raise ValueError("z0 is a tensor and so func must return a tensor as well.")
-        if vf.shape[:-2] != z0.shape[:-1]:
-            raise ValueError(
-                "func did not return a tensor with the same number of batch dimensions as z0. "
-                f"func returned shape {tuple(vf.shape)} (meaning batch dimensions "
-                f"{tuple(vf.shape[:-2])}), whilst z0 has shape {tuple(z0.shape)} (meaning batch "
-                f"dimensions {tuple(z0.shape[:-1])})."
-            )
-        if vf.size(-2) != z0.size(-1):
-            raise ValueError(
-                "func did not return a tensor with the same number of hidden channels as z0. "
-                f"func returned shape {tuple(vf.shape)} (meaning {vf.size(-2)} channels), whilst "
-                f"z0 has shape {tuple(z0.shape)} (meaning {z0.size(-1)} channels)."
-            )
-        if vf.size(-1) != dxdt.size(-1):
-            raise ValueError(
-                "func did not return a tensor with the same number of input channels as "
-                f"X.derivative returned. func returned shape {tuple(vf.shape)} (meaning "
-                f"{vf.size(-1)} channels), whilst X.derivative returned shape "
-                f"{tuple(dxdt.shape)} (meaning {dxdt.size(-1)} channels)."
-            )
-
-    with torch.no_grad():
-        check()
 
     grid: dict[str, Any] = {"step_ts": options.get("step_t"), "jump_ts": options.get("jump_t")}
     norm = options.get("norm")
@@ -488,9 +655,7 @@ def cdeint(
         dt0 = options.get("first_step")
     else:
         dt0 = options.get("step_size")
-        if sde_backend:
-            grid["step_ts"] = t  # torchsde steps to every output time
-        elif dt0 is None:
+        if dt0 is None:
             grid["step_ts"] = t  # torchdiffeq steps from one output time to the next
             dt0 = float((t[-1] - t[0]).detach().abs()) or 1.0
         elif interp == "linear":
@@ -501,36 +666,22 @@ def cdeint(
             fixed_grid[-1] = t[-1]
             grid["step_ts"] = save_ts = fixed_grid
         controller = ConstantStepSize(**grid)
+    adj: Any = DirectAdjoint()
     if adjoint:
         adj_solver = None if adjoint_method is None else METHODS[adjoint_method]()
         seminorm = adjoint_options.get("norm") == "seminorm"
         adj_controller = None
         if (adj_solver or solver).is_adaptive and (adjoint_rtol, adjoint_atol) != (rtol, atol):
             adj_controller = PIDController(rtol=adjoint_rtol, atol=adjoint_atol, **grid)
-        params = None
-        if adjoint_params is not None:
-            params = list(adjoint_params)
-        elif isinstance(func, torch.nn.Module):
-            params = [p for p in func.parameters() if p.requires_grad]
-            if isinstance(X, torch.nn.Module) and any(b.requires_grad for b in X.buffers()):
-                warnings.warn(
-                    "One of the inputs to the control path X requires gradients but "
-                    "`kwargs['adjoint_params']` has not been passed; those inputs will not "
-                    "receive a gradient with the adjoint method. Pass "
-                    "adjoint_params=tuple(func.parameters()) + (coeffs,).",
-                    stacklevel=2,
-                )
-        adj: Any = BacksolveAdjoint(
+        adj = BacksolveAdjoint(
             solver=adj_solver,
             controller=adj_controller,
             seminorm=seminorm,
-            params=params,
+            params=_adjoint_params(func, X, adjoint_params),
             dt0=dt0 if not (adj_solver or solver).is_adaptive else None,
         )
-    else:
-        adj = DirectAdjoint()
     sol = solve(
-        ODETerm(field),
+        term,
         solver,
         t[0],
         t[-1],
@@ -541,14 +692,97 @@ def cdeint(
         adjoint=adj,
         max_steps=int(options.get("max_num_steps", 2**31 - 1)),
     )
-    ys = sol.ys
     if fixed_grid is not None:
-        g = fixed_grid.detach()
-        j = (torch.searchsorted(g, t.detach(), right=True) - 1).clamp(0, g.numel() - 2)
-        frac = ((t - fixed_grid[j]) / (fixed_grid[j + 1] - fixed_grid[j])).to(ys.dtype)
-        frac = frac.reshape(frac.shape + (1,) * (ys.ndim - 1))
-        ys = ys[j] + frac * (ys[j + 1] - ys[j])
-    return ys.movedim(0, -2)
+        return _interpolate(sol.ys, fixed_grid, t)
+    return sol.ys
+
+
+def _torchsde(
+    term: ODETerm, func: Any, X: Any, z0: Any, t: torch.Tensor, adjoint: bool, kwargs: dict
+) -> Any:
+    """The solve as torchsde's ``sdeint``/``sdeint_adjoint`` would make it, on the zero
+    diffusion of torchcde's SDE (so Brownian motion plays no part); time first."""
+    allowed = _SDE_KWARGS | {"method"} | (_SDE_ADJOINT_KWARGS if adjoint else set())
+    unused = {k: kwargs.pop(k) for k in sorted(set(kwargs) - allowed)}
+    if unused:  # torchsde warns about them, and goes on
+        warnings.warn(f"sdeint: Unexpected arguments {unused}", stacklevel=3)
+    sde_type = getattr(func, "sde_type", "stratonovich")
+    method = kwargs.pop("method", None) or ("srk" if sde_type == "ito" else "midpoint")
+    if method not in _SDE_METHODS:
+        raise _unsupported(
+            f"backend='torchsde' with method={method!r}",
+            f"supported: {sorted(_SDE_METHODS)} (on a CDE they reduce to ODE methods).",
+        )
+    make_solver, sde_types = _SDE_METHODS[method]
+    if sde_type not in sde_types:
+        raise ValueError(f"SDE is of type {sde_type} but solver is for type {sde_types[0]}")
+    if kwargs.pop("adaptive", False) or kwargs.pop("adjoint_adaptive", False):
+        raise _unsupported("adaptive=True with backend='torchsde'", "use backend='torchdiffeq'.")
+    if kwargs.pop("options", None) or kwargs.pop("adjoint_options", None):
+        raise _unsupported("torchsde `options`", "the SDE solvers' options do not apply to a CDE.")
+    dt = kwargs.pop("dt", 1e-3)
+    if isinstance(dt, torch.Tensor):
+        dt = float(dt)
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
+        raise ValueError(f"cdeint: `dt` must be a positive number, got {dt!r}.")
+    if bool((t[1:] <= t[:-1]).any()):
+        raise ValueError("Evaluation times `ts` must be strictly increasing.")
+    grid = _torchsde_grid(t, dt)
+    # the grid points that outputs need: the ends of the step each output time falls in
+    k = (torch.searchsorted(grid, t.detach(), right=True) - 1).clamp(0, grid.numel() - 1)
+    needed = torch.unique(torch.cat([k, (k + 1).clamp(max=grid.numel() - 1)]))
+    save = grid[needed]
+    if save.numel() > 1:  # the ends as given (a gradient for t[0] and t[-1])
+        save = torch.cat([t[:1], save[1:-1], t[-1:]])
+    solver = make_solver()
+    adjoint_method = kwargs.pop("adjoint_method", None)
+    params = _adjoint_params(func, X, kwargs.pop("adjoint_params", None)) if adjoint else None
+    adj: Any = DirectAdjoint()
+    if adjoint:
+        if method == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun"):
+            adj = ReversibleAdjoint(params=params)
+        elif adjoint_method == "adjoint_reversible_heun":
+            raise ValueError(
+                "cdeint: adjoint_method='adjoint_reversible_heun' needs "
+                f"method='reversible_heun', got {method!r}."
+            )
+        else:
+            if method == "reversible_heun":
+                warnings.warn(
+                    "method='reversible_heun', but adjoint_method!='adjoint_reversible_heun'.",
+                    stacklevel=3,
+                )
+            name = method if adjoint_method is None else adjoint_method
+            if name not in _SDE_METHODS:
+                raise _unsupported(
+                    f"adjoint_method={name!r}", f"supported: {sorted(_SDE_METHODS)}."
+                )
+            adj = BacksolveAdjoint(solver=_SDE_METHODS[name][0](), params=params, dt0=dt)
+    # dt0 spans the interval, so every step is cut at the next grid point: torchsde's steps
+    sol = solve(
+        term,
+        solver,
+        t[0],
+        t[-1],
+        z0,
+        dt0=float(grid[-1] - grid[0]) or dt,
+        saveat=SaveAt(ts=save),
+        controller=ConstantStepSize(step_ts=grid),
+        adjoint=adj,
+        max_steps=2**31 - 1,
+    )
+    return _interpolate(sol.ys, save, t)
+
+
+def _torchsde_grid(t: torch.Tensor, dt: float) -> torch.Tensor:
+    """torchsde's step ends: ``t[0]``, then ``curr + dt`` accumulated in the dtype of ``t``
+    (rounding included, as its loop adds) while below ``t[-1]``, then ``t[-1]``."""
+    t0, t1 = t[0].detach().cpu(), t[-1].detach().cpu()
+    steps = max(math.ceil(float(t1 - t0) / dt), 0) + 1
+    dtype = t0.numpy().dtype
+    acc = np.cumsum(np.concatenate([t0.numpy().reshape(1), np.full(steps, dt, dtype)]), dtype=dtype)
+    points = torch.from_numpy(acc[acc < t1.numpy()])
+    return torch.cat([points, t1.reshape(1)]).to(t.device)
 
 
 # ------------------------------------------------------------------- signatures (Signatory)
