@@ -359,10 +359,12 @@ class TupleControl(torch.nn.Module):
         return self._grid_points
 
     def evaluate(self, t: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(control.evaluate(t) for control in self.controls)
+        controls: list[Any] = list(self.controls)
+        return tuple(control.evaluate(t) for control in controls)
 
     def derivative(self, t: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(control.derivative(t) for control in self.controls)
+        controls: list[Any] = list(self.controls)
+        return tuple(control.derivative(t) for control in controls)
 
 
 # ------------------------------------------------------------------------------ cdeint
