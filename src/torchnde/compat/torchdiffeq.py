@@ -72,19 +72,6 @@ def _implicit_adams(options: dict) -> AbstractSolver:
     return _tn.FixedAdams(order=_adams_order(options, True), corrector_iterations=iters)
 
 
-def _lazy(name: str, method: str) -> Callable[[dict], AbstractSolver]:
-    def make(options: dict) -> AbstractSolver:
-        cls = getattr(_tn, name, None)
-        if cls is None:
-            raise NotImplementedError(
-                f'method "{method}" needs torchnde.{name}, which this version of torchnde does '
-                "not have."
-            )
-        return cls()
-
-    return make
-
-
 def _plain(cls: type) -> Callable[[dict], AbstractSolver]:
     return lambda options: cls()
 
@@ -108,9 +95,17 @@ _METHODS: dict[str, tuple[Callable[[dict], AbstractSolver] | None, bool, frozens
     "explicit_adams": (_explicit_adams, False, frozenset({"max_order"})),
     "implicit_adams": (_implicit_adams, False, frozenset({"max_order", "max_iters"})),
     "fixed_adams": (_implicit_adams, False, frozenset({"max_order", "max_iters"})),
-    "implicit_euler": (_lazy("ImplicitEuler", "implicit_euler"), False, frozenset()),
-    "trapezoid": (_lazy("Trapezoid", "trapezoid"), False, frozenset()),
-    "implicit_midpoint": (_lazy("ImplicitMidpoint", "implicit_midpoint"), False, frozenset()),
+    # torchdiffeq's fixed-grid implicit methods solve their stages by Broyden's method; torchnde
+    # by simplified Newton with the exact Jacobian (`max_iters` is accepted and unused).
+    "implicit_euler": (_plain(_tn.ImplicitEuler), False, frozenset({"max_iters"})),
+    "trapezoid": (_plain(_tn.Trapezoid), False, frozenset({"max_iters"})),
+    "implicit_midpoint": (_plain(_tn.ImplicitMidpoint), False, frozenset({"max_iters"})),
+    "gl4": (_plain(_tn.GaussLegendre4), False, frozenset({"max_iters"})),
+    "gl6": (_plain(_tn.GaussLegendre6), False, frozenset({"max_iters"})),
+    "radauIIA3": (_plain(_tn.RadauIIA3), False, frozenset({"max_iters"})),
+    "radauIIA5": (_plain(_tn.RadauIIA5), False, frozenset({"max_iters"})),
+    "sdirk2": (_plain(_tn.SDIRK2), False, frozenset({"max_iters"})),
+    "trbdf2": (_plain(_tn.TRBDF2), False, frozenset({"max_iters"})),
     "scipy_solver": (None, True, frozenset({"solver"})),
 }
 
