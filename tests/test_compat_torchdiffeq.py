@@ -325,18 +325,36 @@ def test_adjoint_argument_checks_match_torchdiffeq() -> None:
         )
 
 
-def test_implicit_methods_are_looked_up_lazily() -> None:
-    import torchnde
-
+@pytest.mark.parametrize(
+    "method",
+    ["implicit_euler", "trapezoid", "implicit_midpoint", "gl4", "gl6", "radauIIA3"]
+    + ["radauIIA5", "sdirk2", "trbdf2"],
+)
+def test_implicit_methods_converge_at_their_order(method) -> None:
+    order = {"implicit_euler": 1, "gl4": 4, "gl6": 6, "radauIIA3": 3, "radauIIA5": 5}.get(method, 2)
     y0 = torch.ones(1, dtype=F64)
-    if getattr(torchnde, "ImplicitEuler", None) is None:
-        with pytest.raises(NotImplementedError, match="implicit_euler"):
-            compat.odeint(lambda t, y: -y, y0, T, method="implicit_euler")
-    else:
-        ys = compat.odeint(
-            lambda t, y: -y, y0, T, method="implicit_euler", options=dict(step_size=1e-3)
-        )
-        assert float((ys[:, 0] - torch.exp(-T)).abs().max()) < 1e-2
+    errs = []
+    for dt in (0.1, 0.05):
+        ys = compat.odeint(lambda t, y: -y, y0, T, method=method, options=dict(step_size=dt))
+        errs.append(float((ys[:, 0] - torch.exp(-T)).abs().max()))
+    assert abs(math.log2(errs[0] / errs[1]) - order) < 0.3, errs
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
+@pytest.mark.parametrize("options", [None, dict(step_size=0.05)])
+def test_fixed_grid_methods_make_as_many_evaluations_as_torchdiffeq(method, options) -> None:
+    # Scripts log NFE: torchnde made one more (f at the end of the last step).
+    counts = []
+    for lib in (compat, torchdiffeq):
+        n = [0]
+
+        def f(t, y, n=n):
+            n[0] += 1
+            return -y
+
+        lib.odeint(f, torch.ones(2, dtype=F64), T, method=method, options=options)
+        counts.append(n[0])
+    assert counts[0] == counts[1]
 
 
 # --------------------------------------------------------------------------- (b) upstream
