@@ -231,6 +231,40 @@ def test_odeint_event_matches_torchdiffeq() -> None:
         assert abs(float(a - b)) < 1e-5 * (1 + abs(float(b)))
 
 
+@pytest.mark.parametrize("terminal", [2.0, 0.5])
+def test_odeint_event_whose_value_has_no_graph_finds_the_event(terminal) -> None:
+    # torchdiffeq's learn_physics.py: after a terminal time the event function returns
+    # zeros_like(t), which has no graph ("element 0 of tensors does not require grad").
+    def event_fn(t, y):
+        if t > terminal + 1e-7:
+            return torch.zeros_like(t)
+        return y[0] - 1.0
+
+    def f(t, y):
+        return torch.stack([y[1], -9.8 * torch.ones_like(y[0])])
+
+    found = []
+    for lib in (compat, torchdiffeq):
+        y0 = torch.tensor([10.0, 0.0], dtype=F64, requires_grad=True)
+        t0 = torch.tensor(0.0, dtype=F64)
+        kw = dict(event_fn=event_fn, atol=1e-8, rtol=1e-8, method="dopri5")
+        event_t, ys = lib.odeint_event(f, y0, t0, **kw)
+        found.append(float(event_t))
+        if lib is compat:
+            (grad,) = torch.autograd.grad(event_t + ys[-1, 0], y0)
+    assert abs(found[0] - found[1]) < 1e-6
+    # Exact: falling from 10, y = 10 - 4.9 t^2 reaches 1 at t = sqrt(9 / 4.9), where
+    # d(t_e + y_e)/dy0 = (-1/v, -t_e/v) + 0 (y_e = 1 fixed); at the terminal time, t_e does
+    # not depend on y0 and y_e = y0[0] + y0[1] t_e - 4.9 t_e^2.
+    t_e = min(math.sqrt(9 / 4.9), terminal)
+    if terminal > t_e:
+        v = -9.8 * t_e
+        exact = torch.tensor([-1 / v, -t_e / v], dtype=F64)
+    else:
+        exact = torch.tensor([1.0, t_e], dtype=F64)
+    torch.testing.assert_close(grad, exact, rtol=1e-5, atol=1e-6)
+
+
 def test_odeint_dense_matches_torchdiffeq() -> None:
     f = Pendulum()
     t0, t1 = torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64)

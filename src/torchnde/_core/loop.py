@@ -114,7 +114,14 @@ def _locate_event(
 
     with torch.enable_grad():
         theta = hi.detach().requires_grad_(True)
-        (dg_dtheta,) = torch.autograd.grad(crossing(theta).sum(), theta, allow_unused=True)
+        g_theta = crossing(theta).sum()
+        # An event function may not depend on the state or time at all there (torchdiffeq's
+        # learn_physics returns zeros_like(t) after a terminal time): slope 0, no graph.
+        dg_dtheta = (
+            torch.autograd.grad(g_theta, theta, allow_unused=True)[0]
+            if g_theta.requires_grad
+            else None
+        )
     if dg_dtheta is None:
         dg_dtheta = torch.zeros_like(hi)
     slope = dg_dtheta.detach() / h.detach()

@@ -21,6 +21,7 @@ import copy
 from typing import Any, ClassVar
 
 import torch
+import torch.utils._pytree as pytree
 
 from .solver import AbstractSolver
 from .tableau import ButcherTableau
@@ -94,18 +95,22 @@ class AbstractRungeKutta(AbstractSolver):
         own = type(self).step is AbstractRungeKutta.step and (
             type(self).interpolate is AbstractRungeKutta.interpolate
         )
+        # Joint stepping only: per sample, the loop selects states sample by sample.
         if (
             tab.fsal
             or tab.b_dense is not None
             or not own
             or not getattr(controller, "never_rejects", False)
             or getattr(controller, "jump_ts", None) is not None
+            or getattr(controller, "per_sample", False)
         ):
             return solver
         new = copy.copy(solver)
         new._defer_first_stage = True
         # init still evaluates f(t0, y0) (it checks the user's function) and the first step
         # uses it as its first stage: every step then costs num_fevals_step, init nothing.
+        # After a step the state is a placeholder of empty tensors, which tells the next step
+        # to evaluate its first stage (known from shapes alone: no host synchronisation).
         new.num_fevals_init = 0  # type: ignore[misc]
         return new
 
@@ -141,7 +146,8 @@ class AbstractRungeKutta(AbstractSolver):
         # forbids in-place writes into views from `unbind`), fresh `K[i]` otherwise.
         slots = K.unbind(0) if not torch.is_grad_enabled() else None
         y0f = y0.reshape(1, -1)
-        if state is None:  # deferred first stage (constant steps, not FSAL)
+        deferred = self._defer_first_stage
+        if deferred and _is_placeholder(state):  # constant steps, not FSAL: see module doc
             state = terms.vf(t0, y0, args)
         terms.prod_into(state, control, K[0] if slots is None else slots[0])
         vf = state
@@ -156,9 +162,9 @@ class AbstractRungeKutta(AbstractSolver):
             vf1 = vf
         else:
             y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view_as(y0)
-            if self._defer_first_stage:
+            if deferred:
                 end = _EndPoint(terms, t1, y1, args, control)
-                return y1, y_error, (y0, y1, K, end), None
+                return y1, y_error, (y0, y1, K, end), _placeholder(state)
             vf1 = terms.vf(t1, y1, args)
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
@@ -193,6 +199,17 @@ class AbstractRungeKutta(AbstractSolver):
                 return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
             k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
+
+
+def _placeholder(state: Any) -> Any:
+    """The state after a step with a deferred first stage: empty tensors of the vector
+    field's structure (the loop and the checkpointing replay keep one state structure)."""
+    return pytree.tree_map(lambda v: v.new_empty(0) if isinstance(v, torch.Tensor) else v, state)
+
+
+def _is_placeholder(state: Any) -> bool:
+    leaves = [v for v in pytree.tree_leaves(state) if isinstance(v, torch.Tensor)]
+    return bool(leaves) and all(v.numel() == 0 for v in leaves)
 
 
 class _EndPoint:
