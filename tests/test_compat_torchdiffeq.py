@@ -374,6 +374,17 @@ def test_implicit_methods_converge_at_their_order(method) -> None:
     assert abs(math.log2(errs[0] / errs[1]) - order) < 0.3, errs
 
 
+@pytest.mark.parametrize("method", ["bosh3", "fehlberg2", "adaptive_heun"])
+def test_zero_dim_float32_state_with_float64_time(method) -> None:
+    # torchdiffeq's TestSolverError in float32: a 0-dim state times a float64 step promoted
+    # the Hermite end slope to float64 ("expected m1 and m2 to have the same dtype").
+    y0 = torch.tensor(1.0)
+    t = torch.linspace(0, 2, 9, dtype=F64)
+    ys = compat.odeint(lambda t, y: -y, y0, t, method=method)
+    assert ys.dtype == torch.float32
+    assert float((ys - torch.exp(-t)).abs().max()) < 1e-4
+
+
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
 @pytest.mark.parametrize("options", [None, dict(step_size=0.05)])
 def test_fixed_grid_methods_make_as_many_evaluations_as_torchdiffeq(method, options) -> None:

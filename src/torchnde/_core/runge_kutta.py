@@ -169,7 +169,8 @@ class AbstractRungeKutta(AbstractSolver):
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
         else:
-            dense_info = (y0, y1, K, terms.prod(vf1, control))
+            # In the state's dtype: a 0-dim state times a float64 step would promote.
+            dense_info = (y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
     def _error_estimate(
@@ -224,7 +225,7 @@ class _EndPoint:
     def value(self) -> torch.Tensor:
         if self._value is None:
             vf = self.terms.vf(self.t1, self.y1, self.args)
-            self._value = self.terms.prod(vf, self.control)
+            self._value = self.terms.prod(vf, self.control).to(self.y1.dtype)
             self._fevals += 1
         return self._value
 
