@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_tableaux import density, stage_weights, trees
 
 import torchnde as tn
+from test_tableaux import density, stage_weights, trees
 from torchnde._core.implicit import CollocationTableau, ESDIRKTableau
 
 COLLOCATION = [

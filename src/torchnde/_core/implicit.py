@@ -246,6 +246,12 @@ class AbstractESDIRK(AbstractImplicitSolver):
     """
 
     tableau: ClassVar[ESDIRKTableau]
+    newton_rtol: float | None
+    newton_atol: float | None
+    kappa: float
+    max_newton_iters: int
+    jacobian_theta: float
+    lu_ratio: float
 
     def __init__(
         self,
@@ -471,10 +477,10 @@ class CollocationTableau:
         key = (dtype, device)
         hit = self._cache.get(key)
         if hit is None:
-            f64 = dict(dtype=torch.float64)
-            a = torch.tensor(self.a, **f64)  # type: ignore[arg-type]
-            b = torch.tensor(self.b, **f64)  # type: ignore[arg-type]
-            c = torch.tensor(self.c, **f64)  # type: ignore[arg-type]
+            f64 = torch.float64
+            a = torch.tensor(self.a, dtype=f64)
+            b = torch.tensor(self.b, dtype=f64)
+            c = torch.tensor(self.c, dtype=f64)
             s = self.num_stages
             # y1 = y0 + d · W with d = b A^{-1}: from the stage increments W_i = h Σ a_ij f_j,
             # without evaluating f again (and without amplifying the Newton error by the
@@ -483,7 +489,7 @@ class CollocationTableau:
             # The collocation polynomial u(θ) through (0, 0) and (c_i, W_i), in the basis
             # θ, θ², …, θ^s: u(θ) = Σ_i Σ_m P[i, m] θ^(m+1) W_i with P^T = V^{-1},
             # V[j, m] = c_j^(m+1).
-            V = c[:, None] ** torch.arange(1, s + 1, **f64)  # type: ignore[arg-type]
+            V = c[:, None] ** torch.arange(1, s + 1, dtype=f64)
             P = torch.linalg.inv(V).T
             hit = {
                 k: v.to(dtype=dtype, device=device)
@@ -523,6 +529,12 @@ class AbstractCollocation(AbstractImplicitSolver):
     """
 
     tableau: ClassVar[CollocationTableau]
+    newton_rtol: float | None
+    newton_atol: float | None
+    kappa: float
+    max_newton_iters: int
+    jacobian_theta: float
+    lu_ratio: float
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

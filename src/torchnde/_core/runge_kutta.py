@@ -105,7 +105,7 @@ class AbstractRungeKutta(AbstractSolver):
             or getattr(controller, "per_sample", False)
         ):
             return solver
-        new = copy.copy(solver)
+        new = copy.copy(self)  # with_tolerances is the identity for explicit methods
         new._defer_first_stage = True
         # init still evaluates f(t0, y0) (it checks the user's function) and the first step
         # uses it as its first stage: every step then costs num_fevals_step, init nothing.
