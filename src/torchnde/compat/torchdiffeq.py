@@ -216,13 +216,24 @@ class _Plan:
             return _tn.ODETerm(lambda t, y, args: func(t.to(dtype), y))
         jumps = torch.as_tensor(jumps).reshape(-1)
 
+        last: list[torch.Tensor | None] = [None]
+
         def left_limit(t: torch.Tensor, y: Any, args: Any) -> Any:
-            # A step that ends on a jump sees the vector field's left limit there, as with
-            # torchdiffeq's perturbation towards the previous float (the restart after the jump
-            # already evaluates just to its right).
+            # A step that ends on a jump sees the vector field's limit from the side it came
+            # from, as with torchdiffeq's perturbation towards the previous float (the restart
+            # after the jump already evaluates just beyond it). The side is that of the last
+            # time evaluated off the jump: the earlier stages of the same step, in either
+            # direction (the backward solve of odeint_adjoint comes from the right).
             at = torch.isin(t.detach(), jumps.to(t.device, t.dtype))
-            t = torch.where(at, torch.nextafter(t, torch.full_like(t, -torch.inf)), t)
-            return func(t.to(dtype), y)
+            prev = last[0]
+            if prev is None or prev.shape != t.shape:
+                prev = torch.full_like(t.detach(), -torch.inf)
+            last[0] = torch.where(at, prev, t.detach())
+            toward = torch.where(prev > t.detach(), torch.inf, -torch.inf).to(dtype)
+            # In the dtype func sees (torchdiffeq perturbs in the state's dtype too): the
+            # float64 neighbour of 0.5 rounds back to 0.5 in float32.
+            t = t.to(dtype)
+            return func(torch.where(at, torch.nextafter(t, toward), t), y)
 
         return _tn.ODETerm(left_limit)
 
