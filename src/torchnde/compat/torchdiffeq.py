@@ -17,6 +17,7 @@ too (torchdiffeq only in ``odeint_event``).
 
 from __future__ import annotations
 
+import copy
 import math
 import typing
 import warnings
@@ -204,6 +205,12 @@ class _Plan:
                 "ends themselves; mark discontinuities with options=dict(jump_t=...) on an "
                 "adaptive method instead (or torchnde's ConstantStepSize(jump_ts=...))."
             )
+
+    def with_y0_t(self, y0: Any, t: torch.Tensor) -> _Plan:
+        """This plan on other (detached) initial values and times."""
+        new = copy.copy(self)
+        new.y0, new.t = y0, t
+        return new
 
     # -- the pieces of a solve ------------------------------------------------------------
 
@@ -398,6 +405,87 @@ def _scipy(plan: _Plan) -> Any:
     return unflat(ys)
 
 
+class _ScipyAdjoint(torch.autograd.Function):
+    """``odeint_adjoint`` with ``scipy_solver``: SciPy forward, and the continuous adjoint
+    solved backward by SciPy too (as torchdiffeq): on each interval between output times,
+    ``(y, a, g)`` with ``y' = f``, ``a' = -a^T df/dy``, ``g' = -a^T df/dθ``; the gradient of
+    an output time ``t_i`` is ``dL/dy_i · f(t_i, y_i)``, that of ``t_0`` is ``-a(t_0) ·
+    f(t_0, y_0)``."""
+
+    @staticmethod
+    def forward(ctx: Any, plan: _Plan, back_kw: dict, y0, t, *params):  # type: ignore[override]
+        ctx.plan, ctx.back_kw = plan, back_kw
+        with torch.no_grad():
+            ys = _scipy(plan.with_y0_t(y0, t))
+        ctx.save_for_backward(t, ys, *params)
+        return ys
+
+    @staticmethod
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> Any:  # type: ignore[override]
+        import numpy as np
+        from scipy.integrate import solve_ivp
+
+        t, ys, *params = ctx.saved_tensors
+        func = ctx.plan.func
+        shape, dtype, device = ys.shape[1:], ys.dtype, ys.device
+        n = int(np.prod(shape)) if len(shape) else 1
+        sizes = [p.numel() for p in params]
+
+        def f_and_vjp(tt: float, y: torch.Tensor, a: torch.Tensor):
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                tq = torch.tensor(tt, dtype=t.dtype, device=device)
+                f = func(tq, y)
+                grads = torch.autograd.grad(
+                    f, (y, *params), -a, allow_unused=True, retain_graph=False
+                )
+            vjps = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (y, *params))]
+            return f.detach(), vjps
+
+        def rhs(tt: float, z: np.ndarray) -> np.ndarray:
+            zt = torch.as_tensor(z, dtype=dtype, device=device)
+            y, a = zt[:n].reshape(shape), zt[n : 2 * n].reshape(shape)
+            f, vjps = f_and_vjp(tt, y, a)
+            return torch.cat([f.reshape(-1)] + [v.reshape(-1) for v in vjps]).cpu().numpy()
+
+        a = grad_ys[-1].clone()
+        g_params = [torch.zeros_like(p) for p in params]
+        g_t = torch.zeros_like(t)
+        tn = t.detach().cpu().numpy().astype(np.float64)
+        for i in range(len(tn) - 1, 0, -1):
+            # An output time moves only its own output.
+            f_i, _ = f_and_vjp(float(tn[i]), ys[i], a)
+            g_t[i] = (grad_ys[i] * f_i).sum()
+            z0 = torch.cat([ys[i].reshape(-1), a.reshape(-1)] + [g.reshape(-1) for g in g_params])
+            res = solve_ivp(rhs, (tn[i], tn[i - 1]), z0.cpu().numpy().astype(np.float64),
+                            **ctx.back_kw)  # fmt: skip
+            if not res.success:
+                raise RuntimeError(f"scipy_solver (adjoint): {res.message}")
+            zt = torch.as_tensor(res.y[:, -1], dtype=dtype, device=device)
+            a = zt[n : 2 * n].reshape(shape)
+            if i == 1:
+                # t0 moves the start of the solve, not the output at t0 (which is y0).
+                f_0, _ = f_and_vjp(float(tn[0]), ys[0], a)
+                g_t[0] = -(a * f_0).sum()
+            a = a + grad_ys[i - 1]
+            k = 2 * n
+            for j, size in enumerate(sizes):
+                g_params[j] = zt[k : k + size].reshape(params[j].shape)
+                k += size
+        return (None, None, a, g_t, *g_params)
+
+
+def _scipy_adjoint(plan: _Plan, params: tuple, back_kw: dict) -> Any:
+    if plan.is_tuple:
+        raise NotImplementedError(
+            "odeint_adjoint with method='scipy_solver' and a tuple state: stack the state "
+            "into one tensor."
+        )
+    if len(plan.t) == 1:
+        return _initial_only(plan.y0, False)
+    return _ScipyAdjoint.apply(plan, back_kw, plan.y0, plan.t, *params)
+
+
 def _run(plan: _Plan, adjoint: Any) -> Any:
     t, y0 = plan.t, plan.y0
     if plan.method == "scipy_solver":
@@ -543,7 +631,14 @@ def odeint_adjoint(
 
     plan = _Plan(func, y0, t, rtol, atol, method, options, event_fn)
     if plan.method == "scipy_solver":
-        raise NotImplementedError("odeint_adjoint with method='scipy_solver' (no gradients).")
+        if event_fn is not None:
+            raise NotImplementedError("odeint_adjoint with method='scipy_solver' and event_fn.")
+        back_kw = dict(
+            method=(adjoint_options or {}).get("solver", plan.options.get("solver", "LSODA")),
+            rtol=float(_tol("adjoint_rtol", adjoint_rtol)),
+            atol=float(_tol("adjoint_atol", adjoint_atol)),
+        )
+        return _scipy_adjoint(plan, params, back_kw)
     back = _Plan(func, y0, t, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, None)
     same = (
         back.method == plan.method
