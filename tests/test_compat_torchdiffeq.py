@@ -194,6 +194,44 @@ def test_gradients_match_torchdiffeq(fn_ours, fn_theirs, tol) -> None:
         assert float((a - b).abs().max()) < tol * (1 + float(b.abs().max())), name
 
 
+def test_scipy_solver_adjoint_gradients_match_finite_differences() -> None:
+    # torchdiffeq's odeint_adjoint(method="scipy_solver") solves the adjoint with SciPy too.
+    w = torch.tensor([0.7, -0.3], dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return torch.stack([y[1], -w[0] * torch.sin(y[0]) + w[1] * y[1] * torch.cos(t)])
+
+    def run(y0, t, w_):
+        with torch.no_grad():
+            w.copy_(w_)
+        return compat.odeint_adjoint(
+            f, y0, t, method="scipy_solver", rtol=1e-11, atol=1e-12, adjoint_params=(w,),
+            options=dict(solver="DOP853"),
+        )  # fmt: skip
+
+    y0 = torch.tensor([1.0, 0.2], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.2, 2.0], dtype=F64, requires_grad=True)
+    ys = run(y0, t, w.detach().clone())
+    g = torch.randn(ys.shape, dtype=F64, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad((ys * g).sum(), (y0, t, w))
+    eps = 1e-6
+    w0 = w.detach().clone()
+    for k, (x, gx) in enumerate(zip((y0, t, w), grads)):
+        fd = torch.zeros_like(x)
+        for i in range(x.numel()):
+            args = [y0.detach(), t.detach(), w0]
+            up, dn = args[k].clone(), args[k].clone()
+            up.view(-1)[i] += eps
+            dn.view(-1)[i] -= eps
+            a = [*args]
+            a[k] = up
+            hi = (run(*a) * g).sum()
+            a[k] = dn
+            lo = (run(*a) * g).sum()
+            fd.view(-1)[i] = (hi - lo) / (2 * eps)
+        torch.testing.assert_close(gx, fd, rtol=1e-5, atol=1e-6)
+
+
 def test_odeint_adjoint_gradients_with_adjoint_params() -> None:
     k = torch.tensor(0.7, dtype=F64, requires_grad=True)
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
@@ -231,6 +269,40 @@ def test_odeint_event_matches_torchdiffeq() -> None:
         assert abs(float(a - b)) < 1e-5 * (1 + abs(float(b)))
 
 
+@pytest.mark.parametrize("terminal", [2.0, 0.5])
+def test_odeint_event_whose_value_has_no_graph_finds_the_event(terminal) -> None:
+    # torchdiffeq's learn_physics.py: after a terminal time the event function returns
+    # zeros_like(t), which has no graph ("element 0 of tensors does not require grad").
+    def event_fn(t, y):
+        if t > terminal + 1e-7:
+            return torch.zeros_like(t)
+        return y[0] - 1.0
+
+    def f(t, y):
+        return torch.stack([y[1], -9.8 * torch.ones_like(y[0])])
+
+    found = []
+    for lib in (compat, torchdiffeq):
+        y0 = torch.tensor([10.0, 0.0], dtype=F64, requires_grad=True)
+        t0 = torch.tensor(0.0, dtype=F64)
+        kw = dict(event_fn=event_fn, atol=1e-8, rtol=1e-8, method="dopri5")
+        event_t, ys = lib.odeint_event(f, y0, t0, **kw)
+        found.append(float(event_t))
+        if lib is compat:
+            (grad,) = torch.autograd.grad(event_t + ys[-1, 0], y0)
+    assert abs(found[0] - found[1]) < 1e-6
+    # Exact: falling from 10, y = 10 - 4.9 t^2 reaches 1 at t = sqrt(9 / 4.9), where
+    # d(t_e + y_e)/dy0 = (-1/v, -t_e/v) + 0 (y_e = 1 fixed); at the terminal time, t_e does
+    # not depend on y0 and y_e = y0[0] + y0[1] t_e - 4.9 t_e^2.
+    t_e = min(math.sqrt(9 / 4.9), terminal)
+    if terminal > t_e:
+        v = -9.8 * t_e
+        exact = torch.tensor([-1 / v, -t_e / v], dtype=F64)
+    else:
+        exact = torch.tensor([1.0, t_e], dtype=F64)
+    torch.testing.assert_close(grad, exact, rtol=1e-5, atol=1e-6)
+
+
 def test_odeint_dense_matches_torchdiffeq() -> None:
     f = Pendulum()
     t0, t1 = torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64)
@@ -246,6 +318,52 @@ def test_odeint_dense_matches_torchdiffeq() -> None:
         # torchdiffeq's dense function takes one 0-d time at a time.
         theirs_q = torch.stack([theirs(tt) for tt in tq])
         assert float((theirs_q - ref).abs().max()) < 1e-7
+
+
+class _JumpF:
+    def __init__(self) -> None:
+        self.nfe = 0
+
+    def __call__(self, t, x):
+        self.nfe += 1
+        return -0.5 * x if t < 0.5 else x**2
+
+
+def _jump_solution(t: float, x0: torch.Tensor) -> torch.Tensor:
+    x_half = x0 * math.exp(-0.25)
+    return x_half / (1 - x_half * (t - 0.5)) if t >= 0.5 else x0 * math.exp(-0.5 * t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3"])
+def test_jump_t_sees_the_limit_from_the_side_it_comes_from(dtype, adjoint, method) -> None:
+    # The step ending on the jump must see the left limit going forward, the right limit in
+    # the backward solve of odeint_adjoint, and the perturbation must survive float32 (the
+    # float64 neighbour of 0.5 rounds back to 0.5 there): otherwise jump_t costs more
+    # evaluations than no jump_t (torchdiffeq's TestDiscontinuities).
+    x0 = torch.tensor([1.0, 2.0], dtype=dtype, requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+    solve = compat.odeint
+    if adjoint:
+
+        def solve(*a, **k):
+            return compat.odeint_adjoint(*a, adjoint_params=(), **k)
+
+    plain, jumped = _JumpF(), _JumpF()
+    xs_plain = solve(plain, x0, t, atol=1e-6, method=method)
+    jump = dict(jump_t=torch.tensor([0.5]))
+    xs_jump = solve(jumped, x0, t, rtol=1e-6, atol=1e-6, method=method, options=jump)
+    assert jumped.nfe < plain.nfe
+    exact = _jump_solution(1.0, x0.detach().double())
+    # Local tolerance 1e-6 on a solution growing like 1/(1 - x (t - 0.5)): the global error
+    # of the low-order bosh3 is 1.7e-5 relative.
+    torch.testing.assert_close(xs_jump[-1].double(), exact, rtol=1e-4, atol=1e-4)
+    if adjoint:
+        plain.nfe = jumped.nfe = 0
+        xs_plain.sum().backward()
+        xs_jump.sum().backward()
+        assert jumped.nfe < plain.nfe
 
 
 def test_jump_t_and_step_t() -> None:
@@ -325,18 +443,47 @@ def test_adjoint_argument_checks_match_torchdiffeq() -> None:
         )
 
 
-def test_implicit_methods_are_looked_up_lazily() -> None:
-    import torchnde
-
+@pytest.mark.parametrize(
+    "method",
+    ["implicit_euler", "trapezoid", "implicit_midpoint", "gl4", "gl6", "radauIIA3"]
+    + ["radauIIA5", "sdirk2", "trbdf2"],
+)
+def test_implicit_methods_converge_at_their_order(method) -> None:
+    order = {"implicit_euler": 1, "gl4": 4, "gl6": 6, "radauIIA3": 3, "radauIIA5": 5}.get(method, 2)
     y0 = torch.ones(1, dtype=F64)
-    if getattr(torchnde, "ImplicitEuler", None) is None:
-        with pytest.raises(NotImplementedError, match="implicit_euler"):
-            compat.odeint(lambda t, y: -y, y0, T, method="implicit_euler")
-    else:
-        ys = compat.odeint(
-            lambda t, y: -y, y0, T, method="implicit_euler", options=dict(step_size=1e-2)
-        )
-        assert float((ys[:, 0] - torch.exp(-T)).abs().max()) < 1e-2
+    errs = []
+    for dt in (0.1, 0.05):
+        ys = compat.odeint(lambda t, y: -y, y0, T, method=method, options=dict(step_size=dt))
+        errs.append(float((ys[:, 0] - torch.exp(-T)).abs().max()))
+    assert abs(math.log2(errs[0] / errs[1]) - order) < 0.3, errs
+
+
+@pytest.mark.parametrize("method", ["bosh3", "fehlberg2", "adaptive_heun"])
+def test_zero_dim_float32_state_with_float64_time(method) -> None:
+    # torchdiffeq's TestSolverError in float32: a 0-dim state times a float64 step promoted
+    # the Hermite end slope to float64 ("expected m1 and m2 to have the same dtype").
+    y0 = torch.tensor(1.0)
+    t = torch.linspace(0, 2, 9, dtype=F64)
+    ys = compat.odeint(lambda t, y: -y, y0, t, method=method)
+    assert ys.dtype == torch.float32
+    assert float((ys - torch.exp(-t)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
+@pytest.mark.parametrize("options", [None, dict(step_size=0.05)])
+def test_fixed_grid_methods_make_as_many_evaluations_as_torchdiffeq(method, options) -> None:
+    # Scripts log NFE: torchnde made one more (f at the end of the last step).
+    counts = []
+    for lib in (compat, torchdiffeq):
+        n = [0]
+
+        def f(t, y, n=n):
+            n[0] += 1
+            return -y
+
+        lib.odeint(f, torch.ones(2, dtype=F64), T, method=method, options=options)
+        counts.append(n[0])
+    assert counts[0] == counts[1]
 
 
 # --------------------------------------------------------------------------- (b) upstream

@@ -58,8 +58,12 @@ def with_event_time(
         vals = event.values(
             problem.to_user_time(t_e + s), y_d + broadcast_time(s, y_d) * f_d, args, per_sample
         )
-        g_s = _crossing_component(vals, first.event_mask, per_sample)
-        (slope,) = torch.autograd.grad(g_s.sum(), s)
+        g_s = _crossing_component(vals, first.event_mask, per_sample).sum()
+        # An event function that does not depend on time or state there has no graph: its
+        # slope is 0 (and then the event time gets no implicit-function correction).
+        slope = torch.autograd.grad(g_s, s, allow_unused=True)[0] if g_s.requires_grad else None
+    if slope is None:
+        slope = torch.zeros_like(t_e)
     slope = torch.where(slope != 0, slope, torch.ones_like(slope)).detach()
     g = _crossing_component(
         event.values(problem.to_user_time(t_e), y_e, args, per_sample), first.event_mask, per_sample

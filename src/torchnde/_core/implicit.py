@@ -28,17 +28,28 @@ import torch
 from .newton import (
     Counts,
     FlatODE,
+    attach_coupled_gradient,
     attach_implicit_gradient,
+    coupled_matrix,
     is_ode,
     lu_factor,
+    lu_solve,
     newton_solve,
+    simplified_newton,
+    stage_values,
     unit_norm_floor,
 )
 from .runge_kutta import hermite
 from .solver import AbstractSolver
 from .terms import AbstractTerm
 
-__all__ = ["AbstractESDIRK", "AbstractImplicitSolver", "ESDIRKTableau"]
+__all__ = [
+    "AbstractCollocation",
+    "AbstractESDIRK",
+    "AbstractImplicitSolver",
+    "CollocationTableau",
+    "ESDIRKTableau",
+]
 
 
 class AbstractImplicitSolver(AbstractSolver):
@@ -190,6 +201,32 @@ class ESDIRKTableau:
         return hit
 
 
+def _set_newton_options(
+    self: Any,
+    newton_rtol: float | None,
+    newton_atol: float | None,
+    kappa: float,
+    max_newton_iters: int,
+    jacobian_theta: float,
+    lu_ratio: float,
+) -> None:
+    """Validates and sets the Newton options shared by ESDIRK and collocation methods."""
+    name = type(self).__name__
+    for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
+        if v is not None and (not isinstance(v, (int, float)) or v <= 0):
+            raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
+    for k, v in (("kappa", kappa), ("jacobian_theta", jacobian_theta), ("lu_ratio", lu_ratio)):
+        if not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{name}: `{k}` must be a number in (0, 1), got {v!r}.")
+    if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int):
+        raise TypeError(f"{name}: `max_newton_iters` must be an int, got {max_newton_iters!r}.")
+    if max_newton_iters < 1:
+        raise ValueError(f"{name}: `max_newton_iters` must be >= 1, got {max_newton_iters}.")
+    self.newton_rtol, self.newton_atol = newton_rtol, newton_atol
+    self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
+    self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
+
+
 class AbstractESDIRK(AbstractImplicitSolver):
     """ESDIRK methods with a shared batched Newton solver; subclasses set ``tableau``.
 
@@ -209,6 +246,12 @@ class AbstractESDIRK(AbstractImplicitSolver):
     """
 
     tableau: ClassVar[ESDIRKTableau]
+    newton_rtol: float | None
+    newton_atol: float | None
+    kappa: float
+    max_newton_iters: int
+    jacobian_theta: float
+    lu_ratio: float
 
     def __init__(
         self,
@@ -223,20 +266,9 @@ class AbstractESDIRK(AbstractImplicitSolver):
         lu_ratio: float = 0.2,
     ) -> None:
         super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
-        name = type(self).__name__
-        for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
-            if v is not None and (not isinstance(v, (int, float)) or v <= 0):
-                raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
-        for k, v in (("kappa", kappa), ("jacobian_theta", jacobian_theta), ("lu_ratio", lu_ratio)):
-            if not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ValueError(f"{name}: `{k}` must be a number in (0, 1), got {v!r}.")
-        if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int):
-            raise TypeError(f"{name}: `max_newton_iters` must be an int, got {max_newton_iters!r}.")
-        if max_newton_iters < 1:
-            raise ValueError(f"{name}: `max_newton_iters` must be >= 1, got {max_newton_iters}.")
-        self.newton_rtol, self.newton_atol = newton_rtol, newton_atol
-        self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
-        self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
+        _set_newton_options(
+            self, newton_rtol, newton_atol, kappa, max_newton_iters, jacobian_theta, lu_ratio
+        )
         self._rtol: Any = None
         self._atol: Any = None
 
@@ -396,3 +428,269 @@ class AbstractESDIRK(AbstractImplicitSolver):
                 counts.num_fevals += 1
             hK.append((z - base) / gamma)
         return torch.stack(hK), z, failed, theta, eta
+
+
+@dataclass(frozen=True, eq=False)
+class CollocationTableau:
+    """The tableau of a fully implicit collocation Runge–Kutta method (Gauss–Legendre,
+    Radau IIA, the implicit midpoint rule).
+
+    Args:
+        a: the ``(s, s)`` stage matrix, invertible.
+        b: the weights, length ``s``.
+        c: the collocation nodes in ``(0, 1]``, distinct.
+        order: order of the solution at the step end.
+
+    The method must be a collocation method (the simplifying condition $C(s)$:
+    $\\sum_j a_{ij} c_j^{k-1} = c_i^k / k$ for $k = 1, \\dots, s$), which is what makes the
+    stage polynomial its dense output; this is checked.
+    """
+
+    a: Sequence[Sequence[float]]
+    b: Sequence[float]
+    c: Sequence[float]
+    order: int
+    error_order: ClassVar[None] = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        s = len(self.c)
+        a = np.asarray(self.a, dtype=np.float64)
+        c = np.asarray(self.c, dtype=np.float64)
+        if a.shape != (s, s) or len(self.b) != s:
+            raise ValueError("CollocationTableau: `a` must be (s, s) and `b` of length s.")
+        if not (np.all(c > 0) and np.all(c <= 1) and len(set(self.c)) == s):
+            raise ValueError("CollocationTableau: the nodes `c` must be distinct, in (0, 1].")
+        for k in range(1, s + 1):
+            if np.abs(a @ c ** (k - 1) - c**k / k).max() > 1e-12:
+                raise ValueError(
+                    f"CollocationTableau: condition C(s) fails at k={k}: not a collocation method."
+                )
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.c)
+
+    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            f64 = torch.float64
+            a = torch.tensor(self.a, dtype=f64)
+            b = torch.tensor(self.b, dtype=f64)
+            c = torch.tensor(self.c, dtype=f64)
+            s = self.num_stages
+            # y1 = y0 + d · W with d = b A^{-1}: from the stage increments W_i = h Σ a_ij f_j,
+            # without evaluating f again (and without amplifying the Newton error by the
+            # stiffness, as h f_j would).
+            d = torch.linalg.solve(a.T, b)
+            # The collocation polynomial u(θ) through (0, 0) and (c_i, W_i), in the basis
+            # θ, θ², …, θ^s: u(θ) = Σ_i Σ_m P[i, m] θ^(m+1) W_i with P^T = V^{-1},
+            # V[j, m] = c_j^(m+1).
+            V = c[:, None] ** torch.arange(1, s + 1, dtype=f64)
+            P = torch.linalg.inv(V).T
+            hit = {
+                k: v.to(dtype=dtype, device=device)
+                for k, v in (("a", a), ("d", d), ("c", c), ("dense", P))
+            }
+            self._cache[key] = hit
+        return hit
+
+
+class AbstractCollocation(AbstractImplicitSolver):
+    """Fully implicit collocation Runge–Kutta methods; subclasses set ``tableau``.
+
+    The ``s`` stage equations $W_i = h \\sum_j a_{ij} f(t_0 + c_j h, y_0 + W_j)$ are coupled:
+    they are solved together by simplified Newton on the ``s n`` unknowns, with the matrix
+    $I - h A \\otimes J$ ($J$ the Jacobian at the step start; one batched LU factorisation,
+    reused while Newton contracts fast and the step size stays close). The first guess is
+    the previous step's collocation polynomial extrapolated (Hairer & Wanner, *Solving ODEs
+    II*, Sec. IV.8). The solution is $y_1 = y_0 + b^T A^{-1} W$ and the dense output the
+    collocation polynomial. Gradients come from the implicit function theorem on the coupled
+    system (exact Jacobians at each stage in the backward pass), not from the iterations.
+
+    These methods have no error estimate: they take constant steps (``ConstantStepSize``).
+    A stage system that does not converge makes the state NaN, which the loop reports as
+    ``NONFINITE``.
+
+    Args:
+        jacobian, jacobian_blocks: see :class:`AbstractImplicitSolver`.
+        newton_rtol, newton_atol: tolerances of the Newton iteration (``None``:
+            ``eps**(2/3)`` of the dtype).
+        kappa: Newton stops when the predicted remaining error is below ``kappa`` times the
+            tolerance.
+        max_newton_iters: iterations before a step counts as failed.
+        jacobian_theta: a contraction rate above this makes the next step recompute the
+            Jacobian.
+        lu_ratio: the LU factorisation is redone when the step changed by more than this
+            fraction since it was factorised.
+    """
+
+    tableau: ClassVar[CollocationTableau]
+    newton_rtol: float | None
+    newton_atol: float | None
+    kappa: float
+    max_newton_iters: int
+    jacobian_theta: float
+    lu_ratio: float
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None:
+            cls.dense_order = tab.num_stages
+
+    def __init__(
+        self,
+        *,
+        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
+        jacobian_blocks: bool | None = None,
+        newton_rtol: float | None = None,
+        newton_atol: float | None = None,
+        kappa: float = 0.05,
+        max_newton_iters: int = 10,
+        jacobian_theta: float = 0.3,
+        lu_ratio: float = 0.2,
+    ) -> None:
+        super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
+        _set_newton_options(
+            self, newton_rtol, newton_atol, kappa, max_newton_iters, jacobian_theta, lu_ratio
+        )
+
+    # -- state: (f0, W_prev, h_prev, J, LU, piv, h_lu, jac_ok, eta) ---------------------------
+
+    def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
+        g = self._ode(terms, args, y0, t0)
+        f0 = g.unflat(g(t0, g.flat(y0)))
+        B, n, s = g.B, g.n, self.tableau.num_stages
+        sn = s * n
+        eye = torch.eye(sn, dtype=y0.dtype, device=y0.device).expand(B, sn, sn).contiguous()
+        piv = torch.arange(1, sn + 1, dtype=torch.int32, device=y0.device)
+        piv = piv.expand(B, sn).contiguous()
+        J = y0.new_zeros(B, n, n)
+        zeros = y0.new_zeros(B)
+        false = torch.zeros(B, dtype=torch.bool, device=y0.device)
+        W = y0.new_zeros(B, s, n)
+        return (f0, W, zeros, J, eye, piv, zeros, false, y0.new_ones(B))
+
+    def step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        f0, W_prev, h_prev, J, LU, piv, h_lu, jac_ok, eta = state
+        g = self._ode(terms, args, y0, t0)
+        tab = self.tableau
+        co = tab.cast(y0.dtype, y0.device)
+        s, B, n = tab.num_stages, g.B, g.n
+        counts = Counts()
+        h = (t1 - t0).to(y0.dtype)
+        hB = h.expand(B) if h.ndim == 0 else h
+        hA = hB[:, None, None] * co["a"]
+        ts = [t1 if ci == 1.0 else t0 + ci * (t1 - t0) for ci in tab.c]
+        y0f = g.flat(y0)
+        active = torch.ones(B, dtype=torch.bool, device=y0.device)
+
+        with torch.no_grad():
+            # First guess: the last step's collocation polynomial, continued to this step's
+            # nodes (θ = 1 + c_i h / h_prev on the last step), minus its value at θ = 1;
+            # on the first step the explicit Euler increments c_i h f0.
+            have = h_prev != 0
+            r = hB / torch.where(have, h_prev, torch.ones_like(h_prev))
+            theta = 1 + co["c"][None, :] * r[:, None]  # (B, s)
+            powers = theta[..., None] ** torch.arange(1, s + 1, device=y0.device).to(y0.dtype)
+            L = powers @ co["dense"].T  # (B, s stage i, s basis j)
+            extrap = torch.einsum("bij,bjn->bin", L, W_prev)
+            extrap = extrap - torch.einsum("j,bjn->bn", co["d"], W_prev)[:, None]
+            first = co["c"][None, :, None] * hB[:, None, None] * g.flat(f0.detach())[:, None]
+            W0 = torch.where(have[:, None, None], extrap, first)
+
+        rtol = self.newton_rtol if self.newton_rtol is not None else unit_norm_floor(y0.dtype)
+        atol = self.newton_atol if self.newton_atol is not None else unit_norm_floor(y0.dtype)
+        scale = (atol + rtol * y0f.detach().abs()).repeat(1, s)
+
+        def scale_fn(z: torch.Tensor) -> torch.Tensor:
+            return scale
+
+        fresh = torch.zeros_like(active)
+
+        def refresh(J, LU, piv, h_lu, fresh, need_jac):
+            if bool(need_jac.any()):
+                with torch.no_grad():
+                    Jn = g.jacobian(t0, y0f.detach())
+                if self.jacobian == "finite_difference":
+                    counts.num_fevals += n + 1
+                counts.num_jacobians += 1
+                J = torch.where(need_jac[:, None, None], Jn, J)
+                fresh = fresh | need_jac
+            ratio = hB / torch.where(h_lu != 0, h_lu, torch.ones_like(h_lu))
+            refactor = need_jac | ~((ratio - 1).abs() <= self.lu_ratio)
+            if bool(refactor.any()):
+                with torch.no_grad():
+                    LUn, pivn, _ = torch.linalg.lu_factor_ex(coupled_matrix(J, hA.detach()))
+                counts.num_lu += 1
+                LU = torch.where(refactor[:, None, None], LUn, LU)
+                piv = torch.where(refactor[:, None], pivn, piv)
+                h_lu = torch.where(refactor, hB.detach(), h_lu)
+            return J, LU, piv, h_lu, fresh
+
+        def solve(LU, piv, rows, eta):
+            hAd = hA.detach()
+
+            def residual(z: torch.Tensor) -> torch.Tensor:
+                Wz = z.view(B, s, n)
+                counts.num_fevals += s
+                F = stage_values(g, ts, y0f.detach(), Wz)
+                return (Wz - torch.einsum("bij,bjn->bin", hAd, F)).reshape(B, s * n)
+
+            def correction(res: torch.Tensor) -> torch.Tensor:
+                return lu_solve(LU, piv, -res)
+
+            with torch.no_grad():
+                return simplified_newton(
+                    W0.reshape(B, s * n), residual, correction, scale_fn, eta, rows,
+                    kappa=self.kappa, max_iters=self.max_newton_iters,
+                )  # fmt: skip
+
+        J, LU, piv, h_lu, fresh = refresh(J, LU, piv, h_lu, fresh, ~jac_ok)
+        res = solve(LU, piv, active, eta)
+        retry = res.failed & ~fresh
+        if bool(retry.any()):
+            # Newton failed with a stale Jacobian: recompute it and redo those samples.
+            J, LU, piv, h_lu, fresh = refresh(J, LU, piv, h_lu, fresh, retry)
+            again = solve(LU, piv, retry, eta)
+            res.z = torch.where(retry[:, None], again.z, res.z)
+            res.failed = torch.where(retry, again.failed, res.failed)
+            res.theta = torch.where(retry, again.theta, res.theta)
+            res.eta = torch.where(retry, again.eta, res.eta)
+        W = res.z.view(B, s, n)
+        if torch.is_grad_enabled():
+            W = attach_coupled_gradient(g, ts, y0f, W, hA)
+            counts.num_fevals += s
+        y1f = y0f + torch.einsum("s,bsn->bn", co["d"], W)
+        # Constant steps cannot be rejected: a failed solve makes the state NaN, which the
+        # loop reports as NONFINITE.
+        y1f = torch.where(res.failed[:, None], torch.full_like(y1f, float("nan")), y1f)
+        jac_ok_new = ~(res.theta > self.jacobian_theta) | (res.failed & fresh)
+        new_state = (f0, W.detach(), hB.detach(), J, LU, piv, h_lu, jac_ok_new, res.eta)
+        # Stage increments as (s, *y.shape) for the dense output.
+        Wy = W.permute(1, 0, 2).reshape((s,) + tuple(y0.shape))
+        return g.unflat(y1f), None, (y0, Wy, counts), new_state
+
+    def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+        y0, W, _ = dense_info
+        P = self.tableau.cast(y0.dtype, y0.device)["dense"]
+        s = P.shape[0]
+        powers = theta.unsqueeze(-1).to(y0.dtype) ** torch.arange(
+            1, s + 1, device=y0.device, dtype=y0.dtype
+        )
+        w = powers @ P.T  # (..., s)
+        if per_sample:
+            return y0 + torch.einsum("bs,sb...->b...", w, W)
+        return y0 + (w @ W.reshape(s, -1)).view((-1,) + tuple(y0.shape))

@@ -151,7 +151,11 @@ def _locate_event(
     ``dt*/dp = -(∂g/∂p) / (dg/dt)``, so the gradient flows to everything ``g`` and the
     solution depend on (torchdiffeq's ``odeint_event`` does the same).
     """
-    iters = int(-math.log2(torch.finfo(t0.dtype).eps)) + 2
+    # Bisection to sqrt(eps) of the step, then the Newton step below takes the error to
+    # O(eps) (quadratic convergence); only where that step is impossible (zero or non-finite
+    # slope) does bisection go on to full precision.
+    full_iters = int(-math.log2(torch.finfo(t0.dtype).eps)) + 2
+    iters = full_iters // 2 + 2
 
     def state_at(theta: torch.Tensor) -> torch.Tensor:
         if per_sample:
@@ -164,28 +168,43 @@ def _locate_event(
             return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
         return torch.cat([v.reshape(-1) for v in vals])
 
-    with torch.no_grad():
-        lo = torch.zeros_like(t0)
-        hi = torch.ones_like(t0)
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            g = event.values(to_user_time(t0 + mid * h), state_at(mid), args, per_sample)
-            crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
-            hi = torch.where(crossed, mid, hi)
-            lo = torch.where(crossed, lo, mid)
-        hi = torch.where(hit, hi, torch.ones_like(hi))
-        # The component that crossed: the first one whose sign differs between lo and hi.
-        g_lo, g_hi = values(lo), values(hi)
-        changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
-        idx = changed.to(torch.int8).argmax(dim=-1)
+    def bisect(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            for _ in range(n):
+                mid = 0.5 * (lo + hi)
+                g = event.values(to_user_time(t0 + mid * h), state_at(mid), args, per_sample)
+                crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
+                hi = torch.where(crossed, mid, hi)
+                lo = torch.where(crossed, lo, mid)
+            hi = torch.where(hit, hi, torch.ones_like(hi))
+            # The component that crossed: the first one whose sign differs between lo and hi.
+            g_lo, g_hi = values(lo), values(hi)
+            changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
+            return lo, hi, changed.to(torch.int8).argmax(dim=-1)
+
+    lo, hi, idx = bisect(torch.zeros_like(t0), torch.ones_like(t0), iters)
 
     def crossing(theta: torch.Tensor) -> torch.Tensor:
         g = values(theta)
         return g.gather(1, idx[:, None])[:, 0] if per_sample else g[idx]
 
-    with torch.enable_grad():
-        theta = hi.detach().requires_grad_(True)
-        (dg_dtheta,) = torch.autograd.grad(crossing(theta).sum(), theta, allow_unused=True)
+    def slope_at(hi: torch.Tensor) -> torch.Tensor | None:
+        with torch.enable_grad():
+            theta = hi.detach().requires_grad_(True)
+            g_theta = crossing(theta).sum()
+            # An event function may not depend on the state or time at all there
+            # (torchdiffeq's learn_physics returns zeros_like(t) after a terminal time).
+            if not g_theta.requires_grad:
+                return None
+            return torch.autograd.grad(g_theta, theta, allow_unused=True)[0]
+
+    dg_dtheta = slope_at(hi)
+    flat = hit if dg_dtheta is None else hit & ~((dg_dtheta != 0) & torch.isfinite(dg_dtheta))
+    if bool(flat.any()):
+        _, hi_full, idx_full = bisect(lo, hi, full_iters - iters)
+        hi = torch.where(flat, hi_full, hi)
+        idx = torch.where(flat, idx_full, idx)
+        dg_dtheta = slope_at(hi)
     if dg_dtheta is None:
         dg_dtheta = torch.zeros_like(hi)
     slope = dg_dtheta.detach() / h.detach()

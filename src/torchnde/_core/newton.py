@@ -32,11 +32,15 @@ from .terms import AbstractTerm, ODETerm
 __all__ = [
     "Counts",
     "FlatODE",
+    "attach_coupled_gradient",
     "attach_implicit_gradient",
+    "coupled_matrix",
     "jacobian",
     "lu_factor",
     "lu_solve",
     "newton_solve",
+    "simplified_newton",
+    "stage_values",
 ]
 
 
@@ -241,6 +245,34 @@ def newton_solve(
     Converged rows are frozen (so a sample's result does not depend on its batch mates);
     the host learns once per iteration whether any row is still iterating.
     """
+    hgc = hg[:, None]
+
+    def residual(z: torch.Tensor) -> torch.Tensor:
+        counts.num_fevals += 1
+        return z - base - hgc * g(t, z)
+
+    def correction(r: torch.Tensor) -> torch.Tensor:
+        return lu_solve(LU, piv, -r)
+
+    return simplified_newton(
+        z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters
+    )
+
+
+def simplified_newton(
+    z0: torch.Tensor,
+    residual: Callable[[torch.Tensor], torch.Tensor],
+    correction: Callable[[torch.Tensor], torch.Tensor],
+    scale_fn: Callable[[torch.Tensor], torch.Tensor],
+    eta: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    kappa: float,
+    max_iters: int,
+) -> NewtonResult:
+    """The simplified Newton iteration ``z += correction(residual(z))`` on rows ``(B, m)``,
+    with Hairer & Wanner's convergence test (module docstring); shared by the one-stage
+    solves of diagonally implicit methods and the coupled stages of fully implicit ones."""
     eps = torch.finfo(z0.dtype).eps
     uround = max(eps, 1e-16)
     z = z0
@@ -249,11 +281,8 @@ def newton_solve(
     theta_max = torch.zeros_like(eta)
     eta = eta.clamp_min(uround).pow(0.8)
     dn_prev = torch.ones_like(eta)
-    hgc = hg[:, None]
     for k in range(max_iters):
-        G = z - base - hgc * g(t, z)
-        counts.num_fevals += 1
-        delta = lu_solve(LU, piv, -G)
+        delta = correction(residual(z))
         scale = scale_fn(z)
         dn = scaled_rms(delta, scale)
         finite = torch.isfinite(dn)
@@ -311,6 +340,71 @@ def attach_implicit_gradient(
     if not r.requires_grad:
         return z_star
     return z_star + _ImplicitCorrection.apply(r, g, t.detach(), z_star, hg.detach())
+
+
+def coupled_matrix(J: torch.Tensor, hA: torch.Tensor) -> torch.Tensor:
+    """The Newton matrix ``I - (hA) ⊗ J`` of coupled stages, ``(B, s n, s n)``.
+
+    ``hA`` is ``(B, s, s)`` (the stage matrix times each sample's step); ``J`` is ``(B, n, n)``
+    (one Jacobian for every stage, simplified Newton) or ``(s, B, n, n)`` (the exact Jacobian
+    at each stage, for the backward pass). Rows and columns are ordered stage-major, as the
+    stage increments flattened from ``(B, s, n)``.
+    """
+    B, s = hA.shape[0], hA.shape[1]
+    if J.ndim == 3:
+        J = J.expand(s, *J.shape)
+    n = J.shape[-1]
+    # Block (i, j) of the matrix is h a_ij J_j.
+    blocks = torch.einsum("bij,jbkl->bikjl", hA, J).reshape(B, s * n, s * n)
+    eye = torch.eye(s * n, dtype=J.dtype, device=J.device)
+    return eye - blocks
+
+
+def stage_values(
+    g: FlatODE, ts: list[torch.Tensor], y0: torch.Tensor, W: torch.Tensor
+) -> torch.Tensor:
+    """``(B, s, n)``: the vector field at each stage, ``g(t_i, y0 + W_i)``."""
+    return torch.stack([g(ti, y0 + W[:, i]) for i, ti in enumerate(ts)], dim=1)
+
+
+class _CoupledCorrection(torch.autograd.Function):
+    """Zero forward; backward ``-(I - hA ⊗ J_j)^{-T} grad`` with the exact Jacobian at each
+    stage (the implicit function theorem for the coupled stage equations)."""
+
+    @staticmethod
+    def forward(ctx: Any, r: torch.Tensor, g: Any, ts: list, y0: torch.Tensor, W, hA):  # type: ignore[override]
+        ctx.g, ctx.ts, ctx.hA = g, ts, hA
+        ctx.save_for_backward(y0, W)
+        return torch.zeros_like(r)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        y0, W = ctx.saved_tensors
+        g = ctx.g
+        with torch.no_grad():
+            Js = []
+            for i, ti in enumerate(ctx.ts):
+                z = y0 + W[:, i]
+                Js.append(g._user(ti, z) if callable(g.user_jacobian) else jacobian(g, ti, z))
+            M = coupled_matrix(torch.stack(Js), ctx.hA)
+            LU, piv, _ = torch.linalg.lu_factor_ex(M)
+            B = grad.shape[0]
+            lam = lu_solve(LU, piv, grad.reshape(B, -1), adjoint=True).reshape(grad.shape)
+        return -lam, None, None, None, None, None
+
+
+def attach_coupled_gradient(
+    g: FlatODE, ts: list[torch.Tensor], y0: torch.Tensor, W_star: torch.Tensor, hA: torch.Tensor
+) -> torch.Tensor:
+    """The converged stage increments ``W*`` (``(B, s, n)``) of ``W = hA g(t, y0 + W)``,
+    carrying their implicit-function-theorem gradient with respect to ``y0``, ``hA``, the
+    stage times and whatever ``g`` closes over. Costs ``s`` evaluations when recording."""
+    W_star = W_star.detach()
+    r = W_star - torch.einsum("bij,bjn->bin", hA, stage_values(g, ts, y0, W_star))
+    if not r.requires_grad:
+        return W_star
+    ts_d = [t.detach() for t in ts]
+    return W_star + _CoupledCorrection.apply(r, g, ts_d, y0.detach(), W_star, hA.detach())
 
 
 def unit_norm_floor(dtype: torch.dtype) -> float:

@@ -7,13 +7,21 @@ the dense output are each one matrix-vector product. The vector field at the end
 accepted step is carried to the next step (first-same-as-last); for tableaux that are not
 FSAL by construction it is one extra evaluation that replaces the next step's first stage, so
 the cost per step is unchanged and every method gets a Hermite dense output for free.
+
+With constant steps (a controller that never rejects, no jumps), a method that is not FSAL
+does not carry that evaluation: each step starts with its own first stage, as torchdiffeq's
+fixed-grid methods do, and the end-point evaluation is made only if the Hermite dense output
+is asked for inside the step. This saves the evaluation after the last step (``N s`` instead
+of ``N s + 1`` for ``N`` steps of ``s`` stages).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
+import torch.utils._pytree as pytree
 
 from .solver import AbstractSolver
 from .tableau import ButcherTableau
@@ -57,6 +65,9 @@ class AbstractRungeKutta(AbstractSolver):
     """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else."""
 
     tableau: ClassVar[ButcherTableau]
+    # Set on the copy a constant-step loop uses (see the module docstring): the state after a
+    # step is None and the next step evaluates its first stage itself.
+    _defer_first_stage: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +87,36 @@ class AbstractRungeKutta(AbstractSolver):
 
     def vector_field_of(self, state: Any) -> Any:
         return state
+
+    def with_controller(self, controller: Any, norm: Any) -> AbstractSolver:
+        solver = super().with_controller(controller, norm)
+        tab = self._tab()
+        # Only the engine's own step and Hermite dense output know the deferred layout.
+        own = type(self).step is AbstractRungeKutta.step and (
+            type(self).interpolate is AbstractRungeKutta.interpolate
+        )
+        # Joint stepping only: per sample, the loop selects states sample by sample.
+        if (
+            tab.fsal
+            or tab.b_dense is not None
+            or not own
+            or not getattr(controller, "never_rejects", False)
+            or getattr(controller, "jump_ts", None) is not None
+            or getattr(controller, "per_sample", False)
+        ):
+            return solver
+        new = copy.copy(self)  # with_tolerances is the identity for explicit methods
+        new._defer_first_stage = True
+        # init still evaluates f(t0, y0) (it checks the user's function) and the first step
+        # uses it as its first stage: every step then costs num_fevals_step, init nothing.
+        # After a step the state is a placeholder of empty tensors, which tells the next step
+        # to evaluate its first stage (known from shapes alone: no host synchronisation).
+        new.num_fevals_init = 0  # type: ignore[misc]
+        return new
+
+    def take_dense_fevals(self, dense_info: Any) -> int:
+        last = dense_info[-1] if len(dense_info) == 4 else None
+        return last.take_fevals() if isinstance(last, _EndPoint) else 0
 
     def step(
         self,
@@ -105,6 +146,9 @@ class AbstractRungeKutta(AbstractSolver):
         # forbids in-place writes into views from `unbind`), fresh `K[i]` otherwise.
         slots = K.unbind(0) if not torch.is_grad_enabled() else None
         y0f = y0.reshape(1, -1)
+        deferred = self._defer_first_stage
+        if deferred and _is_placeholder(state):  # constant steps, not FSAL: see module doc
+            state = terms.vf(t0, y0, args)
         terms.prod_into(state, control, K[0] if slots is None else slots[0])
         vf = state
         yi = y0
@@ -112,17 +156,21 @@ class AbstractRungeKutta(AbstractSolver):
             yi = torch.addmm(y0f, a_pad[i], Kf).view_as(y0)
             vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
             terms.prod_into(vf, control, K[i] if slots is None else slots[i])
+        y_error = self._error_estimate(coeffs, Kf, y0)
         if tab.fsal:
             y1 = yi
             vf1 = vf
         else:
             y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view_as(y0)
+            if deferred:
+                end = _EndPoint(terms, t1, y1, args, control)
+                return y1, y_error, (y0, y1, K, end), _placeholder(state)
             vf1 = terms.vf(t1, y1, args)
-        y_error = self._error_estimate(coeffs, Kf, y0)
         if "dense" in coeffs:
             dense_info: tuple = (y0, K)
         else:
-            dense_info = (y0, y1, K, terms.prod(vf1, control))
+            # In the state's dtype: a 0-dim state times a float64 step would promote.
+            dense_info = (y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
     def _error_estimate(
@@ -146,7 +194,44 @@ class AbstractRungeKutta(AbstractSolver):
             s = K.shape[0]
             return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
         y0, y1, K, k1 = dense_info
+        if isinstance(k1, _EndPoint):
+            if bool(((theta == 0) | (theta == 1)).all()):
+                # The Hermite weight of k1 vanishes at both ends: no evaluation needed.
+                return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
+            k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
+
+
+def _placeholder(state: Any) -> Any:
+    """The state after a step with a deferred first stage: empty tensors of the vector
+    field's structure (the loop and the checkpointing replay keep one state structure)."""
+    return pytree.tree_map(lambda v: v.new_empty(0) if isinstance(v, torch.Tensor) else v, state)
+
+
+def _is_placeholder(state: Any) -> bool:
+    leaves = [v for v in pytree.tree_leaves(state) if isinstance(v, torch.Tensor)]
+    return bool(leaves) and all(v.numel() == 0 for v in leaves)
+
+
+class _EndPoint:
+    """``h f(t1, y1)`` of a step with a deferred first stage, evaluated on first use (for the
+    Hermite dense output inside the step) and counted once."""
+
+    def __init__(self, terms: AbstractTerm, t1: torch.Tensor, y1: torch.Tensor, args, control):
+        self.terms, self.t1, self.y1, self.args, self.control = terms, t1, y1, args, control
+        self._value: torch.Tensor | None = None
+        self._fevals = 0
+
+    def value(self) -> torch.Tensor:
+        if self._value is None:
+            vf = self.terms.vf(self.t1, self.y1, self.args)
+            self._value = self.terms.prod(vf, self.control).to(self.y1.dtype)
+            self._fevals += 1
+        return self._value
+
+    def take_fevals(self) -> int:
+        n, self._fevals = self._fevals, 0
+        return n
 
 
 class ExplicitRungeKutta(AbstractRungeKutta):

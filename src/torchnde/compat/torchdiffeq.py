@@ -17,6 +17,7 @@ too (torchdiffeq only in ``odeint_event``).
 
 from __future__ import annotations
 
+import copy
 import math
 import typing
 import warnings
@@ -72,19 +73,6 @@ def _implicit_adams(options: dict) -> AbstractSolver:
     return _tn.FixedAdams(order=_adams_order(options, True), corrector_iterations=iters)
 
 
-def _lazy(name: str, method: str) -> Callable[[dict], AbstractSolver]:
-    def make(options: dict) -> AbstractSolver:
-        cls = getattr(_tn, name, None)
-        if cls is None:
-            raise NotImplementedError(
-                f'method "{method}" needs torchnde.{name}, which this version of torchnde does '
-                "not have."
-            )
-        return cls()
-
-    return make
-
-
 def _plain(cls: type) -> Callable[[dict], AbstractSolver]:
     return lambda options: cls()
 
@@ -108,9 +96,17 @@ _METHODS: dict[str, tuple[Callable[[dict], AbstractSolver] | None, bool, frozens
     "explicit_adams": (_explicit_adams, False, frozenset({"max_order"})),
     "implicit_adams": (_implicit_adams, False, frozenset({"max_order", "max_iters"})),
     "fixed_adams": (_implicit_adams, False, frozenset({"max_order", "max_iters"})),
-    "implicit_euler": (_lazy("ImplicitEuler", "implicit_euler"), False, frozenset()),
-    "trapezoid": (_lazy("Trapezoid", "trapezoid"), False, frozenset()),
-    "implicit_midpoint": (_lazy("ImplicitMidpoint", "implicit_midpoint"), False, frozenset()),
+    # torchdiffeq's fixed-grid implicit methods solve their stages by Broyden's method; torchnde
+    # by simplified Newton with the exact Jacobian (`max_iters` is accepted and unused).
+    "implicit_euler": (_plain(_tn.ImplicitEuler), False, frozenset({"max_iters"})),
+    "trapezoid": (_plain(_tn.Trapezoid), False, frozenset({"max_iters"})),
+    "implicit_midpoint": (_plain(_tn.ImplicitMidpoint), False, frozenset({"max_iters"})),
+    "gl4": (_plain(_tn.GaussLegendre4), False, frozenset({"max_iters"})),
+    "gl6": (_plain(_tn.GaussLegendre6), False, frozenset({"max_iters"})),
+    "radauIIA3": (_plain(_tn.RadauIIA3), False, frozenset({"max_iters"})),
+    "radauIIA5": (_plain(_tn.RadauIIA5), False, frozenset({"max_iters"})),
+    "sdirk2": (_plain(_tn.SDIRK2), False, frozenset({"max_iters"})),
+    "trbdf2": (_plain(_tn.TRBDF2), False, frozenset({"max_iters"})),
     "scipy_solver": (None, True, frozenset({"solver"})),
 }
 
@@ -210,6 +206,12 @@ class _Plan:
                 "adaptive method instead (or torchnde's ConstantStepSize(jump_ts=...))."
             )
 
+    def with_y0_t(self, y0: Any, t: torch.Tensor) -> _Plan:
+        """This plan on other (detached) initial values and times."""
+        new = copy.copy(self)
+        new.y0, new.t = y0, t
+        return new
+
     # -- the pieces of a solve ------------------------------------------------------------
 
     def term(self) -> _tn.ODETerm:
@@ -221,13 +223,24 @@ class _Plan:
             return _tn.ODETerm(lambda t, y, args: func(t.to(dtype), y))
         jumps = torch.as_tensor(jumps).reshape(-1)
 
+        last: list[torch.Tensor | None] = [None]
+
         def left_limit(t: torch.Tensor, y: Any, args: Any) -> Any:
-            # A step that ends on a jump sees the vector field's left limit there, as with
-            # torchdiffeq's perturbation towards the previous float (the restart after the jump
-            # already evaluates just to its right).
+            # A step that ends on a jump sees the vector field's limit from the side it came
+            # from, as with torchdiffeq's perturbation towards the previous float (the restart
+            # after the jump already evaluates just beyond it). The side is that of the last
+            # time evaluated off the jump: the earlier stages of the same step, in either
+            # direction (the backward solve of odeint_adjoint comes from the right).
             at = torch.isin(t.detach(), jumps.to(t.device, t.dtype))
-            t = torch.where(at, torch.nextafter(t, torch.full_like(t, -torch.inf)), t)
-            return func(t.to(dtype), y)
+            prev = last[0]
+            if prev is None or prev.shape != t.shape:
+                prev = torch.full_like(t.detach(), -torch.inf)
+            last[0] = torch.where(at, prev, t.detach())
+            toward = torch.where(prev > t.detach(), torch.inf, -torch.inf).to(dtype)
+            # In the dtype func sees (torchdiffeq perturbs in the state's dtype too): the
+            # float64 neighbour of 0.5 rounds back to 0.5 in float32.
+            t = t.to(dtype)
+            return func(torch.where(at, torch.nextafter(t, toward), t), y)
 
         return _tn.ODETerm(left_limit)
 
@@ -392,6 +405,87 @@ def _scipy(plan: _Plan) -> Any:
     return unflat(ys)
 
 
+class _ScipyAdjoint(torch.autograd.Function):
+    """``odeint_adjoint`` with ``scipy_solver``: SciPy forward, and the continuous adjoint
+    solved backward by SciPy too (as torchdiffeq): on each interval between output times,
+    ``(y, a, g)`` with ``y' = f``, ``a' = -a^T df/dy``, ``g' = -a^T df/dθ``; the gradient of
+    an output time ``t_i`` is ``dL/dy_i · f(t_i, y_i)``, that of ``t_0`` is ``-a(t_0) ·
+    f(t_0, y_0)``."""
+
+    @staticmethod
+    def forward(ctx: Any, plan: _Plan, back_kw: dict, y0, t, *params):  # type: ignore[override]
+        ctx.plan, ctx.back_kw = plan, back_kw
+        with torch.no_grad():
+            ys = _scipy(plan.with_y0_t(y0, t))
+        ctx.save_for_backward(t, ys, *params)
+        return ys
+
+    @staticmethod
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> Any:  # type: ignore[override]
+        import numpy as np
+        from scipy.integrate import solve_ivp
+
+        t, ys, *params = ctx.saved_tensors
+        func = ctx.plan.func
+        shape, dtype, device = ys.shape[1:], ys.dtype, ys.device
+        n = int(np.prod(shape)) if len(shape) else 1
+        sizes = [p.numel() for p in params]
+
+        def f_and_vjp(tt: float, y: torch.Tensor, a: torch.Tensor):
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                tq = torch.tensor(tt, dtype=t.dtype, device=device)
+                f = func(tq, y)
+                grads = torch.autograd.grad(
+                    f, (y, *params), -a, allow_unused=True, retain_graph=False
+                )
+            vjps = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (y, *params))]
+            return f.detach(), vjps
+
+        def rhs(tt: float, z: np.ndarray) -> np.ndarray:
+            zt = torch.as_tensor(z, dtype=dtype, device=device)
+            y, a = zt[:n].reshape(shape), zt[n : 2 * n].reshape(shape)
+            f, vjps = f_and_vjp(tt, y, a)
+            return torch.cat([f.reshape(-1)] + [v.reshape(-1) for v in vjps]).cpu().numpy()
+
+        a = grad_ys[-1].clone()
+        g_params = [torch.zeros_like(p) for p in params]
+        g_t = torch.zeros_like(t)
+        tn = t.detach().cpu().numpy().astype(np.float64)
+        for i in range(len(tn) - 1, 0, -1):
+            # An output time moves only its own output.
+            f_i, _ = f_and_vjp(float(tn[i]), ys[i], a)
+            g_t[i] = (grad_ys[i] * f_i).sum()
+            z0 = torch.cat([ys[i].reshape(-1), a.reshape(-1)] + [g.reshape(-1) for g in g_params])
+            res = solve_ivp(rhs, (tn[i], tn[i - 1]), z0.cpu().numpy().astype(np.float64),
+                            **ctx.back_kw)  # fmt: skip
+            if not res.success:
+                raise RuntimeError(f"scipy_solver (adjoint): {res.message}")
+            zt = torch.as_tensor(res.y[:, -1], dtype=dtype, device=device)
+            a = zt[n : 2 * n].reshape(shape)
+            if i == 1:
+                # t0 moves the start of the solve, not the output at t0 (which is y0).
+                f_0, _ = f_and_vjp(float(tn[0]), ys[0], a)
+                g_t[0] = -(a * f_0).sum()
+            a = a + grad_ys[i - 1]
+            k = 2 * n
+            for j, size in enumerate(sizes):
+                g_params[j] = zt[k : k + size].reshape(params[j].shape)
+                k += size
+        return (None, None, a, g_t, *g_params)
+
+
+def _scipy_adjoint(plan: _Plan, params: tuple, back_kw: dict) -> Any:
+    if plan.is_tuple:
+        raise NotImplementedError(
+            "odeint_adjoint with method='scipy_solver' and a tuple state: stack the state "
+            "into one tensor."
+        )
+    if len(plan.t) == 1:
+        return _initial_only(plan.y0, False)
+    return _ScipyAdjoint.apply(plan, back_kw, plan.y0, plan.t, *params)
+
+
 def _run(plan: _Plan, adjoint: Any) -> Any:
     t, y0 = plan.t, plan.y0
     if plan.method == "scipy_solver":
@@ -537,7 +631,14 @@ def odeint_adjoint(
 
     plan = _Plan(func, y0, t, rtol, atol, method, options, event_fn)
     if plan.method == "scipy_solver":
-        raise NotImplementedError("odeint_adjoint with method='scipy_solver' (no gradients).")
+        if event_fn is not None:
+            raise NotImplementedError("odeint_adjoint with method='scipy_solver' and event_fn.")
+        back_kw = dict(
+            method=(adjoint_options or {}).get("solver", plan.options.get("solver", "LSODA")),
+            rtol=float(_tol("adjoint_rtol", adjoint_rtol)),
+            atol=float(_tol("adjoint_atol", adjoint_atol)),
+        )
+        return _scipy_adjoint(plan, params, back_kw)
     back = _Plan(func, y0, t, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, None)
     same = (
         back.method == plan.method
