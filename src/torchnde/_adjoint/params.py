@@ -21,9 +21,11 @@ from .._core.packing import PackedTerm, ReversedTerm
 
 __all__ = [
     "captured_tensors",
+    "derived_from",
     "describe_tensors",
     "differentiable_leaves",
     "flatten_args",
+    "independent_tensors",
     "term_tensors",
     "undeclared_leaves",
     "unique_tensors",
@@ -178,6 +180,74 @@ def flatten_args(args: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torc
 
     rebuild = walk(args)
     return leaves, rebuild
+
+
+def _history_hits(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> set[int]:
+    """The positions in ``targets`` of the tensors that ``x`` was computed from (its autograd
+    history, ``x`` itself excluded)."""
+    if x.grad_fn is None:
+        return set()
+    leaf_pos = {id(t): i for i, t in enumerate(targets) if t.grad_fn is None}
+    # A non-leaf tensor is one output (``output_nr``) of its node; an edge names the same.
+    keep: list[Any] = [t.grad_fn for t in targets if t.grad_fn is not None]
+    edge_pos = {
+        (id(t.grad_fn), t.output_nr): i for i, t in enumerate(targets) if t.grad_fn is not None
+    }
+    hits: set[int] = set()
+    stack: list[Any] = [x.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)  # keeps the ids of the visited nodes unique during the walk
+        var = getattr(node, "variable", None)  # AccumulateGrad: the leaf itself
+        if isinstance(var, torch.Tensor):
+            if id(var) in leaf_pos:
+                hits.add(leaf_pos[id(var)])
+            continue
+        for nxt, nr in node.next_functions:
+            if nxt is None:
+                continue
+            hit = edge_pos.get((id(nxt), nr))
+            if hit is not None:
+                hits.add(hit)  # what lies beyond is reached through that target
+                continue
+            stack.append(nxt)
+    return hits
+
+
+def independent_tensors(
+    tensors: Sequence[torch.Tensor], others: Sequence[torch.Tensor] = ()
+) -> tuple[list[torch.Tensor], bool]:
+    """The tensors a gradient computation may take as its inputs: ``tensors`` less those
+    computed from another one of them, and whether any of ``tensors`` or ``others`` (tensors
+    the vector field reads but the solve does not differentiate against) was computed from a
+    kept one.
+
+    The adjoints pull gradients back to their inputs with ``torch.autograd.grad`` and hand
+    them to autograd, which carries them on through each input's own history. If one input
+    ``a`` were computed from another input ``b`` (the coefficients of a spline and a slice
+    of them; ``q = 2 * p`` next to ``p``), the gradient through ``a`` would reach ``b`` twice:
+    once inside the adjoint, whose ``autograd.grad`` with respect to ``b`` runs through
+    ``a``'s history, and once more outside it from ``a``. So ``a`` is dropped and reached
+    through ``b``; the adjoint then runs through ``a``'s history at every vector-Jacobian
+    product, which needs ``retain_graph=True`` (the second value)."""
+    tensors = unique_tensors(tensors)
+    dropped = [bool(_history_hits(x, tensors) - {i}) for i, x in enumerate(tensors)]
+    kept = [x for x, d in zip(tensors, dropped) if not d]
+    kept_ids = {id(x) for x in kept}
+    through = any(dropped) or any(
+        _history_hits(x, kept) for x in others if id(x) not in kept_ids
+    )
+    return kept, through
+
+
+def derived_from(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
+    """Whether ``x`` was computed from one of ``targets`` (so a gradient with respect to the
+    targets runs through it)."""
+    return bool(_history_hits(x, targets))
 
 
 def describe_tensors(tensors: Sequence[torch.Tensor], limit: int = 5) -> str:
