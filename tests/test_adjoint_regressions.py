@@ -253,7 +253,7 @@ def test_compat_sdeint_adjoint_with_a_tensor_derived_from_a_parameter():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             (g,) = torch.autograd.grad(loss(p, dt), p)
-        errors.append(abs(float(g) - float(_central(lambda v: loss(v, dt), p.detach()))))
+        errors.append(abs(float(g) - float(_central(lambda v, dt=dt: loss(v, dt), p.detach()))))
     # The stochastic adjoint is approximate: its error shrinks with the step.
     assert errors[1] < errors[0] / 5
     assert errors[1] < 1e-4

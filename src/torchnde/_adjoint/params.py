@@ -238,9 +238,7 @@ def independent_tensors(
     dropped = [bool(_history_hits(x, tensors) - {i}) for i, x in enumerate(tensors)]
     kept = [x for x, d in zip(tensors, dropped) if not d]
     kept_ids = {id(x) for x in kept}
-    through = any(dropped) or any(
-        _history_hits(x, kept) for x in others if id(x) not in kept_ids
-    )
+    through = any(dropped) or any(_history_hits(x, kept) for x in others if id(x) not in kept_ids)
     return kept, through
 
 
