@@ -431,3 +431,65 @@ def test_approximate_adjoints_converge(adjoint_cls):
     errors = [_approximate_error(adjoint_cls, tol) for tol in (1e-4, 1e-7, 1e-10)]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 1e-6, errors
+
+
+# -- event times --------------------------------------------------------------------------
+def _event_cases(slow: bool) -> list:
+    """Fast run: the representative explicit Runge-Kutta methods; slow: every other solver
+    with an array state."""
+    return [
+        pytest.param(entry, adjoint.cls, id=f"{entry.name}-{adjoint.name}")
+        for entry in SOLVERS
+        if entry.state == "array"
+        and (entry.representative and entry.kind is Kind.EXPLICIT_RK) != slow
+        for adjoint in exact_adjoints(entry)
+        if not adjoint.needs_reversible  # ReversibleAdjoint: NotImplementedError for events
+    ]
+
+
+@pytest.mark.parametrize("entry, adjoint_cls", _event_cases(slow=False))
+def test_terminal_event_time_and_state(entry, adjoint_cls):
+    _event_case(entry, adjoint_cls)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry, adjoint_cls", _event_cases(slow=True))
+def test_terminal_event_time_and_state_every_solver(entry, adjoint_cls):
+    _event_case(entry, adjoint_cls)
+
+
+def _event_case(entry: Solver, adjoint_cls: type) -> None:
+    """A falling body with drag stopped at height ``c``: the event time, the state there and
+    a save time before it, with respect to the initial height, the drag (closure) and the
+    event's threshold (a tensor the event function closes over)."""
+    inputs = dict(
+        h=torch.tensor(2.0, dtype=F64),
+        k=torch.tensor(0.3, dtype=F64),
+        c=torch.tensor(0.4, dtype=F64),
+    )
+    for x in inputs.values():
+        x.requires_grad_(True)
+    k, c = inputs["k"], inputs["c"]
+    term = tn.ODETerm(lambda t, y, a: torch.stack([y[1], -9.81 - k * y[1]]))
+    event = tn.Event(lambda t, y, a: y[0] - c, direction=-1)
+    settings = (
+        dict(controller=tn.PIDController(rtol=1e-4, atol=1e-6))
+        if entry.adaptive
+        else dict(dt0=0.0137)
+    )
+
+    def make_loss(adjoint):
+        def loss():
+            y0 = torch.stack([inputs["h"], torch.zeros((), dtype=F64)])
+            sol = tn.solve(
+                term, entry.make(exact_gradient=True), 0.0, 3.0, y0, event=event,
+                saveat=tn.SaveAt(ts=[0.21], t1=True), adjoint=adjoint, **settings,
+            )  # fmt: skip
+            assert int(sol.status) == int(tn.Status.EVENT_OCCURRED)
+            return sol.ts[-1] + 0.7 * sol.ys[-1, 1] + 0.3 * sol.ys[0].sum()
+
+        return loss
+
+    _directional_check(
+        make_loss(tn.DirectAdjoint()), inputs, adjoint_loss=make_loss(adjoint_cls()), left=False
+    )
