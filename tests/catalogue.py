@@ -39,8 +39,11 @@ class Solver:
     adaptive: bool
     #: whether ReversibleAdjoint applies (an AbstractReversibleSolver)
     reversible: bool = False
-    #: SDE solvers: the calculus of the SDE they solve
+    #: SDE solvers: the calculus of the SDE they solve, the noise type the matrices give
+    #: them, and the Lévy area they need from the Brownian motion
     calculus: str | None = None
+    noise: str | None = None
+    levy_area: str | None = None
     #: in the default test run (a few per kind); the rest run with ``-m slow``
     representative: bool = False
     kwargs: dict = field(default_factory=dict)
@@ -98,12 +101,16 @@ SOLVERS: list[Solver] = [
     Solver(tn.Leapfrog, Kind.SYMPLECTIC, adaptive=False, representative=True),
     Solver(tn.SemiImplicitEuler, Kind.SYMPLECTIC, adaptive=False),
     Solver(tn.Yoshida4, Kind.SYMPLECTIC, adaptive=False),
-    Solver(tn.EulerMaruyama, S, adaptive=False, calculus="ito", representative=True),
-    Solver(tn.ItoMilstein, S, adaptive=False, calculus="ito"),
-    Solver(tn.SRI2, S, adaptive=False, calculus="ito"),
-    Solver(tn.SRA1, S, adaptive=False, calculus="ito"),
-    Solver(tn.EulerHeun, S, adaptive=False, calculus="stratonovich"),
-    Solver(tn.StratonovichMilstein, S, adaptive=False, calculus="stratonovich"),
+    Solver(tn.EulerMaruyama, S, adaptive=False, calculus="ito", noise="diagonal",
+           representative=True),
+    Solver(tn.ItoMilstein, S, adaptive=False, calculus="ito", noise="diagonal"),
+    Solver(tn.SRI2, S, adaptive=False, calculus="ito", noise="diagonal",
+           levy_area="space-time"),
+    Solver(tn.SRA1, S, adaptive=False, calculus="ito", noise="additive",
+           levy_area="space-time"),
+    Solver(tn.EulerHeun, S, adaptive=False, calculus="stratonovich", noise="diagonal"),
+    Solver(tn.StratonovichMilstein, S, adaptive=False, calculus="stratonovich",
+           noise="diagonal"),
 ]  # fmt: skip
 
 #: Exported solver classes that are not methods but bases to build methods from.

@@ -247,11 +247,13 @@ def _sde_case(entry: Solver, adjoint_cls: type) -> None:
     for x in inputs.values():
         x.requires_grad_(True)
     sigma = inputs["sigma"]
-    bm = tn.BrownianInterval(0.0, 1.0, (2, 2), dtype=F64, seed=3)
+    bm = tn.BrownianInterval(0.0, 1.0, (2, 2), dtype=F64, seed=3, levy_area=entry.levy_area)
     drift = tn.ODETerm(lambda t, y, k: -k * y)
-    diffusion = tn.ControlTerm(
-        lambda t, y, k: sigma * torch.sin(y), bm, noise="diagonal", calculus=entry.calculus
-    )
+    if entry.noise == "additive":
+        g: Callable = lambda t, y, k: sigma.expand(y.shape)
+    else:
+        g = lambda t, y, k: sigma * torch.sin(y)
+    diffusion = tn.ControlTerm(g, bm, noise=entry.noise, calculus=entry.calculus)
     terms = tn.MultiTerm(drift, diffusion)
     u = _projection((2, 2, 2))
     ts = torch.tensor([0.53, 1.0], dtype=F64)
