@@ -436,11 +436,27 @@ def test_approximate_adjoints_converge(adjoint_cls):
 
 
 # -- event times --------------------------------------------------------------------------
+#: Found by this matrix, not fixed yet (strict: a fix makes them fail until removed here).
+KNOWN_EVENT_BUGS = {
+    tn.Rodas5: pytest.mark.xfail(
+        strict=True,
+        reason="Rodas5 + terminal event: the located event state is not a smooth function of "
+        "the parameters (central differences at eps 1e-5 and 1e-7 disagree by 2e-3; "
+        "without the event, and with Rodas4, they agree to 1e-9): the gradient is off by 1e-4",
+    ),
+}
+
+
 def _event_cases(slow: bool) -> list:
     """Fast run: the representative explicit Runge-Kutta methods; slow: every other solver
     with an array state."""
     return [
-        pytest.param(entry, adjoint.cls, id=f"{entry.name}-{adjoint.name}")
+        pytest.param(
+            entry,
+            adjoint.cls,
+            id=f"{entry.name}-{adjoint.name}",
+            marks=KNOWN_EVENT_BUGS.get(entry.cls, ()),
+        )
         for entry in SOLVERS
         if entry.state == "array"
         and (entry.representative and entry.kind is Kind.EXPLICIT_RK) != slow
