@@ -108,37 +108,6 @@ def test_save_times_on_step_ts_and_jump_ts_get_their_gradient(where, adjoint):
     torch.testing.assert_close(g, fd, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("adjoint", EXACT)
-def test_save_time_on_t0_gets_the_vector_field_as_its_gradient(adjoint):
-    """``ts[0] == t0`` as separate tensors: the one-sided derivatives of the solution there,
-    ``f(t0, y0)`` in the save time and ``-f(t0, y0)`` in t0; and 0 in total when they are one
-    tensor (torchdiffeq style)."""
-
-    def loss(t0, ts, adj):
-        term = tn.ODETerm(lambda t, y, a: -y * (1 + t))
-        y0 = torch.tensor([1.0, 2.0], dtype=F64)
-        sol = tn.solve(term, tn.RK4(), t0, 1.0, y0, dt0=0.25, saveat=tn.SaveAt(ts=ts), adjoint=adj)
-        return sol.ys.sum()
-
-    t0 = torch.tensor(0.0, dtype=F64, requires_grad=True)
-    ts = torch.tensor([0.0, 0.4], dtype=F64, requires_grad=True)
-    g_t0, g_ts = torch.autograd.grad(loss(t0, ts, adjoint()), (t0, ts))
-    h = 1e-5
-    with torch.no_grad():  # second-order one-sided differences (ts[0] cannot precede t0)
-        e = torch.tensor([h, 0.0], dtype=F64)
-        f = [loss(t0.detach(), ts.detach() + k * e, tn.DirectAdjoint()) for k in range(3)]
-        fd_ts = (-3 * f[0] + 4 * f[1] - f[2]) / (2 * h)
-        f = [loss(t0.detach() - k * h, ts.detach(), tn.DirectAdjoint()) for k in range(3)]
-        fd_t0 = (3 * f[0] - 4 * f[1] + f[2]) / (2 * h)
-    assert float(g_ts[0]) == pytest.approx(float(fd_ts), rel=1e-6)
-    assert float(g_ts[0]) == pytest.approx(-3.0, rel=1e-12)  # f(0, y0) summed
-    assert float(g_t0) == pytest.approx(float(fd_t0), rel=1e-6)
-    t = torch.tensor([0.0, 0.4], dtype=F64, requires_grad=True)
-    (g,) = torch.autograd.grad(loss(t[0], t, adjoint()), t)
-    fd0 = _central(lambda v: loss(v[0], v, tn.DirectAdjoint()), t.detach())[0]
-    assert abs(float(g[0]) - float(fd0)) < 1e-8
-
-
 def _neural_cde(x, t, adjoint, interpolation):
     torch.manual_seed(0)
     w = torch.randn(3, 6, dtype=F64) * 0.3

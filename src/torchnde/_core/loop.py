@@ -261,17 +261,11 @@ class Loop:
             finite = None
         return y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate
 
-    def _interp_saves(
-        self, num_new: int, start: int, tb, ta, y, dense_info, vf0=None
-    ) -> torch.Tensor:
-        """Joint stepping: the states at save slots [start, start + num_new) in (tb, ta]
-        (at initialisation, ``dense_info`` is None and the slots are on t0)."""
+    def _interp_saves(self, num_new: int, start: int, tb, ta, y, dense_info) -> torch.Tensor:
+        """Joint stepping: the states at save slots [start, start + num_new) in (tb, ta]."""
         ts = self.ts
         if dense_info is None or ts is None:
-            out = y.expand((num_new,) + y.shape)
-            if ts is None:
-                return out
-            return self._at_start(ts[start : start + num_new] - tb, out, vf0)
+            return y.expand((num_new,) + y.shape)
         theta = (ts[start : start + num_new] - tb) / (ta - tb)
         yq = self.solver.interpolate(dense_info, theta, False)
         return self._at_step_end(theta, yq, y, dense_info, False)
@@ -293,18 +287,7 @@ class Loop:
             y = y + (yq - frozen)
         return torch.where(broadcast_time(theta == 1, yq), y, yq)
 
-    @staticmethod
-    def _at_start(offset: torch.Tensor, yq: torch.Tensor, vf0: Any) -> torch.Tensor:
-        """Save times on t0 take ``y0``; their derivative with respect to the save time (and
-        to t0, through ``offset = ts - t0``) is the right one, that of the first step's
-        interpolant at θ = 0: ``f(t0, y0)``, when the solver carries it. ``ts[0]`` and
-        ``t0`` given as one tensor (torchdiffeq style) get 0 in total, as they should."""
-        if vf0 is None or not isinstance(vf0, torch.Tensor) or not offset.requires_grad:
-            return yq
-        zero = offset - offset.detach()  # 0, with the derivative of ts - t0
-        return yq + broadcast_time(zero, yq).to(yq.dtype) * vf0
-
-    def _interp_saves_per_sample(self, num, count, index, tb, ta, y, dense_info, vf0=None) -> list:
+    def _interp_saves_per_sample(self, num, count, index, tb, ta, y, dense_info) -> list:
         """Per-sample stepping: each sample's save times passed in this step."""
         ts = self.ts
         if ts is None:
@@ -321,7 +304,7 @@ class Loop:
                 yq = self.solver.interpolate(dense_info, theta, True)
                 yq = self._at_step_end(theta, yq, y, dense_info, True)
             else:
-                yq = self._at_start(tq - tb, y, vf0)
+                yq = y
             out.append((idx, new > j, yq))
         return out
 
@@ -330,7 +313,7 @@ class Loop:
     def init(self, y0: torch.Tensor) -> tuple[_State, Host, _Emit, int]:
         terms, solver, t0, t1, args = self.terms, self.solver, self.t0, self.t1, self.args
         fstate = solver.init(terms, t0, y0, args)
-        vf0 = vf_state = solver.vector_field_of(fstate)
+        vf0 = solver.vector_field_of(fstate)
         if self.check_vf is not None and vf0 is not None:
             self.check_vf(vf0)
         nfe = solver.num_fevals_init
@@ -363,7 +346,7 @@ class Loop:
                 count = torch.searchsorted(ts, t0.detach()[:, None], right=True)[:, 0]
                 num = int(_host([count.max()])[0])
                 index = torch.zeros_like(count)
-                saves = self._interp_saves_per_sample(num, count, index, t0, t0, y0, None, vf_state)
+                saves = self._interp_saves_per_sample(num, count, index, t0, t0, y0, None)
                 st.save_index = count
             host.keep_going = bool(_host([running.any()])[0])
         else:
@@ -372,11 +355,7 @@ class Loop:
                 host.save_num = bisect.bisect_right(self.ts_host, t_host)
                 if host.save_num:
                     saves = [
-                        (
-                            0,
-                            host.save_num,
-                            self._interp_saves(host.save_num, 0, t0, t0, y0, None, vf_state),
-                        )
+                        (0, host.save_num, self._interp_saves(host.save_num, 0, t0, t0, y0, None))
                     ]
             host.keep_going = t_host < self.t1_host
             host.t_shown = t_host
