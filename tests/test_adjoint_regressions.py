@@ -298,3 +298,84 @@ def test_t1_on_the_step_grid_is_a_kink_and_the_gradient_is_its_left_derivative(a
     assert float(g) == pytest.approx(float(left_fd), rel=1e-6)
     assert float(g) == pytest.approx(-2 * 0.99**99, rel=1e-6)
     assert float(right_fd) == pytest.approx(-2 * 0.99**100, rel=1e-6)
+
+
+class _CDEFunc(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.variable = torch.nn.Parameter(torch.full((1, 1, 3), 0.3, dtype=F64))
+
+    def forward(self, t, z):
+        return z.sigmoid().unsqueeze(-1) + self.variable
+
+
+def test_compat_cdeint_adjoint_through_coefficients_and_their_knot_times():
+    """torchcde's ``test_grad_paths``: ``adjoint_params`` holds the spline's coefficients
+    and the knot times they were computed from, and the output times require grad too. The
+    coefficients are replaced by what they were computed from (the times and the data), each
+    differentiated once; this raised "backward through the graph a second time"."""
+    from torchnde.compat import torchcde as tcde
+
+    torch.manual_seed(0)
+    t0 = torch.linspace(0, 9, 10, dtype=F64)
+    path0 = torch.rand(1, 10, 3, dtype=F64)
+    z00 = torch.rand(1, 3, dtype=F64)
+    out0 = torch.tensor([0.0, 9.0], dtype=F64)
+    func = _CDEFunc()
+
+    def loss(path, t, z0, out, adjoint):
+        coeffs = tcde.natural_cubic_coeffs(path, t)
+        spline = tcde.CubicSpline(coeffs, t)
+        extra = dict(adjoint_params=(*func.parameters(), coeffs, t)) if adjoint else {}
+        z = tcde.cdeint(
+            X=spline, func=func, z0=z0, t=out, adjoint=adjoint, method="rk4",
+            options=dict(step_size=0.05), **extra,
+        )  # fmt: skip
+        return z[:, 1].sum()
+
+    inputs = [x.clone().requires_grad_(True) for x in (path0, t0, z00, out0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = torch.autograd.grad(loss(*inputs, True), (*inputs, func.variable))
+    assert all(g is not None for g in got)
+    gen = torch.Generator().manual_seed(2)
+    v = [torch.randn(x.shape, generator=gen, dtype=F64) for x in (path0, t0, z00)]
+    v.append(torch.zeros(2, dtype=F64))  # the output times: moving them changes the grid
+    eps = 1e-6
+    with torch.no_grad():
+        plus = loss(*(x + eps * d for x, d in zip((path0, t0, z00, out0), v)), False)
+        minus = loss(*(x - eps * d for x, d in zip((path0, t0, z00, out0), v)), False)
+    fd = float((plus - minus) / (2 * eps))
+    analytic = float(sum((g * d).sum() for g, d in zip(got[:4], v)))
+    # BacksolveAdjoint is approximate: RK4 with steps of 0.05 both ways.
+    assert analytic == pytest.approx(fd, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_compat_cdeint_adjoint_torchcde_grad_paths_case(method):
+    """torchcde's own ``test_grad_paths`` as it is (float32): it failed with "Trying to
+    backward through the graph a second time"."""
+    from torchnde.compat import torchcde as tcde
+
+    class Func(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.variable = torch.nn.Parameter(torch.rand(1, 1, 3))
+
+        def forward(self, t, z):
+            return z.sigmoid().unsqueeze(-1) + self.variable
+
+    torch.manual_seed(0)
+    t = torch.linspace(0, 9, 10, requires_grad=True)
+    path = torch.rand(1, 10, 3, requires_grad=True)
+    coeffs = tcde.natural_cubic_coeffs(path, t)
+    z0 = torch.rand(1, 3, requires_grad=True)
+    func = Func()
+    t_ = torch.tensor([0.0, 9.0], requires_grad=True)
+    z = tcde.cdeint(
+        X=tcde.CubicSpline(coeffs, t), func=func, z0=z0, t=t_, adjoint=True, method=method,
+        rtol=1e-4, atol=1e-6, adjoint_params=(*func.parameters(), coeffs, t),
+    )  # fmt: skip
+    z[:, 1].sum().backward()
+    for x in (t, path, z0, func.variable, t_):
+        assert isinstance(x.grad, torch.Tensor)
