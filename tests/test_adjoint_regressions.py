@@ -150,7 +150,10 @@ def test_cde_data_gets_its_gradient_once_with_reversible_adjoint():
         path = tn.CubicSpline(tn.natural_cubic_coeffs(v, t), t)
         term = tn.CDETerm(lambda s, z, a: torch.tanh(z @ w).reshape(1, 3, 2), path)
         z0 = torch.full((1, 3), 0.1, dtype=F64)
-        sol = tn.solve(term, tn.ReversibleHeun(), 0.0, 1.0, z0, dt0=0.05, adjoint=adjoint)
+        ctrl = tn.ConstantStepSize()
+        sol = tn.solve(
+            term, tn.ReversibleHeun(), 0.0, 1.0, z0, dt0=0.05, controller=ctrl, adjoint=adjoint
+        )
         return sol.ys.sum()
 
     fd = _central(lambda v: loss(v, tn.DirectAdjoint()), x)
