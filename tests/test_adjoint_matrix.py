@@ -49,26 +49,18 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+import catalogue
 import torchnde as tn
 
 F64 = torch.float64
 
-SOLVERS = [
-    tn.Euler,
-    tn.Midpoint,
-    tn.Heun,
-    tn.Ralston,
-    tn.RK4,
-    tn.RK38,
-    tn.Bosh3,
-    tn.Fehlberg2,
-    tn.Dopri5,
-    tn.Tsit5,
-    tn.Dopri8,
-    tn.ReversibleHeun,
+# From the central catalogue: every explicit Runge-Kutta method, and ReversibleHeun (the
+# other kinds are covered by tests/test_gradient_matrix.py, on problems that suit them).
+SOLVERS = [s.cls for s in catalogue.SOLVERS if s.kind is catalogue.Kind.EXPLICIT_RK] + [
+    tn.ReversibleHeun
 ]
 ADAPTIVE = [s for s in SOLVERS if s().is_adaptive]
-CONTINUOUS_ADJOINTS = [tn.BacksolveAdjoint, tn.InterpolatedAdjoint]
+CONTINUOUS_ADJOINTS = [a.cls for a in catalogue.approximate_adjoints()]
 
 T0, T1, TS = 0.1, 0.79, (0.347, 0.561)
 GC: dict[str, Any] = dict(eps=1e-6, rtol=1e-4, fast_mode=True)

@@ -49,8 +49,10 @@ from .base import AbstractAdjoint
 from .event_time import with_event_time
 from .params import (
     captured_tensors,
+    derived_from,
     describe_tensors,
     flatten_args,
+    independent_tensors,
     undeclared_leaves,
     unique_tensors,
 )
@@ -168,6 +170,9 @@ class _Run:
         self.rebuild_args = rebuild_args
         self.params = params
         self.known_ids = known_ids  # undeclared tensors already warned about
+        # Whether each vector-Jacobian product runs through the history of a tensor computed
+        # from a parameter (and so must keep it for the next one).
+        self.retain_graph = False
         self.res: LoopResult | None = None
 
     # --- the forward pass (called inside the autograd.Function, grad disabled)
@@ -325,7 +330,11 @@ class _Run:
                     self._warn_undeclared(f, [y_, *grad_inputs], who)
                 if f.requires_grad:
                     grads = torch.autograd.grad(
-                        f, [y_, *grad_inputs], grad_outputs=a, allow_unused=True
+                        f,
+                        [y_, *grad_inputs],
+                        grad_outputs=a,
+                        allow_unused=True,
+                        retain_graph=self.retain_graph,
                     )
                 else:
                     grads = tuple(None for _ in range(1 + len(grad_inputs)))
@@ -591,7 +600,10 @@ class _ContinuousAdjoint(AbstractAdjoint):
         else:
             params = unique_tensors(x for x in self.params if x.requires_grad)
         known = {id(x) for x in (*params, *arg_leaves)}
-        missed = [x for x in captured if id(x) not in known]
+        # A parameter computed from another one is reached through it (independent_tensors);
+        # so is a captured tensor computed from a parameter (q = 2 * p with params=[p]).
+        params, through = independent_tensors(params, captured)
+        missed = [x for x in captured if id(x) not in known and not derived_from(x, params)]
         if missed and torch.is_grad_enabled():
             warnings.warn(
                 f"{who}: the vector field captures {len(missed)} tensor(s) requiring grad that "
@@ -608,6 +620,7 @@ class _ContinuousAdjoint(AbstractAdjoint):
                 return problem.run()
 
         run = _Run(self, problem, arg_leaves, rebuild, params, known | {id(x) for x in missed})
+        run.retain_graph = through
         y1, t_end, ys = _ContinuousAdjointFunction.apply(
             run, problem.y0, problem.t0, problem.t1, ts, *arg_leaves, *params
         )

@@ -21,9 +21,11 @@ from .._core.packing import PackedTerm, ReversedTerm
 
 __all__ = [
     "captured_tensors",
+    "derived_from",
     "describe_tensors",
     "differentiable_leaves",
     "flatten_args",
+    "independent_tensors",
     "term_tensors",
     "undeclared_leaves",
     "unique_tensors",
@@ -102,6 +104,9 @@ def _visit(obj: Any, found: list[torch.Tensor], seen: set[int], depth: int) -> N
         return
     if isinstance(obj, torch.nn.Module):
         found.extend(p for p in obj.parameters() if p.requires_grad)
+        # Buffers computed from tensors requiring grad (torchcde's paths keep their
+        # coefficients as buffers).
+        found.extend(b for b in obj.buffers() if b.requires_grad)
         # Plain tensor attributes (not registered as parameters) still carry gradients.
         for value in vars(obj).values():
             if isinstance(value, torch.Tensor) and value.requires_grad:
@@ -178,6 +183,116 @@ def flatten_args(args: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torc
 
     rebuild = walk(args)
     return leaves, rebuild
+
+
+def _history_hits(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> set[int]:
+    """The positions in ``targets`` of the tensors that ``x`` was computed from (its autograd
+    history, ``x`` itself excluded)."""
+    if x.grad_fn is None:
+        return set()
+    leaf_pos = {id(t): i for i, t in enumerate(targets) if t.grad_fn is None}
+    # A non-leaf tensor is one output (``output_nr``) of its node; an edge names the same.
+    keep: list[Any] = [t.grad_fn for t in targets if t.grad_fn is not None]
+    edge_pos = {
+        (id(t.grad_fn), t.output_nr): i for i, t in enumerate(targets) if t.grad_fn is not None
+    }
+    hits: set[int] = set()
+    stack: list[Any] = [x.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)  # keeps the ids of the visited nodes unique during the walk
+        var = getattr(node, "variable", None)  # AccumulateGrad: the leaf itself
+        if isinstance(var, torch.Tensor):
+            if id(var) in leaf_pos:
+                hits.add(leaf_pos[id(var)])
+            continue
+        for nxt, nr in node.next_functions:
+            if nxt is None:
+                continue
+            hit = edge_pos.get((id(nxt), nr))
+            if hit is not None:
+                hits.add(hit)  # what lies beyond is reached through that target
+                continue
+            stack.append(nxt)
+    return hits
+
+
+def _history_leaves(x: torch.Tensor, stop: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The leaf tensors requiring grad that ``x`` was computed from, without passing through
+    a tensor of ``stop`` (nor counting those)."""
+    if x.grad_fn is None:
+        return []
+    stop_ids = {id(t) for t in stop}
+    keep: list[Any] = [t.grad_fn for t in stop if t.grad_fn is not None]
+    stop_edges = {(id(t.grad_fn), t.output_nr) for t in stop if t.grad_fn is not None}
+    out: list[torch.Tensor] = []
+    stack: list[Any] = [x.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        var = getattr(node, "variable", None)
+        if isinstance(var, torch.Tensor):
+            if id(var) not in stop_ids:
+                out.append(var)
+            continue
+        stack.extend(
+            nxt
+            for nxt, nr in node.next_functions
+            if nxt is not None and (id(nxt), nr) not in stop_edges
+        )
+    return unique_tensors(out)
+
+
+def independent_tensors(
+    tensors: Sequence[torch.Tensor], others: Sequence[torch.Tensor] = ()
+) -> tuple[list[torch.Tensor], bool]:
+    """The tensors a gradient computation may take as its inputs, none computed from another,
+    and whether the vector-Jacobian products run through the history of a tensor computed
+    from them (of ``tensors`` or of ``others``, tensors the vector field reads but the solve
+    does not differentiate against), which must then be kept (``retain_graph=True``).
+
+    The adjoints pull gradients back to their inputs with ``torch.autograd.grad`` and hand
+    them to autograd, which carries them on through each input's own history. If an input
+    ``a`` were computed from another input ``b`` (the coefficients of a spline and the slices
+    of them it keeps; ``q = 2 * p`` next to ``p``), the gradient through ``a`` would reach
+    ``b`` twice: inside the adjoint, whose ``autograd.grad`` with respect to ``b`` runs
+    through ``a``'s history, and again outside it from ``a``. So ``a`` is replaced by what it
+    was computed from: the inputs in its history, reached through it, and the other leaves
+    of its history (the data of a spline whose knot times are also an input), which then
+    become inputs themselves; until no input is computed from another."""
+    current = unique_tensors(tensors)
+    through = False
+    while True:
+        dropped = [bool(_history_hits(x, current) - {i}) for i, x in enumerate(current)]
+        if not any(dropped):
+            break
+        through = True
+        kept = [x for x, d in zip(current, dropped) if not d]
+        extra = [
+            leaf
+            for x, d in zip(current, dropped)
+            if d
+            for leaf in _history_leaves(x, kept)
+            if leaf.requires_grad
+        ]
+        current = unique_tensors([*kept, *extra])
+    ids = {id(x) for x in current}
+    through = through or any(_history_hits(x, current) for x in others if id(x) not in ids)
+    return current, through
+
+
+def derived_from(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
+    """Whether ``x`` was computed from one of ``targets`` (so a gradient with respect to the
+    targets runs through it)."""
+    return bool(_history_hits(x, targets))
 
 
 def describe_tensors(tensors: Sequence[torch.Tensor], limit: int = 5) -> str:

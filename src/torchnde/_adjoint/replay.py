@@ -27,6 +27,8 @@ from .params import (
     captured_tensors,
     describe_tensors,
     differentiable_leaves,
+    independent_tensors,
+    term_tensors,
     undeclared_leaves,
     unique_tensors,
 )
@@ -34,15 +36,18 @@ from .params import (
 __all__ = ["Checkpoints", "Reversal", "replay_solve"]
 
 
-def _leaves(problem: Problem, params: Any) -> list[torch.Tensor]:
-    """The tensors the iterations read that may need gradients, each once: ``t1``, ``ts``,
-    ``args`` tensors, the parameters of the vector fields (declared or discovered) and those
-    of the event functions."""
-    found = [problem.t1] + ([] if problem.ts is None else [problem.ts])
+def _leaves(problem: Problem, params: Any) -> tuple[list[torch.Tensor], bool]:
+    """The tensors the iterations read that may need gradients, none computed from another
+    (:func:`independent_tensors`): ``t0``, ``t1``, ``ts``, ``args`` tensors, the parameters
+    of the vector fields (declared or discovered) and those of the event functions; and
+    whether the backward pass runs through the history of a tensor computed from them."""
+    found = [problem.t0, problem.t1] + ([] if problem.ts is None else [problem.ts])
     found += differentiable_leaves(problem, params)
     if params is None and problem.event is not None:
         found += [x for fn in problem.event.fns for x in captured_tensors(fn)]
-    return [x for x in unique_tensors(found) if x.requires_grad]
+    found = [x for x in unique_tensors(found) if x.requires_grad]
+    others = term_tensors(problem.terms) if params is not None else []
+    return independent_tensors(found, others)
 
 
 def replay_solve(problem: Problem, strategy: Any, name: str, params: Any) -> LoopResult:
@@ -52,10 +57,9 @@ def replay_solve(problem: Problem, strategy: Any, name: str, params: Any) -> Loo
         from .._core.loop import run
 
         return run(loop, problem.y0)[0]
-    leaves = _leaves(problem, params)
-    if problem.t0.requires_grad and all(problem.t0 is not x for x in leaves):
-        leaves.append(problem.t0)
+    leaves, through = _leaves(problem, params)
     runner = _Runner(loop, strategy, name)
+    runner.retain_graph = through
     results = _ReplayedSteps.apply(runner, problem.y0, *leaves)
     n = runner.n_state
     st = runner.state(list(results[:n]))
@@ -78,6 +82,9 @@ class _Runner:
         self.emits: list[_Emit] = []
         self.num = 0
         self.nfe = 0
+        # Whether the backward pass runs through the history of a tensor computed from the
+        # leaves (see independent_tensors): then that history is traversed more than once.
+        self.retain_graph = False
         # The non-tensor save info: of the initialisation, then of each iteration.
         self.save_layout: list[list[tuple]] = []
 
@@ -318,7 +325,9 @@ class _ReplayedSteps(torch.autograd.Function):
                         "`args`.",
                         stacklevel=2,
                     )
-            return torch.autograd.grad(outs, wrt, gouts, allow_unused=True)
+            return torch.autograd.grad(
+                outs, wrt, gouts, allow_unused=True, retain_graph=runner.retain_graph
+            )
 
         def add_leaf_grads(got: tuple) -> None:
             for j, g in enumerate(got):

@@ -38,7 +38,14 @@ from .._core.problem import Problem
 from .._core.sde import diagonal_derivative, jvp, solver_calculus, split_sde
 from .._core.solution import Status
 from .._core.terms import AbstractTerm, ControlTerm, MultiTerm, broadcast_time
-from .params import captured_tensors, describe_tensors, flatten_args, unique_tensors
+from .params import (
+    captured_tensors,
+    derived_from,
+    describe_tensors,
+    flatten_args,
+    independent_tensors,
+    unique_tensors,
+)
 
 __all__ = ["is_sde", "stochastic_apply"]
 
@@ -78,12 +85,19 @@ class _SDERun:
                 *(x for x in captured_tensors(problem.args) if id(x) not in arg_ids),
             ]
         )
-        if adjoint.params is None:
-            self.params = captured
-        else:
-            self.params = unique_tensors(x for x in adjoint.params if x.requires_grad)
-            known = {id(x) for x in self.params} | arg_ids
-            missed = [x for x in captured if id(x) not in known]
+        declared = (
+            captured
+            if adjoint.params is None
+            else unique_tensors(x for x in adjoint.params if x.requires_grad)
+        )
+        # A parameter computed from another one is reached through it (independent_tensors);
+        # so is a captured tensor computed from a parameter (q = 2 * p with params=[p]).
+        self.params, self.retain_graph = independent_tensors(declared, captured)
+        if adjoint.params is not None:
+            known = {id(x) for x in declared} | arg_ids
+            missed = [
+                x for x in captured if id(x) not in known and not derived_from(x, self.params)
+            ]
             if missed and torch.is_grad_enabled():
                 warnings.warn(
                     f"{who}: the drift or diffusion captures {len(missed)} tensor(s) requiring "
@@ -144,7 +158,13 @@ class _SDERun:
             with torch.enable_grad():
                 y_ = y.detach().requires_grad_(True)
                 dy = self._increment(t, y_, args, h, dw)
-                grads = torch.autograd.grad(dy, [y_, *inputs], grad_outputs=a, allow_unused=True)
+                grads = torch.autograd.grad(
+                    dy,
+                    [y_, *inputs],
+                    grad_outputs=a,
+                    allow_unused=True,
+                    retain_graph=self.retain_graph,
+                )
             out = [
                 torch.zeros_like(x) if gr is None else -gr for gr, x in zip(grads, [y_, *inputs])
             ]

@@ -356,7 +356,23 @@ class Loop:
             return y.expand((num_new,) + y.shape)
         theta = (ts[start : start + num_new] - tb) / (ta - tb)
         yq = self.solver.interpolate(dense_info, theta, False)
-        # A save time on the step's end takes the step's own value, bit for bit.
+        return self._at_step_end(theta, yq, y, dense_info, False)
+
+    def _at_step_end(self, theta, yq, y, dense_info, per_sample: bool) -> torch.Tensor:
+        """The saved values ``yq`` of the interpolant at ``theta``, where a save time on the
+        step's end (``theta == 1``) takes the step's own value, bit for bit.
+
+        Its derivative is still the interpolant's: the computed solution at a save time ``s``
+        near the step's end is ``p(θ(s))``, so ``d/ds`` is ``p'(1) dθ/ds`` (the left
+        derivative, that of the step ending there). Writing the value as
+        ``y + (p(θ) - p(stopgrad θ))`` keeps ``y``'s value and its derivatives with respect
+        to everything else, and adds the interpolant's slope in θ; the two interpolations
+        cancel exactly in the forward pass. Without it a save time on a step end (fixed
+        steps, ``step_ts``, ``jump_ts``) had no derivative with respect to itself.
+        """
+        if theta.requires_grad:
+            frozen = self.solver.interpolate(dense_info, theta.detach(), per_sample)
+            y = y + (yq - frozen)
         return torch.where(broadcast_time(theta == 1, yq), y, yq)
 
     def _interp_saves_per_sample(self, num, count, index, tb, ta, y, dense_info) -> list:
@@ -374,7 +390,7 @@ class Loop:
             theta = torch.where(h > 0, (tq - tb) / safe_h, 0.0)
             if dense_info is not None:
                 yq = self.solver.interpolate(dense_info, theta, True)
-                yq = torch.where(broadcast_time(theta == 1, yq), y, yq)
+                yq = self._at_step_end(theta, yq, y, dense_info, True)
             else:
                 yq = y
             out.append((idx, new > j, yq))
