@@ -24,7 +24,7 @@ import torchnde as tn
 
 class Kind(enum.Enum):
     EXPLICIT_RK = "explicit Runge-Kutta"
-    IMPLICIT = "implicit (ESDIRK, Rosenbrock)"
+    IMPLICIT = "implicit (ESDIRK, collocation, Rosenbrock)"
     MULTISTEP = "multistep (Adams)"
     SWITCHING = "stiffness switching"
     REVERSIBLE = "algebraically reversible"
@@ -74,7 +74,7 @@ NEWTON = dict(exact_gradient_kwargs=dict(newton_rtol=1e-12, newton_atol=1e-12))
 
 SOLVERS: list[Solver] = [
     Solver(tn.Euler, E, adaptive=False, representative=True),
-    Solver(tn.Midpoint, E, adaptive=False),
+    Solver(tn.Midpoint, E, adaptive=False, representative=True),  # Hermite dense output
     Solver(tn.Heun, E, adaptive=True),
     Solver(tn.Ralston, E, adaptive=False),
     Solver(tn.RK4, E, adaptive=False, representative=True),
@@ -89,6 +89,13 @@ SOLVERS: list[Solver] = [
     Solver(tn.Kvaerno3, IMP, adaptive=True, **NEWTON, representative=True),
     Solver(tn.Kvaerno4, IMP, adaptive=True, **NEWTON),
     Solver(tn.Kvaerno5, IMP, adaptive=True, **NEWTON),
+    Solver(tn.SDIRK2, IMP, adaptive=True, **NEWTON),
+    Solver(tn.TRBDF2, IMP, adaptive=True, **NEWTON),
+    Solver(tn.ImplicitMidpoint, IMP, adaptive=False, **NEWTON),
+    Solver(tn.GaussLegendre4, IMP, adaptive=False, **NEWTON, representative=True),
+    Solver(tn.GaussLegendre6, IMP, adaptive=False, **NEWTON),
+    Solver(tn.RadauIIA3, IMP, adaptive=False, **NEWTON),
+    Solver(tn.RadauIIA5, IMP, adaptive=False, **NEWTON),
     Solver(tn.Ros3p, IMP, adaptive=True),
     Solver(tn.Rodas4, IMP, adaptive=True),
     Solver(tn.Rodas5, IMP, adaptive=True),

@@ -195,8 +195,11 @@ class AbstractRungeKutta(AbstractSolver):
             return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
         y0, y1, K, k1 = dense_info
         if isinstance(k1, _EndPoint):
-            if bool(((theta == 0) | (theta == 1)).all()):
-                # The Hermite weight of k1 vanishes at both ends: no evaluation needed.
+            if not (torch.is_grad_enabled() and theta.requires_grad) and bool(
+                ((theta == 0) | (theta == 1)).all()
+            ):
+                # The Hermite weight of k1 vanishes at both ends: no evaluation needed (its
+                # derivative in theta does not, so not when theta is differentiated).
                 return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
             k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
@@ -220,12 +223,17 @@ class _EndPoint:
     def __init__(self, terms: AbstractTerm, t1: torch.Tensor, y1: torch.Tensor, args, control):
         self.terms, self.t1, self.y1, self.args, self.control = terms, t1, y1, args, control
         self._value: torch.Tensor | None = None
+        self._with_grad = False
         self._fevals = 0
 
     def value(self) -> torch.Tensor:
-        if self._value is None:
+        # A value first computed without autograd (the event locator's search) has no graph:
+        # recompute it once when it is needed with one.
+        grad = torch.is_grad_enabled()
+        if self._value is None or (grad and not self._with_grad):
             vf = self.terms.vf(self.t1, self.y1, self.args)
             self._value = self.terms.prod(vf, self.control).to(self.y1.dtype)
+            self._with_grad = grad
             self._fevals += 1
         return self._value
 
