@@ -124,8 +124,9 @@ def test_errors():
     y0 = torch.zeros(B, D, dtype=torch.float64)
     with pytest.raises(ValueError, match="`method` must be one of"):
         tsde.sdeint(SDE(), y0, TS, method="rk4")
-    with pytest.raises(NotImplementedError, match="log_ode"):
-        tsde.sdeint(SDE("diagonal", "stratonovich"), y0, TS, method="log_ode")
+    with pytest.raises(ValueError, match="requires one of \\('davie', 'foster'\\)"):
+        bm = tsde.BrownianInterval(0.0, 1.0, (B, D), levy_area_approximation="space-time")
+        tsde.sdeint(SDE("diagonal", "stratonovich"), y0, TS, bm=bm, method="log_ode")
     with pytest.raises(ValueError, match="SDE is of type stratonovich but solver"):
         tsde.sdeint(SDE("diagonal", "stratonovich"), y0, TS, method="euler")
     with pytest.raises(ValueError, match="sde.noise_type"):

@@ -151,7 +151,9 @@ class AbstractSDESolver(AbstractSolver):
 
     1. Set ``strong_order``, ``calculus`` (``"ito"``, ``"stratonovich"`` or ``"both"`` for
        additive-noise methods), ``noise_types`` and ``num_fevals_step`` (drift plus diffusion
-       evaluations of one step).
+       evaluations of one step), and ``levy_area`` if the method reads Lévy areas of the
+       Brownian motion (``"space-time"`` for $H$, ``"foster"`` for the full area $A$; the
+       Brownian motion ``sdeint`` builds by default then provides them).
     2. Implement ``_step(drift, diffusion, t0, t1, y0, args)`` returning ``y1``; ``drift`` is
        the ``ODETerm`` (or ``None``), ``diffusion`` the ``ControlTerm``.
 
@@ -174,6 +176,7 @@ class AbstractSDESolver(AbstractSolver):
     strong_order: ClassVar[float]
     calculus: ClassVar[str]
     noise_types: ClassVar[tuple[str, ...]]
+    levy_area: ClassVar[str | None] = None
     order: ClassVar[int] = 1
     dense_order: ClassVar[int] = 1
     num_fevals_init: ClassVar[int] = 0
