@@ -395,3 +395,21 @@ def test_adaptive_euler_warns_before_the_method_check_as_torchsde():
     with pytest.warns(UserWarning, match="Euler--Maruyama"):
         with pytest.raises(ValueError, match="SDE is of type stratonovich but solver"):
             tsde.sdeint(SDE("diagonal", "stratonovich"), y0, TS, method="euler", adaptive=True)
+
+
+def test_logqp_evaluates_the_diffusion_as_often_as_torchsde():
+    class CountedG(SDE):
+        num_g = 0
+
+        def g(self, t, y):
+            self.num_g += 1
+            return super().g(t, y)
+
+    bm = torchsde.BrownianInterval(0.0, 1.0, (B, D + 1), dtype=torch.float64, entropy=1)
+    y0 = torch.full((B, D), 0.3, dtype=torch.float64)
+    theirs, ours = CountedG(), CountedG()
+    with torch.no_grad():
+        torchsde.sdeint(theirs, y0, TS, bm=bm, method="euler", dt=2.0**-4, logqp=True)
+        tsde.sdeint(ours, y0, TS, bm=bm, method="euler", dt=2.0**-4, logqp=True)
+    # one per step (16) plus the contract check's; torchsde checks with a few more
+    assert ours.num_g == 16 + 1 <= theirs.num_g

@@ -243,11 +243,11 @@ def test_strong_order(solver, problem, order):
 
 
 class _PiecewiseLinearPath(tn.AbstractPath):
-    """A two-channel Brownian sample on a fine grid, linear in between, with its exact Lévy
-    areas $A_{kj} = \\tfrac12 \\int (W^k dW^j - W^j dW^k)$ over unions of fine steps
-    (a linear segment adds none of its own:
-    $A = \\tfrac12 \\sum_i (S_i \\otimes \\Delta W_i - \\Delta W_i \\otimes S_i)$, $S_i$ the path at the
-    start of fine step i relative to $t_a$)."""
+    r"""A two-channel Brownian sample on a fine grid, linear in between, with its exact Lévy
+    areas $A_{kj} = \tfrac12 \int (W^k dW^j - W^j dW^k)$ over unions of fine steps (a
+    linear segment adds none of its own:
+    $A = \tfrac12 \sum_i (S_i \otimes \Delta W_i - \Delta W_i \otimes S_i)$, $S_i$ the
+    path at the start of fine step i relative to $t_a$)."""
 
     def __init__(self, n: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)

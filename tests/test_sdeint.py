@@ -240,6 +240,19 @@ def test_log_ode_method_name():
     ys = tn.sdeint(_ou_drift, lambda t, y: 0.3 * torch.cos(y), Y0, TS, method="log_ode",
                    calculus="stratonovich", dt=0.05)  # fmt: skip
     assert ys.shape == (5, 4, 3) and bool(torch.isfinite(ys).all())
+    # general noise: the default Brownian motion carries the Lévy area the method needs
     ys = tn.sdeint(_ou_drift, _g_general, Y0, TS, noise="general", method="log_ode",
-                   calculus="stratonovich", dt=0.05)  # fmt: skip  (default bm: with A)
+                   calculus="stratonovich", dt=0.05)  # fmt: skip
     assert ys.shape == (5, 4, 3) and bool(torch.isfinite(ys).all())
+
+
+def test_logqp_evaluates_the_diffusion_once_per_point():
+    # The KL integrand needs g where f is evaluated: shared with the diffusion term, not
+    # recomputed (it was twice per Euler step).
+    calls: list[float] = []
+    bm = tn.BrownianInterval(0.0, 1.0, (4, 3), dtype=torch.float64, seed=0)
+    tn.sdeint(
+        _ou_drift, _counting(_sigma, calls), Y0, TS, method="euler", dt=0.125, bm=bm,
+        logqp=True, prior_drift=lambda t, y: -2 * y,
+    )  # fmt: skip
+    assert len(calls) == 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,7 +19,7 @@ from ._core.solver import AbstractSolver
 from ._core.terms import NOISE_TYPES, AbstractPath, ControlTerm, MultiTerm, ODETerm
 from ._solve import solve
 
-__all__ = ["SDE_METHODS", "sdeint", "sde_solver_from_name"]
+__all__ = ["SDE_METHODS", "LastCall", "sdeint", "sde_solver_from_name"]
 
 #: Method names accepted by :func:`sdeint` (torchsde's, plus the class names in lower case).
 SDE_METHODS: tuple[str, ...] = (
@@ -228,9 +228,7 @@ def sdeint(
         _check_bm(bm, noise, tuple(y0.shape), tuple(y0.shape))
     user_bm = bm
     drift = _first_call_checked(drift, lambda f, y: _check_drift(f, y))
-    diffusion = _first_call_checked(
-        diffusion, lambda g, y: _check_diffusion(g, y, noise, user_bm)
-    )
+    diffusion = _first_call_checked(diffusion, lambda g, y: _check_diffusion(g, y, noise, user_bm))
 
     def g_of(t: torch.Tensor, y: torch.Tensor, args: Any) -> torch.Tensor:
         return diffusion(t, y)
@@ -261,15 +259,17 @@ def sdeint(
     def split(z: torch.Tensor) -> torch.Tensor:
         return z[..., :-1].reshape(state_shape)
 
+    g_last = LastCall(lambda t, z: diffusion(t, split(z)))
+
     def f_aug(t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
         y = split(z)
-        f, h, g = drift(t, y), prior_drift(t, y), diffusion(t, y)
+        f, h, g = drift(t, y), prior_drift(t, y), g_last(t, z)
         u = (f - h) / g
         kl = 0.5 * (u * u).reshape(batch_shape + (-1,)).sum(-1, keepdim=True)
         return torch.cat([f.reshape(batch_shape + (-1,)), kl], dim=-1)
 
     def g_aug(t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
-        g = diffusion(t, split(z)).reshape(batch_shape + (-1,))
+        g = g_last(t, z).reshape(batch_shape + (-1,))
         return torch.cat([g, g.new_zeros(batch_shape + (1,))], dim=-1)
 
     z0 = torch.cat([y0.reshape(batch_shape + (-1,)), y0.new_zeros(batch_shape + (1,))], dim=-1)
@@ -291,9 +291,29 @@ def _options(solver: AbstractSDESolver) -> dict[str, Any]:
     return {}
 
 
+class LastCall:
+    """``fn(t, y)`` remembering its last call: called again with the same ``t`` and ``y``
+    objects it returns the same result. The KL term of ``logqp`` needs the diffusion where
+    the drift is evaluated, and the solvers evaluate drift and diffusion at the same point:
+    one diffusion evaluation per point instead of two (torchsde evaluates ``f`` and ``g``
+    together)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+        self.last: tuple[Any, Any, Any] = (None, None, None)
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t_, y_, out = self.last
+        if t_ is t and y_ is y:
+            return out
+        out = self.fn(t, y)
+        self.last = (t, y, out)
+        return out
+
+
 # -- torchsde's output between steps ---------------------------------------------------------
 
-_LINEAR_OUTPUT: dict[type, type] = {}
+_LINEAR_OUTPUT: dict[type[AbstractSolver], type[AbstractSolver]] = {}
 
 
 class _LinearOutput:
@@ -320,9 +340,12 @@ def _with_linear_output(solver: AbstractSolver) -> AbstractSolver:
     cls = type(solver)
     sub = _LINEAR_OUTPUT.get(cls)
     if sub is None:
-        sub = type(cls.__name__, (_LinearOutput, cls), {"__qualname__": cls.__qualname__})
+        sub = cast(
+            "type[AbstractSolver]",
+            type(cls.__name__, (_LinearOutput, cls), {"__qualname__": cls.__qualname__}),
+        )
         _LINEAR_OUTPUT[cls] = sub
-    out = sub.__new__(sub)
+    out = object.__new__(sub)
     out.__dict__.update(vars(solver))
     return out
 

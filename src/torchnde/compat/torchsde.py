@@ -45,6 +45,7 @@ import torch
 from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
 from .._brownian import AbstractBrownianPath, BrownianIncrement
 from .._core.terms import NOISE_TYPES, AbstractPath
+from .._sdeint import LastCall as _LastCall
 from .._sdeint import sde_solver_from_name
 from .._sdeint import sdeint as _sdeint
 from ._sde_midpoint import SDEMidpoint
@@ -369,13 +370,15 @@ def _logqp(f: Any, g: Any, h: Any, noise: str) -> tuple[Any, Any]:
             u = torch.linalg.pinv(gy).matmul((fy - h(t, y)).unsqueeze(-1)).squeeze(-1)
         return 0.5 * (u**2).sum(dim=1, keepdim=True)
 
+    g_last = _LastCall(lambda t, ya: g(t, ya[:, :-1]))
+
     def f_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
         y = ya[:, :-1]
         fy = f(t, y)
-        return torch.cat([fy, u2(t, y, fy, g(t, y))], dim=1)
+        return torch.cat([fy, u2(t, y, fy, g_last(t, ya))], dim=1)
 
     def g_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
-        gy = g(t, ya[:, :-1])
+        gy = g_last(t, ya)
         if noise == "diagonal":
             return torch.cat([gy, gy.new_zeros(gy.shape[0], 1)], dim=1)
         return torch.cat([gy, gy.new_zeros(gy.shape[0], 1, gy.shape[-1])], dim=1)
