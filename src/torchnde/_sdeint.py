@@ -129,8 +129,10 @@ def sdeint(
         method: a name from :data:`SDE_METHODS` or a solver instance. By default ``"srk"``
             (SRI2 / SRA1) for Itô with diagonal, scalar or additive noise, ``"euler"`` for
             Itô with general noise and ``"midpoint"`` for Stratonovich (torchsde's defaults).
-        dt: the step (required unless ``adaptive``; the first step then). Steps also land on
-            every time of ``ts``.
+        dt: the step (required unless ``adaptive``; the first step then). Fixed steps lie
+            on torchsde's grid ``ts[0] + k * dt`` (the last one cut at ``ts[-1]``) and the
+            states at ``ts`` are the linear interpolation of the step states around them;
+            adaptive steps also land on every time of ``ts``.
         bm: the Brownian motion; by default a :class:`BrownianInterval` over
             ``[ts[0], ts[-1]]`` of the right shape (with space-time Lévy area when the method
             needs it), seeded from torch's global generator.
@@ -146,6 +148,12 @@ def sdeint(
             estimates, or step doubling for the SDE-specific solvers).
         max_steps: the most steps before failing.
         throw: raise on failure (else return the partial result).
+
+    Raises:
+        ValueError: a drift not of ``y0``'s shape, a diffusion not of the shape ``noise``
+            needs, or a ``bm`` whose shape does not match (diagonal: ``y0.shape``; scalar:
+            ``(batch, 1)``; general: ``(batch, m)``): checked on the solver's first
+            evaluation (``bm`` up front where ``y0`` alone decides its shape).
 
     Returns:
         ``ys`` of shape ``(len(ts), *y0.shape)`` (time first); with ``logqp=True`` the pair

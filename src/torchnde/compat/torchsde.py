@@ -23,7 +23,7 @@ diagonal noise a given ``bm`` has ``d + 1`` channels). The Brownian motions are 
 classes on torchnde's (see :mod:`torchnde.compat._torchsde_brownian`).
 
 Not supported (``NotImplementedError`` naming the option): SDEs that only provide
-``g_prod`` (a diffusion-vector product without ``g``), ``method="log_ode"``, ``extra=True`` /
+``g_prod`` (a diffusion-vector product without ``g``), ``extra=True`` /
 ``extra_solver_state``, a ``dt_min`` other than the default (torchnde's adaptive solves
 report step-size underflow instead of forcing ``dt_min`` steps), ``adjoint_adaptive=True``,
 ``adjoint_options``, ``options`` other than ``grad_free``, ``bm=ReverseBrownian(...)``, and
