@@ -35,6 +35,7 @@ the Itô stochastic adjoint with general noise (write the SDE in Stratonovich fo
 
 from __future__ import annotations
 
+import typing
 import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -70,6 +71,7 @@ __all__ = [
     "sdeint",
     "sdeint_adjoint",
     "settings",
+    "types",
 ]
 
 _METHODS = {
@@ -123,6 +125,18 @@ settings = SimpleNamespace(
 )
 """torchsde's ``torchsde.settings`` constants (``METHODS``, ``NOISE_TYPES``, ``SDE_TYPES``,
 ``LEVY_AREA_APPROXIMATIONS``)."""
+
+
+types = SimpleNamespace(
+    Any=typing.Any, Callable=typing.Callable, Dict=dict, Optional=typing.Optional,
+    Sequence=Sequence, Tuple=tuple, Union=typing.Union, Tensor=torch.Tensor,
+    Tensors=Sequence[torch.Tensor], TensorOrTensors=torch.Tensor | Sequence[torch.Tensor],
+    Scalar=float | torch.Tensor, Vector=Sequence[float] | torch.Tensor,
+    Module=torch.nn.Module, Modules=Sequence[torch.nn.Module],
+    ModuleOrModules=torch.nn.Module | Sequence[torch.nn.Module],
+    Size=torch.Size, Sizes=Sequence[torch.Size],
+)  # fmt: skip
+"""torchsde's ``torchsde.types``: the type aliases of its annotations."""
 
 
 class BaseSDE(torch.nn.Module):
