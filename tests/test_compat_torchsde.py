@@ -413,3 +413,9 @@ def test_logqp_evaluates_the_diffusion_as_often_as_torchsde():
         tsde.sdeint(ours, y0, TS, bm=bm, method="euler", dt=2.0**-4, logqp=True)
     # one per step (16) plus the contract check's; torchsde checks with a few more
     assert ours.num_g == 16 + 1 <= theirs.num_g
+
+
+def test_brownian_interval_nan_query_is_a_value_error():
+    bm = tsde.BrownianInterval(0.0, 1.0, (B, D))
+    with pytest.raises(ValueError, match=r"`tb`=nan is not finite.*\[0.0, 1.0\]"):
+        bm(float("nan"))
