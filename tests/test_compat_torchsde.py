@@ -230,9 +230,6 @@ def test_contract_matches_torchsde(noise, sde_type):
         ]:  # fmt: skip
             ours = _outcome(tsde, noise, sde_type, method, levy, adaptive, logqp)
             theirs = _outcome(torchsde, noise, sde_type, method, levy, adaptive, logqp)
-            if ours == "NotImplementedError":  # the documented gaps, and only those
-                assert method == "log_ode", theirs
-                continue
             assert ours == theirs, (method, levy, adaptive, logqp)
 
 
