@@ -433,3 +433,25 @@ def test_times_a_round_off_outside_the_interval_are_clipped():
     bm = make(tn.BrownianInterval, shape=(3,))
     t_end = 0.1 * 3 + 0.7  # 1.0000000000000002
     assert torch.equal(bm(0.5, t_end), bm(0.5, 1.0))
+
+
+@pytest.mark.parametrize("cls", [tn.BrownianInterval, tn.VirtualBrownianTree, tn.BrownianPath])
+@pytest.mark.parametrize(
+    "query, match",
+    [
+        ((math.nan,), r"query time `t`=nan is not finite.*\[t0, t1\] = \[0.0, 1.0\]"),
+        ((torch.tensor(math.nan),), r"`t`=nan is not finite"),
+        ((0.0, math.nan), r"`tb`=nan is not finite"),
+        ((math.nan, 0.5), r"`ta`=nan is not finite"),
+        ((math.inf,), r"`t`=inf is not finite"),
+        ((0.2, torch.tensor([0.5, math.nan])), r"`tb`=nan is not finite"),
+        ((1.5,), r"`t`=1.5 is outside the interval \[t0, t1\] = \[0.0, 1.0\]"),
+        ((-0.5, 0.5), r"`ta`=-0.5 is outside the interval"),
+    ],
+)
+def test_query_times_that_are_not_finite_or_outside_the_interval_are_value_errors(
+    cls, query, match
+):
+    bm = cls(0.0, 1.0, (2, 3), seed=0)
+    with pytest.raises(ValueError, match=match):
+        bm(*query)

@@ -17,10 +17,8 @@ FINE = 2**9
 DTS = [2.0**-k for k in range(3, 8)]
 
 
-def _bm(shape, seed):
-    return tn.BrownianInterval(
-        0.0, T, shape, dtype=torch.float64, seed=seed, levy_area="space-time"
-    )
+def _bm(shape, seed, levy_area="space-time"):
+    return tn.BrownianInterval(0.0, T, shape, dtype=torch.float64, seed=seed, levy_area=levy_area)
 
 
 def _stochastic_integral(bm, weight, n=FINE):
@@ -110,9 +108,9 @@ def ou(layout: str = "diagonal"):
 B = (0.6, -0.4)
 
 
-def commutative(calculus: str, shape=(BATCH, 2)):
+def commutative(calculus: str, shape=(BATCH, 2), levy_area="space-time"):
     """dy = μ y dt + Σ_j b_j y dW_j: general noise with two commuting channels."""
-    bm = _bm((shape[0], 2), 3)
+    bm = _bm((shape[0], 2), 3, levy_area)
     y0 = torch.ones(shape, dtype=torch.float64)
     b = torch.tensor(B, dtype=torch.float64)
     w = bm(0.0, T) @ b  # Σ_j b_j W_j(T), (batch,)
@@ -168,6 +166,7 @@ PROBLEMS = {
     "ou-additive-matrix": lambda: ou("matrix"),
     "commutative-ito": lambda: commutative("ito"),
     "commutative-strat": lambda: commutative("stratonovich"),
+    "commutative-strat-area": lambda: commutative("stratonovich", levy_area="foster"),
     "gbm-diagonal-ito-4d": lambda: gbm("diagonal", "ito", shape=(BATCH, 2, 3)),
     "gbm-diagonal-strat-4d": lambda: gbm("diagonal", "stratonovich", shape=(BATCH, 2, 3)),
 }
@@ -221,6 +220,12 @@ CASES = [
     (tn.ReversibleHeun(), "gbm-diagonal-strat", 1.0),
     (tn.ReversibleHeun(), "sinh-strat", 1.0),
     (tn.ReversibleHeun(), "ou-additive-diagonal", 1.0),
+    (tn.LogODEMidpoint(), "sinh-strat", 1.0),
+    (tn.LogODEMidpoint(), "gbm-diagonal-strat", 1.0),
+    (tn.LogODEMidpoint(), "gbm-scalar-strat", 1.0),
+    (tn.LogODEMidpoint(), "ou-additive-diagonal", 1.0),
+    # general noise: the Lévy-area term is computed (and cancels, the noise commuting)
+    (tn.LogODEMidpoint(), "commutative-strat-area", 1.0),
 ]
 
 
@@ -235,3 +240,67 @@ def test_strong_order(solver, problem, order):
         assert slope > order - 0.2, (slope, errors)
     else:
         assert abs(slope - order) < 0.2, (slope, errors)
+
+
+class _PiecewiseLinearPath(tn.AbstractPath):
+    r"""A two-channel Brownian sample on a fine grid, linear in between, with its exact Lévy
+    areas $A_{kj} = \tfrac12 \int (W^k dW^j - W^j dW^k)$ over unions of fine steps (a
+    linear segment adds none of its own:
+    $A = \tfrac12 \sum_i (S_i \otimes \Delta W_i - \Delta W_i \otimes S_i)$, $S_i$ the
+    path at the start of fine step i relative to $t_a$)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.h = T / n
+        self.dw = torch.randn(BATCH, n, 2, generator=gen, dtype=torch.float64) * self.h**0.5
+
+    def _slice(self, ta, tb):
+        return self.dw[:, round(float(ta) / self.h) : round(float(tb) / self.h)]
+
+    def evaluate(self, t0, t1=None):
+        return self._slice(t0, t1).sum(1)
+
+    def __call__(self, ta, tb, *, return_levy_area=False):
+        dw = self._slice(ta, tb)
+        if not return_levy_area:
+            return dw.sum(1)
+        s = dw.cumsum(1) - dw  # the path at the start of each fine step, from ta
+        outer = torch.einsum("bik,bij->bkj", s, dw)
+        return tn.BrownianIncrement(dw.sum(1), None, 0.5 * (outer - outer.transpose(1, 2)))
+
+
+def test_log_ode_strong_order_one_with_exact_levy_areas_for_non_commutative_noise():
+    """dy = A1 y ∘dW1 + A2 y ∘dW2 with non-commuting rotation generators: the solution
+    depends on the Lévy area. On a piecewise-linear path the exact solution is the product of
+    the fine steps' matrix exponentials; given the exact areas, the log-ODE method is of
+    strong order 1 (the midpoint method, which ignores them, of order 0.5), which pins down
+    the area term Σ (∂g_j g_k) A_kj, its sign included."""
+    a1 = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    a2 = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+    gens = torch.stack([a1, a2], dim=-1)  # (3, 3, 2)
+    path = _PiecewiseLinearPath(FINE, 5)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).repeat(BATCH, 1)
+    exact = y0
+    for i in range(FINE):
+        step = torch.linalg.matrix_exp(torch.einsum("ijm,bm->bij", gens, path.dw[:, i]))
+        exact = (step @ exact[..., None])[..., 0]
+
+    def make_terms():
+        return tn.MultiTerm(
+            tn.ODETerm(lambda t, y, args: torch.zeros_like(y)),
+            tn.ControlTerm(
+                lambda t, y, args: torch.einsum("ijm,bj->bim", gens, y), path,
+                noise="general", calculus="stratonovich",
+            ),
+        )  # fmt: skip
+
+    slope = _slope(DTS, _strong_errors(make_terms, exact, tn.LogODEMidpoint(), y0))
+    assert abs(slope - 1.0) < 0.2, slope
+    slope_midpoint = _slope(DTS, _strong_errors(make_terms, exact, tn.Midpoint(), y0))
+    assert abs(slope_midpoint - 0.5) < 0.2, slope_midpoint
+
+
+def test_log_ode_general_noise_needs_the_levy_area():
+    make_terms, _, y0 = commutative("stratonovich")  # space-time area only
+    with pytest.raises(ValueError, match="levy_area='davie' or 'foster'"):
+        tn.solve(make_terms(), tn.LogODEMidpoint(), 0.0, T, y0, dt0=0.1)

@@ -123,3 +123,136 @@ def test_sdeint_errors():
     with pytest.raises(ValueError, match="adaptive=True needs an error estimate"):
         tn.sdeint(_ou_drift, _sigma, y0, TS, dt=0.1, method="midpoint", adaptive=True,
                   calculus="stratonovich")  # fmt: skip
+
+
+def _counting(fn, calls):
+    def counted(t, y):
+        calls.append(float(t))
+        return fn(t, y)
+
+    return counted
+
+
+@pytest.mark.parametrize("method, calculus", [("euler", "ito"), ("heun", "stratonovich")])
+def test_fixed_steps_on_t0_plus_k_dt_whatever_the_output_times(method, calculus):
+    # torchsde's grid: 200 steps of 0.01 for 100 output times on [0, 2] (the output times
+    # used to restart the grid: 297 steps).
+    calls: list[float] = []
+    ts = torch.linspace(0, 2, 100, dtype=torch.float64)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    tn.sdeint(
+        _counting(_ou_drift, calls), _sigma, y0, ts, method=method, calculus=calculus, dt=0.01
+    )
+    # Euler–Maruyama: one drift evaluation per step (at its start); Heun: the vector field at
+    # t0, then two per step, both at its end.
+    assert len(calls) == (200 if method == "euler" else 1 + 2 * 200)
+    times = torch.tensor(sorted(set(calls)), dtype=torch.float64)
+    grid = 0.01 * torch.arange(200 if method == "euler" else 201, dtype=torch.float64)
+    torch.testing.assert_close(times, grid, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("method, calculus", [("euler", "ito"), ("heun", "stratonovich")])
+def test_outputs_between_steps_interpolate_the_step_states_linearly(method, calculus):
+    bm = tn.BrownianInterval(0.0, 1.0, (8, 2), dtype=torch.float64, seed=3)
+    y0 = torch.ones(8, 2, dtype=torch.float64)
+    grid = torch.linspace(0, 1, 9, dtype=torch.float64)  # the steps of 1/8
+    ts = torch.tensor([0.0, 0.2, 0.3, 0.625, 1.0], dtype=torch.float64)
+    kw = dict(method=method, calculus=calculus, dt=0.125, bm=bm)
+    on_grid = tn.sdeint(_ou_drift, _sigma, y0, grid, **kw)
+    ours = tn.sdeint(_ou_drift, _sigma, y0, ts, **kw)
+    k = torch.searchsorted(grid, ts, right=True).clamp(max=8) - 1
+    theta = ((ts - grid[k]) / 0.125)[:, None, None]
+    expect = on_grid[k] + theta * (on_grid[(k + 1).clamp(max=8)] - on_grid[k])
+    torch.testing.assert_close(ours, expect, rtol=1e-12, atol=1e-12)
+
+
+def test_adaptive_times_given_to_the_vector_fields_do_not_require_grad():
+    # latent_sde.py --adaptive builds torch.full_like(y, t): t must not require grad.
+    p = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    seen: list[bool] = []
+
+    def drift(t, y):
+        seen.append(t.requires_grad)
+        return -p * y + torch.full_like(y, t)
+
+    ys = tn.sdeint(
+        drift, lambda t, y: 0.3 * y, torch.ones(4, 2, dtype=torch.float64), TS,
+        method="milstein", adaptive=True, dt=0.1,
+    )  # fmt: skip
+    ys.sum().backward()
+    assert seen and not any(seen)
+    assert p.grad is not None and bool(torch.isfinite(p.grad))
+
+
+Y0 = torch.ones(4, 3, dtype=torch.float64)
+
+
+def _g_general(t, y):
+    return 0.1 * y[..., None].expand(*y.shape, 2)
+
+
+@pytest.mark.parametrize(
+    "drift, diffusion, noise, bm, match",
+    [
+        # the Brownian motion of one sample for four: all four got the same path
+        (_ou_drift, _sigma, "diagonal", (1, 3), r"`bm` has shape \(1, 3\).*needs a Brownian "
+         r"motion of shape \(4, 3\).*BrownianInterval\(t0, t1, \(4, 3\)\)"),
+        (_ou_drift, _sigma, "diagonal", (4, 2), r"`bm` has shape \(4, 2\).*\(4, 3\)"),
+        (_ou_drift, _sigma, "scalar", (4, 3), r"`bm` has shape \(4, 3\).*\(4, 1\)"),
+        (_ou_drift, _g_general, "general", (4, 3),
+         r"`bm` has shape \(4, 3\).*diffusion of shape \(4, 3, 2\).*\(4, 2\).*m = 2"),
+        (lambda t, y: -y[:, :2], _sigma, "diagonal", None,
+         r"`drift` must return .* shape \(4, 3\).*got shape \(4, 2\)"),
+        (lambda t, y: -y[0], _sigma, "diagonal", None, r"`drift`.*got shape \(3,\)"),
+        (_ou_drift, lambda t, y: 0.1 * y[:, :2], "diagonal", None,
+         r"`diffusion` with noise='diagonal' must return the state's shape \(4, 3\), got "
+         r"shape \(4, 2\)"),
+        (_ou_drift, lambda t, y: 0.1 * y[:, :1], "scalar", None,
+         r"`diffusion` with noise='scalar'.*\(4, 3\).*\(4, 1\)"),
+        (_ou_drift, _sigma, "general", None,
+         r"`diffusion` with noise='general' must return y0.shape \+ \(m,\).*got shape "
+         r"\(4, 3\).*noise='diagonal'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("method, calculus", [("euler", "ito"), ("heun", "stratonovich")])
+def test_shape_mismatches_are_value_errors_naming_the_argument(
+    drift, diffusion, noise, bm, match, method, calculus
+):
+    if bm is not None:
+        bm = tn.BrownianInterval(0.0, 1.0, bm, dtype=torch.float64, seed=0)
+    with pytest.raises(ValueError, match=match):
+        tn.sdeint(drift, diffusion, Y0, TS, noise=noise, method=method, calculus=calculus,
+                  dt=0.1, bm=bm)  # fmt: skip
+
+
+def test_shape_checks_cost_no_extra_evaluation():
+    bm = tn.BrownianInterval(0.0, 1.0, (4, 3), dtype=torch.float64, seed=0)
+    drift_calls: list[float] = []
+    diffusion_calls: list[float] = []
+    tn.sdeint(
+        _counting(_ou_drift, drift_calls), _counting(_sigma, diffusion_calls), Y0, TS,
+        method="euler", dt=0.125, bm=bm,
+    )  # fmt: skip
+    assert len(drift_calls) == len(diffusion_calls) == 8
+
+
+def test_log_ode_method_name():
+    ys = tn.sdeint(_ou_drift, lambda t, y: 0.3 * torch.cos(y), Y0, TS, method="log_ode",
+                   calculus="stratonovich", dt=0.05)  # fmt: skip
+    assert ys.shape == (5, 4, 3) and bool(torch.isfinite(ys).all())
+    # general noise: the default Brownian motion carries the Lévy area the method needs
+    ys = tn.sdeint(_ou_drift, _g_general, Y0, TS, noise="general", method="log_ode",
+                   calculus="stratonovich", dt=0.05)  # fmt: skip
+    assert ys.shape == (5, 4, 3) and bool(torch.isfinite(ys).all())
+
+
+def test_logqp_evaluates_the_diffusion_once_per_point():
+    # The KL integrand needs g where f is evaluated: shared with the diffusion term, not
+    # recomputed (it was twice per Euler step).
+    calls: list[float] = []
+    bm = tn.BrownianInterval(0.0, 1.0, (4, 3), dtype=torch.float64, seed=0)
+    tn.sdeint(
+        _ou_drift, _counting(_sigma, calls), Y0, TS, method="euler", dt=0.125, bm=bm,
+        logqp=True, prior_drift=lambda t, y: -2 * y,
+    )  # fmt: skip
+    assert len(calls) == 8

@@ -76,6 +76,7 @@ from ._core.solvers import Kvaerno3 as Kvaerno3
 from ._core.solvers import Kvaerno4 as Kvaerno4
 from ._core.solvers import Kvaerno5 as Kvaerno5
 from ._core.solvers import Leapfrog as Leapfrog
+from ._core.solvers import LogODEMidpoint as LogODEMidpoint
 from ._core.solvers import Midpoint as Midpoint
 from ._core.solvers import RadauIIA3 as RadauIIA3
 from ._core.solvers import RadauIIA5 as RadauIIA5

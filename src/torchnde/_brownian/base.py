@@ -199,6 +199,12 @@ class AbstractBrownianPath(AbstractPath):
 
     # ------------------------------------------------------------------------------ queries
     def _clip(self, t: float, arg: str) -> float:
+        if not math.isfinite(t):
+            raise ValueError(
+                f"{self._name}: query time `{arg}`={t} is not finite; query times must lie in "
+                f"the interval [t0, t1] = [{self.t0}, {self.t1}] the Brownian motion was "
+                "created on (a NaN time usually comes from a NaN step size or solution time)."
+            )
         if t < self.t0:
             if t >= self.t0 - self._slack:
                 return self.t0
@@ -255,10 +261,11 @@ class AbstractBrownianPath(AbstractPath):
         return BrownianIncrement(W, H, A)
 
     def _query(self, ta: Time, tb: Time | None, want_area: bool) -> BrownianIncrement:
-        if tb is None:
-            ta, tb = self.t0, ta
-        a = self._times(ta, "ta")
-        b = self._times(tb, "tb")
+        names = ("ta", "tb")
+        if tb is None:  # bm(t): the increment over [t0, t]
+            ta, tb, names = self.t0, ta, ("t0", "t")
+        a = self._times(ta, names[0])
+        b = self._times(tb, names[1])
         if isinstance(a, float) and isinstance(b, float):
             return self._scalar_query(a, b, want_area)
         n = self.shape[0]

@@ -37,16 +37,17 @@ def _dead() -> None:
 _last_split: tuple[Any, Any, Any] = (_dead, _dead, _dead)
 
 
-def split_sde(terms: AbstractTerm, who: str) -> tuple[ODETerm | None, ControlTerm]:
+def split_sde(terms: AbstractTerm, who: object) -> tuple[ODETerm | None, ControlTerm]:
     """The drift and diffusion terms of ``MultiTerm(ODETerm(f), ControlTerm(g, bm))`` (in
-    either order; a lone ``ControlTerm`` has no drift)."""
+    either order; a lone ``ControlTerm`` has no drift). ``who`` names the caller in errors
+    (a string, or an object whose ``repr`` is taken only then: this runs every step)."""
     global _last_split
     ref_terms, ref_drift, ref_diffusion = _last_split
     if ref_terms() is terms:
         diffusion = ref_diffusion()
         if diffusion is not None:
             return ref_drift(), diffusion
-    drift, diffusion = _split_sde(terms, who)
+    drift, diffusion = _split_sde(terms, who if isinstance(who, str) else repr(who))
     _last_split = (
         weakref.ref(terms),
         _dead if drift is None else weakref.ref(drift),
@@ -151,7 +152,9 @@ class AbstractSDESolver(AbstractSolver):
 
     1. Set ``strong_order``, ``calculus`` (``"ito"``, ``"stratonovich"`` or ``"both"`` for
        additive-noise methods), ``noise_types`` and ``num_fevals_step`` (drift plus diffusion
-       evaluations of one step).
+       evaluations of one step), and ``levy_area`` if the method reads Lévy areas of the
+       Brownian motion (``"space-time"`` for $H$, ``"foster"`` for the full area $A$; the
+       Brownian motion ``sdeint`` builds by default then provides them).
     2. Implement ``_step(drift, diffusion, t0, t1, y0, args)`` returning ``y1``; ``drift`` is
        the ``ODETerm`` (or ``None``), ``diffusion`` the ``ControlTerm``.
 
@@ -174,6 +177,7 @@ class AbstractSDESolver(AbstractSolver):
     strong_order: ClassVar[float]
     calculus: ClassVar[str]
     noise_types: ClassVar[tuple[str, ...]]
+    levy_area: ClassVar[str | None] = None
     order: ClassVar[int] = 1
     dense_order: ClassVar[int] = 1
     num_fevals_init: ClassVar[int] = 0
@@ -189,7 +193,7 @@ class AbstractSDESolver(AbstractSolver):
             self.num_fevals_step = 3 * type(self).num_fevals_step  # type: ignore[misc]
 
     def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any:
-        split_sde(terms, repr(self))
+        split_sde(terms, self)
         return None
 
     @abc.abstractmethod
@@ -204,7 +208,7 @@ class AbstractSDESolver(AbstractSolver):
     ) -> torch.Tensor: ...
 
     def step(self, terms, t0, t1, y0, args, state):  # type: ignore[override]
-        drift, diffusion = split_sde(terms, repr(self))
+        drift, diffusion = split_sde(terms, self)
         if not self.adaptive:
             y1 = self._step(drift, diffusion, t0, t1, y0, args)
             return y1, None, (y0, y1), None

@@ -23,7 +23,7 @@ diagonal noise a given ``bm`` has ``d + 1`` channels). The Brownian motions are 
 classes on torchnde's (see :mod:`torchnde.compat._torchsde_brownian`).
 
 Not supported (``NotImplementedError`` naming the option): SDEs that only provide
-``g_prod`` (a diffusion-vector product without ``g``), ``method="log_ode"``, ``extra=True`` /
+``g_prod`` (a diffusion-vector product without ``g``), ``extra=True`` /
 ``extra_solver_state``, a ``dt_min`` other than the default (torchnde's adaptive solves
 report step-size underflow instead of forcing ``dt_min`` steps), ``adjoint_adaptive=True``,
 ``adjoint_options``, ``options`` other than ``grad_free``, ``bm=ReverseBrownian(...)``, and
@@ -35,6 +35,7 @@ the Itô stochastic adjoint with general noise (write the SDE in Stratonovich fo
 
 from __future__ import annotations
 
+import typing
 import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -43,7 +44,9 @@ from typing import Any
 import torch
 
 from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
-from .._core.terms import NOISE_TYPES
+from .._brownian import AbstractBrownianPath, BrownianIncrement
+from .._core.terms import NOISE_TYPES, AbstractPath
+from .._sdeint import LastCall as _LastCall
 from .._sdeint import sde_solver_from_name
 from .._sdeint import sdeint as _sdeint
 from ._sde_midpoint import SDEMidpoint
@@ -68,6 +71,7 @@ __all__ = [
     "sdeint",
     "sdeint_adjoint",
     "settings",
+    "types",
 ]
 
 _METHODS = {
@@ -78,6 +82,7 @@ _METHODS = {
     "reversible_heun": "reversible_heun",
     "heun": "heun",
     "euler_heun": "euler_heun",
+    "log_ode": "log_ode",
 }
 _CALCULUS = {
     "ito": ("euler", "milstein", "srk"),
@@ -120,6 +125,18 @@ settings = SimpleNamespace(
 )
 """torchsde's ``torchsde.settings`` constants (``METHODS``, ``NOISE_TYPES``, ``SDE_TYPES``,
 ``LEVY_AREA_APPROXIMATIONS``)."""
+
+
+types = SimpleNamespace(
+    Any=typing.Any, Callable=typing.Callable, Dict=dict, Optional=typing.Optional,
+    Sequence=Sequence, Tuple=tuple, Union=typing.Union, Tensor=torch.Tensor,
+    Tensors=Sequence[torch.Tensor], TensorOrTensors=torch.Tensor | Sequence[torch.Tensor],
+    Scalar=float | torch.Tensor, Vector=Sequence[float] | torch.Tensor,
+    Module=torch.nn.Module, Modules=Sequence[torch.nn.Module],
+    ModuleOrModules=torch.nn.Module | Sequence[torch.nn.Module],
+    Size=torch.Size, Sizes=Sequence[torch.Size],
+)  # fmt: skip
+"""torchsde's ``torchsde.types``: the type aliases of its annotations."""
 
 
 class BaseSDE(torch.nn.Module):
@@ -251,9 +268,20 @@ def _solve(
         method = (
             "midpoint" if calculus == "stratonovich" else "euler" if noise == "general" else "srk"
         )
-    if method not in _METHODS and method != "log_ode":
-        raise ValueError(
-            f"{who}: `method` must be one of {sorted([*_METHODS, 'log_ode'])}, got {method!r}."
+    if method not in _METHODS:
+        raise ValueError(f"{who}: `method` must be one of {sorted(_METHODS)}, got {method!r}.")
+    f, g, h = _functions(sde, names, logqp)
+    if logqp:
+        f, g = _logqp(f, g, h, noise)
+        y0 = torch.cat([y0, y0.new_zeros(y0.shape[0], 1)], dim=1)
+    _check_sizes(who, g, ts, y0, bm, noise)
+    # torchsde warns at the end of its contract checks, before its solver checks the method
+    # against the SDE type (which may then raise).
+    if adaptive and method == "euler" and noise != "additive":
+        warnings.warn(
+            "Numerical solution is not guaranteed to converge to the correct solution when using "
+            "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
+            stacklevel=3,
         )
     if method not in _CALCULUS[calculus]:
         other = "stratonovich" if calculus == "ito" else "ito"
@@ -265,13 +293,15 @@ def _solve(
             f"{who}: SDE has noise type general but solver {method!r} only supports noise types "
             "('additive', 'diagonal', 'scalar')."
         )
-    if method == "log_ode":
-        raise NotImplementedError(f"{who}: method='log_ode' is not supported.")
-    f, g, h = _functions(sde, names, logqp)
-    if logqp:
-        f, g = _logqp(f, g, h, noise)
-        y0 = torch.cat([y0, y0.new_zeros(y0.shape[0], 1)], dim=1)
-    _check_sizes(who, g, ts, y0, bm, noise)
+    if bm is not None and not isinstance(bm, AbstractBrownianPath):
+        bm = _TorchsdeBrownian(bm)  # torchsde's own Brownian motions (bm(ta, tb, return_U=))
+    levy = None if bm is None else getattr(bm, "levy_area_approximation", None)
+    needs = {"srk": ("space-time", "davie", "foster"), "log_ode": ("davie", "foster")}
+    if method in needs and bm is not None and levy not in needs[method]:
+        raise ValueError(
+            f"{who}: SDE solver requires one of {needs[method]} set as the "
+            f"`levy_area_approximation` on the Brownian motion; `bm` has {levy!r}."
+        )
     if noise == "scalar":
         g_user = g
 
@@ -279,12 +309,6 @@ def _solve(
             out = g_user(t, y)
             return out.squeeze(-1) if out.ndim == y.ndim + 1 else out
 
-    if adaptive and method == "euler" and noise != "additive":
-        warnings.warn(
-            "Numerical solution is not guaranteed to converge to the correct solution when using "
-            "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
-            stacklevel=3,
-        )
     name = "milstein_derivative_free" if method == "milstein" and grad_free else method
     solver: Any = sde_solver_from_name(name, noise, calculus)
     if adaptive and method == "midpoint":  # the same steps, with a step-doubling error estimate
@@ -308,6 +332,41 @@ def _solve(
     return ys
 
 
+class _TorchsdeBrownian(AbstractPath):
+    """A Brownian motion of torchsde itself (or any object called the torchsde way,
+    ``bm(ta, tb, return_U=..., return_A=...)``) for torchnde's solvers, which ask for
+    ``bm(ta, tb, return_levy_area=True)``: the space-time Lévy area is
+    $H = U / h - W / 2$ from torchsde's $U = \\int_{t_a}^{t_b} (W_s - W_{t_a})\\,ds$."""
+
+    def __init__(self, bm: Any) -> None:
+        self.bm = bm
+        self.shape = tuple(bm.shape)
+        self.levy_area_approximation = getattr(bm, "levy_area_approximation", "none")
+
+    def evaluate(self, t0: torch.Tensor, t1: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bm(t0, t1)
+
+    def __call__(self, ta: Any, tb: Any = None, *, return_levy_area: bool = False) -> Any:
+        if not return_levy_area:
+            return self.bm(ta, tb)
+        levy = self.levy_area_approximation
+        if levy == "none":
+            raise ValueError(
+                "this solver needs the space-time Lévy area, but `bm` was built with "
+                "levy_area_approximation='none'; build it with 'space-time', 'davie' or 'foster'."
+            )
+        A = None
+        if levy in ("davie", "foster"):
+            W, U, A = self.bm(ta, tb, return_U=True, return_A=True)
+        else:
+            W, U = self.bm(ta, tb, return_U=True)
+        h = tb - ta
+        return BrownianIncrement(W, U / h - 0.5 * W, A)
+
+    def __repr__(self) -> str:
+        return repr(self.bm)
+
+
 def _stable_division(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     b = torch.where(b.abs().detach() > eps, b, torch.full_like(b, eps) * b.sign())
     return a / b
@@ -325,13 +384,15 @@ def _logqp(f: Any, g: Any, h: Any, noise: str) -> tuple[Any, Any]:
             u = torch.linalg.pinv(gy).matmul((fy - h(t, y)).unsqueeze(-1)).squeeze(-1)
         return 0.5 * (u**2).sum(dim=1, keepdim=True)
 
+    g_last = _LastCall(lambda t, ya: g(t, ya[:, :-1]))
+
     def f_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
         y = ya[:, :-1]
         fy = f(t, y)
-        return torch.cat([fy, u2(t, y, fy, g(t, y))], dim=1)
+        return torch.cat([fy, u2(t, y, fy, g_last(t, ya))], dim=1)
 
     def g_aug(t: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
-        gy = g(t, ya[:, :-1])
+        gy = g_last(t, ya)
         if noise == "diagonal":
             return torch.cat([gy, gy.new_zeros(gy.shape[0], 1)], dim=1)
         return torch.cat([gy, gy.new_zeros(gy.shape[0], 1, gy.shape[-1])], dim=1)

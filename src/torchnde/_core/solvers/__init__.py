@@ -21,6 +21,7 @@ from .kvaerno3 import Kvaerno3 as Kvaerno3
 from .kvaerno4 import Kvaerno4 as Kvaerno4
 from .kvaerno5 import Kvaerno5 as Kvaerno5
 from .leapfrog import Leapfrog as Leapfrog
+from .log_ode_midpoint import LogODEMidpoint as LogODEMidpoint
 from .midpoint import Midpoint as Midpoint
 from .radau_iia3 import RadauIIA3 as RadauIIA3
 from .radau_iia5 import RadauIIA5 as RadauIIA5

@@ -42,6 +42,7 @@ class SRA1(AbstractSDESolver):
     calculus: ClassVar[str] = "both"
     noise_types: ClassVar[tuple[str, ...]] = ("additive",)
     num_fevals_step: ClassVar[int] = 4
+    levy_area: ClassVar[str | None] = "space-time"
 
     def _step(
         self,

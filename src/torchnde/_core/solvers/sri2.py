@@ -59,6 +59,7 @@ class SRI2(AbstractSDESolver):
     calculus: ClassVar[str] = "ito"
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar")
     num_fevals_step: ClassVar[int] = 7
+    levy_area: ClassVar[str | None] = "space-time"
 
     def _step(
         self,
