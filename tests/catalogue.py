@@ -118,6 +118,8 @@ SOLVERS: list[Solver] = [
     Solver(tn.EulerHeun, S, adaptive=False, calculus="stratonovich", noise="diagonal"),
     Solver(tn.StratonovichMilstein, S, adaptive=False, calculus="stratonovich",
            noise="diagonal"),
+    Solver(tn.LogODEMidpoint, S, adaptive=False, calculus="stratonovich", noise="diagonal",
+           levy_area="foster"),
 ]  # fmt: skip
 
 #: Exported solver classes that are not methods but bases to build methods from.
