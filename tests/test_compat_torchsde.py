@@ -416,3 +416,23 @@ def test_brownian_interval_nan_query_is_a_value_error():
     bm = tsde.BrownianInterval(0.0, 1.0, (B, D))
     with pytest.raises(ValueError, match=r"`tb`=nan is not finite.*\[0.0, 1.0\]"):
         bm(float("nan"))
+
+
+def test_brownian_without_entropy_leaves_torch_global_stream_alone() -> None:
+    # torchsde draws a missing entropy from NumPy: a script seeded with torch.manual_seed
+    # (sde_gan.py) initialises its models identically whichever library makes its Brownian
+    # motions; drawing the seed from torch's generator shifted every later torch.randn.
+    import numpy as np
+
+    for make in (
+        lambda: tsde.BrownianInterval(0.0, 1.0, size=(2, 3)),
+        lambda: tsde.BrownianTree(0.0, torch.zeros(2, 3)),
+    ):
+        torch.manual_seed(0)
+        expected = torch.randn(4)
+        torch.manual_seed(0)
+        np.random.seed(1)  # noqa: NPY002
+        first = make()
+        assert torch.equal(torch.randn(4), expected)
+        np.random.seed(1)  # noqa: NPY002
+        assert torch.equal(first(0.0, 0.5), make()(0.0, 0.5))  # seeded from NumPy

@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._brownian import AbstractBrownianPath
@@ -157,6 +158,15 @@ def _internal(size: tuple[int, ...], levy: str | None) -> tuple[tuple[int, ...],
     return (size or (1,)), ("space-time" if levy in ("davie", "foster") else levy)
 
 
+def _entropy(entropy: int | None) -> int:
+    """torchsde draws a missing ``entropy`` from NumPy's global generator, so creating a
+    Brownian motion leaves torch's global stream alone (a script seeded with
+    ``torch.manual_seed`` initialises its models the same under either library)."""
+    if entropy is None:
+        return int(np.random.randint(0, 2**31 - 1))  # noqa: NPY002
+    return entropy
+
+
 class BrownianInterval(BaseBrownian):
     """torchsde's ``BrownianInterval(t0, t1, size, dtype, device, entropy, ...)``: a torchnde
     :class:`~torchnde.BrownianInterval` (``entropy`` is the seed); with ``halfway_tree=True``
@@ -193,6 +203,7 @@ class BrownianInterval(BaseBrownian):
                 "BrownianInterval: a given `H` needs levy_area_approximation='space-time', "
                 "'davie' or 'foster'."
             )
+        entropy = _entropy(entropy)
         size_t = tuple(int(s) for s in size)
         shape, levy = _internal(size_t, _levy(levy_area_approximation))
         if H is not None and levy is None:
@@ -237,7 +248,9 @@ class BrownianTree(BaseBrownian):
         t1f = t0f + 1.0 if t1 is None else _float(t1)
         size = tuple(w0.shape)
         shape, _ = _internal(size, None)
-        inner = _Tree(t0f, t1f, shape, tol=tol, dtype=w0.dtype, device=w0.device, seed=entropy)
+        inner = _Tree(
+            t0f, t1f, shape, tol=tol, dtype=w0.dtype, device=w0.device, seed=_entropy(entropy)
+        )
         W = None if w1 is None else w1 - w0
         super().__init__(inner, size, "none", w0=w0, W=W)
 
