@@ -201,51 +201,9 @@ class ESDIRKTableau:
         return hit
 
 
-def _set_newton_options(
-    self: Any,
-    newton_rtol: float | None,
-    newton_atol: float | None,
-    kappa: float,
-    max_newton_iters: int,
-    jacobian_theta: float,
-    lu_ratio: float,
-) -> None:
-    """Validates and sets the Newton options shared by ESDIRK and collocation methods."""
-    name = type(self).__name__
-    for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
-        if v is not None and (not isinstance(v, (int, float)) or v <= 0):
-            raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
-    for k, v in (("kappa", kappa), ("jacobian_theta", jacobian_theta), ("lu_ratio", lu_ratio)):
-        if not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"{name}: `{k}` must be a number in (0, 1), got {v!r}.")
-    if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int):
-        raise TypeError(f"{name}: `max_newton_iters` must be an int, got {max_newton_iters!r}.")
-    if max_newton_iters < 1:
-        raise ValueError(f"{name}: `max_newton_iters` must be >= 1, got {max_newton_iters}.")
-    self.newton_rtol, self.newton_atol = newton_rtol, newton_atol
-    self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
-    self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
+class AbstractNewtonSolver(AbstractImplicitSolver):
+    """The Newton options shared by ESDIRK and collocation methods (documented on each)."""
 
-
-class AbstractESDIRK(AbstractImplicitSolver):
-    """ESDIRK methods with a shared batched Newton solver; subclasses set ``tableau``.
-
-    Args:
-        jacobian, jacobian_blocks: see :class:`AbstractImplicitSolver`.
-        newton_rtol, newton_atol: tolerances of the Newton iteration; ``None`` takes the
-            step-size controller's ``rtol``/``atol`` (fixed-step solves use
-            ``eps**(2/3)`` of the dtype).
-        kappa: Newton stops when the predicted remaining error is below ``kappa`` times the
-            tolerance (Hairer & Wanner recommend 0.01 to 0.1).
-        max_newton_iters: iterations before a stage counts as failed (the step is then
-            rejected and shrunk).
-        jacobian_theta: a contraction rate above this makes the next step recompute the
-            Jacobian.
-        lu_ratio: the LU of ``I - h γ J`` is refactorised when ``h γ`` changed by more than
-            this fraction since it was factorised.
-    """
-
-    tableau: ClassVar[ESDIRKTableau]
     newton_rtol: float | None
     newton_atol: float | None
     kappa: float
@@ -266,11 +224,45 @@ class AbstractESDIRK(AbstractImplicitSolver):
         lu_ratio: float = 0.2,
     ) -> None:
         super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
-        _set_newton_options(
-            self, newton_rtol, newton_atol, kappa, max_newton_iters, jacobian_theta, lu_ratio
-        )
-        self._rtol: Any = None
-        self._atol: Any = None
+        name = type(self).__name__
+        for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
+            if v is not None and (not isinstance(v, (int, float)) or v <= 0):
+                raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
+        for k, v in (("kappa", kappa), ("jacobian_theta", jacobian_theta), ("lu_ratio", lu_ratio)):
+            if not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ValueError(f"{name}: `{k}` must be a number in (0, 1), got {v!r}.")
+        if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int):
+            raise TypeError(f"{name}: `max_newton_iters` must be an int, got {max_newton_iters!r}.")
+        if max_newton_iters < 1:
+            raise ValueError(f"{name}: `max_newton_iters` must be >= 1, got {max_newton_iters}.")
+        self.newton_rtol, self.newton_atol = newton_rtol, newton_atol
+        self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
+        self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
+
+
+class AbstractESDIRK(AbstractNewtonSolver):
+    """ESDIRK methods with a shared batched Newton solver; subclasses set ``tableau``.
+
+    Args:
+        jacobian, jacobian_blocks: see :class:`AbstractImplicitSolver`.
+        newton_rtol, newton_atol: tolerances of the Newton iteration; ``None`` takes the
+            step-size controller's ``rtol``/``atol`` (fixed-step solves use
+            ``eps**(2/3)`` of the dtype).
+        kappa: Newton stops when the predicted remaining error is below ``kappa`` times the
+            tolerance (Hairer & Wanner recommend 0.01 to 0.1).
+        max_newton_iters: iterations before a stage counts as failed (the step is then
+            rejected and shrunk).
+        jacobian_theta: a contraction rate above this makes the next step recompute the
+            Jacobian.
+        lu_ratio: the LU of ``I - h γ J`` is refactorised when ``h γ`` changed by more than
+            this fraction since it was factorised.
+    """
+
+    tableau: ClassVar[ESDIRKTableau]
+
+    # the step-size controller's tolerances, set by with_tolerances on a copy
+    _rtol: Any = None
+    _atol: Any = None
 
     def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
         new = copy.copy(self)
@@ -499,7 +491,7 @@ class CollocationTableau:
         return hit
 
 
-class AbstractCollocation(AbstractImplicitSolver):
+class AbstractCollocation(AbstractNewtonSolver):
     """Fully implicit collocation Runge–Kutta methods; subclasses set ``tableau``.
 
     The ``s`` stage equations $W_i = h \\sum_j a_{ij} f(t_0 + c_j h, y_0 + W_j)$ are coupled:
@@ -529,35 +521,12 @@ class AbstractCollocation(AbstractImplicitSolver):
     """
 
     tableau: ClassVar[CollocationTableau]
-    newton_rtol: float | None
-    newton_atol: float | None
-    kappa: float
-    max_newton_iters: int
-    jacobian_theta: float
-    lu_ratio: float
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         tab = cls.__dict__.get("tableau")
         if tab is not None:
             cls.dense_order = tab.num_stages
-
-    def __init__(
-        self,
-        *,
-        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
-        jacobian_blocks: bool | None = None,
-        newton_rtol: float | None = None,
-        newton_atol: float | None = None,
-        kappa: float = 0.05,
-        max_newton_iters: int = 10,
-        jacobian_theta: float = 0.3,
-        lu_ratio: float = 0.2,
-    ) -> None:
-        super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
-        _set_newton_options(
-            self, newton_rtol, newton_atol, kappa, max_newton_iters, jacobian_theta, lu_ratio
-        )
 
     # -- state: (f0, W_prev, h_prev, J, LU, piv, h_lu, jac_ok, eta) ---------------------------
 
