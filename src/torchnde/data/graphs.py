@@ -117,7 +117,9 @@ def load_digits_knn(
     return NodeClassification(Graph(_undirected(edges, n), n), x, y, train, val, test)
 
 
-def random_geometric_graph(num_nodes: int, radius: float, seed: int = 0) -> tuple[Any, torch.Tensor]:
+def random_geometric_graph(
+    num_nodes: int, radius: float, seed: int = 0
+) -> tuple[Any, torch.Tensor]:
     """Nodes uniform in the unit square, joined when closer than ``radius``: ``(Graph,
     positions (N, 2))``, seeded."""
     from ..graphs import Graph

@@ -19,7 +19,21 @@ from .layers import Pointwise as Pointwise
 from .layers import SAGEConv as SAGEConv
 
 __all__ = [
-    "FDGNN", "GDE", "GRAND", "DiffusionField", "GATConv", "GCNConv", "Graph", "GraphAttention",
-    "GraphReservoir", "GraphSequence", "GraphVectorField", "Pointwise", "SAGEConv", "as_graph", "propagate",
-    "ridge_readout", "segment_softmax",
-]  # fmt: skip
+    "FDGNN",
+    "GDE",
+    "GRAND",
+    "DiffusionField",
+    "GATConv",
+    "GCNConv",
+    "Graph",
+    "GraphAttention",
+    "GraphReservoir",
+    "GraphSequence",
+    "GraphVectorField",
+    "Pointwise",
+    "SAGEConv",
+    "as_graph",
+    "propagate",
+    "ridge_readout",
+    "segment_softmax",
+]

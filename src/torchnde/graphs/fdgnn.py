@@ -39,7 +39,8 @@ class GraphReservoir(nn.Module):
         super().__init__()
         if not 0 < rho < 1 and scaling == "norm":
             raise ValueError(
-                f"GraphReservoir: `rho` must lie in (0, 1) for a contractive reservoir, got {rho!r}."
+                f"GraphReservoir: `rho` must lie in (0, 1) for a contractive reservoir, got "
+                f"{rho!r}."
             )
         if scaling not in ("norm", "spectral"):
             raise ValueError(
@@ -54,6 +55,8 @@ class GraphReservoir(nn.Module):
         )
         self.register_buffer("w_in", w_in)
         self.register_buffer("w_hat", w / size)  # unit norm (or radius); times rho / k per graph
+        self.w_in: torch.Tensor
+        self.w_hat: torch.Tensor
         self.rho, self.units, self.in_features = rho, units, in_features
         self.tol, self.max_iters = tol, max_iters
         self.last_stats: dict[str, Any] = {}
@@ -65,14 +68,14 @@ class GraphReservoir(nn.Module):
         drive = u @ self.w_in.to(u.dtype).T
         return torch.tanh(drive + graph.propagate(x) @ w_hat.T)
 
-    def forward(
-        self, u: torch.Tensor, graph: Any, x0: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, graph: Any, x0: torch.Tensor | None = None) -> torch.Tensor:
         g = as_graph(graph)
         single = u.ndim == 2
         uu = u[None] if single else u
-        z0 = uu.new_zeros(*uu.shape[:-1], self.units) if x0 is None else x0.reshape(
-            *uu.shape[:-1], self.units
+        z0 = (
+            uu.new_zeros(*uu.shape[:-1], self.units)
+            if x0 is None
+            else x0.reshape(*uu.shape[:-1], self.units)
         )
         deq = DEQ(lambda z, v: self.step(z, v, g), max_iters=self.max_iters, tol=self.tol)
         with torch.no_grad():
@@ -120,8 +123,14 @@ class FDGNN(nn.Module):
             raise ValueError(f"FDGNN: `pool` must be None, 'sum' or 'mean', got {pool!r}.")
         gen = torch.Generator().manual_seed(seed)
         self.reservoirs = nn.ModuleList(
-            GraphReservoir(in_features if i == 0 else units, units, rho=rho,
-                           input_scaling=input_scaling, generator=gen, tol=tol)  # fmt: skip
+            GraphReservoir(
+                in_features if i == 0 else units,
+                units,
+                rho=rho,
+                input_scaling=input_scaling,
+                generator=gen,
+                tol=tol,
+            )  # fmt: skip
             for i in range(num_layers)
         )
         self.ridge, self.pool = ridge, pool

@@ -123,7 +123,10 @@ class Graph:
 
     def max_degree(self) -> int:
         """The largest unweighted in-degree (the constant of FDGNN's stability condition)."""
-        return int(self.in_degree(torch.float64, weighted=False).max())
+        return self._cached(
+            "max_degree", torch.float64,
+            lambda: int(self.in_degree(torch.float64, weighted=False).max()),
+        )  # fmt: skip
 
     def _cached(self, key: str, dtype: torch.dtype, make: Any) -> Any:
         k = f"{key}:{dtype}"
