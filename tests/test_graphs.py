@@ -249,7 +249,7 @@ def _gde_inputs(sequence: bool):
 @pytest.mark.parametrize("sequence", [False, True], ids=["static", "switching"])
 @pytest.mark.parametrize(
     "adjoint",
-    [tn.DirectAdjoint(), pytest.param(tn.BacksolveAdjoint(), marks=pytest.mark.slow)],
+    [tn.DirectAdjoint(), tn.BacksolveAdjoint()],
     ids=str,
 )
 def test_gde_gradients_match_finite_differences(sequence, adjoint):

@@ -38,7 +38,7 @@ class Config(ODEConfig):
     """Options of ``torchnde run graph-dynamics``."""
 
     out: Path = field(default=Path("runs/graph-dynamics"), metadata={"help": "run folder"})
-    epochs: int = field(default=30, metadata={"help": "passes over the training windows"})
+    epochs: int = field(default=20, metadata={"help": "passes over the training windows"})
     batch_size: int = field(default=32, metadata={"help": "windows per step (global)"})
     lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     checkpoint_every: int = field(default=10, metadata={"help": "checkpoint every N epochs"})
