@@ -442,3 +442,19 @@ def test_each_graph_experiment_writes_its_metrics_at_a_tiny_size(name, overrides
     for k in keys:
         assert 0 <= metrics["eval"][k] < float("inf"), k
     assert metrics["headline"] and all(h["verdict"] for h in metrics["headline"])
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_grand_gradients_through_the_attention_match_finite_differences(nonlinear):
+    torch.manual_seed(9)
+    g = small_graph()
+    model = GRAND(g, 2, 3, 2, 1.0, nonlinear=nonlinear, key_dim=2, solver=tn.RK4(), dt0=0.25)
+    model = model.double()
+    x = torch.randn(6, 2, dtype=D64, requires_grad=True)
+    name = "field.attention.query.weight"
+    w = dict(model.named_parameters())[name].detach().clone().requires_grad_(True)
+
+    def f(x_, w_):
+        return torch.func.functional_call(model, {name: w_}, (x_,))
+
+    assert torch.autograd.gradcheck(f, (x, w), eps=1e-6, atol=1e-7)
