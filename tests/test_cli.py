@@ -37,6 +37,17 @@ TINY = {
     "density": ["--epochs", "1", "num_train=256", "num_test=64", "batch_size=128", "hidden=16"],
     "motions": ["--epochs", "1", "batch_size=20", "hidden=4", "width=8", "method=euler"],
     "sde": ["--epochs", "1", "num_train=64", "num_test=64", "batch_size=32", "substeps=1"],
+    "graph-digits": ["--epochs", "2", "hidden=4", "fdgnn_units=4", "num_val=0"],
+    "graph-dynamics": [
+        "--epochs",
+        "1",
+        "hidden=4",
+        "num_nodes=8",
+        "num_traj=3",
+        "num_test=1",
+        "num_times=8",
+        "horizon=3",
+    ],  # fmt: skip
 }
 
 

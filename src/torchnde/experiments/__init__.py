@@ -145,3 +145,17 @@ register(
     "Kidger, Foster, Li, Lyons 2021, Neural SDEs as Infinite-Dimensional GANs",
     "torchnde.experiments.sde",
 )
+register(
+    "graph-digits",
+    "GRAND and a graph neural ODE vs a GCN on a kNN graph of digits, 10 labels per class",
+    "Chamberlain et al. 2021, GRAND: Graph Neural Diffusion; Poli et al. 2020, Graph Neural "
+    "Ordinary Differential Equations",
+    "torchnde.experiments.graph_digits",
+)
+register(
+    "graph-dynamics",
+    "graph neural ODE forecasting Kuramoto oscillators on a random geometric graph",
+    "Poli et al. 2020/2021, Graph Neural Ordinary Differential Equations (dynamic graph "
+    "prediction)",
+    "torchnde.experiments.graph_dynamics",
+)
