@@ -436,3 +436,40 @@ def test_brownian_without_entropy_leaves_torch_global_stream_alone() -> None:
         assert torch.equal(torch.randn(4), expected)
         np.random.seed(1)  # noqa: NPY002
         assert torch.equal(first(0.0, 0.5), make()(0.0, 0.5))  # seeded from NumPy
+
+
+@pytest.mark.parametrize(
+    "adjoint, noise_type, sde_type, method",
+    [
+        (False, "diagonal", "ito", None),
+        (False, "scalar", "ito", "srk"),
+        (False, "general", "stratonovich", "reversible_heun"),
+        (True, "general", "stratonovich", "reversible_heun"),
+        (True, "diagonal", "stratonovich", "midpoint"),
+    ],
+)
+def test_default_brownian_motion_draws_the_random_streams_as_torchsde(
+    adjoint, noise_type, sde_type, method
+) -> None:
+    # With bm=None torchsde's sdeint draws the Brownian entropy from NumPy's global generator
+    # (one randint) and leaves torch's global stream alone. torchnde's default drew a seed
+    # from torch's stream, so sde_gan.py (torch.manual_seed(0), get_data's sdeint, then the
+    # models) initialised different models: a step-0 loss of -4.87 instead of -1.21.
+    import numpy as np
+
+    sde = SDE(noise_type, sde_type)
+    y0 = torch.full((B, D), 0.1, dtype=torch.float64)
+    kwargs = {"method": method, "dt": 0.125}
+    if adjoint and method == "reversible_heun":
+        kwargs["adjoint_method"] = "adjoint_reversible_heun"
+    streams = []
+    for lib in (torchsde, tsde):
+        torch.manual_seed(0)
+        np.random.seed(1)  # noqa: NPY002
+        solve = lib.sdeint_adjoint if adjoint else lib.sdeint
+        ys = solve(sde, y0.clone().requires_grad_(adjoint), TS, **kwargs)
+        if adjoint:
+            ys.sum().backward()
+        streams.append((torch.randn(4), np.random.randint(0, 2**31 - 1)))  # noqa: NPY002
+    torch.testing.assert_close(streams[1][0], streams[0][0], rtol=0, atol=0)
+    assert streams[1][1] == streams[0][1]

@@ -256,3 +256,17 @@ def test_logqp_evaluates_the_diffusion_once_per_point():
         logqp=True, prior_drift=lambda t, y: -2 * y,
     )  # fmt: skip
     assert len(calls) == 8
+
+
+def test_seed_seeds_the_default_brownian_motion_and_leaves_torch_stream_alone():
+    y0 = torch.ones(8, 2, dtype=torch.float64)
+    bm = tn.BrownianInterval(0.0, 1.0, (8, 2), dtype=torch.float64, seed=3)
+    expected = tn.sdeint(_ou_drift, _sigma, y0, TS, method="euler", dt=0.125, bm=bm)
+    torch.manual_seed(0)
+    after_seed = torch.randn(4)
+    torch.manual_seed(0)
+    ys = tn.sdeint(_ou_drift, _sigma, y0, TS, method="euler", dt=0.125, seed=3)
+    torch.testing.assert_close(ys, expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.randn(4), after_seed, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"sdeint: `seed` must be an int or None, got float"):
+        tn.sdeint(_ou_drift, _sigma, y0, TS, method="euler", dt=0.125, seed=3.0)

@@ -112,6 +112,7 @@ def sdeint(
     atol: float = 1e-4,
     max_steps: int = 2**20,
     throw: bool = True,
+    seed: int | None = None,
 ) -> Any:
     r"""Solve the SDE $dy = f(t, y)\,dt + g(t, y)\,dW$ and return the states at the times
     ``ts`` (torchsde's convention, but any state shape).
@@ -135,7 +136,7 @@ def sdeint(
             adaptive steps also land on every time of ``ts``.
         bm: the Brownian motion; by default a :class:`BrownianInterval` over
             ``[ts[0], ts[-1]]`` of the right shape (with space-time Lévy area when the method
-            needs it), seeded from torch's global generator.
+            needs it), seeded by ``seed``.
         adjoint: how to differentiate: ``DirectAdjoint()`` by default,
             ``BacksolveAdjoint()`` for the stochastic adjoint, ``ReversibleAdjoint()`` with
             ``method="reversible_heun"``.
@@ -148,6 +149,8 @@ def sdeint(
             estimates, or step doubling for the SDE-specific solvers).
         max_steps: the most steps before failing.
         throw: raise on failure (else return the partial result).
+        seed: the seed of the default ``bm`` (unused when ``bm`` is given); by default drawn
+            from torch's global generator.
 
     Raises:
         ValueError: a drift not of ``y0``'s shape, a diffusion not of the shape ``noise``
@@ -214,6 +217,8 @@ def sdeint(
         isinstance(dt, bool) or not isinstance(dt, numbers.Real | torch.Tensor) or not dt > 0
     ):
         raise ValueError(f"sdeint: `dt` must be a positive number, got {dt!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"sdeint: `seed` must be an int or None, got {type(seed).__name__}.")
     t0, t1 = float(ts[0]), float(ts[-1])
 
     if bm is None:
@@ -225,7 +230,7 @@ def sdeint(
             levy = None  # the full area only enters for non-commutative (general) noise
         bm = BrownianInterval(
             t0, t1, _bm_shapes(noise, tuple(y0.shape), tuple(g0.shape))[0],
-            dtype=y0.dtype, device=y0.device, levy_area=levy,
+            dtype=y0.dtype, device=y0.device, levy_area=levy, seed=seed,
         )  # fmt: skip
     elif not (isinstance(bm, AbstractPath) or callable(bm)):
         raise TypeError(

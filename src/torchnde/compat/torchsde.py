@@ -56,6 +56,7 @@ from ._torchsde_brownian import (
     BrownianPath,
     BrownianTree,
     ReverseBrownian,
+    _entropy,
 )
 
 __all__ = [
@@ -313,10 +314,13 @@ def _solve(
     solver: Any = sde_solver_from_name(name, noise, calculus)
     if adaptive and method == "midpoint":  # the same steps, with a step-doubling error estimate
         solver = SDEMidpoint(adaptive=True)
+    # torchsde's default Brownian motion draws its entropy from NumPy's global generator, so
+    # a solve leaves torch's global stream (model initialisations, randn, shuffles) alone.
+    seed = _entropy(None) if bm is None else None
     try:
         ys = _sdeint(
             f, g, y0, ts, noise=noise, calculus=calculus, method=solver, dt=dt, bm=bm,
-            adjoint=adjoint, adaptive=adaptive, rtol=rtol, atol=atol,
+            adjoint=adjoint, adaptive=adaptive, rtol=rtol, atol=atol, seed=seed,
         )  # fmt: skip
     except ValueError as e:
         if "needs an error estimate" in str(e):
