@@ -391,6 +391,31 @@ def test_reversible_heun_adjoint_gradients_match_finite_differences(kind):
     torch.testing.assert_close(run(x, z0, w), theirs.pow(2).sum(-1), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_torchsde_backend_draws_the_random_streams_as_torchcde(adjoint):
+    # sde_gan.py's discriminator: reversible Heun on the linear interpolation of NaN-holding
+    # data. torchcde's solve makes a torchsde Brownian motion, whose entropy is one draw from
+    # NumPy's global generator, and leaves torch's generator alone; so must the compat one.
+    import numpy as np
+
+    x, t = _data(nan=True)
+    kwargs = {"backend": "torchsde", "method": "reversible_heun", "dt": 0.4}
+    if adjoint:
+        kwargs["adjoint_method"] = "adjoint_reversible_heun"
+    z0 = torch.linspace(-0.5, 0.5, 9, dtype=F64).reshape(3, 3)
+    outs, streams = [], []
+    for lib in (torchcde, cc):
+        X = lib.LinearInterpolation(lib.linear_interpolation_coeffs(x, t), t)
+        torch.manual_seed(0)
+        np.random.seed(1)  # noqa: NPY002
+        with torch.no_grad():
+            outs.append(lib.cdeint(X, Field(), z0, X.interval, adjoint=adjoint, **kwargs))
+        streams.append((torch.randn(4), np.random.randint(0, 2**31 - 1)))  # noqa: NPY002
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(streams[1][0], streams[0][0], rtol=0, atol=0)
+    assert streams[1][1] == streams[0][1]
+
+
 #: torchcde tests that cannot pass against torchnde, and why.
 UPSTREAM_EXCLUDED = {
     "test_log_ode.py": "compares against Signatory, which does not install on PyTorch 2",

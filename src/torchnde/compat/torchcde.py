@@ -38,6 +38,7 @@ from .._core.solver import AbstractSolver
 from .._core.tableau import ButcherTableau
 from .._core.terms import ODETerm
 from .._solve import solve
+from ._torchsde_brownian import _entropy
 
 __all__ = [
     "CubicSpline",
@@ -722,6 +723,10 @@ def _torchsde(
         raise _unsupported("adaptive=True with backend='torchsde'", "use backend='torchdiffeq'.")
     if kwargs.pop("options", None) or kwargs.pop("adjoint_options", None):
         raise _unsupported("torchsde `options`", "the SDE solvers' options do not apply to a CDE.")
+    if kwargs.pop("bm", None) is None:
+        # torchsde makes its Brownian motion (unused: the diffusion is zero) with entropy from
+        # NumPy's global generator: draw as it does, so NumPy's stream goes on the same.
+        _entropy(None)
     dt = kwargs.pop("dt", 1e-3)
     if isinstance(dt, torch.Tensor):
         dt = float(dt)
