@@ -54,6 +54,8 @@ class _FNO(nn.Module):
         positive_int(owner, "proj_width", proj_width)
         self.grid = check_grid(owner, grid)
         self.padding = nonnegative_int(owner, "padding", padding)
+        for m in modes:
+            positive_int(owner, "modes", m)
         extra = 0 if self.grid == "none" else self.ndim
         conv = nn.Conv1d if self.ndim == 1 else nn.Conv2d
         self.lift = conv(in_channels + extra, width, 1)
@@ -211,7 +213,8 @@ class FourierField(nn.Module):
         self.out = conv(self.hidden, channels, 1)
         with torch.no_grad():
             self.out.weight.mul_(out_scale)
-            self.out.bias.mul_(out_scale)
+            if self.out.bias is not None:
+                self.out.bias.mul_(out_scale)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor, args: Any = None) -> torch.Tensor:
         check_input("FourierField", u, self.channels, self.ndim, name="u")

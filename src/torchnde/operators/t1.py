@@ -7,10 +7,11 @@ keeps the lowest ``modes`` coefficients, runs every layer on that reduced spectr
 inverts once:
 
 $$\hat z_0 = \mathcal{T}_m(x),\qquad
-  \hat z_{l+1} = \sigma\big(A_l \hat z_l + B_l \hat z_l + b_l\big)\ (l < L),\qquad
+  \hat z_{l+1} = \sigma\big(A_l \hat z_l + B_l M_l \hat z_l + b_l\big)\ (l < L),\qquad
   y = \mathcal{T}_m^{-1}\big(P \hat z_L\big),$$
 
 with $A_l$ a per-mode channel mixing (a weight per kept mode, like FNO's spectral weights),
+$M_l$ a dense mixing of the kept modes (shared by the channels; it starts as the identity),
 $B_l$ a channel mixing shared by all modes, $\sigma$ the GELU (not after the last layer) and
 $P$ the projection to the output channels; the lifting (to ``width`` channels) is the first
 layer's input map. The coefficients are normalised as $\hat x_k = (C x)_k / \sqrt{n}$ with
@@ -121,6 +122,8 @@ class T1(nn.Module):
         c0 = in_channels + (0 if self.grid == "none" else ndim)
         self.mode_weights = nn.ParameterList()
         self.mixers = nn.ModuleList()
+        self.mode_mixers = nn.ParameterList()
+        n_modes = math.prod(self.modes)
         c = c0
         for _ in range(layers):
             # per-mode and shared channel mixing, each half of the usual 1 / fan-in variance
@@ -130,9 +133,10 @@ class T1(nn.Module):
             nn.init.normal_(mix.weight, std=1 / math.sqrt(2 * c))
             nn.init.zeros_(mix.bias)
             self.mixers.append(mix)
+            self.mode_mixers.append(nn.Parameter(torch.eye(n_modes)))
             c = width
         self.proj = nn.Linear(c, out_channels)
-        n_points, n_modes = math.prod(self.resolution), math.prod(self.modes)
+        n_points = math.prod(self.resolution)
         gain = n_points / n_modes if init == "variance-preserving" else 1.0
         nn.init.normal_(self.proj.weight, std=math.sqrt(gain / c))
         nn.init.zeros_(self.proj.bias)
@@ -150,7 +154,7 @@ class T1(nn.Module):
         ]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised reduced spectrum ``(batch, c, *modes)`` of ``x`` ``(batch, c, *spatial)``."""
+        """The normalised reduced spectrum ``(batch, c, *modes)`` of ``x`` (``(batch, c, *n)``)."""
         mats = self._matrices(x)
         scale = math.sqrt(math.prod(x.shape[2:]))
         if self.ndim == 1:
@@ -173,8 +177,9 @@ class T1(nn.Module):
         self._matrices(x)
         z = self.transform(append_grid(x, self.grid))  # the one forward transform
         eq = "bix,iox->box" if self.ndim == 1 else "bixy,ioxy->boxy"
-        for i, (w, mix) in enumerate(zip(self.mode_weights, self.mixers)):
-            shared = mix(z.movedim(1, -1)).movedim(-1, 1)
+        for i, (w, mix, modes) in enumerate(zip(self.mode_weights, self.mixers, self.mode_mixers)):
+            mixed = torch.einsum("bck,jk->bcj", z.flatten(2), modes).reshape(z.shape)
+            shared = mix(mixed.movedim(1, -1)).movedim(-1, 1)
             z = torch.einsum(eq, z, w) + shared
             if i < self.num_layers - 1:
                 z = F.gelu(z)
