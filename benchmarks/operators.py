@@ -41,16 +41,17 @@ def _naive_spectral(layer: Any, v: torch.Tensor) -> torch.Tensor:
         x_ft = torch.fft.rfft(v)
         out = x_ft.new_zeros(v.shape[0], layer.out_channels, n // 2 + 1)
         for k in range(layer.modes):
-            out[:, :, k] = x_ft[:, :, k] @ layer.weight[:, :, k]
+            out[:, :, k] = x_ft[:, :, k] @ layer.complex_weight()[:, :, k]
         return torch.fft.irfft(out, n=n)
     n1, n2 = v.shape[-2:]
+    w1, w2 = layer.complex_weights()
     x_ft = torch.fft.rfft2(v)
     out = x_ft.new_zeros(v.shape[0], layer.out_channels, n1, n2 // 2 + 1)
     for a in range(layer.modes1):
         for b in range(layer.modes2):
-            out[:, :, a, b] = x_ft[:, :, a, b] @ layer.weight1[:, :, a, b]
+            out[:, :, a, b] = x_ft[:, :, a, b] @ w1[:, :, a, b]
             out[:, :, n1 - layer.modes1 + a, b] = (
-                x_ft[:, :, n1 - layer.modes1 + a, b] @ layer.weight2[:, :, a, b]
+                x_ft[:, :, n1 - layer.modes1 + a, b] @ w2[:, :, a, b]
             )
     return torch.fft.irfft2(out, s=(n1, n2))
 

@@ -34,7 +34,7 @@ def test_spectral_conv1d_equals_the_dense_circular_convolution_with_its_band_lim
     layer = SpectralConv1d(2, 3, modes).double()
     with torch.no_grad():
         layer.weight.copy_(torch.randn_like(layer.weight))
-    w = layer.weight.detach()
+    w = layer.complex_weight().detach()
     # The kernel with Fourier coefficients W_k (k < modes) and their conjugates, written out
     # as a real cosine/sine sum (no FFT): h[j] = (Re W_0 + 2 sum_k Re(W_k e^{2 pi i k j / n})) / n
     j = torch.arange(n, dtype=torch.float64)
@@ -52,7 +52,7 @@ def test_spectral_conv2d_equals_the_dense_circular_convolution_on_both_signs_of_
     with torch.no_grad():
         layer.weight1.copy_(torch.randn_like(layer.weight1))
         layer.weight2.copy_(torch.randn_like(layer.weight2))
-    w1, w2 = layer.weight1.detach(), layer.weight2.detach()
+    w1, w2 = (w.detach() for w in layer.complex_weights())
     # kernel h[p, q] = (1 / (n1 n2)) sum over kept (k1, k2) of c_{k2} Re(W e^{2 pi i (...)}),
     # c_0 = 1 and c_{k2 > 0} = 2 (the conjugate half of the last axis)
     p = torch.arange(n1, dtype=torch.float64)[:, None]
@@ -152,6 +152,24 @@ def test_fourier_field_through_solve_matches_finite_difference_gradients():
     # and gradients reach the parameters
     solve(u0).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.parameters())
+
+
+@pytest.mark.parametrize("adjoint", [tn.BacksolveAdjoint(), tn.CheckpointAdjoint()])
+def test_fourier_field_parameter_gradients_agree_across_adjoints(adjoint):
+    # the complex spectral weights are real parameters, so every adjoint handles them
+    torch.manual_seed(6)
+    field = FourierField(2, modes=3).double()
+    u0 = torch.randn(2, 2, 8, dtype=torch.float64)
+    params = list(field.parameters())
+    assert all(not p.is_complex() for p in params)
+
+    def grads(adj):
+        sol = tn.solve(tn.ODETerm(field), tn.Dopri5(), 0.0, 0.5, u0, adjoint=adj,
+                       controller=tn.PIDController(rtol=1e-10, atol=1e-10))  # fmt: skip
+        return torch.autograd.grad(sol.ys[-1].sin().sum(), params)
+
+    for g, ref in zip(grads(adjoint), grads(tn.DirectAdjoint())):
+        torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-8)
 
 
 def test_fourier_field_2d_is_a_vector_field_of_the_state_shape():

@@ -8,7 +8,9 @@ $$\hat y_{o,k} = \sum_i W_{i,o,k}\, \hat x_{i,k}\quad (k < \text{modes}),\qquad
 \hat y_{o,k} = 0\quad\text{otherwise},$$
 
 so the layer is the circular convolution with the band-limited kernel whose coefficients are
-$W$ (tested against that dense convolution). The weights act on Fourier coefficients, not on
+$W$ (tested against that dense convolution). The complex $W$ is stored as a real parameter
+with a trailing axis of size 2 (``weight``; its complex view is :meth:`complex_weight`), so
+that every adjoint and optimiser sees real parameters only. The weights act on Fourier coefficients, not on
 grid values, so one layer is evaluated at any resolution with more than ``2 * modes`` points;
 for band-limited input the outputs at two resolutions agree on the shared points.
 """
@@ -24,16 +26,18 @@ __all__ = ["SpectralConv1d", "SpectralConv2d"]
 
 
 def _complex_weight(in_channels: int, out_channels: int, *modes: int) -> nn.Parameter:
-    # Li et al.'s initialisation: real and imaginary parts uniform in [0, 1 / (in * out)).
+    """Complex weights stored as a real parameter with a trailing axis of 2 (real, imaginary):
+    every adjoint, optimiser and ``DistributedDataParallel`` then sees real parameters only.
+    Li et al.'s initialisation: both parts uniform in [0, 1 / (in * out))."""
     scale = 1.0 / (in_channels * out_channels)
-    w = scale * torch.rand(in_channels, out_channels, *modes, dtype=torch.cfloat)
-    return nn.Parameter(w)
+    return nn.Parameter(scale * torch.rand(in_channels, out_channels, *modes, 2))
 
 
 def _weight(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The complex weight in the complex dtype matching ``like`` (float64 -> complex128)."""
-    target = torch.complex128 if like.dtype == torch.float64 else torch.complex64
-    return w if w.dtype == target else w.to(target)
+    """The complex view of the real weight ``w``, in the precision of ``like``."""
+    if w.dtype != like.dtype:
+        w = w.to(like.dtype)
+    return torch.view_as_complex(w)
 
 
 class SpectralConv1d(nn.Module):
@@ -51,6 +55,10 @@ class SpectralConv1d(nn.Module):
         self.out_channels = positive_int("SpectralConv1d", "out_channels", out_channels)
         self.modes = positive_int("SpectralConv1d", "modes", modes)
         self.weight = _complex_weight(in_channels, out_channels, modes)
+
+    def complex_weight(self) -> torch.Tensor:
+        """The weights $W_{i,o,k}$ as a complex tensor ``(in, out, modes)`` (a view)."""
+        return torch.view_as_complex(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SpectralConv1d", x, self.in_channels, 1)
@@ -92,6 +100,11 @@ class SpectralConv2d(nn.Module):
         self.modes2 = positive_int("SpectralConv2d", "modes2", modes2)
         self.weight1 = _complex_weight(in_channels, out_channels, modes1, modes2)
         self.weight2 = _complex_weight(in_channels, out_channels, modes1, modes2)
+
+    def complex_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights of the positive and the negative first-axis modes as complex tensors
+        ``(in, out, modes1, modes2)`` (views)."""
+        return torch.view_as_complex(self.weight1), torch.view_as_complex(self.weight2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SpectralConv2d", x, self.in_channels, 2)
