@@ -10,9 +10,10 @@ $$\hat y_{o,k} = \sum_i W_{i,o,k}\, \hat x_{i,k}\quad (k < \text{modes}),\qquad
 so the layer is the circular convolution with the band-limited kernel whose coefficients are
 $W$ (tested against that dense convolution). The complex $W$ is stored as a real parameter
 with a trailing axis of size 2 (``weight``; its complex view is :meth:`complex_weight`), so
-that every adjoint and optimiser sees real parameters only. The weights act on Fourier coefficients, not on
-grid values, so one layer is evaluated at any resolution with more than ``2 * modes`` points;
-for band-limited input the outputs at two resolutions agree on the shared points.
+that every adjoint and optimiser sees real parameters only. The weights act on Fourier
+coefficients, not on grid values, so one layer is evaluated at any resolution with at least
+``2 * modes`` points; for band-limited input the outputs at two resolutions agree on the
+shared points.
 """
 
 from __future__ import annotations
