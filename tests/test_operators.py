@@ -253,14 +253,3 @@ def test_operator_experiments_run_a_tiny_config_and_write_their_keys(
                for h in metrics["headline"])  # fmt: skip
     assert (out / f"{name}.png").is_file() and (out / "report.md").is_file()
     assert list((out / "data").glob(f"{name}-*.pt")), "the data are cached under the run folder"
-
-
-def test_every_python_block_of_the_operators_guide_runs():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).parent.parent / "docs" / "usage" / "operators.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 4
-    for block in blocks:
-        exec(compile(block, "operators.md", "exec"), {})
