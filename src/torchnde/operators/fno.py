@@ -171,8 +171,8 @@ class FourierField(nn.Module):
 
     $K$ is a spectral convolution with ``modes`` (1-D: an int; 2-D: a pair), $W_1$, $W_2$ are
     pointwise linear maps and $\sigma$ the GELU. With ``time=True`` the time $t$ is one more
-    input channel (a non-autonomous field). The last map starts at zero scale ``out_scale``
-    times the default, so the initial flow is gentle.
+    input channel (a non-autonomous field). The initial weights of $W_2$ are ``out_scale``
+    times PyTorch's default (below 1: a gentler initial flow).
 
     Args:
         channels: channels of the state.
