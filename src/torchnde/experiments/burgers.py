@@ -189,7 +189,7 @@ class Task(harness.Task):
             Headline(
                 "relative L2 test error at resolution 256",
                 f"{err:.3g} (n_train {metrics['n_train']}; baselines: {shown})",
-                "about 0.016 (FNO, n_train 1000, 500 epochs)",
+                "about 0.016 (FNO, n_train 1000, 500 epochs, on the paper's data files)",
                 verdict_error(err, PAPER_REL_L2, best, best_name),
             ),
             Headline(
