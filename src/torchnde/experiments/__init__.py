@@ -159,3 +159,15 @@ register(
     "prediction)",
     "torchnde.experiments.graph_dynamics",
 )
+register(
+    "burgers",
+    "FNO1d on 1-D viscous Burgers (nu = 0.1) at 256 points, zero-shot at 1024",
+    "Li et al. 2021, Fourier Neural Operator for Parametric Partial Differential Equations",
+    "torchnde.experiments.burgers",
+)
+register(
+    "darcy",
+    "FNO2d and Transform Once (T1) on 2-D Darcy flow: error and seconds per epoch",
+    "Li et al. 2021 (FNO); Poli et al. 2022, Transform Once",
+    "torchnde.experiments.darcy",
+)
