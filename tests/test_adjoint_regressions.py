@@ -384,3 +384,31 @@ def test_compat_cdeint_adjoint_torchcde_grad_paths_case(method):
     z[:, 1].sum().backward()
     for x in (t, path, z0, func.variable, t_):
         assert isinstance(x.grad, torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [tn.DirectAdjoint, tn.CheckpointAdjoint, tn.BacksolveAdjoint, tn.InterpolatedAdjoint],
+)
+def test_complex_parameter_keeps_the_imaginary_part_of_its_gradient(adjoint):
+    """A complex parameter (spectral weights) read by a real field: the continuous adjoints
+    cast its gradient to the real state's dtype and dropped the imaginary part (with only a
+    UserWarning). PyTorch's convention for a real loss is dL/dRe(w) + i dL/dIm(w)."""
+    w = torch.tensor(0.3 + 0.4j, dtype=torch.complex128, requires_grad=True)
+
+    def loss(w):
+        sol = tn.solve(
+            tn.ODETerm(lambda t, y, a: -(w**2).real * y), tn.Tsit5(), 0.0, 1.0,
+            torch.ones(1, dtype=F64), controller=tn.PIDController(rtol=1e-10, atol=1e-12),
+            adjoint=adjoint(),
+        )  # fmt: skip
+        return sol.ys.sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (got,) = torch.autograd.grad(loss(w), w)
+    eps = 1e-6
+    with torch.no_grad():
+        d_re = (loss(w + eps) - loss(w - eps)) / (2 * eps)
+        d_im = (loss(w + 1j * eps) - loss(w - 1j * eps)) / (2 * eps)
+    torch.testing.assert_close(got, torch.complex(d_re, d_im), rtol=1e-6, atol=1e-9)

@@ -339,7 +339,9 @@ class _Run:
                 else:
                     grads = tuple(None for _ in range(1 + len(grad_inputs)))
             out = [
-                torch.zeros(x.shape, dtype=dtype, device=y.device) if g is None else -g.to(dtype)
+                torch.zeros(_real_shape(x), dtype=dtype, device=y.device)
+                if g is None
+                else -_as_real(g, dtype)
                 for g, x in zip(grads, [y_, *grad_inputs])
             ]
             return f.detach(), out
@@ -347,7 +349,7 @@ class _Run:
         # The backward solve sees every component flattened to 1-D (the tuple packing then
         # handles 0-d parameters and states alike).
         state_shape = y0.shape
-        shapes = [x.shape for x in grad_inputs]
+        shapes = [_real_shape(x) for x in grad_inputs]
         if not interpolated:
             shapes = [state_shape, *shapes]
         shapes = [state_shape, *shapes]
@@ -394,7 +396,7 @@ class _Run:
             return tuple(part[0].view(shape) for part, shape in zip(sol.ys, shapes))
 
         a = g_y1.to(dtype)
-        accum = [torch.zeros(x.shape, dtype=dtype, device=y0.device) for x in grad_inputs]
+        accum = [torch.zeros(_real_shape(x), dtype=dtype, device=y0.device) for x in grad_inputs]
         state: tuple = (a, *accum) if interpolated else (y1, a, *accum)
         grad_t1 = grad_t0 = grad_ts = None
         if need_t1:
@@ -443,6 +445,8 @@ class _Run:
         # The state's order is params then args; the Function's inputs are args then params.
         acc_by_input = acc[len(params) :] + acc[: len(params)]
         for need, leaf, g in zip(need_leaves, leaves, acc_by_input):
+            if need and leaf.is_complex():
+                g = torch.view_as_complex(g.to(leaf.real.dtype).clone())
             leaf_grads.append(g.to(leaf.dtype) if need else None)
         return [
             a0 if need_y0 else None,
@@ -463,6 +467,17 @@ class _Run:
                 UserWarning,
                 stacklevel=2,
             )
+
+
+def _real_shape(x: torch.Tensor) -> torch.Size:
+    """The shape of ``x``'s gradient in the (real) augmented state: a complex parameter's
+    gradient travels as its real and imaginary parts (``view_as_real``), so casting it to the
+    state's dtype cannot drop the imaginary part."""
+    return x.shape + (2,) if x.is_complex() else x.shape
+
+
+def _as_real(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (torch.view_as_real(g) if g.is_complex() else g).to(dtype)
 
 
 class _ContinuousAdjointFunction(torch.autograd.Function):
