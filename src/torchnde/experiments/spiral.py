@@ -36,7 +36,10 @@ class Config(ODEConfig):
     """Options of ``torchnde run spiral``."""
 
     out: Path = field(default=Path("runs/spiral"), metadata={"help": "run folder"})
-    epochs: int = field(default=10, metadata={"help": "passes over the 991 training windows"})
+    epochs: int = field(default=30, metadata={"help": "passes over the 991 training windows"})
+    # 30 epochs at 3e-3 (torchdiffeq's demo: 2000 steps): R² 0.92-0.94 against predicting the
+    # mean over seeds 0-2, in about 20 s; 10 epochs at 1e-2 stopped at R² 0.6.
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     batch_size: int = field(default=20, metadata={"help": "windows per step (global)"})
     rtol: float = field(default=1e-5, metadata={"help": "relative tolerance (adaptive methods)"})
     atol: float = field(default=1e-6, metadata={"help": "absolute tolerance (adaptive methods)"})
