@@ -185,51 +185,19 @@ def flatten_args(args: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torc
     return leaves, rebuild
 
 
-def _history_hits(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> set[int]:
-    """The positions in ``targets`` of the tensors that ``x`` was computed from (its autograd
-    history, ``x`` itself excluded)."""
+def _walk_history(x: torch.Tensor, stop: Sequence[torch.Tensor]):
+    """Walks ``x``'s autograd history (``x`` itself excluded) without passing through a
+    tensor of ``stop``; yields ``("leaf", tensor)`` for each leaf reached and
+    ``("stop", i)`` for each ``stop[i]`` reached (a non-leaf tensor is one output,
+    ``output_nr``, of its node; an edge names the same)."""
     if x.grad_fn is None:
-        return set()
-    leaf_pos = {id(t): i for i, t in enumerate(targets) if t.grad_fn is None}
-    # A non-leaf tensor is one output (``output_nr``) of its node; an edge names the same.
-    keep: list[Any] = [t.grad_fn for t in targets if t.grad_fn is not None]
+        return
+    leaf_pos = {id(t): i for i, t in enumerate(stop) if t.grad_fn is None}
     edge_pos = {
-        (id(t.grad_fn), t.output_nr): i for i, t in enumerate(targets) if t.grad_fn is not None
+        (id(t.grad_fn), t.output_nr): i for i, t in enumerate(stop) if t.grad_fn is not None
     }
-    hits: set[int] = set()
-    stack: list[Any] = [x.grad_fn]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        keep.append(node)  # keeps the ids of the visited nodes unique during the walk
-        var = getattr(node, "variable", None)  # AccumulateGrad: the leaf itself
-        if isinstance(var, torch.Tensor):
-            if id(var) in leaf_pos:
-                hits.add(leaf_pos[id(var)])
-            continue
-        for nxt, nr in node.next_functions:
-            if nxt is None:
-                continue
-            hit = edge_pos.get((id(nxt), nr))
-            if hit is not None:
-                hits.add(hit)  # what lies beyond is reached through that target
-                continue
-            stack.append(nxt)
-    return hits
-
-
-def _history_leaves(x: torch.Tensor, stop: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The leaf tensors requiring grad that ``x`` was computed from, without passing through
-    a tensor of ``stop`` (nor counting those)."""
-    if x.grad_fn is None:
-        return []
-    stop_ids = {id(t) for t in stop}
+    # Holding the visited nodes keeps their ids unique during the walk.
     keep: list[Any] = [t.grad_fn for t in stop if t.grad_fn is not None]
-    stop_edges = {(id(t.grad_fn), t.output_nr) for t in stop if t.grad_fn is not None}
-    out: list[torch.Tensor] = []
     stack: list[Any] = [x.grad_fn]
     seen: set[int] = set()
     while stack:
@@ -238,17 +206,31 @@ def _history_leaves(x: torch.Tensor, stop: Sequence[torch.Tensor]) -> list[torch
             continue
         seen.add(id(node))
         keep.append(node)
-        var = getattr(node, "variable", None)
+        var = getattr(node, "variable", None)  # AccumulateGrad: the leaf itself
         if isinstance(var, torch.Tensor):
-            if id(var) not in stop_ids:
-                out.append(var)
+            hit = leaf_pos.get(id(var))
+            yield ("leaf", var) if hit is None else ("stop", hit)
             continue
-        stack.extend(
-            nxt
-            for nxt, nr in node.next_functions
-            if nxt is not None and (id(nxt), nr) not in stop_edges
-        )
-    return unique_tensors(out)
+        for nxt, nr in node.next_functions:
+            if nxt is None:
+                continue
+            hit = edge_pos.get((id(nxt), nr))
+            if hit is not None:
+                yield ("stop", hit)  # what lies beyond is reached through that tensor
+                continue
+            stack.append(nxt)
+
+
+def _history_hits(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> set[int]:
+    """The positions in ``targets`` of the tensors that ``x`` was computed from (its autograd
+    history, ``x`` itself excluded)."""
+    return {v for kind, v in _walk_history(x, targets) if kind == "stop"}
+
+
+def _history_leaves(x: torch.Tensor, stop: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The leaf tensors requiring grad that ``x`` was computed from, without passing through
+    a tensor of ``stop`` (nor counting those)."""
+    return unique_tensors([v for kind, v in _walk_history(x, stop) if kind == "leaf"])
 
 
 def independent_tensors(
