@@ -41,6 +41,16 @@ def _on_unpacked(fn: Any, spec: StateSpec) -> Any:
     return wrapped
 
 
+def _reset_unpacked(fn: Any, spec: StateSpec) -> Any:
+    """An event's reset of a tuple state, on the packed state."""
+
+    @functools.wraps(fn)
+    def wrapped(t: torch.Tensor, y: torch.Tensor, args: Any) -> Any:
+        return spec.pack(tuple(fn(t, spec.unpack(y), args)))
+
+    return wrapped
+
+
 def _check_state_dtype(parts: tuple[torch.Tensor, ...]) -> None:
     """float32 or float64: half precision cannot hold the error control's tolerances (nor,
     as the time dtype, resolve the steps), and fails later as a misleading underflow."""
@@ -191,7 +201,10 @@ def _normalise(
         y0_packed = spec.pack(parts)
         terms = PackedTerm(terms, spec)
         if event is not None:
-            event = Event([_on_unpacked(f, spec) for f in event.fns], list(event.directions))
+            event = event.replace_fns(
+                [_on_unpacked(f, spec) for f in event.fns],
+                [None if r is None else _reset_unpacked(r, spec) for r in event.resets],
+            )
 
     # --- time
     time_dtype = dtype
@@ -550,6 +563,8 @@ def _assemble(p: Problem, res: LoopResult, throw: bool) -> Solution:
         stats=stats,
         status=res.status,
         event_mask=res.event_mask,
+        event_ts=None if res.event_ts is None else res.event_ts * direction,
+        event_ids=res.event_ids,
         _interpolate=interp,
     )
 

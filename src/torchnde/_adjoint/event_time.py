@@ -35,6 +35,12 @@ def with_event_time(
     event = problem.event
     if event is None:
         return fixed(problem)
+    if event.continues:
+        raise NotImplementedError(
+            f"{who} does not support non-terminal events (Event(..., terminal=False)) yet: the "
+            "adjoint would need its jump conditions at each event. Use DirectAdjoint() or "
+            "CheckpointAdjoint(), which differentiate through the resets."
+        )
     with torch.no_grad():
         first = problem.run()
     hit = first.status == Status.EVENT_OCCURRED

@@ -44,7 +44,8 @@ def _leaves(problem: Problem, params: Any) -> tuple[list[torch.Tensor], bool]:
     found = [problem.t0, problem.t1] + ([] if problem.ts is None else [problem.ts])
     found += differentiable_leaves(problem, params)
     if params is None and problem.event is not None:
-        found += [x for fn in problem.event.fns for x in captured_tensors(fn)]
+        fns = problem.event.fns + tuple(r for r in problem.event.resets if r is not None)
+        found += [x for fn in fns for x in captured_tensors(fn)]
     found = [x for x in unique_tensors(found) if x.requires_grad]
     others = term_tensors(problem.terms) if params is not None else []
     return independent_tensors(found, others)
@@ -64,8 +65,10 @@ def replay_solve(problem: Problem, strategy: Any, name: str, params: Any) -> Loo
     n = runner.n_state
     st = runner.state(list(results[:n]))
     out = loop.new_output(problem.y0)
-    for saves in runner.unpack_saves(results[n:]):
+    for i, (saves, events) in enumerate(runner.unpack_saves(results[n:])):
         out = loop.write(out, saves, inplace=False)
+        if i:
+            runner.emits[i - 1].events = events  # the event times, with their gradient
     return loop.finish(st, runner.tape[-1], runner.num, runner.nfe, out, runner.emits)
 
 
@@ -127,11 +130,15 @@ class _Runner:
         return [leaves[i] for i in self.tensor_pos]
 
     def _saves(self, emit: _Emit, values: list, record: bool) -> None:
-        layout = []
+        """Collect an iteration's differentiable outputs: saved states and event times."""
+        layout: list[tuple] = []
         for item in emit.saves:
             *info, value = item
             values.append(value)
-            layout.append(tuple(info))
+            layout.append(("save", tuple(info)))
+        for info, t_e in emit.events:
+            values.append(t_e)
+            layout.append(("event", info))
         if record:
             self.save_layout.append(layout)
 
@@ -166,11 +173,19 @@ class _Runner:
             self._saves(emit, values, record=False)
         return self.flat(st), values
 
-    def unpack_saves(self, values: tuple) -> list[list]:
-        """The saves of each iteration, as the loop's writer takes them."""
+    def unpack_saves(self, values: tuple) -> list[tuple[list, list]]:
+        """Per iteration (the initialisation first): the saves, as the loop's writer takes
+        them, and the events, as the loop's record takes them."""
         out, it = [], iter(values)
         for layout in self.save_layout:
-            out.append([(*info, next(it)) for info in layout])
+            saves, events = [], []
+            for kind, info in layout:
+                value = next(it)
+                if kind == "save":
+                    saves.append((*info, value))
+                else:
+                    events.append((info, value))
+            out.append((saves, events))
         return out
 
 

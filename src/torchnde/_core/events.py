@@ -1,4 +1,5 @@
-"""Terminal events: stop the solve where an event function crosses zero."""
+"""Events: zero crossings of event functions that stop the solve (terminal) or reset the
+state and let it go on (non-terminal, for hybrid systems)."""
 
 from __future__ import annotations
 
@@ -10,48 +11,145 @@ import torch
 __all__ = ["Event"]
 
 EventFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]
+ResetFn = Callable[[torch.Tensor, Any, Any], Any]
 
 
 class Event:
-    r"""Stop the solve at the first zero crossing of any of the event functions.
+    r"""Zero crossings of event functions: each stops the solve (terminal) or replaces the
+    state and lets the solve go on (non-terminal: hybrid systems, bouncing balls).
 
     ``fn(t, y, args)`` returns a floating-point tensor, continuous along the solution, whose
     sign change is the event (``y[..., 0] - 0.5``, not the comparison ``y[..., 0] < 0.5``,
     which is refused with a ``TypeError``, as are Python numbers, which carry no gradient for
-    the event time). In joint stepping the solve stops when any element crosses zero; in
-    per-sample stepping ``fn`` returns ``(batch,)`` (or ``(batch, ...)``) and each sample
-    stops at its own crossing. An event value that is NaN at the start or at an accepted
-    step can never cross: the (sample's) solve fails with ``Status.NONFINITE``. The crossing
-    is located on the dense output by bisection to the resolution of the time dtype;
-    ``SaveAt(t1=True)`` then saves the event time and state, and ``Solution.event_mask`` says
-    which function fired.
+    the event time). In joint stepping an event fires when any element crosses zero; in
+    per-sample stepping ``fn`` returns ``(batch,)`` (or ``(batch, ...)``) and each sample has
+    its own events. An event value that is NaN at the start or at an accepted step can never
+    cross: the (sample's) solve fails with ``Status.NONFINITE``. The crossing is located on
+    the dense output by bisection to the resolution of the time dtype; the event time is a
+    differentiable function of the inputs (implicit function theorem).
+
+    A terminal event stops the solve: ``SaveAt(t1=True)`` then saves the event time and
+    state, and ``Solution.event_mask`` says which function stopped it. At a non-terminal
+    event the state becomes ``reset(t_e, y(t_e), args)`` (same shape and dtype; ``None``
+    leaves it unchanged) and the solve continues from there, the solver restarted as at
+    ``t0``. ``Solution.event_ts`` and ``Solution.event_ids`` record every event, terminal or
+    not, in order. When several functions fire at the same time, the resets of those that
+    fired are applied in the order of the functions, each to the previous one's result (and a
+    terminal one among them stops the solve without any reset). Save times after an event see
+    the reset state; a save time exactly at an event time gets the state just before it. In
+    joint stepping the reset receives and returns the whole batch (for a batch of independent
+    systems, step per sample, where each sample is reset on its own).
 
     Args:
         fn: an event function or a sequence of them.
         direction: ``0`` (any crossing), ``+1`` (from negative to positive along the solve) or
             ``-1``; one for all functions or one per function.
+        terminal: whether an event stops the solve; one for all functions or one per function.
+        reset: for non-terminal events, ``reset(t, y, args)`` returning the state just after
+            the event (``None``: unchanged); one for all functions or one per function.
+        max_events: the most non-terminal events a solve (per sample: each sample) may have,
+            protection against Zeno behaviour (infinitely many events in finite time). The
+            next crossing stops the solve there, before its reset, with
+            ``Status.MAX_EVENTS_REACHED``.
 
     Example:
         >>> hit_ground = Event(lambda t, y, args: y[..., 0], direction=-1)
+        >>> bounce = Event(
+        ...     lambda t, y, args: y[..., 0], direction=-1, terminal=False,
+        ...     reset=lambda t, y, args: y * torch.tensor([1.0, -0.9]),
+        ... )
     """
 
-    def __init__(self, fn: EventFn | Sequence[EventFn], direction: int | Sequence[int] = 0):
+    def __init__(
+        self,
+        fn: EventFn | Sequence[EventFn],
+        direction: int | Sequence[int] = 0,
+        *,
+        terminal: bool | Sequence[bool] = True,
+        reset: ResetFn | None | Sequence[ResetFn | None] = None,
+        max_events: int = 1000,
+    ):
         fns = tuple(fn) if isinstance(fn, (list, tuple)) else (fn,)
         if not fns or not all(callable(f) for f in fns):
             raise TypeError(
                 f"Event: `fn` must be a callable fn(t, y, args) or a sequence of them, got {fn!r}."
             )
+        n = len(fns)
         if isinstance(direction, (list, tuple)):
             dirs: tuple[int, ...] = tuple(direction)
         else:
-            dirs = (direction,) * len(fns)  # type: ignore[assignment]
-        if len(dirs) != len(fns) or any(d not in (-1, 0, 1) for d in dirs):
+            dirs = (direction,) * n  # type: ignore[assignment]
+        if len(dirs) != n or any(d not in (-1, 0, 1) for d in dirs):
             raise ValueError(
                 f"Event: `direction` must be -1, 0 or +1, once or once per function "
-                f"({len(fns)}), got {direction!r}."
+                f"({n}), got {direction!r}."
             )
+        terms_ = tuple(terminal) if isinstance(terminal, (list, tuple)) else (terminal,) * n
+        if len(terms_) != n or not all(isinstance(x, bool) for x in terms_):
+            raise TypeError(
+                f"Event: `terminal` must be a bool, once or once per function ({n}), got "
+                f"{terminal!r}."
+            )
+        resets = tuple(reset) if isinstance(reset, (list, tuple)) else (reset,) * n
+        if len(resets) != n or not all(r is None or callable(r) for r in resets):
+            raise TypeError(
+                f"Event: `reset` must be None or a callable reset(t, y, args), once or once per "
+                f"function ({n}), got {reset!r}."
+            )
+        for i, (r, term) in enumerate(zip(resets, terms_)):
+            if r is not None and term:
+                where = f"`reset[{i}]`" if isinstance(reset, (list, tuple)) else "`reset`"
+                raise ValueError(
+                    f"Event: {where} is given for a terminal event, where the solve stops and "
+                    "the state is never reset; pass terminal=False to reset and continue."
+                )
+        if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 0:
+            raise ValueError(f"Event: `max_events` must be an int >= 0, got {max_events!r}.")
         self.fns = fns
         self.directions = dirs
+        self.terminal: tuple[bool, ...] = tuple(terms_)  # type: ignore[arg-type]
+        self.resets: tuple[ResetFn | None, ...] = tuple(resets)  # type: ignore[arg-type]
+        self.max_events = max_events
+        # Whether any event lets the solve continue (a hybrid system).
+        self.continues = not all(terms_)
+
+    def replace_fns(self, fns: Sequence[EventFn], resets: Sequence[ResetFn | None]) -> Event:
+        """The same event with other functions (e.g. wrapped to unpack a tuple state)."""
+        new = object.__new__(Event)
+        new.__dict__.update(self.__dict__)
+        new.fns, new.resets = tuple(fns), tuple(resets)
+        return new
+
+    def apply_resets(
+        self, t: torch.Tensor, y: torch.Tensor, args: Any, which: Sequence[Any], per_sample: bool
+    ) -> torch.Tensor:
+        """The state after the resets of the functions that fired (``which``: per function, a
+        bool (joint, known on the host) or a ``(batch,)`` mask (per sample))."""
+        for i, (r, w) in enumerate(zip(self.resets, which)):
+            if r is None or (not per_sample and not w):
+                continue
+            y_new = r(t, y, args)
+            if (
+                not isinstance(y_new, torch.Tensor)
+                or y_new.shape != y.shape
+                or (y_new.dtype != y.dtype)
+            ):
+                name = f"`reset[{i}]`" if len(self.resets) > 1 else "`reset`"
+                got = (
+                    f"a tensor of shape {tuple(y_new.shape)}, dtype {y_new.dtype}"
+                    if isinstance(y_new, torch.Tensor)
+                    else f"{type(y_new).__name__} {y_new!r}"
+                )
+                raise ValueError(
+                    f"Event: {name} must return the new state, shaped like the state "
+                    f"({tuple(y.shape)}, {y.dtype}), got {got}."
+                )
+            if per_sample:
+                mask = w.reshape(w.shape + (1,) * (y.ndim - w.ndim))
+                y = torch.where(mask, y_new, y)
+            else:
+                y = y_new
+        return y
 
     def first_values(
         self, t: torch.Tensor, y: Any, args: Any, per_sample: bool, like: torch.Tensor

@@ -110,6 +110,10 @@ class LoopResult:
     steps_y: torch.Tensor | None
     dense: list | None
     event_mask: tuple[torch.Tensor, ...] | None
+    # Every event that fired, in order (internal time): joint (k,), per sample (batch, k),
+    # NaN / -1 padded; ``None`` without events.
+    event_ts: torch.Tensor | None = None
+    event_ids: torch.Tensor | None = None
     extra_stats: dict = field(default_factory=dict)  # solver counts (Jacobians, LUs, ...)
     cause: torch.Tensor | None = None  # a Cause per sample (batch shape), NONE if successful
 
@@ -212,7 +216,10 @@ def _locate_event(
     slope = torch.where(ok, slope, torch.ones_like(slope))
     t_star = t0 + hi * h
     t_ev = t_star - torch.where(ok, crossing(hi), torch.zeros_like(hi)) / slope
-    theta_ev = (t_ev - t0) / h
+    # A sample that did not cross may have stopped (a zero-length step): its θ stays finite,
+    # so no NaN reaches the gradient through the branch `where` discards.
+    safe_h = torch.where(hit & (h != 0), h, torch.ones_like(h))
+    theta_ev = torch.where(hit, (t_ev - t0) / safe_h, hi.detach())
     y_ev = state_at(theta_ev)
     with torch.no_grad():
         g = event.values(to_user_time(t_star), state_at(hi), args, per_sample)
@@ -236,6 +243,8 @@ class _State:
     event_hit: torch.Tensor
     g_prev: list
     event_mask: tuple | None
+    num_events: torch.Tensor  # non-terminal events so far (batch shape)
+    events_over: torch.Tensor  # a crossing beyond `max_events` stopped the sample
     save_index: torch.Tensor | None  # per sample: how many save times each sample has passed
     y1: torch.Tensor  # the last attempted state (joint failure diagnosis)
     cause: torch.Tensor  # a Cause found while stepping (at the start, or an event's NaN)
@@ -249,7 +258,9 @@ class Host:
     save_num: int = 0  # joint: save slots filled so far; per sample: most new ones in a sample
     accepted: bool = False  # joint: the step was accepted; per sample: any sample accepted
     jumped: bool = False
-    event: bool = False
+    event: bool = False  # some event function crossed zero in this step
+    fired: tuple = ()  # joint, at an event: per function, whether it fired
+    num_events: int = 0  # joint only: non-terminal events so far
     status: Status = Status.SUCCESSFUL  # joint only
     t_shown: float = 0.0
     num_accepted: int = 0  # joint only
@@ -262,6 +273,9 @@ class _Emit:
     saves: list  # joint: [(start, stop, values)]; per sample: [(index, mask, values)]
     dense: tuple | None = None
     step: tuple | None = None
+    # At an event: [(info, t_e)], info = (index of the function,) joint, or (fired mask,
+    # index) per sample; t_e carries the event time's gradient.
+    events: list = field(default_factory=list)
 
 
 class Loop:
@@ -457,7 +471,8 @@ class Loop:
             t=t0, tnext=tnext, y=y0, fstate=fstate, cstate=cstate, running=running,
             num_accepted=zeros, num_attempts=zeros, finite_at_stop=ok,
             event_hit=torch.zeros_like(running), g_prev=g_prev, event_mask=event_mask,
-            save_index=None, y1=y0, cause=cause,
+            num_events=zeros, events_over=torch.zeros_like(running), save_index=None, y1=y0,
+            cause=cause,
         )  # fmt: skip
         saves: list = []
         host = Host(keep_going=True)
@@ -524,7 +539,13 @@ class Loop:
         t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
         ev_hit = None
         event_hit, event_mask, g_prev = st.event_hit, st.event_mask, st.g_prev
+        num_events, events_over = st.num_events, st.events_over
         ev_now = ev_bad = False
+        ev_status = Status.SUCCESSFUL  # joint: what the event of this step does
+        fired: tuple = ()
+        resets: Any = None  # the samples (per sample) or whether (joint) to reset
+        which: list = []
+        ev_record: list = []
         cause = st.cause
         if event is not None and event_mask is not None:
             g_new = event.values(self.to_user_time(tnext), y1, args, per_sample)
@@ -545,9 +566,36 @@ class Loop:
                 )  # fmt: skip
                 t_after = torch.where(crossed, t_ev, t_after)
                 y1 = torch.where(broadcast_time(crossed, y1), y_ev, y1)
-                event_mask = tuple(m | w for m, w in zip(event_mask, which))
-                ev_hit = crossed
-                event_hit = event_hit | crossed
+                if per_sample:
+                    stops = crossed & torch.stack(
+                        [w & term for w, term in zip(which, event.terminal)]
+                    ).any(0)
+                    go_on = crossed & ~stops
+                    over = go_on & (num_events >= event.max_events)
+                    resets = go_on & ~over
+                    event_mask = tuple(m | (w & stops) for m, w in zip(event_mask, which))
+                    ev_hit = stops | over
+                    event_hit = event_hit | stops
+                    events_over = events_over | over
+                    num_events = num_events + resets
+                    first = torch.stack(which).to(torch.int8).argmax(0)
+                    ev_record = [((crossed & ~over, first), t_ev)]
+                else:
+                    fired = (
+                        replay.fired if replay is not None else tuple(bool(w) for w in _host(which))
+                    )
+                    if any(f and term for f, term in zip(fired, event.terminal)):
+                        ev_status = Status.EVENT_OCCURRED
+                        event_mask = tuple(
+                            m | torch.tensor(f and term, device=m.device)
+                            for m, f, term in zip(event_mask, fired, event.terminal)
+                        )
+                    elif prev.num_events >= event.max_events:
+                        ev_status = Status.MAX_EVENTS_REACHED
+                    else:
+                        resets = True
+                    if ev_status != Status.MAX_EVENTS_REACHED:
+                        ev_record = [((fired.index(True) if any(fired) else 0,), t_ev)]
             g_prev = [
                 torch.where(broadcast_time(accept, gn) if per_sample else accept, gn, gp)
                 for gn, gp in zip(g_new, g_prev)
@@ -566,10 +614,11 @@ class Loop:
             t=t, tnext=tnext, y=y, fstate=fstate, cstate=cstate, running=st.running,
             num_accepted=st.num_accepted, num_attempts=st.num_attempts,
             finite_at_stop=st.finite_at_stop, event_hit=event_hit, g_prev=g_prev,
-            event_mask=event_mask, save_index=st.save_index, y1=y1, cause=cause,
+            event_mask=event_mask, num_events=num_events, events_over=events_over,
+            save_index=st.save_index, y1=y1, cause=cause,
         )  # fmt: skip
-        emit = _Emit(saves=[])
-        host = Host(keep_going=False, event=ev_now)
+        emit = _Emit(saves=[], events=ev_record)
+        host = Host(keep_going=False, event=ev_now, fired=fired)
 
         if per_sample:
             new.num_accepted = st.num_accepted + accept
@@ -630,8 +679,8 @@ class Loop:
                 vals = _host(req)
                 t_host, tnext_host = float(vals[0]), float(vals[1])
                 status = Status.SUCCESSFUL
-                if ev_now:
-                    status = Status.EVENT_OCCURRED
+                if ev_status != Status.SUCCESSFUL:
+                    status = ev_status
                 elif ev_bad or (not adaptive and not vals[2]):
                     status = Status.NONFINITE
                     if always:
@@ -648,6 +697,7 @@ class Loop:
                     bisect.bisect_right(self.ts_host, t_host) if accepted else prev.save_num
                 )
                 host.num_accepted = prev.num_accepted + int(accepted)
+                host.num_events = prev.num_events + int(resets is True)
             else:
                 host = replay
             if always and host.status == Status.NONFINITE:
@@ -665,6 +715,9 @@ class Loop:
                     emit.dense = (t_before, t, dense_info, t_step_end)
                 if self.save_steps:
                     emit.step = (t, y)
+        if resets is not None:
+            scale = [torch.maximum(a.abs(), b.abs()) for a, b in zip(st.g_prev, g_new)]
+            nfe += self._reset(new, fired if not per_sample else which, resets, scale)
         if host.jumped:
             # Restart first-same-as-last just after the discontinuity.
             t_right = torch.nextafter(t, torch.full_like(t, math.inf))
@@ -678,6 +731,79 @@ class Loop:
                 self.extra_stats[k] = self.extra_stats.get(k, 0) + v
         return new, host, emit, nfe
 
+    def _reset(self, new: _State, which: Any, resets: Any, scale: list) -> int:
+        """After a non-terminal event (``new.t`` the event time, ``new.y`` the state there):
+        the state replaced by the resets of the functions that fired, the solver and the
+        controller restarted from it as at ``t0`` (first-same-as-last and the step-size
+        history do not survive a jump of the state), and the event values read again. Those
+        the reset leaves at zero within round-off (``sqrt(eps)`` of their size over the
+        step) are set to exactly zero, from which no crossing counts: the crossing just
+        handled does not fire again. Per sample, only the samples in ``resets`` change.
+        Returns the vector-field evaluations used."""
+        event, solver, terms, args = self.event, self.solver, self.terms, self.args
+        assert event is not None
+        per_sample = self.per_sample
+        t, y = new.t, new.y
+        t_user = self.to_user_time(t)
+        masks = [w & resets for w in which] if per_sample else list(which)
+        y_new = event.apply_resets(t_user, y, args, masks, per_sample)
+        fstate = solver.init(terms, t, y_new, args)
+        nfe = solver.num_fevals_init
+        vf = solver.vector_field_of(fstate)
+        if vf is None and self.dt0 is None:
+            vf = terms.vf(t, y_new, args)
+            nfe += 1
+        tnext, cstate, extra = self.controller.init(
+            terms, t, self.t1, y_new, self.dt0, args, solver, vf, self.norm
+        )
+        nfe += extra
+        tnext = self._clip_end(tnext)
+        with torch.no_grad():
+            tol = math.sqrt(torch.finfo(t.dtype).eps)
+            g = [
+                torch.where(v.abs() <= tol * sc, torch.zeros_like(v), v)
+                for v, sc in zip(event.values(t_user, y_new, args, per_sample), scale)
+            ]
+        if per_sample:
+            new.y = y_new
+            new.fstate = tree_where(resets, fstate, new.fstate)
+            new.cstate = tree_where(resets, cstate, new.cstate)
+            new.tnext = torch.where(resets, tnext, new.tnext)
+            new.g_prev = [
+                torch.where(broadcast_time(resets, v), v, gp) for v, gp in zip(g, new.g_prev)
+            ]
+        else:
+            new.y, new.fstate, new.cstate, new.tnext, new.g_prev = y_new, fstate, cstate, tnext, g
+        return nfe
+
+    def _event_record(self, emits: list[_Emit]) -> tuple[Any, Any]:
+        """Every event of the solve in order: times and the index of the function that fired
+        (the first one, when several fired at once); joint ``(k,)``, per sample ``(batch, k)``
+        padded with NaN and -1."""
+        if self.event is None:
+            return None, None
+        items = [item for e in emits for item in e.events]
+        t0 = self.t0
+        if not self.per_sample:
+            if not items:
+                return t0.new_zeros((0,)), torch.zeros(0, dtype=torch.int64, device=t0.device)
+            ts = torch.stack([t_e for _, t_e in items])
+            ids = torch.tensor([info[0] for info, _ in items], device=t0.device)
+            return ts, ids
+        batch = t0.shape[0]
+        if not items:
+            return (
+                t0.new_zeros((batch, 0)),
+                torch.zeros(batch, 0, dtype=torch.int64, device=t0.device),
+            )
+        fired = torch.stack([info[0] for info, _ in items])  # (k, batch)
+        ts = torch.where(fired, torch.stack([t_e for _, t_e in items]), math.nan)
+        ids = torch.where(fired, torch.stack([info[1] for info, _ in items]).long(), -1)
+        order = torch.argsort((~fired).to(torch.int8), dim=0, stable=True)
+        ts, ids = ts.gather(0, order), ids.gather(0, order)
+        keep = int(fired.sum(0).max())
+        return ts[:keep].T, ids[:keep].T
+
     def finish(
         self, st: _State, last: Host, num_steps: int, nfe: int, out: Any, emits: list[_Emit]
     ) -> LoopResult:
@@ -689,6 +815,7 @@ class Loop:
             status = torch.where(t < self.t1, fail, status)
             status = torch.where(st.running, int(Status.MAX_STEPS_REACHED), status)
             status = torch.where(st.event_hit, int(Status.EVENT_OCCURRED), status)
+            status = torch.where(st.events_over, int(Status.MAX_EVENTS_REACHED), status)
             status = torch.where(st.cause != Cause.NONE, int(Status.NONFINITE), status)
             num_accepted, num_attempts = st.num_accepted, st.num_attempts
         else:
@@ -713,6 +840,7 @@ class Loop:
                 st_y = st_y.gather(0, expand)
                 keep = int((~torch.isnan(st_t)).sum(0).max())
                 st_t, st_y = st_t[:keep], st_y[:keep]
+        event_ts, event_ids = self._event_record(emits)
         return LoopResult(
             t=t,
             y=st.y,
@@ -726,6 +854,8 @@ class Loop:
             steps_y=st_y,
             dense=dense,
             event_mask=st.event_mask,
+            event_ts=event_ts,
+            event_ids=event_ids,
             extra_stats=dict(self.extra_stats),
             cause=cause,
         )

@@ -21,6 +21,7 @@ class Status(enum.IntEnum):
     MAX_STEPS_REACHED = 2
     DT_UNDERFLOW = 3
     NONFINITE = 4
+    MAX_EVENTS_REACHED = 5
 
     @property
     def message(self) -> str:
@@ -47,6 +48,12 @@ _MESSAGES = {
     Status.NONFINITE: (
         "NaN or inf in the initial state, the vector field, the error norm or an event "
         "function, which shrinking the step cannot cure"
+    ),
+    Status.MAX_EVENTS_REACHED: (
+        "more non-terminal events than the Event's `max_events`: Zeno behaviour (events "
+        "accumulating in finite time, e.g. a bouncing ball coming to rest) or a reset that "
+        "leaves the state on the event surface; raise `max_events`, or end the solve with a "
+        "terminal event before the events accumulate"
     ),
 }
 
@@ -136,7 +143,13 @@ class Solution:
             solvers add ``num_jacobians`` and ``num_lu_factorisations`` (batched calls).
         status: a :class:`Status` code per sample (a 0-d tensor for joint stepping).
         event_mask: for a solve with events, a tuple with, per event function, a bool tensor
-            saying whether it stopped the solve.
+            saying whether it stopped the solve (a terminal event).
+        event_ts: for a solve with events, the time of every event that fired (terminal or
+            not), in order: ``(k,)``, or ``(batch, k)`` when stepping per sample (NaN after a
+            sample's last event). Differentiable, like the saved states.
+        event_ids: the index of the event function that fired at each of ``event_ts``
+            (the lowest one when several fired at once): int64, ``(k,)`` or ``(batch, k)``
+            (-1 padding).
         integral: with ``solve(..., integral=l)``, the running cost integrated from ``t0`` to
             each saved time, time first.
     """
@@ -146,6 +159,8 @@ class Solution:
     stats: dict[str, Any]
     status: torch.Tensor
     event_mask: tuple[torch.Tensor, ...] | None = None
+    event_ts: torch.Tensor | None = None
+    event_ids: torch.Tensor | None = None
     integral: Any = None
     _interpolate: Callable[[torch.Tensor], Any] | None = field(default=None, repr=False)
 
