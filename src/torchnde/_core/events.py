@@ -3,12 +3,13 @@ state and let it go on (non-terminal, for hybrid systems)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["Event"]
+__all__ = ["Event", "locate_event"]
 
 EventFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]
 ResetFn = Callable[[torch.Tensor, Any, Any], Any]
@@ -233,3 +234,97 @@ def _check_value(v: Any, name: str, per_sample: bool, like: torch.Tensor) -> Non
             f"({batch},) or ({batch}, ...), got {what}; e.g. `y[:, 0] - 0.5` rather than "
             "`y[0, 0] - 0.5`."
         )
+
+
+def locate_event(
+    event: Event,
+    solver: Any,
+    dense: Any,
+    t0: torch.Tensor,
+    h: torch.Tensor,
+    g0: list[torch.Tensor],
+    args: Any,
+    hit: torch.Tensor,
+    per_sample: bool,
+    to_user_time: Any,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Bisection for the earliest crossing within the step, on the dense output, then one
+    Newton correction that gives the event time its gradient.
+
+    Bisects on "some function has crossed in [0, θ]", which finds the first crossing of any
+    function even when several cross within one step, to the resolution of the time dtype.
+    The event time is then written as ``t* - g(t*, y(t*)) / stopgrad(dg/dt)``: its value is
+    ``t*`` (``g`` vanishes there) and its derivative is the implicit-function-theorem one,
+    ``dt*/dp = -(∂g/∂p) / (dg/dt)``, so the gradient flows to everything ``g`` and the
+    solution depend on (torchdiffeq's ``odeint_event`` does the same).
+    """
+    # Bisection to sqrt(eps) of the step, then the Newton step below takes the error to
+    # O(eps) (quadratic convergence); only where that step is impossible (zero or non-finite
+    # slope) does bisection go on to full precision.
+    full_iters = int(-math.log2(torch.finfo(t0.dtype).eps)) + 2
+    iters = full_iters // 2 + 2
+
+    def state_at(theta: torch.Tensor) -> torch.Tensor:
+        if per_sample:
+            return solver.interpolate(dense, theta, True)
+        return solver.interpolate(dense, theta.reshape(1), False)[0]
+
+    def values(theta: torch.Tensor) -> torch.Tensor:
+        vals = event.values(to_user_time(t0 + theta * h), state_at(theta), args, per_sample)
+        if per_sample:
+            return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
+        return torch.cat([v.reshape(-1) for v in vals])
+
+    def bisect(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            for _ in range(n):
+                mid = 0.5 * (lo + hi)
+                g = event.values(to_user_time(t0 + mid * h), state_at(mid), args, per_sample)
+                crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
+                hi = torch.where(crossed, mid, hi)
+                lo = torch.where(crossed, lo, mid)
+            hi = torch.where(hit, hi, torch.ones_like(hi))
+            # The component that crossed: the first one whose sign differs between lo and hi.
+            g_lo, g_hi = values(lo), values(hi)
+            changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
+            return lo, hi, changed.to(torch.int8).argmax(dim=-1)
+
+    lo, hi, idx = bisect(torch.zeros_like(t0), torch.ones_like(t0), iters)
+
+    def crossing(theta: torch.Tensor) -> torch.Tensor:
+        g = values(theta)
+        return g.gather(1, idx[:, None])[:, 0] if per_sample else g[idx]
+
+    def slope_at(hi: torch.Tensor) -> torch.Tensor | None:
+        with torch.enable_grad():
+            theta = hi.detach().requires_grad_(True)
+            g_theta = crossing(theta).sum()
+            # An event function may not depend on the state or time at all there
+            # (torchdiffeq's learn_physics returns zeros_like(t) after a terminal time).
+            if not g_theta.requires_grad:
+                return None
+            return torch.autograd.grad(g_theta, theta, allow_unused=True)[0]
+
+    dg_dtheta = slope_at(hi)
+    flat = hit if dg_dtheta is None else hit & ~((dg_dtheta != 0) & torch.isfinite(dg_dtheta))
+    if bool(flat.any()):
+        _, hi_full, idx_full = bisect(lo, hi, full_iters - iters)
+        hi = torch.where(flat, hi_full, hi)
+        idx = torch.where(flat, idx_full, idx)
+        dg_dtheta = slope_at(hi)
+    if dg_dtheta is None:
+        dg_dtheta = torch.zeros_like(hi)
+    slope = dg_dtheta.detach() / h.detach()
+    ok = hit & (slope != 0) & torch.isfinite(slope)
+    slope = torch.where(ok, slope, torch.ones_like(slope))
+    t_star = t0 + hi * h
+    t_ev = t_star - torch.where(ok, crossing(hi), torch.zeros_like(hi)) / slope
+    # A sample that did not cross may have stopped (a zero-length step): its θ stays finite,
+    # so no NaN reaches the gradient through the branch `where` discards.
+    safe_h = torch.where(hit & (h != 0), h, torch.ones_like(h))
+    theta_ev = torch.where(hit, (t_ev - t0) / safe_h, hi.detach())
+    y_ev = state_at(theta_ev)
+    with torch.no_grad():
+        g = event.values(to_user_time(t_star), state_at(hi), args, per_sample)
+        which = [w & hit for w in event.crossed(g0, g, per_sample)]
+    return t_ev, y_ev, which

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .controllers import AbstractStepSizeController, Norm
-from .events import Event
+from .events import Event, locate_event
 from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
@@ -133,100 +133,6 @@ def tree_where(mask: torch.Tensor, a: Any, b: Any) -> Any:
     return torch.where(broadcast_time(mask, a), a, b)
 
 
-def _locate_event(
-    event: Event,
-    solver: AbstractSolver,
-    dense: Any,
-    t0: torch.Tensor,
-    h: torch.Tensor,
-    g0: list[torch.Tensor],
-    args: Any,
-    hit: torch.Tensor,
-    per_sample: bool,
-    to_user_time: Any,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Bisection for the earliest crossing within the step, on the dense output, then one
-    Newton correction that gives the event time its gradient.
-
-    Bisects on "some function has crossed in [0, θ]", which finds the first crossing of any
-    function even when several cross within one step, to the resolution of the time dtype.
-    The event time is then written as ``t* - g(t*, y(t*)) / stopgrad(dg/dt)``: its value is
-    ``t*`` (``g`` vanishes there) and its derivative is the implicit-function-theorem one,
-    ``dt*/dp = -(∂g/∂p) / (dg/dt)``, so the gradient flows to everything ``g`` and the
-    solution depend on (torchdiffeq's ``odeint_event`` does the same).
-    """
-    # Bisection to sqrt(eps) of the step, then the Newton step below takes the error to
-    # O(eps) (quadratic convergence); only where that step is impossible (zero or non-finite
-    # slope) does bisection go on to full precision.
-    full_iters = int(-math.log2(torch.finfo(t0.dtype).eps)) + 2
-    iters = full_iters // 2 + 2
-
-    def state_at(theta: torch.Tensor) -> torch.Tensor:
-        if per_sample:
-            return solver.interpolate(dense, theta, True)
-        return solver.interpolate(dense, theta.reshape(1), False)[0]
-
-    def values(theta: torch.Tensor) -> torch.Tensor:
-        vals = event.values(to_user_time(t0 + theta * h), state_at(theta), args, per_sample)
-        if per_sample:
-            return torch.cat([v.reshape(v.shape[0], -1) for v in vals], dim=1)
-        return torch.cat([v.reshape(-1) for v in vals])
-
-    def bisect(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            for _ in range(n):
-                mid = 0.5 * (lo + hi)
-                g = event.values(to_user_time(t0 + mid * h), state_at(mid), args, per_sample)
-                crossed = torch.stack(event.crossed(g0, g, per_sample)).any(0)
-                hi = torch.where(crossed, mid, hi)
-                lo = torch.where(crossed, lo, mid)
-            hi = torch.where(hit, hi, torch.ones_like(hi))
-            # The component that crossed: the first one whose sign differs between lo and hi.
-            g_lo, g_hi = values(lo), values(hi)
-            changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
-            return lo, hi, changed.to(torch.int8).argmax(dim=-1)
-
-    lo, hi, idx = bisect(torch.zeros_like(t0), torch.ones_like(t0), iters)
-
-    def crossing(theta: torch.Tensor) -> torch.Tensor:
-        g = values(theta)
-        return g.gather(1, idx[:, None])[:, 0] if per_sample else g[idx]
-
-    def slope_at(hi: torch.Tensor) -> torch.Tensor | None:
-        with torch.enable_grad():
-            theta = hi.detach().requires_grad_(True)
-            g_theta = crossing(theta).sum()
-            # An event function may not depend on the state or time at all there
-            # (torchdiffeq's learn_physics returns zeros_like(t) after a terminal time).
-            if not g_theta.requires_grad:
-                return None
-            return torch.autograd.grad(g_theta, theta, allow_unused=True)[0]
-
-    dg_dtheta = slope_at(hi)
-    flat = hit if dg_dtheta is None else hit & ~((dg_dtheta != 0) & torch.isfinite(dg_dtheta))
-    if bool(flat.any()):
-        _, hi_full, idx_full = bisect(lo, hi, full_iters - iters)
-        hi = torch.where(flat, hi_full, hi)
-        idx = torch.where(flat, idx_full, idx)
-        dg_dtheta = slope_at(hi)
-    if dg_dtheta is None:
-        dg_dtheta = torch.zeros_like(hi)
-    slope = dg_dtheta.detach() / h.detach()
-    ok = hit & (slope != 0) & torch.isfinite(slope)
-    slope = torch.where(ok, slope, torch.ones_like(slope))
-    t_star = t0 + hi * h
-    t_ev = t_star - torch.where(ok, crossing(hi), torch.zeros_like(hi)) / slope
-    # A sample that did not cross may have stopped (a zero-length step): its θ stays finite,
-    # so no NaN reaches the gradient through the branch `where` discards.
-    safe_h = torch.where(hit & (h != 0), h, torch.ones_like(h))
-    theta_ev = torch.where(hit, (t_ev - t0) / safe_h, hi.detach())
-    y_ev = state_at(theta_ev)
-    with torch.no_grad():
-        g = event.values(to_user_time(t_star), state_at(hi), args, per_sample)
-        which = [w & hit for w in event.crossed(g0, g, per_sample)]
-    return t_ev, y_ev, which
-
-
 @dataclass
 class _State:
     """The loop's tensors between iterations (replaced, never mutated)."""
@@ -249,21 +155,30 @@ class _State:
     y1: torch.Tensor  # the last attempted state (joint failure diagnosis)
     cause: torch.Tensor  # a Cause found while stepping (at the start, or an event's NaN)
 
+    def copy(self) -> _State:
+        """A shallow copy, for the next iteration to replace fields of (fast: no __init__)."""
+        new = object.__new__(_State)
+        new.__dict__.update(self.__dict__)
+        return new
+
 
 @dataclass
 class Host:
-    """What the host learned in one iteration, recorded so it can be replayed without a sync."""
+    """What the host learned in one iteration: the replay record. A live iteration fills it
+    from one transfer; a replayed one (checkpointing) takes every decision from it, so the
+    same computation runs with no host sync. Each field is named after the decision it
+    drives."""
 
-    keep_going: bool
+    keep_going: bool  # whether another iteration runs
     save_num: int = 0  # joint: save slots filled so far; per sample: most new ones in a sample
     accepted: bool = False  # joint: the step was accepted; per sample: any sample accepted
-    jumped: bool = False
-    event: bool = False  # some event function crossed zero in this step
+    jumped: bool = False  # the step ended on a `jump_ts` point (first-same-as-last restarts)
+    event: bool = False  # some event function crossed zero in this step (it is located)
     fired: tuple = ()  # joint, at an event: per function, whether it fired
-    num_events: int = 0  # joint only: non-terminal events so far
-    status: Status = Status.SUCCESSFUL  # joint only
-    t_shown: float = 0.0
-    num_accepted: int = 0  # joint only
+    num_events: int = 0  # joint only: non-terminal events so far (against `max_events`)
+    status: Status = Status.SUCCESSFUL  # joint only: the solve's status after this step
+    t_shown: float = 0.0  # joint: the time reached; per sample: the least (progress meter)
+    num_accepted: int = 0  # joint only: accepted steps so far
 
 
 @dataclass
@@ -276,6 +191,322 @@ class _Emit:
     # At an event: [(info, t_e)], info = (index of the function,) joint, or (fired mask,
     # index) per sample; t_e carries the event time's gradient.
     events: list = field(default_factory=list)
+
+
+@dataclass
+class _Step:
+    """One attempted step, as the interruption hooks and the stepping mode see it. A hook
+    that cuts the step short moves ``t_after`` (and ``y1``) to the cut; the dense output
+    still covers ``[t, t_step_end]``."""
+
+    t: torch.Tensor
+    tnext: torch.Tensor
+    y1: torch.Tensor
+    dense_info: Any
+    accept: torch.Tensor
+    finite: torch.Tensor | None
+    made_jump: torch.Tensor | None
+    t_after: torch.Tensor
+    t_step_end: torch.Tensor
+
+
+@dataclass
+class _Cut:
+    """What the event hook made of one step."""
+
+    occurred: bool = False  # host: some event function crossed zero
+    stop: torch.Tensor | None = None  # per sample: the samples that stop at their event
+    status: Status = Status.SUCCESSFUL  # joint: the solve's status after this step
+    bad: bool = False  # joint: an event value is NaN at the accepted point
+    fired: tuple = ()  # joint: per function, whether it fired (host bools)
+    which: list = field(default_factory=list)  # per function, whether it fired (tensors)
+    resets: Any = None  # the samples to reset (mask), True (joint), or None
+    record: list = field(default_factory=list)  # [(info, t_e)] for the event record
+    scale: list = field(default_factory=list)  # the event values' size over the step
+
+
+class EventHook:
+    """Events as the loop's interruption: after each attempted step, find the crossings,
+    locate the earliest on the dense output, cut the step there, and decide per sample (or
+    for the joint batch) whether to stop (terminal, or past ``max_events``) or to reset the
+    state and restart (``Loop.restart``)."""
+
+    def __init__(self, event: Event, loop: Loop) -> None:
+        self.event, self.loop = event, loop
+
+    def check(self, st: _State, new: _State, prev: Host, replay: Host | None, step: _Step) -> _Cut:
+        loop, event = self.loop, self.event
+        per_sample, args = loop.per_sample, loop.args
+        accept = step.accept
+        g_prev = st.g_prev
+        g_new = event.values(loop.to_user_time(step.tnext), step.y1, args, per_sample)
+        crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
+        # An event function that is NaN at an accepted point can never fire: a failure.
+        bad = _nonfinite(g_new, per_sample) & accept & ~crossed  # type: ignore[operator]
+        new.cause = torch.where(bad, int(Cause.EVENT), st.cause)
+        cut = _Cut()
+        if replay is not None:
+            cut.occurred = replay.event
+        elif per_sample:
+            cut.occurred = bool(_host([crossed.any()])[0])
+        else:
+            cut.occurred, cut.bad = (bool(v) for v in _host([crossed.any(), bad]))
+        if cut.occurred:
+            t_ev, y_ev, which = locate_event(
+                event, loop.solver, step.dense_info, step.t, step.tnext - step.t, g_prev, args,
+                crossed, per_sample, loop.to_user_time,
+            )  # fmt: skip
+            step.t_after = torch.where(crossed, t_ev, step.t_after)
+            step.y1 = torch.where(broadcast_time(crossed, step.y1), y_ev, step.y1)
+            cut.which = which
+            cut.scale = [torch.maximum(a.abs(), b.abs()) for a, b in zip(g_prev, g_new)]
+            if per_sample:
+                self._decide_per_sample(st, new, cut, crossed, t_ev)
+            else:
+                self._decide_joint(new, prev, replay, cut, t_ev)
+        new.g_prev = [
+            torch.where(broadcast_time(accept, gn) if per_sample else accept, gn, gp)
+            for gn, gp in zip(g_new, g_prev)
+        ]
+        return cut
+
+    def _decide_per_sample(
+        self, st: _State, new: _State, cut: _Cut, crossed: torch.Tensor, t_ev: torch.Tensor
+    ) -> None:
+        event, which = self.event, cut.which
+        stops = crossed & torch.stack([w & term for w, term in zip(which, event.terminal)]).any(0)
+        go_on = crossed & ~stops
+        over = go_on & (st.num_events >= event.max_events)
+        cut.resets = go_on & ~over
+        cut.stop = stops | over
+        new.event_mask = tuple(m | (w & stops) for m, w in zip(st.event_mask, which))  # type: ignore[arg-type]
+        new.event_hit = st.event_hit | stops
+        new.events_over = st.events_over | over
+        new.num_events = st.num_events + cut.resets
+        first = torch.stack(which).to(torch.int8).argmax(0)
+        cut.record = [((crossed & ~over, first), t_ev)]
+
+    def _decide_joint(
+        self, new: _State, prev: Host, replay: Host | None, cut: _Cut, t_ev: torch.Tensor
+    ) -> None:
+        event = self.event
+        fired = replay.fired if replay is not None else tuple(bool(w) for w in _host(cut.which))
+        cut.fired = fired
+        if any(f and term for f, term in zip(fired, event.terminal)):
+            cut.status = Status.EVENT_OCCURRED
+            new.event_mask = tuple(
+                m | torch.tensor(f and term, device=m.device)
+                for m, f, term in zip(new.event_mask, fired, event.terminal)  # type: ignore[arg-type]
+            )
+        elif prev.num_events >= event.max_events:
+            cut.status = Status.MAX_EVENTS_REACHED
+            return
+        else:
+            cut.resets = True
+        cut.record = [((fired.index(True) if any(fired) else 0,), t_ev)]
+
+    def restart(self, loop: Loop, st: _State, new: _State, cut: _Cut) -> int:
+        """After a non-terminal event (``new.t`` the event time, ``new.y`` the state there):
+        the state replaced by the resets of the functions that fired and the solve restarted
+        from it (:meth:`Loop.restart`), then the event values read again. Those the reset
+        leaves at zero within round-off (``sqrt(eps)`` of their size over the step) are set to
+        exactly zero, from which no crossing counts: the crossing just handled does not fire
+        again. Per sample, only the samples in ``cut.resets`` change."""
+        event, per_sample, args = self.event, loop.per_sample, loop.args
+        t_user = loop.to_user_time(new.t)
+        if per_sample:
+            masks: list = [w & cut.resets for w in cut.which]
+        else:
+            masks = list(cut.fired)
+        y_new = event.apply_resets(t_user, new.y, args, masks, per_sample)
+        nfe = loop.restart(new, y_new, cut.resets)
+        with torch.no_grad():
+            tol = math.sqrt(torch.finfo(new.t.dtype).eps)
+            g = [
+                torch.where(v.abs() <= tol * sc, torch.zeros_like(v), v)
+                for v, sc in zip(event.values(t_user, y_new, args, per_sample), cut.scale)
+            ]
+        if per_sample:
+            new.g_prev = [
+                torch.where(broadcast_time(cut.resets, v), v, gp) for v, gp in zip(g, new.g_prev)
+            ]
+        else:
+            new.g_prev = g
+        return nfe
+
+    def record(self, emits: list[_Emit]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every event of the solve in order: times and the index of the function that fired
+        (the first one, when several fired at once); joint ``(k,)``, per sample ``(batch, k)``
+        padded with NaN and -1."""
+        items = [item for e in emits for item in e.events]
+        t0 = self.loop.t0
+        if not self.loop.per_sample:
+            if not items:
+                return t0.new_zeros((0,)), torch.zeros(0, dtype=torch.int64, device=t0.device)
+            ts = torch.stack([t_e for _, t_e in items])
+            ids = torch.tensor([info[0] for info, _ in items], device=t0.device)
+            return ts, ids
+        batch = t0.shape[0]
+        if not items:
+            return (
+                t0.new_zeros((batch, 0)),
+                torch.zeros(batch, 0, dtype=torch.int64, device=t0.device),
+            )
+        fired = torch.stack([info[0] for info, _ in items])  # (k, batch)
+        ts = torch.where(fired, torch.stack([t_e for _, t_e in items]), math.nan)
+        ids = torch.where(fired, torch.stack([info[1] for info, _ in items]).long(), -1)
+        order = torch.argsort((~fired).to(torch.int8), dim=0, stable=True)
+        ts, ids = ts.gather(0, order), ids.gather(0, order)
+        keep = int(fired.sum(0).max())
+        return ts[:keep].T, ids[:keep].T
+
+
+class JointStepping:
+    """One step size for the whole batch: the host learns the time reached and decides the
+    status; save slots are counted on the host."""
+
+    def advance(
+        self, loop: Loop, st: _State, new: _State, prev: Host, replay: Host | None,
+        step: _Step, cut: _Cut | None,
+    ) -> tuple[Host, _Emit]:  # fmt: skip
+        emit = _Emit(saves=[])
+        always, adaptive = loop.always_accept, loop.adaptive
+        t_before = step.t
+        if replay is None:
+            host = Host(keep_going=False)
+            req = [new.t, new.tnext]
+            if not adaptive:
+                req.append(step.finite)  # type: ignore[arg-type]
+            if loop.has_jumps:
+                req.append(step.made_jump)  # type: ignore[arg-type]
+            vals = _host(req)
+            t_host, tnext_host = float(vals[0]), float(vals[1])
+            status = Status.SUCCESSFUL
+            if cut is not None and cut.status != Status.SUCCESSFUL:
+                status = cut.status
+            elif (cut is not None and cut.bad) or (not adaptive and not vals[2]):
+                status = Status.NONFINITE
+                if always:
+                    t_host = prev.t_shown  # the failed step is undone below
+            accepted = t_host != prev.t_shown
+            if adaptive and not accepted and tnext_host - t_host < loop.floor_host:
+                status = Status.DT_UNDERFLOW
+            host.status = status
+            host.accepted = accepted
+            host.jumped = bool(vals[-1]) if loop.has_jumps else False
+            host.t_shown = t_host
+            host.keep_going = t_host < loop.t1_host and status == Status.SUCCESSFUL
+            host.save_num = bisect.bisect_right(loop.ts_host, t_host) if accepted else prev.save_num
+            host.num_accepted = prev.num_accepted + int(accepted)
+            host.num_events = prev.num_events
+            if cut is not None:
+                host.event, host.fired = cut.occurred, cut.fired
+                host.num_events += int(cut.resets is True)
+        else:
+            host = replay
+        if always and host.status == Status.NONFINITE:
+            # Keep the last finite state, as a rejecting controller would.
+            new.t, new.y, new.fstate = t_before, st.y, st.fstate
+        if host.accepted:
+            if host.save_num > prev.save_num:
+                num_new = host.save_num - prev.save_num
+                values = loop._interp_saves(
+                    num_new, prev.save_num, t_before, step.t_step_end, new.y, step.dense_info
+                )
+                emit.saves = [(prev.save_num, host.save_num, values)]
+            if loop.save_dense:
+                emit.dense = (t_before, new.t, step.dense_info, step.t_step_end)
+            if loop.save_steps:
+                emit.step = (new.t, new.y)
+        return host, emit
+
+    def status(self, loop: Loop, st: _State, last: Host, num_steps: int) -> tuple:
+        """The final status, counts, and the joint status code (for the failure diagnosis)."""
+        t = st.t
+        code = last.status
+        if code == Status.SUCCESSFUL and last.t_shown < loop.t1_host:
+            code = Status.MAX_STEPS_REACHED
+        status = torch.tensor(int(code), device=t.device)
+        num_accepted = torch.tensor(last.num_accepted, device=t.device)
+        num_attempts = torch.tensor(num_steps, device=t.device)
+        return status, num_accepted, num_attempts, code
+
+
+class PerSampleStepping:
+    """Each sample its own time, step, acceptance and status: every decision a
+    ``torch.where``; the host learns only whether any sample runs and what the outputs
+    need (the most save slots a sample passed, whether any step was accepted or jumped)."""
+
+    def advance(
+        self, loop: Loop, st: _State, new: _State, prev: Host, replay: Host | None,
+        step: _Step, cut: _Cut | None,
+    ) -> tuple[Host, _Emit]:  # fmt: skip
+        emit = _Emit(saves=[])
+        accept, finite, t, tnext = step.accept, step.finite, new.t, new.tnext
+        new.num_accepted = st.num_accepted + accept
+        new.num_attempts = st.num_attempts + st.running
+        stop = accept & (t >= loop.t1)
+        if loop.adaptive:
+            # A rejected step whose successor is below the floor cannot make progress.
+            stop = stop | (~accept & (tnext - t < loop.floor))
+        else:
+            stop = stop | ~finite  # type: ignore[operator]
+        if cut is not None:
+            if cut.stop is not None:
+                stop = stop | cut.stop
+            stop = stop | (new.cause != st.cause)
+        new.finite_at_stop = torch.where(st.running, finite, st.finite_at_stop)  # type: ignore[arg-type]
+        new.running = running = st.running & ~stop
+        count = None
+        if replay is None:
+            host = Host(keep_going=False)
+            if cut is not None:
+                host.event = cut.occurred
+            req = [running.any()]
+            if loop.ts is not None:
+                count = torch.searchsorted(loop.ts, t.detach()[:, None], right=True)[:, 0]
+                req.append((count - st.save_index).max())  # type: ignore[operator]
+            if loop.save_dense:
+                req.append(accept.any())
+            if loop.has_jumps:
+                req.append(step.made_jump.any())  # type: ignore[union-attr]
+            if loop.progress is not None:
+                req.append(t.min())
+            got = iter(_host(req))
+            host.keep_going = bool(next(got))
+            host.save_num = int(next(got)) if loop.ts is not None else 0
+            host.accepted = bool(next(got)) if loop.save_dense else False
+            host.jumped = bool(next(got)) if loop.has_jumps else False
+            host.t_shown = float(next(got)) if loop.progress is not None else 0.0
+        else:
+            host = replay
+            if loop.ts is not None:
+                count = torch.searchsorted(loop.ts, t.detach()[:, None], right=True)[:, 0]
+        if count is not None:
+            emit.saves = loop._interp_saves_per_sample(
+                host.save_num, count, st.save_index, step.t, step.t_step_end, new.y,
+                step.dense_info,
+            )  # fmt: skip
+            new.save_index = count
+        if loop.save_dense and host.accepted:
+            emit.dense = (step.t, t, step.dense_info, step.t_step_end)
+        if loop.save_steps:
+            emit.step = (
+                torch.where(accept, t, math.nan),
+                torch.where(broadcast_time(accept, new.y), new.y, math.nan),
+            )
+        return host, emit
+
+    def status(self, loop: Loop, st: _State, last: Host, num_steps: int) -> tuple:
+        t = st.t
+        status = torch.full_like(st.num_attempts, int(Status.SUCCESSFUL))
+        fail = torch.where(st.finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
+        status = torch.where(t < loop.t1, fail, status)
+        status = torch.where(st.running, int(Status.MAX_STEPS_REACHED), status)
+        status = torch.where(st.event_hit, int(Status.EVENT_OCCURRED), status)
+        status = torch.where(st.events_over, int(Status.MAX_EVENTS_REACHED), status)
+        status = torch.where(st.cause != Cause.NONE, int(Status.NONFINITE), status)
+        return status, st.num_accepted, st.num_attempts, None
 
 
 class Loop:
@@ -334,6 +565,11 @@ class Loop:
         if ts is not None and self.per_sample:
             self.arange = torch.arange(t0.shape[0], device=t0.device)
         self.extra_stats: dict[str, int] = {}
+        # The stepping mode (joint or per sample) and the interruption hook (events).
+        self.mode: JointStepping | PerSampleStepping = (
+            PerSampleStepping() if self.per_sample else JointStepping()
+        )
+        self.events = EventHook(event, self) if event is not None else None
         self.attempt = (
             torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
         )
@@ -522,9 +758,10 @@ class Loop:
     def body(
         self, st: _State, prev: Host, replay: Host | None = None
     ) -> tuple[_State, Host, _Emit, int]:
-        """One iteration. ``prev`` is the previous iteration's host record; with ``replay``
-        the host decisions are taken from it instead of synchronising."""
-        per_sample, adaptive, event, args = self.per_sample, self.adaptive, self.event, self.args
+        """One iteration: attempt a step, let the interruption hooks (events) cut it, advance
+        the accepted samples, and let the stepping mode decide what happens next. ``prev`` is
+        the previous iteration's host record; with ``replay`` the host decisions are taken
+        from it instead of synchronising."""
         t, tnext, y = st.t, st.tnext, st.y
         try:
             y1, dense_info, fnew, accept, finite, next_t1, made_jump, cstate = self.attempt(
@@ -536,192 +773,33 @@ class Loop:
         nfe = self.solver.num_fevals_step
         always = self.always_accept
         t_after = tnext if always else torch.where(accept, tnext, t)
-        t_step_end = t_after  # the dense output of this step covers [t, t_step_end]
-        ev_hit = None
-        event_hit, event_mask, g_prev = st.event_hit, st.event_mask, st.g_prev
-        num_events, events_over = st.num_events, st.events_over
-        ev_now = ev_bad = False
-        ev_status = Status.SUCCESSFUL  # joint: what the event of this step does
-        fired: tuple = ()
-        resets: Any = None  # the samples (per sample) or whether (joint) to reset
-        which: list = []
-        ev_record: list = []
-        cause = st.cause
-        if event is not None and event_mask is not None:
-            g_new = event.values(self.to_user_time(tnext), y1, args, per_sample)
-            crossed = torch.stack(event.crossed(g_prev, g_new, per_sample)).any(0) & accept
-            # An event function that is NaN at an accepted point can never fire: a failure.
-            bad = _nonfinite(g_new, per_sample) & accept & ~crossed  # type: ignore[operator]
-            cause = torch.where(bad, int(Cause.EVENT), cause)
-            if replay is not None:
-                ev_now = replay.event
-            elif per_sample:
-                ev_now = bool(_host([crossed.any()])[0])
-            else:
-                ev_now, ev_bad = (bool(v) for v in _host([crossed.any(), bad]))
-            if ev_now:
-                t_ev, y_ev, which = _locate_event(
-                    event, self.solver, dense_info, t, tnext - t, g_prev, args, crossed,
-                    per_sample, self.to_user_time,
-                )  # fmt: skip
-                t_after = torch.where(crossed, t_ev, t_after)
-                y1 = torch.where(broadcast_time(crossed, y1), y_ev, y1)
-                if per_sample:
-                    stops = crossed & torch.stack(
-                        [w & term for w, term in zip(which, event.terminal)]
-                    ).any(0)
-                    go_on = crossed & ~stops
-                    over = go_on & (num_events >= event.max_events)
-                    resets = go_on & ~over
-                    event_mask = tuple(m | (w & stops) for m, w in zip(event_mask, which))
-                    ev_hit = stops | over
-                    event_hit = event_hit | stops
-                    events_over = events_over | over
-                    num_events = num_events + resets
-                    first = torch.stack(which).to(torch.int8).argmax(0)
-                    ev_record = [((crossed & ~over, first), t_ev)]
-                else:
-                    fired = (
-                        replay.fired if replay is not None else tuple(bool(w) for w in _host(which))
-                    )
-                    if any(f and term for f, term in zip(fired, event.terminal)):
-                        ev_status = Status.EVENT_OCCURRED
-                        event_mask = tuple(
-                            m | torch.tensor(f and term, device=m.device)
-                            for m, f, term in zip(event_mask, fired, event.terminal)
-                        )
-                    elif prev.num_events >= event.max_events:
-                        ev_status = Status.MAX_EVENTS_REACHED
-                    else:
-                        resets = True
-                    if ev_status != Status.MAX_EVENTS_REACHED:
-                        ev_record = [((fired.index(True) if any(fired) else 0,), t_ev)]
-            g_prev = [
-                torch.where(broadcast_time(accept, gn) if per_sample else accept, gn, gp)
-                for gn, gp in zip(g_new, g_prev)
-            ]
-
-        # Advance accepted samples.
-        t_before = t
-        if always:
-            y, fstate = y1, fnew
-        else:
-            y = torch.where(broadcast_time(accept, y1), y1, y)
-            fstate = tree_where(accept, fnew, self.solver.rejected_state(st.fstate, fnew))
-        t = t_after
-        tnext = self._clip_end(next_t1)
-        new = _State(
-            t=t, tnext=tnext, y=y, fstate=fstate, cstate=cstate, running=st.running,
-            num_accepted=st.num_accepted, num_attempts=st.num_attempts,
-            finite_at_stop=st.finite_at_stop, event_hit=event_hit, g_prev=g_prev,
-            event_mask=event_mask, num_events=num_events, events_over=events_over,
-            save_index=st.save_index, y1=y1, cause=cause,
+        step = _Step(
+            t=t, tnext=tnext, y1=y1, dense_info=dense_info, accept=accept, finite=finite,
+            made_jump=made_jump, t_after=t_after, t_step_end=t_after,
         )  # fmt: skip
-        emit = _Emit(saves=[], events=ev_record)
-        host = Host(keep_going=False, event=ev_now, fired=fired)
-
-        if per_sample:
-            new.num_accepted = st.num_accepted + accept
-            new.num_attempts = st.num_attempts + st.running
-            stop = accept & (t >= self.t1)
-            if adaptive:
-                # A rejected step whose successor is below the floor cannot make progress.
-                stop = stop | (~accept & (tnext - t < self.floor))
-            else:
-                stop = stop | ~finite
-            if ev_hit is not None:
-                stop = stop | ev_hit
-            if event is not None:
-                stop = stop | (cause != st.cause)
-            new.finite_at_stop = torch.where(st.running, finite, st.finite_at_stop)
-            new.running = running = st.running & ~stop
-            count = None
-            if replay is None:
-                req = [running.any()]
-                if self.ts is not None:
-                    count = torch.searchsorted(self.ts, t.detach()[:, None], right=True)[:, 0]
-                    req.append((count - st.save_index).max())  # type: ignore[operator]
-                if self.save_dense:
-                    req.append(accept.any())
-                if self.has_jumps:
-                    req.append(made_jump.any())
-                if self.progress is not None:
-                    req.append(t.min())
-                got = iter(_host(req))
-                host.keep_going = bool(next(got))
-                host.save_num = int(next(got)) if self.ts is not None else 0
-                host.accepted = bool(next(got)) if self.save_dense else False
-                host.jumped = bool(next(got)) if self.has_jumps else False
-                host.t_shown = float(next(got)) if self.progress is not None else 0.0
-            else:
-                host = replay
-                if self.ts is not None:
-                    count = torch.searchsorted(self.ts, t.detach()[:, None], right=True)[:, 0]
-            if count is not None:
-                emit.saves = self._interp_saves_per_sample(
-                    host.save_num, count, st.save_index, t_before, t_step_end, y, dense_info
-                )
-                new.save_index = count
-            if self.save_dense and host.accepted:
-                emit.dense = (t_before, t, dense_info, t_step_end)
-            if self.save_steps:
-                emit.step = (
-                    torch.where(accept, t, math.nan),
-                    torch.where(broadcast_time(accept, y), y, math.nan),
-                )
+        new = st.copy()
+        new.cstate, new.y1 = cstate, y1
+        cut = None
+        if self.events is not None:
+            cut = self.events.check(st, new, prev, replay, step)
+        # Advance accepted samples.
+        if always:
+            new.y, new.fstate = step.y1, fnew
         else:
-            if replay is None:
-                req = [t, tnext]
-                if not adaptive:
-                    req.append(finite)
-                if self.has_jumps:
-                    req.append(made_jump)
-                vals = _host(req)
-                t_host, tnext_host = float(vals[0]), float(vals[1])
-                status = Status.SUCCESSFUL
-                if ev_status != Status.SUCCESSFUL:
-                    status = ev_status
-                elif ev_bad or (not adaptive and not vals[2]):
-                    status = Status.NONFINITE
-                    if always:
-                        t_host = prev.t_shown  # the failed step is undone below
-                accepted = t_host != prev.t_shown
-                if adaptive and not accepted and tnext_host - t_host < self.floor_host:
-                    status = Status.DT_UNDERFLOW
-                host.status = status
-                host.accepted = accepted
-                host.jumped = bool(vals[-1]) if self.has_jumps else False
-                host.t_shown = t_host
-                host.keep_going = t_host < self.t1_host and status == Status.SUCCESSFUL
-                host.save_num = (
-                    bisect.bisect_right(self.ts_host, t_host) if accepted else prev.save_num
-                )
-                host.num_accepted = prev.num_accepted + int(accepted)
-                host.num_events = prev.num_events + int(resets is True)
-            else:
-                host = replay
-            if always and host.status == Status.NONFINITE:
-                # Keep the last finite state, as a rejecting controller would.
-                t, y = t_before, st.y
-                new.t, new.y, new.fstate = t, y, st.fstate
-            if host.accepted:
-                if host.save_num > prev.save_num:
-                    num_new = host.save_num - prev.save_num
-                    values = self._interp_saves(
-                        num_new, prev.save_num, t_before, t_step_end, y, dense_info
-                    )
-                    emit.saves = [(prev.save_num, host.save_num, values)]
-                if self.save_dense:
-                    emit.dense = (t_before, t, dense_info, t_step_end)
-                if self.save_steps:
-                    emit.step = (t, y)
-        if resets is not None:
-            scale = [torch.maximum(a.abs(), b.abs()) for a, b in zip(st.g_prev, g_new)]
-            nfe += self._reset(new, fired if not per_sample else which, resets, scale)
+            new.y = torch.where(broadcast_time(accept, step.y1), step.y1, y)
+            new.fstate = tree_where(accept, fnew, self.solver.rejected_state(st.fstate, fnew))
+        new.t = step.t_after
+        new.tnext = self._clip_end(next_t1)
+        new.y1 = step.y1
+        host, emit = self.mode.advance(self, st, new, prev, replay, step, cut)
+        if cut is not None:
+            emit.events = cut.record
+            if cut.resets is not None:
+                nfe += self.events.restart(self, st, new, cut)  # type: ignore[union-attr]
         if host.jumped:
             # Restart first-same-as-last just after the discontinuity.
-            t_right = torch.nextafter(t, torch.full_like(t, math.inf))
-            init = self.solver.init(self.terms, t_right, y, args)
+            t_right = torch.nextafter(new.t, torch.full_like(new.t, math.inf))
+            init = self.solver.init(self.terms, t_right, new.y, self.args)
             new.fstate = tree_where(made_jump, init, new.fstate)
             nfe += self.solver.num_fevals_init
         nfe += self.solver.take_dense_fevals(dense_info)
@@ -731,22 +809,14 @@ class Loop:
                 self.extra_stats[k] = self.extra_stats.get(k, 0) + v
         return new, host, emit, nfe
 
-    def _reset(self, new: _State, which: Any, resets: Any, scale: list) -> int:
-        """After a non-terminal event (``new.t`` the event time, ``new.y`` the state there):
-        the state replaced by the resets of the functions that fired, the solver and the
-        controller restarted from it as at ``t0`` (first-same-as-last and the step-size
-        history do not survive a jump of the state), and the event values read again. Those
-        the reset leaves at zero within round-off (``sqrt(eps)`` of their size over the
-        step) are set to exactly zero, from which no crossing counts: the crossing just
-        handled does not fire again. Per sample, only the samples in ``resets`` change.
-        Returns the vector-field evaluations used."""
-        event, solver, terms, args = self.event, self.solver, self.terms, self.args
-        assert event is not None
-        per_sample = self.per_sample
-        t, y = new.t, new.y
-        t_user = self.to_user_time(t)
-        masks = [w & resets for w in which] if per_sample else list(which)
-        y_new = event.apply_resets(t_user, y, args, masks, per_sample)
+    def restart(self, new: _State, y_new: torch.Tensor, where: Any) -> int:
+        """Start the solve afresh from ``(new.t, y_new)``, as at ``t0``: the solver's carried
+        state (first-same-as-last) and the controller's (a fresh first step, or ``dt0``), for
+        the samples in ``where`` (``True``: all). The shared restart of every interruption
+        that changes the state (non-terminal events; jumps of a jump diffusion). Returns the
+        vector-field evaluations used."""
+        solver, terms, args = self.solver, self.terms, self.args
+        t = new.t
         fstate = solver.init(terms, t, y_new, args)
         nfe = solver.num_fevals_init
         vf = solver.vector_field_of(fstate)
@@ -758,74 +828,22 @@ class Loop:
         )
         nfe += extra
         tnext = self._clip_end(tnext)
-        with torch.no_grad():
-            tol = math.sqrt(torch.finfo(t.dtype).eps)
-            g = [
-                torch.where(v.abs() <= tol * sc, torch.zeros_like(v), v)
-                for v, sc in zip(event.values(t_user, y_new, args, per_sample), scale)
-            ]
-        if per_sample:
-            new.y = y_new
-            new.fstate = tree_where(resets, fstate, new.fstate)
-            new.cstate = tree_where(resets, cstate, new.cstate)
-            new.tnext = torch.where(resets, tnext, new.tnext)
-            new.g_prev = [
-                torch.where(broadcast_time(resets, v), v, gp) for v, gp in zip(g, new.g_prev)
-            ]
+        if where is True:
+            new.y, new.fstate, new.cstate, new.tnext = y_new, fstate, cstate, tnext
         else:
-            new.y, new.fstate, new.cstate, new.tnext, new.g_prev = y_new, fstate, cstate, tnext, g
+            new.y = torch.where(broadcast_time(where, y_new), y_new, new.y)
+            new.fstate = tree_where(where, fstate, new.fstate)
+            new.cstate = tree_where(where, cstate, new.cstate)
+            new.tnext = torch.where(where, tnext, new.tnext)
         return nfe
-
-    def _event_record(self, emits: list[_Emit]) -> tuple[Any, Any]:
-        """Every event of the solve in order: times and the index of the function that fired
-        (the first one, when several fired at once); joint ``(k,)``, per sample ``(batch, k)``
-        padded with NaN and -1."""
-        if self.event is None:
-            return None, None
-        items = [item for e in emits for item in e.events]
-        t0 = self.t0
-        if not self.per_sample:
-            if not items:
-                return t0.new_zeros((0,)), torch.zeros(0, dtype=torch.int64, device=t0.device)
-            ts = torch.stack([t_e for _, t_e in items])
-            ids = torch.tensor([info[0] for info, _ in items], device=t0.device)
-            return ts, ids
-        batch = t0.shape[0]
-        if not items:
-            return (
-                t0.new_zeros((batch, 0)),
-                torch.zeros(batch, 0, dtype=torch.int64, device=t0.device),
-            )
-        fired = torch.stack([info[0] for info, _ in items])  # (k, batch)
-        ts = torch.where(fired, torch.stack([t_e for _, t_e in items]), math.nan)
-        ids = torch.where(fired, torch.stack([info[1] for info, _ in items]).long(), -1)
-        order = torch.argsort((~fired).to(torch.int8), dim=0, stable=True)
-        ts, ids = ts.gather(0, order), ids.gather(0, order)
-        keep = int(fired.sum(0).max())
-        return ts[:keep].T, ids[:keep].T
 
     def finish(
         self, st: _State, last: Host, num_steps: int, nfe: int, out: Any, emits: list[_Emit]
     ) -> LoopResult:
         """Statuses, stats and the saved outputs."""
         t, per_sample = st.t, self.per_sample
-        if per_sample:
-            status = torch.full_like(st.num_attempts, int(Status.SUCCESSFUL))
-            fail = torch.where(st.finite_at_stop, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
-            status = torch.where(t < self.t1, fail, status)
-            status = torch.where(st.running, int(Status.MAX_STEPS_REACHED), status)
-            status = torch.where(st.event_hit, int(Status.EVENT_OCCURRED), status)
-            status = torch.where(st.events_over, int(Status.MAX_EVENTS_REACHED), status)
-            status = torch.where(st.cause != Cause.NONE, int(Status.NONFINITE), status)
-            num_accepted, num_attempts = st.num_accepted, st.num_attempts
-        else:
-            code = last.status
-            if code == Status.SUCCESSFUL and last.t_shown < self.t1_host:
-                code = Status.MAX_STEPS_REACHED
-            status = torch.tensor(int(code), device=t.device)
-            num_accepted = torch.tensor(last.num_accepted, device=t.device)
-            num_attempts = torch.tensor(num_steps, device=t.device)
-        status, cause = self._explain_failures(st, status, None if per_sample else code)
+        status, num_accepted, num_attempts, code = self.mode.status(self, st, last, num_steps)
+        status, cause = self._explain_failures(st, status, code)
         dense = [e.dense for e in emits if e.dense is not None] if self.save_dense else None
         st_t = st_y = None
         steps = [e.step for e in emits if e.step is not None]
@@ -840,7 +858,9 @@ class Loop:
                 st_y = st_y.gather(0, expand)
                 keep = int((~torch.isnan(st_t)).sum(0).max())
                 st_t, st_y = st_t[:keep], st_y[:keep]
-        event_ts, event_ids = self._event_record(emits)
+        event_ts = event_ids = None
+        if self.events is not None:
+            event_ts, event_ids = self.events.record(emits)
         return LoopResult(
             t=t,
             y=st.y,
