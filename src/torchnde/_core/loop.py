@@ -114,6 +114,7 @@ class LoopResult:
     # NaN / -1 padded; ``None`` without events.
     event_ts: torch.Tensor | None = None
     event_ids: torch.Tensor | None = None
+    event_fired: list | None = None  # joint: per event, per function whether it fired
     extra_stats: dict = field(default_factory=dict)  # solver counts (Jacobians, LUs, ...)
     cause: torch.Tensor | None = None  # a Cause per sample (batch shape), NONE if successful
 
@@ -188,8 +189,8 @@ class _Emit:
     saves: list  # joint: [(start, stop, values)]; per sample: [(index, mask, values)]
     dense: tuple | None = None
     step: tuple | None = None
-    # At an event: [(info, t_e)], info = (index of the function,) joint, or (fired mask,
-    # index) per sample; t_e carries the event time's gradient.
+    # At an event: [(info, t_e)], info = (index of the function, whether each fired) joint,
+    # or (fired mask, index) per sample; t_e carries the event time's gradient.
     events: list = field(default_factory=list)
 
 
@@ -303,7 +304,7 @@ class EventHook:
             return
         else:
             cut.resets = True
-        cut.record = [((fired.index(True) if any(fired) else 0,), t_ev)]
+        cut.record = [((fired.index(True) if any(fired) else 0, fired), t_ev)]
 
     def restart(self, loop: Loop, st: _State, new: _State, cut: _Cut) -> int:
         """After a non-terminal event (``new.t`` the event time, ``new.y`` the state there):
@@ -859,8 +860,11 @@ class Loop:
                 keep = int((~torch.isnan(st_t)).sum(0).max())
                 st_t, st_y = st_t[:keep], st_y[:keep]
         event_ts = event_ids = None
+        event_fired = None
         if self.events is not None:
             event_ts, event_ids = self.events.record(emits)
+            if not per_sample:
+                event_fired = [info[1] for e in emits for info, _ in e.events]
         return LoopResult(
             t=t,
             y=st.y,
@@ -876,6 +880,7 @@ class Loop:
             event_mask=st.event_mask,
             event_ts=event_ts,
             event_ids=event_ids,
+            event_fired=event_fired,
             extra_stats=dict(self.extra_stats),
             cause=cause,
         )
