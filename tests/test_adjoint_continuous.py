@@ -269,13 +269,14 @@ def test_backward_solver_and_controller_can_differ_from_the_forward_ones():
             controller=controller,
             adjoint=adj,
         )
-        return torch.autograd.grad(sol.ys.sum(), [y0, *module.parameters()])
+        return torch.autograd.grad(sol.ys.sum(), [y0, *module.parameters()]), sol.stats
 
     adj = BacksolveAdjoint(tn.Tsit5(), tn.PIDController(rtol=1e-11, atol=1e-13))
-    g = grads(adj, tn.RK4(), tn.ConstantStepSize(), 0.01)
-    ref = grads(tn.DirectAdjoint(), tn.Dopri5(), tn.PIDController(rtol=1e-11, atol=1e-13), None)
+    g, stats = grads(adj, tn.RK4(), tn.ConstantStepSize(), 0.01)
+    ref, _ = grads(tn.DirectAdjoint(), tn.Dopri5(), tn.PIDController(rtol=1e-11, atol=1e-13), None)
     assert _max_err(g, ref) < 1e-7
-    assert adj.last_backward_stats is not None and adj.last_backward_stats["num_steps"] > 0
+    assert stats["backward"]["num_steps"] > 0
+    assert not hasattr(adj, "last_backward_stats")  # per solve, not on the shared adjoint
 
 
 # --- seminorm, parameter discovery and warnings
@@ -304,8 +305,9 @@ def test_seminorm_takes_fewer_backward_steps_with_many_parameters(adjoint_cls):
             controller=tn.PIDController(rtol=1e-6, atol=1e-9),
             adjoint=adj,
         )
+        assert sol.stats["backward"] == {}  # filled by the backward pass
         sol.ys.square().sum().backward()
-        return adj.last_backward_stats
+        return sol.stats["backward"]
 
     semi, full = backward_stats(True), backward_stats(False)
     assert semi is not None and full is not None

@@ -174,6 +174,8 @@ class _Run:
         # from a parameter (and so must keep it for the next one).
         self.retain_graph = False
         self.res: LoopResult | None = None
+        # The backward pass's counts, filled when it runs: Solution.stats["backward"].
+        self.stats: dict[str, int] = {}
 
     # --- the forward pass (called inside the autograd.Function, grad disabled)
     def forward(self) -> LoopResult:
@@ -250,211 +252,58 @@ class _Run:
         g_t: torch.Tensor,
         g_ys: torch.Tensor,
     ) -> list[torch.Tensor | None]:
-        from .._solve import solve  # the public entry point; imported late (import cycle)
-
-        adj, p, res = self.adjoint, self.problem, self.res
-        if res is None:
-            raise RuntimeError("internal error: `res` is unset; please report this.")
-        who = type(adj).__name__
-        if bool((res.status > Status.EVENT_OCCURRED).any()):
-            raise RuntimeError(
-                f"{who}: cannot differentiate a failed solve (status "
-                f"{Status(int(res.status.max())).name}); fix the forward solve first."
-            )
-        interpolated = adj._interpolated
-        per_sample = p.per_sample
-        batch = y0.shape[0] if per_sample else 0
-        terms, dtype = p.terms, y0.dtype
-        has_ts = p.ts is not None
-        n_args = len(self.arg_leaves)
-        params = self.params
+        """The backward pass, in named steps: check the forward solve, set up the augmented
+        system, integrate it back through the save times to t0, assemble the gradients. Its
+        counts go to ``self.stats`` (``Solution.stats["backward"]``)."""
+        self._check_forward()
+        back = _BackwardPass(self, y0, t0)
         need_y0, need_t0, need_t1, need_ts = needs[1], needs[2], needs[3], needs[4]
-        need_leaves = needs[5:]
-        solver = self._backward_solver()
-        ctrl, dt0 = self._controller()
-        max_steps = adj.max_steps if adj.max_steps is not None else p.max_steps
-
-        # Shared (scalar) internal times: per-sample problems get here only with shared times.
-        tau0 = t0.reshape(-1)[0].detach()
-        tau_end = res.t.reshape(-1)[0].detach()
-        ts_shared = None
-        if has_ts:
-            ts_shared = (ts[0] if per_sample else ts).detach()
-
-        def time_arg(tau: torch.Tensor) -> torch.Tensor:
-            return tau.expand(batch) if per_sample else tau
-
-        # dy/dτ = prod(vf, contr(0, 1)): the ODE in internal time (the sign of a reversed
-        # solve and a MultiTerm's sum included), without the round-off of contr(τ, τ + 1).
-        zero = time_arg(torch.zeros((), dtype=t0.dtype, device=t0.device))
-        unit = terms.contr(zero, torch.ones_like(zero))
-        unit = tuple(u.to(dtype) for u in unit) if isinstance(unit, tuple) else unit.to(dtype)
-
-        def field(tau: torch.Tensor, y: torch.Tensor, args: Any) -> torch.Tensor:
-            return terms.prod(terms.vf(time_arg(tau), y, args), unit)
-
-        def inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            if per_sample:
-                return (u * v).reshape(batch, -1).sum(1)
-            return (u * v).sum()
-
-        stats = {
-            "num_fevals": 0,
-            "num_steps": 0,
-            "num_accepted_steps": 0,
-            "num_rejected_steps": 0,
-            "num_intervals": 0,
-            "num_time_fevals": 0,
-        }
-
-        def field_eval(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            stats["num_time_fevals"] += 1
-            return field(tau, y, p.args)
-
-        arg_copies = [leaf.detach().requires_grad_(True) for leaf in self.arg_leaves]
-        args_bw = self.rebuild_args(arg_copies) if n_args else p.args
-        grad_inputs = [*params, *arg_copies]
-        dense = None
-        if interpolated:
-            dense = _DenseSolution(p.solver, res.dense or [], y0, per_sample)
-        checked = [False]
-
-        def vjp(tau: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
-            stats["num_fevals"] += 1
-            grads: tuple[torch.Tensor | None, ...]
-            with torch.enable_grad():
-                y_ = y.detach().requires_grad_(True)
-                f = field(tau, y_, args_bw)
-                if not checked[0]:
-                    checked[0] = True
-                    self._warn_undeclared(f, [y_, *grad_inputs], who)
-                if f.requires_grad:
-                    grads = torch.autograd.grad(
-                        f,
-                        [y_, *grad_inputs],
-                        grad_outputs=a,
-                        allow_unused=True,
-                        retain_graph=self.retain_graph,
-                    )
-                else:
-                    grads = tuple(None for _ in range(1 + len(grad_inputs)))
-            out = [
-                torch.zeros(_real_shape(x), dtype=dtype, device=y.device)
-                if g is None
-                else -_as_real(g, dtype)
-                for g, x in zip(grads, [y_, *grad_inputs])
-            ]
-            return f.detach(), out
-
-        # The backward solve sees every component flattened to 1-D (the tuple packing then
-        # handles 0-d parameters and states alike).
-        state_shape = y0.shape
-        shapes = [_real_shape(x) for x in grad_inputs]
-        if not interpolated:
-            shapes = [state_shape, *shapes]
-        shapes = [state_shape, *shapes]
-
-        def aug_backsolve(tau: torch.Tensor, state: tuple, _: Any) -> tuple:
-            y, a = state[0].view(state_shape), state[1].view(state_shape)
-            f, out = vjp(tau, y, a)
-            return tuple(x.reshape(-1) for x in (f, *out))
-
-        def aug_interpolated(tau: torch.Tensor, state: tuple, _: Any) -> tuple:
-            if dense is None:
-                raise RuntimeError("internal error: `dense` is unset; please report this.")
-            _, out = vjp(tau, dense(tau), state[0].view(state_shape))
-            return tuple(x.reshape(-1) for x in out)
-
-        aug = ODETerm(aug_interpolated if interpolated else aug_backsolve)
-
-        def integrate(state: tuple, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple:
-            if not bool(t_hi > t_lo):
-                return state
-            try:
-                sol = solve(
-                    aug,
-                    solver,
-                    t_hi,
-                    t_lo,
-                    tuple(x.reshape(-1) for x in state),
-                    dt0=dt0,
-                    controller=ctrl,
-                    saveat=SaveAt(t1=True),
-                    max_steps=max_steps,
-                )
-            except SolveError as e:
-                raise RuntimeError(
-                    f"{who}: the backward (adjoint) solve failed between t={float(t_lo):.6g} "
-                    f"and t={float(t_hi):.6g} (internal time): {e.status.name}: "
-                    f"{e.status.message}. Raise max_steps=, loosen the adjoint's controller, or "
-                    "use DirectAdjoint()."
-                ) from e
-            stats["num_steps"] += sol.stats["num_steps"]
-            stats["num_accepted_steps"] += sol.stats["num_accepted_steps"]
-            stats["num_rejected_steps"] += sol.stats["num_rejected_steps"]
-            stats["num_intervals"] += 1
-            return tuple(part[0].view(shape) for part, shape in zip(sol.ys, shapes))
-
-        a = g_y1.to(dtype)
-        accum = [torch.zeros(_real_shape(x), dtype=dtype, device=y0.device) for x in grad_inputs]
-        state: tuple = (a, *accum) if interpolated else (y1, a, *accum)
-        grad_t1 = grad_t0 = grad_ts = None
+        grad_t1 = None
         if need_t1:
-            grad_t1 = g_t + inner(g_y1, field_eval(tau_end, y1)).to(g_t.dtype)
-        if has_ts and need_ts:
-            grad_ts = torch.zeros_like(ts)
-
-        t_cur = tau_end
-        if has_ts:
-            if ts_shared is None:
-                raise RuntimeError("internal error: `ts_shared` is unset; please report this.")
-            for k in range(ts_shared.shape[0] - 1, -1, -1):
-                tk = ts_shared[k]
-                if bool(tk > tau_end):  # never reached (only after a failure)
-                    continue
-                state = integrate(state, t_cur, tk)
-                t_cur = tk
-                gk = g_ys[:, k] if per_sample else g_ys[k]
-                yk = ys[:, k] if per_sample else ys[k]
-                if interpolated:
-                    state = (state[0] + gk.to(dtype), *state[1:])
-                else:
-                    # Restart y from the forward value: the backward solve of y is unstable
-                    # wherever the forward one is stable, so drift is cut at every save time.
-                    state = (yk, state[1] + gk.to(dtype), *state[2:])
-                if grad_ts is not None:
-                    gt = inner(gk, field_eval(tk, yk)).to(ts.dtype)
-                    if per_sample:
-                        grad_ts[:, k] = gt
-                    else:
-                        grad_ts[k] = gt
-        state = integrate(state, t_cur, tau0)
-        a0 = state[0] if interpolated else state[1]
-        acc = list(state[1:] if interpolated else state[2:])
+            grad_t1 = g_t + back.inner(g_y1, back.field_eval(back.tau_end, y1)).to(g_t.dtype)
+        state = back.initial_state(y1, g_y1)
+        state, grad_ts = back.through_save_times(state, ys, ts, g_ys, need_ts)
+        state = back.integrate(state, back.t_cur, back.tau0)
+        a0, acc = back.split(state)
+        grad_t0 = None
         if need_t0:
-            grad_t0 = -inner(a0, field_eval(tau0, y0)).to(t0.dtype)
-            if not per_sample:
+            grad_t0 = -back.inner(a0, back.field_eval(back.tau0, y0)).to(t0.dtype)
+            if not self.problem.per_sample:
                 grad_t0 = grad_t0.reshape(t0.shape)
-        if grad_t1 is not None and not per_sample:
+        if grad_t1 is not None and not self.problem.per_sample:
             grad_t1 = grad_t1.reshape(t1.shape)
-        stats["num_fevals_total"] = stats["num_fevals"] + stats["num_time_fevals"]
-        adj.last_backward_stats = stats
-
-        leaf_grads: list[torch.Tensor | None] = []
-        leaves = [*self.arg_leaves, *params]
-        # The state's order is params then args; the Function's inputs are args then params.
-        acc_by_input = acc[len(params) :] + acc[: len(params)]
-        for need, leaf, g in zip(need_leaves, leaves, acc_by_input):
-            if need and leaf.is_complex():
-                g = torch.view_as_complex(g.to(leaf.real.dtype).clone())
-            leaf_grads.append(g.to(leaf.dtype) if need else None)
+        self.stats.update(back.stats)
+        self.stats["num_fevals_total"] = back.stats["num_fevals"] + back.stats["num_time_fevals"]
         return [
             a0 if need_y0 else None,
             grad_t0,
             grad_t1,
             grad_ts,
-            *leaf_grads,
+            *self._leaf_grads(acc, needs[5:]),
         ]
+
+    def _check_forward(self) -> None:
+        res = self.res
+        if res is None:
+            raise RuntimeError("internal error: `res` is unset; please report this.")
+        if bool((res.status > Status.EVENT_OCCURRED).any()):
+            raise RuntimeError(
+                f"{type(self.adjoint).__name__}: cannot differentiate a failed solve (status "
+                f"{Status(int(res.status.max())).name}); fix the forward solve first."
+            )
+
+    def _leaf_grads(self, acc: list, need_leaves: tuple) -> list[torch.Tensor | None]:
+        """The accumulated gradients in the Function's input order (args then params; the
+        augmented state holds params then args), complex parameters rebuilt."""
+        params = self.params
+        leaf_grads: list[torch.Tensor | None] = []
+        leaves = [*self.arg_leaves, *params]
+        acc_by_input = acc[len(params) :] + acc[: len(params)]
+        for need, leaf, g in zip(need_leaves, leaves, acc_by_input):
+            if need and leaf.is_complex():
+                g = torch.view_as_complex(g.to(leaf.real.dtype).clone())
+            leaf_grads.append(g.to(leaf.dtype) if need else None)
+        return leaf_grads
 
     def _warn_undeclared(self, f: torch.Tensor, declared: list[torch.Tensor], who: str) -> None:
         missed = [x for x in undeclared_leaves(f, declared) if id(x) not in self.known_ids]
@@ -478,6 +327,198 @@ def _real_shape(x: torch.Tensor) -> torch.Size:
 
 def _as_real(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (torch.view_as_real(g) if g.is_complex() else g).to(dtype)
+
+
+class _BackwardPass:
+    r"""One backward pass of a continuous adjoint: the augmented system
+    $(y, a, g_\theta, g_{\mathrm{args}})$ (backsolve) or $(a, g_\theta, g_{\mathrm{args}})$
+    (interpolated) and its integration from the end back to ``t0``, restarted at each save
+    time."""
+
+    def __init__(self, run: _Run, y0: torch.Tensor, t0: torch.Tensor) -> None:
+        adj, p, res = run.adjoint, run.problem, run.res
+        assert res is not None
+        self.run, self.who = run, type(adj).__name__
+        self.interpolated = adj._interpolated
+        self.per_sample = per_sample = p.per_sample
+        self.batch = y0.shape[0] if per_sample else 0
+        self.terms, self.dtype, self.args = p.terms, y0.dtype, p.args
+        self.device = y0.device
+        self.solver = run._backward_solver()
+        self.ctrl, self.dt0 = run._controller()
+        self.max_steps = adj.max_steps if adj.max_steps is not None else p.max_steps
+        # Shared (scalar) internal times: per-sample problems get here only with shared times.
+        self.tau0 = t0.reshape(-1)[0].detach()
+        self.tau_end = res.t.reshape(-1)[0].detach()
+        self.t_cur = self.tau_end
+        # dy/dτ = prod(vf, contr(0, 1)): the ODE in internal time (the sign of a reversed
+        # solve and a MultiTerm's sum included), without the round-off of contr(τ, τ + 1).
+        zero = self.time_arg(torch.zeros((), dtype=t0.dtype, device=t0.device))
+        unit = self.terms.contr(zero, torch.ones_like(zero))
+        self.unit = (
+            tuple(u.to(self.dtype) for u in unit)
+            if isinstance(unit, tuple)
+            else unit.to(self.dtype)
+        )
+        self.stats = {
+            "num_fevals": 0,
+            "num_steps": 0,
+            "num_accepted_steps": 0,
+            "num_rejected_steps": 0,
+            "num_intervals": 0,
+            "num_time_fevals": 0,
+        }
+        arg_copies = [leaf.detach().requires_grad_(True) for leaf in run.arg_leaves]
+        self.args_bw = run.rebuild_args(arg_copies) if arg_copies else p.args
+        self.grad_inputs = [*run.params, *arg_copies]
+        self.dense = None
+        if self.interpolated:
+            self.dense = _DenseSolution(p.solver, res.dense or [], y0, per_sample)
+        self.checked = False
+        # The backward solve sees every component flattened to 1-D (the tuple packing then
+        # handles 0-d parameters and states alike).
+        self.state_shape = y0.shape
+        shapes = [_real_shape(x) for x in self.grad_inputs]
+        if not self.interpolated:
+            shapes = [y0.shape, *shapes]
+        self.shapes = [y0.shape, *shapes]
+        self.aug = ODETerm(self._aug_interpolated if self.interpolated else self._aug_backsolve)
+
+    # --- the augmented vector field
+    def time_arg(self, tau: torch.Tensor) -> torch.Tensor:
+        return tau.expand(self.batch) if self.per_sample else tau
+
+    def field(self, tau: torch.Tensor, y: torch.Tensor, args: Any) -> torch.Tensor:
+        return self.terms.prod(self.terms.vf(self.time_arg(tau), y, args), self.unit)
+
+    def inner(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.per_sample:
+            return (u * v).reshape(self.batch, -1).sum(1)
+        return (u * v).sum()
+
+    def field_eval(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The vector field for a time gradient (counted apart)."""
+        self.stats["num_time_fevals"] += 1
+        return self.field(tau, y, self.args)
+
+    def vjp(self, tau: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> tuple:
+        """``f(τ, y)`` and ``-aᵀ ∂f/∂(y, θ, args)`` (real, in the state's dtype)."""
+        self.stats["num_fevals"] += 1
+        dtype, grad_inputs = self.dtype, self.grad_inputs
+        grads: tuple[torch.Tensor | None, ...]
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            f = self.field(tau, y_, self.args_bw)
+            if not self.checked:
+                self.checked = True
+                self.run._warn_undeclared(f, [y_, *grad_inputs], self.who)
+            if f.requires_grad:
+                grads = torch.autograd.grad(
+                    f,
+                    [y_, *grad_inputs],
+                    grad_outputs=a,
+                    allow_unused=True,
+                    retain_graph=self.run.retain_graph,
+                )
+            else:
+                grads = tuple(None for _ in range(1 + len(grad_inputs)))
+        out = [
+            torch.zeros(_real_shape(x), dtype=dtype, device=y.device)
+            if g is None
+            else -_as_real(g, dtype)
+            for g, x in zip(grads, [y_, *grad_inputs])
+        ]
+        return f.detach(), out
+
+    def _aug_backsolve(self, tau: torch.Tensor, state: tuple, _: Any) -> tuple:
+        y, a = state[0].view(self.state_shape), state[1].view(self.state_shape)
+        f, out = self.vjp(tau, y, a)
+        return tuple(x.reshape(-1) for x in (f, *out))
+
+    def _aug_interpolated(self, tau: torch.Tensor, state: tuple, _: Any) -> tuple:
+        if self.dense is None:
+            raise RuntimeError("internal error: `dense` is unset; please report this.")
+        _, out = self.vjp(tau, self.dense(tau), state[0].view(self.state_shape))
+        return tuple(x.reshape(-1) for x in out)
+
+    # --- the integration
+    def initial_state(self, y1: torch.Tensor, g_y1: torch.Tensor) -> tuple:
+        a = g_y1.to(self.dtype)
+        accum = [
+            torch.zeros(_real_shape(x), dtype=self.dtype, device=self.device)
+            for x in self.grad_inputs
+        ]
+        return (a, *accum) if self.interpolated else (y1, a, *accum)
+
+    def split(self, state: tuple) -> tuple[torch.Tensor, list]:
+        """The adjoint and the accumulated gradients of a state."""
+        if self.interpolated:
+            return state[0], list(state[1:])
+        return state[1], list(state[2:])
+
+    def integrate(self, state: tuple, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple:
+        """Solve the augmented system from ``t_hi`` back to ``t_lo``."""
+        from .._solve import solve  # the public entry point; imported late (import cycle)
+
+        if not bool(t_hi > t_lo):
+            return state
+        try:
+            sol = solve(
+                self.aug,
+                self.solver,
+                t_hi,
+                t_lo,
+                tuple(x.reshape(-1) for x in state),
+                dt0=self.dt0,
+                controller=self.ctrl,
+                saveat=SaveAt(t1=True),
+                max_steps=self.max_steps,
+            )
+        except SolveError as e:
+            raise RuntimeError(
+                f"{self.who}: the backward (adjoint) solve failed between "
+                f"t={float(t_lo):.6g} and t={float(t_hi):.6g} (internal time): {e.status.name}: "
+                f"{e.status.message}. Raise max_steps=, loosen the adjoint's controller, or "
+                "use DirectAdjoint()."
+            ) from e
+        for k in ("num_steps", "num_accepted_steps", "num_rejected_steps"):
+            self.stats[k] += sol.stats[k]
+        self.stats["num_intervals"] += 1
+        return tuple(part[0].view(shape) for part, shape in zip(sol.ys, self.shapes))
+
+    def through_save_times(
+        self, state: tuple, ys: torch.Tensor, ts: torch.Tensor, g_ys: torch.Tensor, need_ts: bool
+    ) -> tuple[tuple, torch.Tensor | None]:
+        """Integrate back through the save times (latest first), adding each one's incoming
+        gradient to the adjoint (and, backsolve, restarting y from the saved state); the
+        gradients with respect to the save times themselves."""
+        p = self.run.problem
+        if p.ts is None:
+            return state, None
+        per_sample, dtype = self.per_sample, self.dtype
+        ts_shared = (ts[0] if per_sample else ts).detach()
+        grad_ts = torch.zeros_like(ts) if need_ts else None
+        for k in range(ts_shared.shape[0] - 1, -1, -1):
+            tk = ts_shared[k]
+            if bool(tk > self.tau_end):  # never reached (only after a failure)
+                continue
+            state = self.integrate(state, self.t_cur, tk)
+            self.t_cur = tk
+            gk = g_ys[:, k] if per_sample else g_ys[k]
+            yk = ys[:, k] if per_sample else ys[k]
+            if self.interpolated:
+                state = (state[0] + gk.to(dtype), *state[1:])
+            else:
+                # Restart y from the forward value: the backward solve of y is unstable
+                # wherever the forward one is stable, so drift is cut at every save time.
+                state = (yk, state[1] + gk.to(dtype), *state[2:])
+            if grad_ts is not None:
+                gt = self.inner(gk, self.field_eval(tk, yk)).to(ts.dtype)
+                if per_sample:
+                    grad_ts[:, k] = gt
+                else:
+                    grad_ts[k] = gt
+        return state, grad_ts
 
 
 class _ContinuousAdjointFunction(torch.autograd.Function):
@@ -579,8 +620,6 @@ class _ContinuousAdjoint(AbstractAdjoint):
         self.seminorm = seminorm
         self.params = param_list
         self.max_steps = max_steps
-        #: Counts of the last backward pass (set by ``backward()``), see the class docstring.
-        self.last_backward_stats: dict[str, int] | None = None
 
     def apply(self, problem: Problem) -> LoopResult:
         who = type(self).__name__
@@ -657,6 +696,7 @@ class _ContinuousAdjoint(AbstractAdjoint):
             t=t_end,
             ys_ts=ys if problem.ts is not None else None,
             dense=res.dense if problem.saveat.dense else None,
+            extra_stats={**res.extra_stats, "backward": run.stats},
         )
 
     def __repr__(self) -> str:
@@ -705,12 +745,12 @@ class BacksolveAdjoint(_ContinuousAdjoint):
         max_steps: the most steps of each backward interval; the forward ``max_steps`` by
             default.
 
-    Attributes:
-        last_backward_stats: counts of the most recent backward pass: ``num_fevals``
-            (evaluations of the augmented field, each one vector-field evaluation plus one
-            vector-Jacobian product), ``num_time_fevals`` (extra evaluations for the time
-            gradients), ``num_fevals_total``, ``num_steps``, ``num_accepted_steps``,
-            ``num_rejected_steps`` and ``num_intervals`` (backward solves between save times).
+    Statistics: ``Solution.stats["backward"]`` is a dict filled when the backward pass runs
+    (empty before): ``num_fevals`` (evaluations of the augmented field, each one vector-field
+    evaluation plus one vector-Jacobian product), ``num_time_fevals`` (extra evaluations for
+    the time gradients), ``num_fevals_total``, ``num_steps``, ``num_accepted_steps``,
+    ``num_rejected_steps`` and ``num_intervals`` (backward solves between save times). Each
+    solve has its own; nothing is stored on the adjoint object, which can be shared.
 
     Memory: the states at the save times and the final state, whatever the number of steps.
 
@@ -733,7 +773,7 @@ class InterpolatedAdjoint(_ContinuousAdjoint):
     dense solution (a few states per forward step), with no autograd graph. ``seminorm``
     measures the backward error on $a$ only, and a controller's ``norm`` receives the tuple
     ``(a, *g_params, *g_args)``. Arguments, outputs without gradient, scope and
-    ``last_backward_stats`` as for :class:`BacksolveAdjoint`.
+    ``Solution.stats["backward"]`` as for :class:`BacksolveAdjoint`.
     """
 
     _interpolated = True
