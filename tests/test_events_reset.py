@@ -474,3 +474,35 @@ def test_plain_terminal_event_has_a_record_too():
     )
     torch.testing.assert_close(sol.event_ts, torch.tensor([math.sqrt(2 / 9.81)], dtype=F64))
     assert sol.event_ids.tolist() == [0]
+
+
+def test_any_direction_bounce_does_not_fire_again_at_the_reset_point():
+    # With direction=0 the up-going ball just after a bounce starts at height ~0 (within
+    # round-off, possibly a hair below): the crossing just handled must not fire again.
+    g, e, h0 = scalars(9.81, 0.8, 1.0)
+    term, _ = bouncing(g, e)
+    event = tn.Event(
+        lambda t, y, a: y[..., 0], direction=0, terminal=False,
+        reset=lambda t, y, a: torch.stack([y[..., 0], -e * y[..., 1]], -1),
+    )  # fmt: skip
+    y0 = torch.stack([h0, torch.zeros_like(h0)])
+    sol = tn.solve(term, tn.Tsit5(), 0.0, 2.0, y0, controller=ctrl(), event=event)
+    want, times = exact(g, e, h0, 2.0)
+    torch.testing.assert_close(sol.event_ts, torch.stack(times), rtol=0, atol=1e-9)
+    torch.testing.assert_close(sol.ys[-1, 0], want, rtol=0, atol=1e-9)
+
+
+def test_non_terminal_event_without_reset_is_only_recorded():
+    # Zero crossings of sin(y), y = 0.5 + t, on [0, 10]; the state is untouched. (y' = 1 has
+    # no local error, so steps grow tenfold each time: dtmax keeps two crossings out of one
+    # step, which sign-based detection cannot see.)
+    def f(t, y, args):
+        return torch.ones_like(y)
+
+    event = tn.Event(lambda t, y, a: torch.sin(y[..., 0]), terminal=False)
+    y0 = torch.tensor([0.5], dtype=F64)
+    sol = tn.solve(tn.ODETerm(f), tn.Tsit5(), 0.0, 10.0, y0, controller=ctrl(dtmax=0.5),
+                   event=event)  # fmt: skip
+    want = torch.tensor([math.pi, 2 * math.pi, 3 * math.pi], dtype=F64) - 0.5
+    torch.testing.assert_close(sol.event_ts, want, rtol=0, atol=1e-9)
+    torch.testing.assert_close(sol.ys[-1], torch.tensor([10.5], dtype=F64), rtol=0, atol=1e-9)
