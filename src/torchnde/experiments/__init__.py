@@ -171,3 +171,10 @@ register(
     "Li et al. 2021 (FNO); Poli et al. 2022, Transform Once",
     "torchnde.experiments.darcy",
 )
+register(
+    "bouncing-ball",
+    "gravity and restitution of a bouncing ball from noisy heights, one solve with resets",
+    "Chen, Amos, Nickel 2021, Learning Neural Event Functions for Ordinary Differential "
+    "Equations (torchdiffeq's bouncing_ball.py)",
+    "torchnde.experiments.bouncing_ball",
+)
