@@ -262,23 +262,26 @@ def test_automaton_learns_the_thermostat_s_switching_times():
         for i in range(2)
     ]
 
-    def switch_error() -> float:
+    def switch_error(same_count: bool) -> float:
+        """The largest error of the first switching times (all of them: ``same_count``)."""
         with torch.no_grad():
             out = nha(x0, ts, mode0)
         errs = []
         for i in range(2):
             got = out.switch_ts[i][~out.switch_ts[i].isnan()]
-            assert len(got) == len(true[i])
-            errs.append((got - true[i].to(F64)).abs().max())
+            if same_count:
+                assert len(got) == len(true[i])
+            n = min(len(got), len(true[i]))
+            errs.append((got[:n] - true[i][:n].to(F64)).abs().max())
         return float(max(errs))
 
-    before = switch_error()
+    before = switch_error(same_count=False)  # the initial guess switches once too often
     opt = torch.optim.Adam(nha.parameters(), lr=0.05)
     for _ in range(60):
         loss = ((nha(x0, ts, mode0).xs[..., 0] - data) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = switch_error()
+    after = switch_error(same_count=True)
     assert before > 0.15
     assert after < 0.1 and after < before / 3
