@@ -285,3 +285,30 @@ def test_automaton_learns_the_thermostat_s_switching_times():
     after = switch_error(same_count=True)
     assert before > 0.15
     assert after < 0.1 and after < before / 3
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_an_identically_zero_event_function_beside_the_one_that_fires_keeps_its_gradient(
+    per_sample,
+):
+    # The second function fires at t = c; the first is zero all along (a guard masked off by
+    # the mode, m_k g_k with m_k = 0). It was taken for the crossing one (zero at the end of
+    # the bisection), whose zero slope left the event time without its gradient dt/dc = 1.
+    c = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    event = tn.Event(
+        [lambda t, y, args: y[:, 1] * (y[:, 0] + 0.3), lambda t, y, args: y[:, 2] * (c - y[:, 0])],
+        direction=-1,
+        terminal=False,
+    )
+    sol = tn.solve(
+        tn.ODETerm(lambda t, y, args: torch.ones_like(y) * torch.tensor([1.0, 0.0, 0.0])),
+        tn.Dopri5(),
+        0.0,
+        0.9,
+        torch.tensor([[0.0, 0.0, 1.0]], dtype=F64),
+        event=event,
+        controller=tn.PIDController(rtol=1e-8, atol=1e-10, per_sample=per_sample),
+    )
+    assert sol.event_ids.reshape(-1).tolist() == [1]
+    (grad,) = torch.autograd.grad(sol.event_ts.sum(), [c])
+    assert float(grad) == pytest.approx(1.0, rel=1e-8)
