@@ -73,6 +73,7 @@ TINY = {
         "batch_size=4",
     ],  # fmt: skip
     "bouncing-ball": ["--epochs", "2", "num_times=41", "batch_size=41"],
+    "hybrid-modes": ["--epochs", "1", "num_train=2", "num_test=1", "batch_size=2", "hidden=4"],
 }
 # Experiments whose steps solve no differential equation (neural operators): their steps log
 # no function evaluations.

@@ -178,3 +178,9 @@ register(
     "Equations (torchdiffeq's bouncing_ball.py)",
     "torchnde.experiments.bouncing_ball",
 )
+register(
+    "hybrid-modes",
+    "a two-mode thermostat: neural hybrid automaton vs a single-mode neural ODE, switching times",
+    "Poli et al. 2021, Neural Hybrid Automata",
+    "torchnde.experiments.hybrid_modes",
+)
