@@ -91,7 +91,11 @@ def test_one_solve_with_a_reset_matches_the_closed_form_ball():
     )
 
 
-@pytest.mark.parametrize("adjoint", [tn.DirectAdjoint(), tn.CheckpointAdjoint()], ids=repr)
+@pytest.mark.parametrize(
+    "adjoint",
+    [tn.DirectAdjoint(), tn.CheckpointAdjoint(), tn.BacksolveAdjoint(), tn.InterpolatedAdjoint()],
+    ids=repr,
+)
 def test_gradients_through_impacts_and_resets_match_the_closed_form(adjoint):
     ts = torch.linspace(0.0, 9.0, 37, dtype=F64)
     weights = torch.linspace(1.0, 2.0, len(ts), dtype=F64)
