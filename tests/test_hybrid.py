@@ -316,3 +316,34 @@ def test_an_identically_zero_event_function_beside_the_one_that_fires_keeps_its_
     assert sol.event_ids.reshape(-1).tolist() == [1]
     (grad,) = torch.autograd.grad(sol.event_ts.sum(), [c])
     assert float(grad) == pytest.approx(1.0, rel=1e-8)
+
+
+def test_a_transition_module_chooses_the_next_mode_and_gets_gradients():
+    class ToMode0(nn.Module):
+        """Next-mode logits from the state and the one-hot mode: k -> k + 1 mod 3."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+        def forward(self, t, x, m):
+            base = torch.tensor([[0.0, 5.0, -5.0], [-5.0, 0.0, 5.0], [5.0, -5.0, 0.0]], dtype=F64)
+            return self.scale * (m @ base) + 0 * x
+
+    # Mode 0 decays towards 0 and leaves at 0.3, mode 1 rises towards 1 and leaves at 0.8,
+    # mode 2 decays and leaves at 0.5; the logits make the cycle 0 -> 1 -> 2 -> 0.
+    flows = [_linear(-1.0, 0.0), _linear(-1.0, 1.0), _linear(-1.0, 0.0)]
+    guards = [_linear(1.0, -0.3), _linear(-1.0, 0.8), _linear(1.0, -0.5)]
+    transitions = ToMode0()
+    nha = NeuralHybridAutomaton(flows, guards, transitions=transitions, rtol=1e-8, atol=1e-10)
+    nha = nha.to(F64)
+    out = nha(torch.tensor([[1.0]], dtype=F64), torch.linspace(0, 4, 5, dtype=F64), MODE0[:1] * 0)
+    assert out.switch_from[0, :4].tolist() == [0, 1, 2, 0]
+    t1 = math.log(1 / 0.3)
+    t2 = t1 + math.log(0.7 / 0.2)
+    t3 = t2 + math.log(0.8 / 0.5)
+    expected = torch.tensor([t1, t2, t3], dtype=F64)
+    torch.testing.assert_close(out.switch_ts[0, :3], expected, rtol=0, atol=1e-7)
+    assert "transition_logits" not in dict(nha.named_parameters())
+    (out.xs.sum()).backward()
+    assert transitions.scale.grad is not None and torch.isfinite(transitions.scale.grad)
