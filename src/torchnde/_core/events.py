@@ -284,9 +284,11 @@ def locate_event(
                 hi = torch.where(crossed, mid, hi)
                 lo = torch.where(crossed, lo, mid)
             hi = torch.where(hit, hi, torch.ones_like(hi))
-            # The component that crossed: the first one whose sign differs between lo and hi.
+            # The component that crossed: the first one whose sign differs between lo and hi
+            # (or that reached zero at hi; one that is zero at both, e.g. a function that is
+            # identically zero in this mode, did not cross and has no slope to correct with).
             g_lo, g_hi = values(lo), values(hi)
-            changed = (torch.sign(g_lo) != torch.sign(g_hi)) | (g_hi == 0)
+            changed = (torch.sign(g_lo) != torch.sign(g_hi)) | ((g_hi == 0) & (g_lo != 0))
             return lo, hi, changed.to(torch.int8).argmax(dim=-1)
 
     lo, hi, idx = bisect(torch.zeros_like(t0), torch.ones_like(t0), iters)

@@ -171,3 +171,16 @@ register(
     "Li et al. 2021 (FNO); Poli et al. 2022, Transform Once",
     "torchnde.experiments.darcy",
 )
+register(
+    "bouncing-ball",
+    "gravity and restitution of a bouncing ball from noisy heights, one solve with resets",
+    "Chen, Amos, Nickel 2021, Learning Neural Event Functions for Ordinary Differential "
+    "Equations (torchdiffeq's bouncing_ball.py)",
+    "torchnde.experiments.bouncing_ball",
+)
+register(
+    "hybrid-modes",
+    "a two-mode thermostat: neural hybrid automaton vs a single-mode neural ODE, switching times",
+    "Poli et al. 2021, Neural Hybrid Automata",
+    "torchnde.experiments.hybrid_modes",
+)

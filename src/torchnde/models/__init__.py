@@ -6,6 +6,8 @@ from .cnf import CNF as CNF
 from .deq import DEQ as DEQ
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
+from .hybrid import HybridTrajectory as HybridTrajectory
+from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
