@@ -39,6 +39,7 @@ from ._core.controllers import PIDController as PIDController
 from ._core.events import Event as Event
 from ._core.implicit import AbstractESDIRK as AbstractESDIRK
 from ._core.implicit import AbstractImplicitSolver as AbstractImplicitSolver
+from ._core.jumps import JumpTerm as JumpTerm
 from ._core.rosenbrock import AbstractRosenbrock as AbstractRosenbrock
 from ._core.runge_kutta import AbstractRungeKutta as AbstractRungeKutta
 from ._core.runge_kutta import ExplicitRungeKutta as ExplicitRungeKutta

@@ -11,6 +11,7 @@ import torch
 from ._adjoint import AbstractAdjoint, DirectAdjoint
 from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
 from ._core.events import Event
+from ._core.jumps import has_jumps
 from ._core.loop import Cause, LoopResult, time_floor
 from ._core.packing import PackedTerm, ReversedTerm, StateSpec
 from ._core.problem import Problem
@@ -19,6 +20,7 @@ from ._core.sde import check_sde
 from ._core.solution import SaveAt, Solution, SolveError, Status
 from ._core.solver import AbstractSolver
 from ._core.terms import AbstractTerm, ODETerm, broadcast_time
+from ._jumps import solve_jumps
 
 __all__ = ["solve"]
 
@@ -434,6 +436,12 @@ def solve(
     """
     if adjoint is None:
         adjoint = DirectAdjoint()
+    if isinstance(terms, AbstractTerm) and has_jumps(terms):
+        return solve_jumps(
+            solve, terms, solver, t0, t1, y0, args, dt0=dt0, saveat=saveat,
+            controller=controller, adjoint=adjoint, event=event, max_steps=max_steps,
+            throw=throw, progress=progress, compile_step=compile_step, integral=integral,
+        )  # fmt: skip
     if integral is not None:
         terms, y0 = _with_integral(terms, y0, integral, t0, args)
     p = _normalise(
