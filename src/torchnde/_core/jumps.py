@@ -76,6 +76,9 @@ class JumpTerm(AbstractTerm):
             realisation, like a Brownian motion), a ``torch.Generator`` (each solve draws its
             seed from it, so successive solves differ) or ``None`` (an ``int`` drawn once from
             torch's global generator).
+        max_jumps: the most jumps a solve may have (per sample when stepping per sample):
+            the next one ends it with ``Status.MAX_EVENTS_REACHED``, protection against an
+            intensity that explodes.
 
     Example:
         >>> # Merton's jump diffusion for log S: drift, volatility, normal jumps at rate 0.5
@@ -98,6 +101,7 @@ class JumpTerm(AbstractTerm):
         *,
         mark: MarkFn | None = None,
         seed: int | torch.Generator | None = None,
+        max_jumps: int = 100_000,
     ) -> None:
         if isinstance(rate, torch.Tensor) or (
             isinstance(rate, numbers.Real) and not isinstance(rate, bool)
@@ -134,8 +138,11 @@ class JumpTerm(AbstractTerm):
                 "JumpTerm: `seed` must be an int, a torch.Generator or None, got "
                 f"{_describe(seed)}."
             )
+        if isinstance(max_jumps, bool) or not isinstance(max_jumps, int) or max_jumps < 0:
+            raise ValueError(f"JumpTerm: `max_jumps` must be an int >= 0, got {max_jumps!r}.")
         self.rate = rate
         self.jump = jump
+        self.max_jumps = max_jumps
         self.mark = mark if mark is not None else uniform_marks
         self.seed = seed
 
@@ -231,8 +238,10 @@ class JumpSystem:
         y0: torch.Tensor,
         t0: torch.Tensor,
         args: Any,
+        per_sample: bool,
     ) -> None:
         self.term = jump_term
+        self.per_sample = per_sample
         self.state_shape = tuple(y0.shape[1:])
         self.batch = y0.shape[0]
         self.n = int(torch.Size(self.state_shape).numel())
@@ -349,19 +358,18 @@ class JumpSystem:
 
     def clock(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
         """The event function: the remaining clock, one value per sample."""
-        return z[:, self.n]
+        return z[:, self.n].clone()
 
-    def reset(
-        self, t: torch.Tensor, z: torch.Tensor, args: Any, fired: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The state just after the jumps of the samples that ``fired`` (``(batch,)`` bool; by
-        default those whose clock has run out, to the resolution of the event location)."""
-        if fired is None:
-            # The located state lies within the bisection's resolution of the crossing, on
-            # either side of it: a few ulps of the clock, times the rate.
-            fired = z[:, self.n] <= 64 * torch.finfo(z.dtype).eps
-        if not bool(fired.any()):
-            return z
+    def reset(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
+        """The state just after a jump (the reset of the clock's event). Per sample, the loop
+        keeps the rows of the samples that fired; jointly, the batch has one event sequence
+        and the sample that jumps is the one whose clock ran out: the smallest, at zero to
+        rounding at the located crossing (others within rounding of zero jump with it)."""
+        c = z[:, self.n]
+        if self.per_sample:
+            fired = torch.ones_like(c, dtype=torch.bool)
+        else:
+            fired = (c <= 64 * torch.finfo(z.dtype).eps) | (c == c.min())
         count = z[:, self.n + 1].round().to(torch.int64) + 1
         ks = torch.unique(count[fired]).tolist()
         clocks = z[:, self.n].clone()
@@ -394,7 +402,9 @@ class JumpSystem:
         )
 
 
-def augment_jumps(terms: AbstractTerm, y0: Any, t0: torch.Tensor, args: Any) -> JumpSystem:
+def augment_jumps(
+    terms: AbstractTerm, y0: Any, t0: torch.Tensor, args: Any, per_sample: bool
+) -> JumpSystem:
     """Split ``terms`` into drift, diffusion and jumps and build the augmented system."""
     leaves = terms.terms if isinstance(terms, MultiTerm) else (terms,)
     jumps = [t for t in leaves if isinstance(t, JumpTerm)]
@@ -422,5 +432,11 @@ def augment_jumps(terms: AbstractTerm, y0: Any, t0: torch.Tensor, args: Any) -> 
             f"got {_describe(y0)}; use y0.reshape(1, -1) for one sample."
         )
     return JumpSystem(
-        jumps[0], odes[0] if odes else None, controls[0] if controls else None, y0, t0, args
+        jumps[0],
+        odes[0] if odes else None,
+        controls[0] if controls else None,
+        y0,
+        t0,
+        args,
+        per_sample,
     )

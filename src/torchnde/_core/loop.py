@@ -257,6 +257,11 @@ class EventHook:
                 event, loop.solver, step.dense_info, step.t, step.tnext - step.t, g_prev, args,
                 crossed, per_sample, loop.to_user_time,
             )  # fmt: skip
+            # A crossing within rounding of the step end: y1 has crossed, the dense output
+            # at θ = 1 not quite, and bisection found nothing; it fires there.
+            none = crossed & ~torch.stack(which).any(0)
+            ends = event.crossed(g_prev, g_new, per_sample)
+            which = [w | (none & e) for w, e in zip(which, ends)]
             step.t_after = torch.where(crossed, t_ev, step.t_after)
             step.y1 = torch.where(broadcast_time(crossed, step.y1), y_ev, step.y1)
             cut.which = which
