@@ -9,6 +9,7 @@ from .galerkin import GalerkinLinear as GalerkinLinear
 from .hybrid import HybridTrajectory as HybridTrajectory
 from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
+from .jump_sde import NeuralJumpSDE as NeuralJumpSDE
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
