@@ -32,6 +32,17 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: Tiny configurations: every experiment end to end in a few seconds.
 TINY = {
     "spiral": ["--epochs", "2", "batch_size=100", "hidden=16"],
+    "jump-sde": [
+        "--epochs",
+        "1",
+        "num_train=8",
+        "num_test=4",
+        "batch_size=8",
+        "t_end=4",
+        "latent=2",
+        "hidden=4",
+        "step_size=1",
+    ],  # fmt: skip
     "circles": ["--epochs", "1", "num_train=128", "num_test=64", "batch_size=32", "hidden=8"],
     "digits": ["--epochs", "1", "batch_size=512", "width=8", "hidden=16"],
     "density": ["--epochs", "1", "num_train=256", "num_test=64", "batch_size=128", "hidden=16"],

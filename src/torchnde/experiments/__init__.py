@@ -184,3 +184,9 @@ register(
     "Poli et al. 2021, Neural Hybrid Automata",
     "torchnde.experiments.hybrid_modes",
 )
+register(
+    "jump-sde",
+    "neural jump SDE on a simulated Hawkes process: test log-likelihood vs the true intensity",
+    "Jia, Benson 2019, Neural Jump Stochastic Differential Equations",
+    "torchnde.experiments.jump_sde",
+)

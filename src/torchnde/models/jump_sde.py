@@ -91,6 +91,8 @@ class NeuralJumpSDE(nn.Module):
         self.intensity = intensity if intensity is not None else _Softplus(latent_dim)
         self.z0 = nn.Parameter(torch.zeros(latent_dim))
         self.step_size = float(step_size)
+        #: Vector-field evaluations of the last forward pass.
+        self.num_fevals = 0
 
     def _field(self, t: torch.Tensor, s: torch.Tensor, args: Any) -> torch.Tensor:
         z = s[:, : self.latent_dim]
@@ -110,6 +112,7 @@ class NeuralJumpSDE(nn.Module):
             dt0=dt0,
             controller=torchnde.ConstantStepSize(per_sample=True),
         )
+        self.num_fevals += int(sol.stats["num_fevals"])
         return sol.ys[-1]
 
     def _check(self, event_times: Any, t_end: Any, t_start: float) -> tuple[torch.Tensor, ...]:
@@ -161,6 +164,7 @@ class NeuralJumpSDE(nn.Module):
             t_start: its start.
         """
         filled, valid, t_prev, end = self._check(event_times, t_end, t_start)
+        self.num_fevals = 0
         b = filled.shape[0]
         s = torch.cat([self.z0.expand(b, -1), self.z0.new_zeros(b, 1)], dim=1)
         log_events = self.z0.new_zeros(b)
