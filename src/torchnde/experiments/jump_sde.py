@@ -45,7 +45,8 @@ def simulate_hawkes(
     bounds it until the next event: candidates are drawn at that rate and kept with
     probability $\lambda^*(t) / \bar\lambda$, which is exact (no discretisation).
     """
-    t, excite, out = 0.0, 0.0, []  # excite = sum_i alpha beta exp(-beta (t - t_i))
+    t, excite = 0.0, 0.0  # excite = sum_i alpha beta exp(-beta (t - t_i))
+    out: list[float] = []
     while True:
         bound = mu + excite
         dt = rng.exponential(1.0 / bound)
@@ -146,7 +147,9 @@ class Task(harness.Task):
         keep = int((~torch.isnan(times)).sum(1).max())
         loglik = model(times[:, : max(keep, 1)], self.config.t_end)
         # Per unit time, so the learning rate does not depend on the window.
-        return StepOutput(-loglik / self.config.t_end, nfe={"nfe": float(model.num_fevals)})
+        return StepOutput(
+            -loglik / self.config.t_end, nfe={"nfe": float(getattr(model, "num_fevals", 0))}
+        )
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         cfg = self.config
@@ -209,7 +212,7 @@ class Task(harness.Task):
         for t in ts:
             past = seq[seq < t]
             true.append(cfg.mu + cfg.alpha * cfg.beta * np.sum(np.exp(-cfg.beta * (t - past))))
-        fitted = model.intensity_at(
+        fitted = model.intensity_at(  # type: ignore[operator]
             torch.from_numpy(seq).to(self.device), torch.from_numpy(ts).to(self.device)
         )
         fig = new_figure(10, 4)
