@@ -42,7 +42,7 @@ def check_moments(x: torch.Tensor, mean: float, var: float, kappa4: float) -> No
 
 def test_compound_poisson_mean_and_variance_match_the_closed_form():
     lam, T, m, s = 2.0, 1.5, 1.0, 0.5
-    n = 4000
+    n = 2000
     term = tn.JumpTerm(lam, lambda t, y, args, mark: y + mark[:, None], mark=normal_marks(m, s),
                        seed=0)  # fmt: skip
     sol = tn.solve(tn.MultiTerm(term), tn.Tsit5(), 0.0, T, torch.zeros(n, 1, dtype=F64),
@@ -110,6 +110,17 @@ def test_jump_times_are_the_inverse_of_the_integrated_intensity_at_the_clocks():
     counts = (~torch.isnan(ts)).sum(1)
     assert torch.equal(sol.stats["num_jumps"], counts)
     assert torch.equal(sol.ys[-1, :, 0], counts.to(F64))
+
+
+def test_saved_states_count_the_jumps_before_each_save_time():
+    ts = torch.linspace(0.0, 2.0, 9, dtype=F64)
+    term = tn.JumpTerm(lambda t, y, args: 1.0 + 0.5 * y[:, 0], lambda t, y, args, mark: y + 1,
+                       seed=4)  # fmt: skip
+    sol = tn.solve(term, tn.Tsit5(), 0.0, 2.0, torch.zeros(32, 1, dtype=F64),
+                   saveat=tn.SaveAt(ts=ts), controller=per_sample())  # fmt: skip
+    assert sol.ys.shape == (9, 32, 1)
+    before = (sol.event_ts[:, None, :] <= ts[None, :, None]).sum(-1)  # (batch, len(ts))
+    assert torch.equal(sol.ys[:, :, 0], before.T.to(F64))
 
 
 def test_every_located_jump_applies_its_reset_also_at_a_step_end():
