@@ -95,9 +95,12 @@ class Config(ExperimentConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.full:
-            self.num_train, self.num_test, self.t_end = 1000, 500, 100.0
-            self.epochs, self.latent, self.hidden, self.step_size = 30, 10, 32, 0.25
+        if self.full:  # the larger run, for every key left at its default
+            larger = {"num_train": 1000, "num_test": 500, "t_end": 100.0, "epochs": 30,
+                      "latent": 10, "hidden": 32, "step_size": 0.25}  # fmt: skip
+            for key, value in larger.items():
+                if getattr(self, key) == self.__dataclass_fields__[key].default:
+                    setattr(self, key, value)
         super().__post_init__()
         for key in ("num_train", "num_test", "latent", "hidden"):
             value = getattr(self, key)
