@@ -3,12 +3,16 @@
 from .augmented import Augmented as Augmented
 from .augmented import SecondOrder as SecondOrder
 from .cnf import CNF as CNF
+from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
+from .hamiltonian import HNN as HNN
+from .hamiltonian import SeparableHNN as SeparableHNN
 from .hybrid import HybridTrajectory as HybridTrajectory
 from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
+from .lagrangian import LNN as LNN
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
