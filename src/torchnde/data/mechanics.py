@@ -17,6 +17,8 @@ targets those of the clean states, as in the papers' data (Greydanus et al.: $\s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +70,9 @@ def pendulum_period(energy: float) -> float:
 
     k2 = energy / (4 * PENDULUM_G)
     if not 0 <= k2 < 1:
-        raise ValueError(f"pendulum_period: `energy` must be in [0, {4 * PENDULUM_G}), got {energy}.")
+        raise ValueError(
+            f"pendulum_period: `energy` must be in [0, {4 * PENDULUM_G}), got {energy}."
+        )
     return float(4 * ellipk(k2) / math.sqrt(2 * PENDULUM_G))
 
 
@@ -80,7 +84,9 @@ def _ring(n: int, rng: np.random.Generator, radius: tuple[float, float]) -> torc
     return torch.tensor(v * r, dtype=F64)
 
 
-def _reference(f: object, x0: torch.Tensor, t: torch.Tensor, args: object = None) -> torch.Tensor:
+def _reference(
+    f: Callable[..., Any], x0: torch.Tensor, t: torch.Tensor, args: object = None
+) -> torch.Tensor:
     sol = torchnde.solve(
         torchnde.ODETerm(f),
         torchnde.Dopri8(),
@@ -158,9 +164,7 @@ def generate_pendulum(
     return t, _noisy(x, noise_std, rng), pendulum_dynamics(t, x)
 
 
-def double_pendulum_dynamics(
-    t: torch.Tensor, x: torch.Tensor, args: object = None
-) -> torch.Tensor:
+def double_pendulum_dynamics(t: torch.Tensor, x: torch.Tensor, args: object = None) -> torch.Tensor:
     r"""$(\dot\theta_1, \dot\theta_2, \dot\omega_1, \dot\omega_2)$ of the double pendulum with
     unit masses and lengths, states ``(..., 4)`` (the equations of Cranmer et al.'s code)."""
     g = DOUBLE_PENDULUM_G

@@ -184,3 +184,15 @@ register(
     "Poli et al. 2021, Neural Hybrid Automata",
     "torchnde.experiments.hybrid_modes",
 )
+register(
+    "pendulum",
+    "ideal pendulum: Hamiltonian neural network vs a baseline neural ODE, energy drift",
+    "Greydanus, Dzamba, Yosinski 2019, Hamiltonian Neural Networks",
+    "torchnde.experiments.pendulum",
+)
+register(
+    "double-pendulum",
+    "double pendulum: Lagrangian neural network vs a baseline neural ODE, energy drift",
+    "Cranmer, Greydanus, Hoyer, Battaglia, Spergel, Ho 2020, Lagrangian Neural Networks",
+    "torchnde.experiments.double_pendulum",
+)

@@ -66,6 +66,9 @@ class DeLaN(nn.Module):
         prior for deep learning", ICLR 2019.
     """
 
+    _rows: torch.Tensor
+    _cols: torch.Tensor
+
     def __init__(
         self,
         dof: int,
@@ -113,12 +116,10 @@ class DeLaN(nn.Module):
             )
         return v.reshape(())
 
-    def _terms1(
-        self, q1: torch.Tensor, qd1: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _terms1(self, q1: torch.Tensor, qd1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``M(q)`` and ``c + g = dM/dt qd - 1/2 d/dq (qd' M qd) + dV/dq`` of one sample."""
         m = self._mass1(q1)
-        _, mdot_qd = jvp(lambda q: self._mass1(q) @ qd1, (q1,), (qd1,))
+        mdot_qd = jvp(lambda q: self._mass1(q) @ qd1, (q1,), (qd1,))[1]
         dke = jacrev(lambda q: 0.5 * qd1 @ self._mass1(q) @ qd1)(q1)
         g = jacrev(self._potential1)(q1)
         return m, mdot_qd - dke + g
