@@ -94,6 +94,17 @@ TINY = {
         "t_eval=1.0",
         "num_save=10",
         "batch_size=20",
+        "rtol=1e-3",
+        "atol=1e-5",
+    ],  # fmt: skip
+    "energy-shaping": [
+        "--epochs",
+        "1",
+        "num_train=8",
+        "num_eval=8",
+        "batch_size=8",
+        "hidden=4",
+        "t1=0.5",
     ],  # fmt: skip
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics

@@ -23,7 +23,7 @@ from torchnde.data.mechanics import (
     pendulum_energy,
     pendulum_period,
 )
-from torchnde.models import HNN, LNN, DeLaN, NeuralODE, SeparableHNN
+from torchnde.models import HNN, LNN, DeLaN, EnergyShaping, NeuralODE, SeparableHNN
 
 F64 = torch.float64
 
@@ -345,3 +345,59 @@ def test_bad_inputs_raise_clear_errors():
         delan.inverse_dynamics(*torch.randn(2, 4, 2, dtype=F64), torch.randn(4, 3, dtype=F64))
     with pytest.raises(ValueError, match=r"DeLaN: `args \(the torque\)` must be a tensor"):
         delan(0.0, torch.randn(4, 4, dtype=F64), torch.randn(4, 1, dtype=F64))
+
+
+# --------------------------------------------------------------------------- control
+
+
+def _shaping() -> EnergyShaping:
+    return EnergyShaping(_net(1, 1, h=6), _net(2, 1, h=4))
+
+
+def test_energy_shaping_control_is_minus_the_potential_gradient_minus_the_damping():
+    k = 2.5
+    ctrl = EnergyShaping(_Fn(lambda q: 0.5 * k * q[:, 0] ** 2), _Fn(lambda x: x[:, :1] * 0 + 1.0))
+    x = torch.randn(6, 2, dtype=F64)
+    expected = -k * x[:, :1] - torch.nn.functional.softplus(torch.tensor(1.0, dtype=F64)) * x[:, 1:]
+    torch.testing.assert_close(ctrl.control(x), expected)
+
+
+def test_energy_shaping_closed_loop_dissipates_the_shaped_energy():
+    # Plant q'' = -sin q + u; E = qd^2/2 + 1 - cos q + V(q): dE/dt = -softplus(k) qd^2 <= 0.
+    ctrl = _shaping()
+    f = ctrl.closed_loop(lambda t, x, u: torch.cat([x[:, 1:], -torch.sin(x[:, :1]) + u], 1))
+    x = 3 * torch.randn(64, 2, dtype=F64)
+    with torch.no_grad():
+        dx = f(torch.tensor(0.0), x)
+    x_ = x.clone().requires_grad_(True)
+    energy = 0.5 * x_[:, 1] ** 2 + 1 - torch.cos(x_[:, 0]) + ctrl.shaped_potential(x_[:, :1])
+    (grad,) = torch.autograd.grad(energy.sum(), x_)
+    rate = (grad * dx).sum(1)
+    expected = -torch.nn.functional.softplus(ctrl.damping(x))[:, 0].detach() * x[:, 1] ** 2
+    torch.testing.assert_close(rate, expected)
+    assert bool((rate <= 1e-15).all())
+
+
+def test_energy_shaping_gradients_through_an_integral_cost_match_finite_differences():
+    ctrl = _shaping()
+    names = [n for n, _ in ctrl.named_parameters()]
+    f = ctrl.closed_loop(lambda t, x, u: torch.cat([x[:, 1:], -torch.sin(x[:, :1]) + u], 1))
+    x0 = torch.randn(2, 2, dtype=F64)
+
+    def cost(*ps):
+        with torch.nn.utils.stateless._reparametrize_module(ctrl, dict(zip(names, ps))):
+            sol = tn.solve(tn.ODETerm(f), tn.RK4(), 0.0, 0.3, x0, dt0=0.1,
+                           controller=tn.ConstantStepSize(),
+                           integral=lambda t, x, a: (x**2).sum(1))  # fmt: skip
+            return sol.integral[-1]
+
+    assert gradcheck(cost, tuple(p.detach().requires_grad_(True) for p in ctrl.parameters()))
+
+
+def test_energy_shaping_bad_inputs():
+    with pytest.raises(TypeError, match=r"EnergyShaping: `potential` must be a module"):
+        EnergyShaping(1, _net(2, 1))
+    with pytest.raises(ValueError, match=r"`damping` must return \(batch, dof\) = \(3, 1\)"):
+        EnergyShaping(_net(1, 1), _net(2, 2)).control(torch.randn(3, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"EnergyShaping: the state must be a tensor"):
+        _shaping().control(torch.randn(3, 3, dtype=F64))

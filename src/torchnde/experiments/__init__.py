@@ -196,3 +196,10 @@ register(
     "Cranmer, Greydanus, Hoyer, Battaglia, Spergel, Ho 2020, Lagrangian Neural Networks",
     "torchnde.experiments.double_pendulum",
 )
+register(
+    "energy-shaping",
+    "a pendulum brought to a target by a neural potential and damping injection",
+    "Massaroli, Poli, Califano, Park, Yamashita, Asama 2021, Optimal Energy Shaping via Neural "
+    "Approximators",
+    "torchnde.experiments.energy_shaping",
+)

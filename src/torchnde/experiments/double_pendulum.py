@@ -57,9 +57,9 @@ class Config(ExperimentConfig):
     """Options of ``torchnde run double-pendulum``."""
 
     out: Path = field(default=Path("runs/double-pendulum"), metadata={"help": "run folder"})
-    epochs: int = field(default=100, metadata={"help": "passes over the training points"})
+    epochs: int = field(default=50, metadata={"help": "passes over the training points"})
     batch_size: int = field(default=256, metadata={"help": "points per step (global)"})
-    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     hidden: int = field(default=64, metadata={"help": "hidden width of both MLPs"})
     num_traj: int = field(default=40, metadata={"help": "training trajectories"})
     num_times: int = field(default=50, metadata={"help": "points per training trajectory"})

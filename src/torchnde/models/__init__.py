@@ -3,6 +3,7 @@
 from .augmented import Augmented as Augmented
 from .augmented import SecondOrder as SecondOrder
 from .cnf import CNF as CNF
+from .control import EnergyShaping as EnergyShaping
 from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
 from .galerkin import GalerkinConv2d as GalerkinConv2d
