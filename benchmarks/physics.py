@@ -47,86 +47,94 @@ def _mlp(d_in: int, d_out: int, hidden: int, act: type[nn.Module] = nn.Tanh) -> 
 
 
 def bench_hnn(rows: list[dict[str, Any]], target_s: float) -> None:
+    for batch, hidden in ((128, 64), (1024, 200)):
+        rows.append(_hnn_case(batch, hidden, target_s))
+
+
+def _hnn_case(batch: int, hidden: int, target_s: float) -> dict[str, Any]:
     import torchdiffeq
 
-    for batch, hidden in ((128, 64), (1024, 200)):
-        net = _mlp(2, 1, hidden)
-        hnn = M.HNN(net)
-        x0 = torch.randn(batch, 2)
-        target = torch.randn(batch, 2)
-        n, t1 = 20, 1.0
+    net = _mlp(2, 1, hidden)
+    hnn = M.HNN(net)
+    x0 = torch.randn(batch, 2)
+    target = torch.randn(batch, 2)
+    n, t1 = 20, 1.0
 
-        class Field(nn.Module):
-            def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                with torch.enable_grad():
-                    xg = x if x.requires_grad else x.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(net(xg).sum(), xg, create_graph=True)
-                return torch.cat([g[:, 1:], -g[:, :1]], 1)
+    class Field(nn.Module):
+        def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(net(xg).sum(), xg, create_graph=True)
+            return torch.cat([g[:, 1:], -g[:, :1]], 1)
 
-        field = Field()
-        ts = torch.tensor([0.0, t1])
+    field = Field()
+    ts = torch.tensor([0.0, t1])
 
-        def ours() -> None:
-            sol = tn.solve(tn.ODETerm(hnn), tn.RK4(), 0.0, t1, x0, dt0=t1 / n,
-                           controller=tn.ConstantStepSize())  # fmt: skip
-            ((sol.ys[-1] - target) ** 2).mean().backward()
+    def ours() -> None:
+        sol = tn.solve(tn.ODETerm(hnn), tn.RK4(), 0.0, t1, x0, dt0=t1 / n,
+                       controller=tn.ConstantStepSize())  # fmt: skip
+        ((sol.ys[-1] - target) ** 2).mean().backward()
 
-        def theirs() -> None:
-            ys = torchdiffeq.odeint(field, x0, ts, method="rk4", options={"step_size": t1 / n})
-            ((ys[-1] - target) ** 2).mean().backward()
+    def theirs() -> None:
+        ys = torchdiffeq.odeint(field, x0, ts, method="rk4", options={"step_size": t1 / n})
+        ((ys[-1] - target) ** 2).mean().backward()
 
-        # Same numbers first.
-        with torch.no_grad():
-            a = tn.solve(tn.ODETerm(hnn), tn.RK4(), 0.0, t1, x0, dt0=t1 / n,
-                         controller=tn.ConstantStepSize()).ys[-1]  # fmt: skip
-            b = torchdiffeq.odeint(field, x0, ts, method="rk4", options={"step_size": t1 / n})[-1]
-        ours(), theirs()
-        res = time_interleaved({"torchnde": ours, "torchdiffeq": theirs}, target_s=target_s)
-        rows.append({
-            "case": f"HNN trajectory step, batch {batch}, hidden {hidden}, RK4 x {n}",
-            "torchnde_s": res["torchnde"]["median"],
-            "reference_s": res["torchdiffeq"]["median"],
-            "ratio": res["torchnde"]["median"] / res["torchdiffeq"]["median"],
-            "max_abs_diff": float((a - b).abs().max()),
-        })  # fmt: skip
+    # Same numbers first.
+    with torch.no_grad():
+        a = tn.solve(tn.ODETerm(hnn), tn.RK4(), 0.0, t1, x0, dt0=t1 / n,
+                     controller=tn.ConstantStepSize()).ys[-1]  # fmt: skip
+        b = torchdiffeq.odeint(field, x0, ts, method="rk4", options={"step_size": t1 / n})[-1]
+    ours(), theirs()
+    res = time_interleaved({"torchnde": ours, "torchdiffeq": theirs}, target_s=target_s)
+    return {
+        "case": f"HNN trajectory step, batch {batch}, hidden {hidden}, RK4 x {n}",
+        "torchnde_s": res["torchnde"]["median"],
+        "reference_s": res["torchdiffeq"]["median"],
+        "ratio": res["torchnde"]["median"] / res["torchdiffeq"]["median"],
+        "max_abs_diff": float((a - b).abs().max()),
+    }  # fmt: skip
 
 
 def bench_lnn(rows: list[dict[str, Any]], target_s: float) -> None:
+    for batch, hidden in ((64, 64), (256, 128)):
+        rows.append(_lnn_case(batch, hidden, target_s))
+
+
+def _lnn_case(batch: int, hidden: int, target_s: float) -> dict[str, Any]:
     from torch.autograd.functional import hessian, jacobian
 
-    for batch, hidden in ((64, 64), (256, 128)):
-        net = _mlp(4, 1, hidden, nn.Softplus)
-        lnn = M.LNN(net)
-        x = torch.randn(batch, 4)
-        target = torch.randn(batch, 2)
+    net = _mlp(4, 1, hidden, nn.Softplus)
+    lnn = M.LNN(net)
+    x = torch.randn(batch, 4)
+    target = torch.randn(batch, 2)
 
-        def looped(x: torch.Tensor) -> torch.Tensor:
-            out = []
-            for xi in x:
-                f = lambda z: net(z[None])[0, 0]  # noqa: E731
-                g = jacobian(f, xi, create_graph=True)
-                h = hessian(f, xi, create_graph=True)
-                rhs = g[:2] - h[2:, :2] @ xi[2:]
-                out.append(torch.linalg.solve(h[2:, 2:], rhs))
-            return torch.stack(out)
+    def looped(x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for xi in x:
+            f = lambda z: net(z[None])[0, 0]
+            g = jacobian(f, xi, create_graph=True)
+            h = hessian(f, xi, create_graph=True)
+            rhs = g[:2] - h[2:, :2] @ xi[2:]
+            out.append(torch.linalg.solve(h[2:, 2:], rhs))
+        return torch.stack(out)
 
-        def ours() -> None:
-            ((lnn.acceleration(x) - target) ** 2).mean().backward()
+    def ours() -> None:
+        ((lnn.acceleration(x) - target) ** 2).mean().backward()
 
-        def theirs() -> None:
-            ((looped(x) - target) ** 2).mean().backward()
+    def theirs() -> None:
+        ((looped(x) - target) ** 2).mean().backward()
 
-        with torch.no_grad():
-            diff = float((lnn.acceleration(x) - looped(x)).abs().max())
-        ours(), theirs()
-        res = time_interleaved({"torchnde": ours, "loop": theirs}, target_s=target_s)
-        rows.append({
-            "case": f"LNN acceleration step, batch {batch}, hidden {hidden}",
-            "torchnde_s": res["torchnde"]["median"],
-            "reference_s": res["loop"]["median"],
-            "ratio": res["torchnde"]["median"] / res["loop"]["median"],
-            "max_abs_diff": diff,
-        })  # fmt: skip
+    with torch.no_grad():
+        diff = float((lnn.acceleration(x) - looped(x)).abs().max())
+    ours(), theirs()
+    res = time_interleaved({"torchnde": ours, "loop": theirs}, target_s=target_s)
+    return {
+        "case": f"LNN acceleration step, batch {batch}, hidden {hidden}",
+        "torchnde_s": res["torchnde"]["median"],
+        "reference_s": res["loop"]["median"],
+        "ratio": res["torchnde"]["median"] / res["loop"]["median"],
+        "max_abs_diff": diff,
+    }  # fmt: skip
 
 
 def main() -> None:
