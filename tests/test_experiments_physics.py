@@ -14,8 +14,8 @@ from torchnde.experiments.pendulum import Config as PendulumConfig
 def test_pendulum_hnn_conserves_energy_where_the_baseline_drifts(tmp_path):
     cfg = make_config(
         PendulumConfig,
-        {"out": tmp_path / "p", "quiet": True, "plot": False, "epochs": 150, "num_eval": 4, "periods": 10, "num_save": 100, "rtol": 1e-6,
-         "atol": 1e-8},
+        {"out": tmp_path / "p", "quiet": True, "plot": False, "epochs": 150, "num_eval": 4,
+         "periods": 10, "num_save": 100, "rtol": 1e-6, "atol": 1e-8},
     )  # fmt: skip
     metrics = harness.run("pendulum", cfg)
     ev = metrics["eval"]
