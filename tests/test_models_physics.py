@@ -23,7 +23,15 @@ from torchnde.data.mechanics import (
     pendulum_energy,
     pendulum_period,
 )
-from torchnde.models import HNN, LNN, DeLaN, EnergyShaping, NeuralODE, SeparableHNN
+from torchnde.models import (
+    HNN,
+    LNN,
+    DeLaN,
+    EnergyShaping,
+    NeuralODE,
+    PortHamiltonian,
+    SeparableHNN,
+)
 
 F64 = torch.float64
 
@@ -401,3 +409,76 @@ def test_energy_shaping_bad_inputs():
         EnergyShaping(_net(1, 1), _net(2, 2)).control(torch.randn(3, 2, dtype=F64))
     with pytest.raises(ValueError, match=r"EnergyShaping: the state must be a tensor"):
         _shaping().control(torch.randn(3, 3, dtype=F64))
+
+
+# --------------------------------------------------------------------------- port-Hamiltonian
+
+
+def _port(n: int = 4, m: int = 1) -> PortHamiltonian:
+    return PortHamiltonian(_net(n, 1, h=6), interconnection=_net(n, n * n, h=4),
+                           dissipation=_net(n, n * n, h=4), input_matrix=_net(n, n * m, h=4))  # fmt: skip
+
+
+def test_port_hamiltonian_field_matches_the_formula_on_analytic_parts():
+    # H = |x|^2 / 2, A = [[0, x0], [0, 0]] (J = A - A'), B = diag(1, 2), G = [1, x1]'.
+    def a(x):
+        z = torch.zeros_like(x[:, 0])
+        return torch.stack([z, x[:, 0], z, z], 1)
+
+    def b(x):
+        o = torch.ones_like(x[:, 0])
+        return torch.stack([o, 0 * o, 0 * o, 2 * o], 1)
+
+    ph = PortHamiltonian(_Fn(lambda x: 0.5 * (x**2).sum(1)), interconnection=_Fn(a),
+                         dissipation=_Fn(b),
+                         input_matrix=_Fn(lambda x: torch.stack([x[:, 0] * 0 + 1, x[:, 1]], 1)))  # fmt: skip
+    x, u = torch.randn(5, 2, dtype=F64), torch.randn(5, 1, dtype=F64)
+    x0, x1 = x.unbind(1)
+    # (J - R) x + G u with J = [[0, x0], [-x0, 0]], R = diag(1, 4).
+    expected = torch.stack([x0 * x1 - x0 + u[:, 0], -x0 * x0 - 4 * x1 + x1 * u[:, 0]], 1)
+    torch.testing.assert_close(ph(0.0, x, u), expected)
+
+
+def test_port_hamiltonian_energy_balance_holds_pointwise():
+    # dH/dt = -grad H' R grad H + grad H' G u, whatever the networks.
+    ph = _port()
+    x, u = torch.randn(32, 4, dtype=F64), torch.randn(32, 1, dtype=F64)
+    with torch.no_grad():
+        dx = ph(0.0, x, u)
+        j, r = ph.structure(x)
+        g = ph.input_gain(x, 1)
+    x_ = x.clone().requires_grad_(True)
+    (dh,) = torch.autograd.grad(ph.hamiltonian(x_).sum(), x_)
+    rate = (dh * dx).sum(1)
+    dissipated = (dh[:, None, :] @ r @ dh[:, :, None])[:, 0, 0]
+    supplied = (dh[:, None, :] @ g @ u[:, :, None])[:, 0, 0]
+    torch.testing.assert_close(rate, -dissipated + supplied)
+    assert bool((dissipated >= 0).all())
+    torch.testing.assert_close(j, -j.transpose(1, 2), rtol=0, atol=0)
+    # Without input and dissipation the energy is conserved (rate 0).
+    conservative = PortHamiltonian(ph.net, interconnection=ph.interconnection)
+    with torch.no_grad():
+        dx0 = conservative(0.0, x)
+    assert float((dh * dx0).sum(1).abs().max()) < 1e-13
+
+
+def test_port_hamiltonian_gradients_match_finite_differences():
+    ph = _port(n=2)
+    names = [n for n, _ in ph.named_parameters()]
+    x = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    u = torch.randn(2, 1, dtype=F64)
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(ph, dict(zip(names, ps))):
+            return ph(0.0, x, u)
+
+    assert gradcheck(f, (x, *(p.detach().requires_grad_(True) for p in ph.parameters())))
+
+
+def test_port_hamiltonian_bad_inputs():
+    with pytest.raises(ValueError, match=r"canonical interconnection needs an even state"):
+        PortHamiltonian(_net(3, 1))(0.0, torch.randn(2, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"`dissipation` must return \(batch, n \* n\) = \(2, 4\)"):
+        PortHamiltonian(_net(2, 1), dissipation=_net(2, 3))(0.0, torch.randn(2, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"an input `args` was given but the model has no"):
+        PortHamiltonian(_net(2, 1))(0.0, torch.randn(2, 2, dtype=F64), torch.randn(2, 1))

@@ -18,6 +18,7 @@ from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
 from .neural_ode import NeuralODE as NeuralODE
+from .port_hamiltonian import PortHamiltonian as PortHamiltonian
 from .regularisers import AbstractRegulariser as AbstractRegulariser
 from .regularisers import JacobianFrobenius as JacobianFrobenius
 from .regularisers import KineticEnergy as KineticEnergy
