@@ -415,8 +415,12 @@ def test_energy_shaping_bad_inputs():
 
 
 def _port(n: int = 4, m: int = 1) -> PortHamiltonian:
-    return PortHamiltonian(_net(n, 1, h=6), interconnection=_net(n, n * n, h=4),
-                           dissipation=_net(n, n * n, h=4), input_matrix=_net(n, n * m, h=4))  # fmt: skip
+    return PortHamiltonian(
+        _net(n, 1, h=6),
+        interconnection=_net(n, n * n, h=4),
+        dissipation=_net(n, n * n, h=4),
+        input_matrix=_net(n, n * m, h=4),
+    )
 
 
 def test_port_hamiltonian_field_matches_the_formula_on_analytic_parts():
@@ -429,9 +433,15 @@ def test_port_hamiltonian_field_matches_the_formula_on_analytic_parts():
         o = torch.ones_like(x[:, 0])
         return torch.stack([o, 0 * o, 0 * o, 2 * o], 1)
 
-    ph = PortHamiltonian(_Fn(lambda x: 0.5 * (x**2).sum(1)), interconnection=_Fn(a),
-                         dissipation=_Fn(b),
-                         input_matrix=_Fn(lambda x: torch.stack([x[:, 0] * 0 + 1, x[:, 1]], 1)))  # fmt: skip
+    def g(x):
+        return torch.stack([x[:, 0] * 0 + 1, x[:, 1]], 1)
+
+    ph = PortHamiltonian(
+        _Fn(lambda x: 0.5 * (x**2).sum(1)),
+        interconnection=_Fn(a),
+        dissipation=_Fn(b),
+        input_matrix=_Fn(g),
+    )
     x, u = torch.randn(5, 2, dtype=F64), torch.randn(5, 1, dtype=F64)
     x0, x1 = x.unbind(1)
     # (J - R) x + G u with J = [[0, x0], [-x0, 0]], R = diag(1, 4).
