@@ -31,6 +31,7 @@ from torchnde.models import (
     NeuralODE,
     PortHamiltonian,
     SeparableHNN,
+    SymODEN,
 )
 
 F64 = torch.float64
@@ -492,3 +493,51 @@ def test_port_hamiltonian_bad_inputs():
         PortHamiltonian(_net(2, 1), dissipation=_net(2, 3))(0.0, torch.randn(2, 2, dtype=F64))
     with pytest.raises(ValueError, match=r"an input `args` was given but the model has no"):
         PortHamiltonian(_net(2, 1))(0.0, torch.randn(2, 2, dtype=F64), torch.randn(2, 1))
+
+
+# --------------------------------------------------------------------------- SymODEN
+
+
+def test_symoden_energy_balance_and_hamiltonian_structure():
+    # dq/dt = dH/dp = M^-1(q) p and dH/dt = qdot' g(q) u, whatever the networks.
+    torch.manual_seed(0)
+    sym = SymODEN(2, control_dim=1, hidden=8).to(F64)
+    x, u = torch.randn(16, 4, dtype=F64), torch.randn(16, 1, dtype=F64)
+    with torch.no_grad():
+        dx = sym(0.0, x, u)
+        minv = sym.inverse_mass(x[:, :2])
+        g = sym.input_gain(x[:, :2])
+    torch.testing.assert_close(dx[:, :2], (minv @ x[:, 2:, None])[..., 0])
+    assert float(torch.linalg.eigvalsh(minv).min()) > 0
+    x_ = x.clone().requires_grad_(True)
+    (dh,) = torch.autograd.grad(sym.hamiltonian(x_).sum(), x_)
+    supplied = (dx[:, None, :2] @ g @ u[:, :, None])[:, 0, 0]
+    torch.testing.assert_close((dh * dx).sum(1), supplied)
+    with torch.no_grad():
+        assert float((dh * sym(0.0, x)).sum(1).abs().max()) < 1e-13  # no input: conserved
+
+
+def test_symoden_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    sym = SymODEN(2, control_dim=1, hidden=3, depth=1).to(F64)
+    names = [n for n, _ in sym.named_parameters()]
+    x = torch.randn(2, 4, dtype=F64, requires_grad=True)
+    u = torch.randn(2, 1, dtype=F64, requires_grad=True)
+
+    def f(x, u, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(sym, dict(zip(names, ps))):
+            return sym(0.0, x, u)
+
+    assert gradcheck(f, (x, u, *(p.detach().requires_grad_(True) for p in sym.parameters())))
+
+
+def test_symoden_bad_inputs():
+    with pytest.raises(ValueError, match=r"SymODEN: `control_dim` must be an int >= 1, got 0"):
+        SymODEN(1, 0)
+    sym = SymODEN(1).to(F64)
+    with pytest.raises(ValueError, match=r"SymODEN: the state must be a tensor \(batch, 2\)"):
+        sym(0.0, torch.randn(3, 4, dtype=F64))
+    with pytest.raises(
+        ValueError, match=r"the input `args` must be a tensor \(batch, control_dim\)"
+    ):
+        sym(0.0, torch.randn(3, 2, dtype=F64), torch.randn(3, 2, dtype=F64))

@@ -26,3 +26,4 @@ from .regularisers import RateContext as RateContext
 from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
 from .stable import StableNeuralFlow as StableNeuralFlow
+from .symoden import SymODEN as SymODEN
