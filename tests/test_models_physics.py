@@ -24,6 +24,7 @@ from torchnde.data.mechanics import (
     pendulum_period,
 )
 from torchnde.models import (
+    CHNN,
     HNN,
     LNN,
     DeLaN,
@@ -542,3 +543,65 @@ def test_symoden_bad_inputs():
         ValueError, match=r"the input `args` must be a tensor \(batch, control_dim\)"
     ):
         sym(0.0, torch.randn(3, 2, dtype=F64), torch.randn(3, 2, dtype=F64))
+
+
+# --------------------------------------------------------------------------- CHNN
+
+
+def _rod(x):
+    return (x**2).sum(0, keepdim=True) - 1.0  # a bob on a unit rod pinned at the origin
+
+
+def test_chnn_on_a_cartesian_pendulum_reproduces_the_pendulum_equations():
+    # V = g y, unit mass, |x| = 1: theta'' = -g sin(theta), with x = (sin, -cos) theta.
+    g = 9.8
+    chnn = CHNN(_rod, _Fn(lambda x: g * x[:, 1]), 2, learn_mass=False).to(F64)
+    theta, omega = torch.randn(6, dtype=F64), torch.randn(6, dtype=F64)
+    s, c = torch.sin(theta), torch.cos(theta)
+    z = torch.stack([s, -c, omega * c, omega * s], 1)  # positions and momenta (unit mass)
+    with torch.no_grad():
+        dz = chnn(0.0, z)
+    alpha = -g * s
+    expected = torch.stack(
+        [omega * c, omega * s, alpha * c - omega**2 * s, alpha * s + omega**2 * c], 1
+    )
+    torch.testing.assert_close(dz, expected)
+
+
+@pytest.mark.slow  # a tight Dopri5 solve through per-sample torch.func Jacobians: ~6 s
+def test_chnn_constraint_drift_stays_small_and_energy_is_conserved():
+    torch.manual_seed(0)
+    pot = _net(2, 1, h=8)
+    chnn = CHNN(_rod, pot, 2).to(F64)
+    theta, omega = torch.randn(4, dtype=F64), torch.randn(4, dtype=F64)
+    z0 = torch.stack([torch.sin(theta), -torch.cos(theta), omega * torch.cos(theta),
+                      omega * torch.sin(theta)], 1)  # fmt: skip
+    with torch.no_grad():
+        sol = tn.solve(tn.ODETerm(chnn), tn.Dopri5(), 0.0, 5.0, z0,
+                       saveat=tn.SaveAt(ts=torch.linspace(0, 5, 26, dtype=F64)),
+                       controller=tn.PIDController(rtol=1e-9, atol=1e-11))  # fmt: skip
+        zs = sol.ys.reshape(-1, 4)
+        drift = chnn.constraint_violation(zs).abs().max()
+        e = chnn.hamiltonian(zs).reshape(26, 4)
+    assert float(drift) < 1e-7, float(drift)
+    assert float((e - e[0]).abs().max()) < 1e-7
+
+
+def test_chnn_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    chnn = CHNN(_rod, _net(2, 1, h=3), 2).to(F64)
+    names = [n for n, _ in chnn.named_parameters()]
+    z = torch.randn(2, 4, dtype=F64, requires_grad=True)
+
+    def f(z, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(chnn, dict(zip(names, ps))):
+            return chnn(0.0, z)
+
+    assert gradcheck(f, (z, *(p.detach().requires_grad_(True) for p in chnn.parameters())))
+
+
+def test_chnn_bad_inputs():
+    with pytest.raises(ValueError, match=r"CHNN: `num_positions` must be an int >= 1, got 0"):
+        CHNN(_rod, _net(2, 1), 0)
+    with pytest.raises(ValueError, match=r"CHNN: the state must be a tensor \(batch, 4\)"):
+        CHNN(_rod, _net(2, 1), 2)(0.0, torch.randn(3, 3))
