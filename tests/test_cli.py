@@ -97,6 +97,17 @@ TINY = {
         "rtol=1e-3",
         "atol=1e-5",
     ],  # fmt: skip
+    "chain": [
+        "--epochs",
+        "1",
+        "num_traj=2",
+        "num_times=5",
+        "hidden=4",
+        "num_eval=2",
+        "t_eval=0.2",
+        "num_save=5",
+        "batch_size=10",
+    ],  # fmt: skip
     "energy-shaping": [
         "--epochs",
         "1",
@@ -109,7 +120,7 @@ TINY = {
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics
 # models trained on derivatives, as their papers): their steps log no function evaluations.
-NO_SOLVE = {"burgers", "darcy", "pendulum", "double-pendulum"}
+NO_SOLVE = {"burgers", "darcy", "pendulum", "double-pendulum", "chain"}
 
 
 def _numbers(obj):

@@ -203,3 +203,10 @@ register(
     "Approximators",
     "torchnde.experiments.energy_shaping",
 )
+register(
+    "chain",
+    "constrained chain: Cartesian constrained HNN vs an HNN in generalised coordinates",
+    "Finzi, Wang, Wilson 2020, Simplifying Hamiltonian and Lagrangian Neural Networks via "
+    "Explicit Constraints",
+    "torchnde.experiments.chain",
+)
