@@ -84,7 +84,7 @@ class CHNN(nn.Module):
         x, p = z[: self.n], z[self.n :]
         xdot = p * self.inverse_mass().to(p.dtype)
         phi = self.constraints(x)
-        _, dphi_xdot = torch.func.jvp(self.constraints, (x,), (xdot,))
+        dphi_xdot = torch.func.jvp(self.constraints, (x,), (xdot,))[1]
         return torch.cat([phi, dphi_xdot])
 
     def hamiltonian(self, z: torch.Tensor) -> torch.Tensor:
