@@ -85,10 +85,53 @@ TINY = {
     ],  # fmt: skip
     "bouncing-ball": ["--epochs", "2", "num_times=41", "batch_size=41"],
     "hybrid-modes": ["--epochs", "1", "num_train=2", "num_test=1", "batch_size=2", "hidden=4"],
+    "pendulum": [
+        "--epochs",
+        "1",
+        "num_traj=4",
+        "hidden=8",
+        "num_eval=2",
+        "periods=2",
+        "num_save=20",
+        "batch_size=100",
+    ],  # fmt: skip
+    "double-pendulum": [
+        "--epochs",
+        "1",
+        "num_traj=2",
+        "num_times=10",
+        "hidden=8",
+        "num_eval=2",
+        "t_eval=1.0",
+        "num_save=10",
+        "batch_size=20",
+        "rtol=1e-3",
+        "atol=1e-5",
+    ],  # fmt: skip
+    "chain": [
+        "--epochs",
+        "1",
+        "num_traj=2",
+        "num_times=5",
+        "hidden=4",
+        "num_eval=2",
+        "t_eval=0.2",
+        "num_save=5",
+        "batch_size=10",
+    ],  # fmt: skip
+    "energy-shaping": [
+        "--epochs",
+        "1",
+        "num_train=8",
+        "num_eval=8",
+        "batch_size=8",
+        "hidden=4",
+        "t1=0.5",
+    ],  # fmt: skip
 }
-# Experiments whose steps solve no differential equation (neural operators): their steps log
-# no function evaluations.
-NO_SOLVE = {"burgers", "darcy"}
+# Experiments whose steps solve no differential equation (neural operators; the mechanics
+# models trained on derivatives, as their papers): their steps log no function evaluations.
+NO_SOLVE = {"burgers", "darcy", "pendulum", "double-pendulum", "chain"}
 
 
 def _numbers(obj):

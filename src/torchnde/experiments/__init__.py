@@ -190,3 +190,29 @@ register(
     "Jia, Benson 2019, Neural Jump Stochastic Differential Equations",
     "torchnde.experiments.jump_sde",
 )
+register(
+    "pendulum",
+    "ideal pendulum: Hamiltonian neural network vs a baseline neural ODE, energy drift",
+    "Greydanus, Dzamba, Yosinski 2019, Hamiltonian Neural Networks",
+    "torchnde.experiments.pendulum",
+)
+register(
+    "double-pendulum",
+    "double pendulum: Lagrangian neural network vs a baseline neural ODE, energy drift",
+    "Cranmer, Greydanus, Hoyer, Battaglia, Spergel, Ho 2020, Lagrangian Neural Networks",
+    "torchnde.experiments.double_pendulum",
+)
+register(
+    "energy-shaping",
+    "a pendulum brought to a target by a neural potential and damping injection",
+    "Massaroli, Poli, Califano, Park, Yamashita, Asama 2021, Optimal Energy Shaping via Neural "
+    "Approximators",
+    "torchnde.experiments.energy_shaping",
+)
+register(
+    "chain",
+    "constrained chain: Cartesian constrained HNN vs an HNN in generalised coordinates",
+    "Finzi, Wang, Wilson 2020, Simplifying Hamiltonian and Lagrangian Neural Networks via "
+    "Explicit Constraints",
+    "torchnde.experiments.chain",
+)
