@@ -60,6 +60,7 @@ TINY = {
         "resolution=64",
         "super_resolution=128",
     ],  # fmt: skip
+    "mackey-glass": ["--epochs", "1", "length=150", "window=4", "hidden=4", "batch_size=64"],
     "darcy": [
         "--epochs",
         "1",
