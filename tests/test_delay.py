@@ -12,8 +12,14 @@ from numpy.polynomial import Polynomial
 import torchnde as tn
 from problems.dde import scipy_dde
 
-torch.set_default_dtype(torch.float64)
-F64 = torch.float64
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Every test of this file in float64 (restored afterwards: other files see float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _exact_minus_delayed(t1: int) -> list[Polynomial]:
@@ -217,7 +223,7 @@ def test_gradients_match_central_finite_differences(learnable_history):
         )
         start = phi(torch.zeros(())) if learnable_history else y0
         sol = tn.solve(
-            term, tn.RK4(), 0.0, 2.0, start, dt0=1 / 40,
+            term, tn.RK4(), 0.0, 2.0, start, dt0=1 / 20,
             history=phi if learnable_history else None, saveat=tn.SaveAt(ts=[0.7, 1.3, 2.0]),
         )  # fmt: skip
         return (sol.ys**2).sum()

@@ -377,7 +377,7 @@ def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
 
 
 def solve(
-    terms: AbstractTerm,
+    terms: AbstractTerm | DelayTerm,
     solver: AbstractSolver,
     t0: float | torch.Tensor,
     t1: float | torch.Tensor,

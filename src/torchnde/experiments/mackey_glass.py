@@ -198,7 +198,7 @@ class Task(harness.Task):
             err, n = self._forecast(model, key, starts)
             logs[f"loss_{key}"] = err.mean(dim=(0, 2))
             nfe[f"nfe_{key}"] = int(n)
-        loss = sum(logs.values())
+        loss = logs["loss_ndde"] + logs["loss_node"]
         return StepOutput(loss, logs, {"nfe": sum(nfe.values()), **nfe})
 
     def evaluate(self, model: Any) -> dict[str, Any]:
