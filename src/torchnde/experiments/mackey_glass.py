@@ -15,7 +15,8 @@ ODE $y' = \mathrm{MLP}(y)$ sees only $y$. Both MLPs have one hidden layer, width
 the two models have the same number of parameters. Headline: the test MSE of both
 (``eval.ndde_mse``, ``eval.node_mse``) against the constant forecast $y(t) = y(t_0)$.
 
-``torchnde run mackey-glass``; ``full=true`` trains longer and wider (see ``Config``).
+``torchnde run mackey-glass`` (about 2 minutes on 2 cores); ``full=true`` trains longer and
+wider (see ``Config``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ class Config(ODEConfig):
     full: bool = field(
         default=False,
         metadata={
-            "help": "the paper's scale: length=2000, epochs=60, hidden=64, window=21 "
-            "(overrides those keys; tens of minutes on a CPU)"
+            "help": "a larger run towards the paper's: length=2000, epochs=60, hidden=64, "
+            "window=21 (overrides those keys; tens of minutes on a CPU; the paper's exact "
+            "training setup is not reproduced)"
         },
     )
 
