@@ -66,7 +66,12 @@ class Config(ODEConfig):
         if self.full:
             self.length, self.epochs, self.hidden, self.window = 2000.0, 60, 64, 21
         super().__post_init__()
-        check(is_int(self.hidden) and self.hidden >= 3, "hidden", "an int >= 3", self.hidden)
+        check(
+            is_int(self.hidden) and self.hidden >= 3 and self.hidden % 3 == 0,
+            "hidden",
+            "a multiple of 3 (the NODE then has width 4 * hidden / 3 and the same parameter count)",
+            self.hidden,
+        )
         check(is_int(self.window) and self.window >= 2, "window", "an int >= 2", self.window)
         check(is_positive(self.dt), "dt", "a positive number", self.dt)
         check(
@@ -154,7 +159,7 @@ class Task(harness.Task):
         self.test_starts = torch.arange(split, last + 1)
         self.solver, self.controller, self.dt0 = ode_solver_setup(cfg)
         # Same parameter count: 4h + 1 for the DDE (2 inputs), 3h' + 1 for the ODE.
-        h_ode = round(4 * cfg.hidden / 3)
+        h_ode = 4 * cfg.hidden // 3
         self.h_ode = h_ode
         return nn.ModuleDict({"ndde": DelayField(cfg.hidden), "node": ODEField(h_ode)}).to(
             self.device
