@@ -7,7 +7,8 @@ history: ``phi`` before $t_0$, the dense output of the earlier segments after. E
 an ordinary ``solve`` (any solver and controller, joint or per-sample stepping), started from
 the previous segment's end state, and its dense output is appended to $H$. The solver restarts
 at every segment boundary, and the discontinuities of the solution's derivatives,
-$t_0 + \sum_i n_i\tau_i$, are added to the controller's ``step_ts``.
+$t_0 + \sum_i n_i\tau_i$, are added to the controller's ``jump_ts`` (stepped to exactly, the
+vector field re-evaluated just after each, so that delayed reads there take the right side).
 
 Gradients: under ``DirectAdjoint`` every history value keeps its autograd graph, so the
 derivative reaches ``y0``, the vector field's parameters, ``phi``'s parameters and learnable

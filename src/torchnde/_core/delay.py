@@ -27,7 +27,7 @@ __all__ = ["DelayTerm", "History"]
 Delay = float | torch.Tensor | Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 # Discontinuity points t0 + sum of delays: at most this many are tracked (many delays and a
-# high order would otherwise give combinatorially many step_ts).
+# high order would otherwise give combinatorially many jump_ts).
 _MAX_DISCONTINUITIES = 4096
 
 
