@@ -71,6 +71,7 @@ TINY = {
         "resolution=64",
         "super_resolution=128",
     ],  # fmt: skip
+    "mackey-glass": ["--epochs", "1", "length=150", "window=4", "hidden=3", "batch_size=64"],
     "darcy": [
         "--epochs",
         "1",
@@ -195,6 +196,7 @@ def test_run_help_lists_the_config_keys(capsys):
         (["run", "spiral", "plot=maybe"], "config key `plot` must be true or false"),
         (["run", "spiral", "method=nope"], "config key `method` must be one of dopri5, tsit5"),
         (["run", "spiral", "batch_time=1"], "config key `batch_time` must be an int in [2, 1000]"),
+        (["run", "mackey-glass", "hidden=4"], "config key `hidden` must be a multiple of 3"),
         (["run", "spiral", "lr"], "overrides are written key=value (e.g. lr=0.01), got 'lr'"),
         (["run", "spiral", "--epochs", "0"], "config key `epochs` must be an int >= 1, got 0"),
         (["run", "spiral", "--device", "toaster"], "config key `device` must be a torch device"),

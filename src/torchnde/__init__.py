@@ -36,6 +36,7 @@ from ._convenience import odeint as odeint
 from ._core.controllers import AbstractStepSizeController as AbstractStepSizeController
 from ._core.controllers import ConstantStepSize as ConstantStepSize
 from ._core.controllers import PIDController as PIDController
+from ._core.delay import DelayTerm as DelayTerm
 from ._core.events import Event as Event
 from ._core.implicit import AbstractESDIRK as AbstractESDIRK
 from ._core.implicit import AbstractImplicitSolver as AbstractImplicitSolver

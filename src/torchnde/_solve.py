@@ -10,6 +10,7 @@ import torch
 
 from ._adjoint import AbstractAdjoint, DirectAdjoint
 from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from ._core.delay import DelayTerm
 from ._core.events import Event
 from ._core.jumps import has_jumps
 from ._core.loop import Cause, LoopResult, time_floor
@@ -20,6 +21,7 @@ from ._core.sde import check_sde
 from ._core.solution import SaveAt, Solution, SolveError, Status
 from ._core.solver import AbstractSolver
 from ._core.terms import AbstractTerm, ODETerm, broadcast_time
+from ._delay import solve_delay
 from ._jumps import solve_jumps
 
 __all__ = ["solve"]
@@ -377,7 +379,7 @@ def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
 
 
 def solve(
-    terms: AbstractTerm,
+    terms: AbstractTerm | DelayTerm,
     solver: AbstractSolver,
     t0: float | torch.Tensor,
     t1: float | torch.Tensor,
@@ -394,6 +396,7 @@ def solve(
     progress: bool = False,
     compile_step: bool = False,
     integral: Any = None,
+    history: Any = None,
 ) -> Solution:
     r"""Solve a differential equation from ``t0`` to ``t1``.
 
@@ -424,6 +427,8 @@ def solve(
             $\int_{t_0}^{t} l(s, y(s), \mathrm{args})\,ds$ at the saved times (time first),
             solved with the state (same solver, tolerances and adjoint), e.g. for kinetic-energy
             regularisation or optimal control. ODE terms only.
+        history: for a :class:`DelayTerm`, ``phi(t)``, the state for ``t <= t0`` (the
+            constant ``y0`` by default); may be an ``nn.Module`` with parameters.
 
     Returns:
         A :class:`Solution`; ``ys`` is time first: ``(len(ts), *y0.shape)``.
@@ -434,6 +439,29 @@ def solve(
         >>> sol.ys.shape
         torch.Size([2, 3])
     """
+    if isinstance(terms, DelayTerm):
+        return solve_delay(
+            terms,
+            solver,
+            t0,
+            t1,
+            y0,
+            args,
+            history=history,
+            dt0=dt0,
+            saveat=saveat,
+            controller=controller,
+            adjoint=adjoint,
+            event=event,
+            max_steps=max_steps,
+            throw=throw,
+            solve=solve,
+        )
+    if history is not None:
+        raise TypeError(
+            "`history` is for a DelayTerm, got terms of type "
+            f"{type(terms).__name__}; drop `history` or use DelayTerm(f, delays)."
+        )
     if adjoint is None:
         adjoint = DirectAdjoint()
     if isinstance(terms, AbstractTerm) and has_jumps(terms):

@@ -116,6 +116,12 @@ register(
     "torchnde.experiments.spiral",
 )
 register(
+    "mackey-glass",
+    "neural DDE vs neural ODE of the same size on the chaotic Mackey-Glass series",
+    "Zhu, Guo, Lin 2021, Neural Delay Differential Equations",
+    "torchnde.experiments.mackey_glass",
+)
+register(
     "circles",
     "nested circles: plain neural ODE vs augmented neural ODE, accuracy and NFE",
     "Dupont, Doucet, Teh 2019, Augmented Neural ODEs",
