@@ -9,7 +9,12 @@ from typing import Any
 import torch
 
 from ._adjoint import AbstractAdjoint, DirectAdjoint
-from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from ._core.controllers import (
+    AbstractAdaptiveController,
+    AbstractStepSizeController,
+    ConstantStepSize,
+    PIDController,
+)
 from ._core.delay import DelayTerm
 from ._core.events import Event
 from ._core.jumps import has_jumps
@@ -155,9 +160,9 @@ def _normalise(
             "`controller` must be a step-size controller (PIDController(...), "
             f"ConstantStepSize()), got {_describe(controller)}."
         )
-    if isinstance(controller, PIDController) and not solver.is_adaptive:
+    if isinstance(controller, AbstractAdaptiveController) and not solver.is_adaptive:
         raise ValueError(
-            f"`controller` is a PIDController but {solver!r} has no error estimate; use an "
+            f"`controller` is a {type(controller).__name__} but {solver!r} has no error estimate; use an "
             "adaptive solver (Dopri5(), Tsit5(), Bosh3(), ...) or "
             "controller=ConstantStepSize() with dt0=."
         )
@@ -297,7 +302,7 @@ def _normalise(
         ts = ts.clamp(lo[..., None] if per_sample else lo, hi[..., None] if per_sample else hi)
 
     # --- tolerances against the state
-    if isinstance(controller, PIDController):
+    if isinstance(controller, AbstractAdaptiveController):
         for name in ("rtol", "atol"):
             tol_v = getattr(controller, name)
             if isinstance(tol_v, torch.Tensor):
@@ -313,7 +318,7 @@ def _normalise(
                     setattr(controller, name, tol_v.to(device))
 
     # None selects the controller's built-in RMS norm.
-    norm = controller.norm if isinstance(controller, PIDController) else None
+    norm = controller.norm if isinstance(controller, AbstractAdaptiveController) else None
     if norm is not None and spec is not None:
         user_norm = norm
 

@@ -33,7 +33,12 @@ from typing import Any, ClassVar
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
+from .._core.controllers import (
+    AbstractAdaptiveController,
+    AbstractStepSizeController,
+    ConstantStepSize,
+    PIDController,
+)
 from .._core.implicit import AbstractImplicitSolver
 from .._core.loop import LoopResult
 from .._core.packing import PackedTerm, ReversedTerm
@@ -213,7 +218,7 @@ class _Run:
         # controller keeps its grids.
         step_ts, jump_ts = fwd.step_ts, fwd.jump_ts
         if ctrl is None:
-            if solver.is_adaptive and isinstance(fwd, PIDController):
+            if solver.is_adaptive and isinstance(fwd, AbstractAdaptiveController):
                 ctrl = PIDController(
                     rtol=_as_float(fwd.rtol),
                     atol=_as_float(fwd.atol),
@@ -226,7 +231,7 @@ class _Run:
                 ctrl = PIDController(norm=norm, step_ts=step_ts, jump_ts=jump_ts)
             else:
                 ctrl = ConstantStepSize(step_ts=step_ts, jump_ts=jump_ts)
-        elif isinstance(ctrl, PIDController) and ctrl.norm is None:
+        elif isinstance(ctrl, AbstractAdaptiveController) and ctrl.norm is None:
             ctrl = copy.copy(ctrl)
             ctrl.norm = norm
         dt0 = adj.dt0

@@ -17,7 +17,12 @@ import torch
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["AbstractStepSizeController", "ConstantStepSize", "PIDController"]
+__all__ = [
+    "AbstractAdaptiveController",
+    "AbstractStepSizeController",
+    "ConstantStepSize",
+    "PIDController",
+]
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -130,6 +135,49 @@ class AbstractStepSizeController(abc.ABC):
         return t1, at_jump
 
 
+class AbstractAdaptiveController(AbstractStepSizeController):
+    """Base class of controllers that accept or reject steps by the solver's error estimate,
+    measured against tolerances.
+
+    It declares what solves and adjoints read from an adaptive controller, so none of them
+    asks for a particular class:
+
+    - ``rtol``, ``atol``: the tolerances (numbers, or tensors broadcastable to the state);
+    - ``norm``: the user's error norm, or ``None`` for the RMS norm;
+    - ``dtmax``: the largest step, or ``None``;
+    - :meth:`scaled_norm`: the error ratio of an error estimate, the quantity steps are
+      accepted by (a solver that compares several estimates, like ``Adams``, uses it to
+      measure them the same way).
+
+    A solver with no error estimate (``solver.is_adaptive`` false) cannot be used with one.
+    """
+
+    rtol: float | torch.Tensor
+    atol: float | torch.Tensor
+    norm: Norm | None = None
+    dtmax: float | None = None
+
+    def scaled_norm(
+        self, e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor | None, norm: Norm | None
+    ) -> torch.Tensor:
+        """``norm(e / (atol + rtol max(|y0|, |y1|)))``, batch shape; ``norm=None`` is the RMS
+        norm. A step is accepted when this is at most 1."""
+        scale = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+        if norm is not None:
+            return norm(e / (scale * self.rtol + self.atol))
+        # RMS with the 1/sqrt(n) folded into the tolerances: one reduction, no extra division.
+        per_sample = self.per_sample
+        n = e[0].numel() if per_sample else e.numel()
+        root = math.sqrt(max(n, 1))
+        x = e / (scale * (self.rtol * root) + self.atol * root)
+        if per_sample:
+            return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+        return torch.linalg.vector_norm(x)
+
+    def error_ratio(self, y0, y1, y_error, norm):  # type: ignore[override]
+        return None if y_error is None else self.scaled_norm(y_error, y0, y1, norm)
+
+
 class ConstantStepSize(AbstractStepSizeController):
     """Steps of a constant size ``dt0`` (given to ``solve``), never rejected.
 
@@ -221,7 +269,7 @@ def _positive(name: str, value: Any) -> Any:
     return float(value)
 
 
-class PIDController(AbstractStepSizeController):
+class PIDController(AbstractAdaptiveController):
     r"""Adaptive steps from an embedded error estimate, with a PID controller.
 
     The error of a step is $\varepsilon = \| e / (\mathrm{atol} + \mathrm{rtol}\,
@@ -316,23 +364,6 @@ class PIDController(AbstractStepSizeController):
             )
         self.differentiate_steps = differentiate_steps
 
-    def _scaled_norm(self, e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor | None, norm):
-        """norm(e / (atol + rtol max(|y0|, |y1|))); ``norm=None`` is the RMS norm."""
-        scale = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
-        if norm is not None:
-            return norm(e / (scale * self.rtol + self.atol))
-        # RMS with the 1/sqrt(n) folded into the tolerances: one reduction, no extra division.
-        per_sample = self.per_sample
-        n = e[0].numel() if per_sample else e.numel()
-        root = math.sqrt(max(n, 1))
-        x = e / (scale * (self.rtol * root) + self.atol * root)
-        if per_sample:
-            return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
-        return torch.linalg.vector_norm(x)
-
-    def error_ratio(self, y0, y1, y_error, norm):  # type: ignore[override]
-        return None if y_error is None else self._scaled_norm(y_error, y0, y1, norm)
-
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
         nfe = 0
         if dt0 is None:
@@ -352,7 +383,7 @@ class PIDController(AbstractStepSizeController):
             else:
 
                 def scaled(x: torch.Tensor) -> torch.Tensor:
-                    return self._scaled_norm(x, y0, None, norm)
+                    return self.scaled_norm(x, y0, None, norm)
 
             d0 = scaled(y0)
             d1 = scaled(unit)
@@ -384,7 +415,7 @@ class PIDController(AbstractStepSizeController):
         elif norm is not None:
             # The user's norm is first called here (the built-in RMS norm is finite on the
             # finite y0): NaN makes the first step NaN, reported at once as NONFINITE.
-            d0 = self._scaled_norm(y0, y0, None, norm)
+            d0 = self.scaled_norm(y0, y0, None, norm)
             dt0 = torch.where(torch.isfinite(d0), dt0, math.nan)
         if self.dtmax is not None:
             dt0 = dt0.clamp(max=self.dtmax)
@@ -401,7 +432,7 @@ class PIDController(AbstractStepSizeController):
         prev1, prev2, at_jump = state
         # A non-finite error is a failed step: NaN becomes inf, which rejects the step and
         # drives the factor to factormin.
-        ratio = self._scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
+        ratio = self.scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         if not self.differentiate_steps:
             ratio = ratio.detach()
         accept = ratio <= 1.0

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..controllers import PIDController
+from ..controllers import AbstractAdaptiveController
 from ..multistep import (
     advance,
     coefficients,
@@ -75,12 +75,12 @@ class Adams(AbstractSolver):
 
     def with_controller(self, controller: Any, norm: Any) -> Adams:
         new = Adams(self.max_order)
-        if isinstance(controller, PIDController) and norm is None:
+        if isinstance(controller, AbstractAdaptiveController) and norm is None:
             new._tolerances = (controller.rtol, controller.atol)
-        elif isinstance(controller, PIDController):
+        elif isinstance(controller, AbstractAdaptiveController):
 
             def ratio(e: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
-                return controller._scaled_norm(e, y0, y1, norm)
+                return controller.scaled_norm(e, y0, y1, norm)
 
             new._ratio = ratio
         return new
