@@ -162,8 +162,8 @@ def _normalise(
         )
     if isinstance(controller, AbstractAdaptiveController) and not solver.is_adaptive:
         raise ValueError(
-            f"`controller` is a {type(controller).__name__} but {solver!r} has no error estimate; use an "
-            "adaptive solver (Dopri5(), Tsit5(), Bosh3(), ...) or "
+            f"`controller` is a {type(controller).__name__} but {solver!r} has no error "
+            "estimate; use an adaptive solver (Dopri5(), Tsit5(), Bosh3(), ...) or "
             "controller=ConstantStepSize() with dt0=."
         )
     check_sde(terms, solver)
