@@ -354,10 +354,7 @@ def _normalise(
 
 
 def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
-    base = terms
-    while isinstance(base, (ReversedTerm, PackedTerm)):
-        base = base.term
-    if not isinstance(base, ODETerm):
+    if not isinstance(terms.base_term(), ODETerm):
         return
     if not isinstance(vf, torch.Tensor):
         hint = " (a missing `return`?)" if vf is None else ""

@@ -41,7 +41,6 @@ from .._core.controllers import (
 )
 from .._core.implicit import AbstractImplicitSolver
 from .._core.loop import LoopResult
-from .._core.packing import PackedTerm, ReversedTerm
 from .._core.problem import Problem
 from .._core.solution import SaveAt, SolveError, Status
 from .._core.solver import AbstractSolver
@@ -68,9 +67,7 @@ __all__ = ["BacksolveAdjoint", "InterpolatedAdjoint"]
 
 def _ode_vector_fields(terms: AbstractTerm, who: str) -> list[Callable[..., Any]]:
     """The user's vector fields behind the packing / time-reversal wrappers; ODEs only."""
-    base = terms
-    while isinstance(base, (PackedTerm, ReversedTerm)):
-        base = base.term
+    base = terms.base_term()
     leaves = list(base.terms) if isinstance(base, MultiTerm) else [base]
     for leaf in leaves:
         if not isinstance(leaf, ODETerm):

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from .._core.loop import LoopResult
-from .._core.packing import PackedTerm, ReversedTerm
 from .._core.problem import Problem
 from .._core.terms import ODETerm
 from .base import AbstractAdjoint
@@ -61,9 +60,7 @@ class ImplicitAdjoint(AbstractAdjoint):
         self.residual_tol = residual_tol
 
     def apply(self, problem: Problem) -> LoopResult:
-        base = problem.terms
-        while isinstance(base, (PackedTerm, ReversedTerm)):
-            base = base.term
+        base = problem.terms.base_term()
         if not isinstance(base, ODETerm):
             raise NotImplementedError(
                 f"ImplicitAdjoint supports ODE terms, got {type(base).__name__}."

@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from .._core.packing import PackedTerm, ReversedTerm
-
 __all__ = [
     "captured_tensors",
     "derived_from",
@@ -64,9 +62,7 @@ def captured_tensors(fn: Any) -> list[torch.Tensor]:
 def term_tensors(terms: Any) -> list[torch.Tensor]:
     """Tensors requiring grad reachable from a (possibly wrapped) term: its vector fields (as
     :func:`captured_tensors`) and, for controlled terms, its control path."""
-    while isinstance(terms, (PackedTerm, ReversedTerm)):
-        terms = terms.term
-    return captured_tensors(terms)
+    return captured_tensors(terms.base_term())
 
 
 def differentiable_leaves(problem: Any, params: Iterable[torch.Tensor] | None = None) -> list:

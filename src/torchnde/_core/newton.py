@@ -413,7 +413,4 @@ def unit_norm_floor(dtype: torch.dtype) -> float:
 
 
 def is_ode(terms: AbstractTerm) -> bool:
-    base = terms
-    while isinstance(base, (ReversedTerm, PackedTerm)):
-        base = base.term
-    return isinstance(base, ODETerm)
+    return isinstance(terms.base_term(), ODETerm)

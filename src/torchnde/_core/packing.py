@@ -72,6 +72,9 @@ class PackedTerm(AbstractTerm):
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> Any:
         return self.term.contr(t0, t1)
 
+    def base_term(self) -> AbstractTerm:
+        return self.term.base_term()
+
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
         self.term.check_times(t0, t1)
 
@@ -90,6 +93,9 @@ class ReversedTerm(AbstractTerm):
 
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> Any:
         return self.term.contr(-t0, -t1)
+
+    def base_term(self) -> AbstractTerm:
+        return self.term.base_term()
 
     def prod(self, vf: Any, control: Any) -> torch.Tensor:
         return self.term.prod(vf, control)

@@ -58,6 +58,11 @@ class AbstractTerm(abc.ABC):
     def vf_prod(self, t: torch.Tensor, y: Any, args: Any, control: Any) -> torch.Tensor:
         return self.prod(self.vf(t, y, args), control)
 
+    def base_term(self) -> AbstractTerm:
+        """The user's term behind the wrappers the solve adds (tuple-state packing, reverse
+        time); a term that wraps another returns the inner term's ``base_term()``."""
+        return self
+
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:  # noqa: B027
         """Raise ``ValueError`` unless the term is defined on all of ``[t0, t1]`` (e.g. a CDE
         whose path covers a shorter interval). ``solve`` calls it once; defined everywhere
