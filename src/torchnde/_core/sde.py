@@ -14,8 +14,7 @@ converges in and the noise types it supports, and ``solve`` checks both once, up
 from __future__ import annotations
 
 import abc
-import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -27,44 +26,18 @@ from .terms import AbstractTerm, ControlTerm, MultiTerm, ODETerm, broadcast_time
 __all__ = ["AbstractSDESolver", "check_sde", "split_sde", "solver_calculus"]
 
 
-def _dead() -> None:
-    return None
-
-
-# The last split, as weak references (terms, drift, diffusion): asked for at every step. One
-# tuple, replaced atomically, so concurrent solves in threads never read a mismatched set;
-# weak, so it keeps no user model or Brownian motion alive.
-_last_split: tuple[Any, Any, Any] = (_dead, _dead, _dead)
-
-
 def split_sde(terms: AbstractTerm, who: object) -> tuple[ODETerm | None, ControlTerm]:
     """The drift and diffusion terms of ``MultiTerm(ODETerm(f), ControlTerm(g, bm))`` (in
-    either order; a lone ``ControlTerm`` has no drift). ``who`` names the caller in errors
-    (a string, or an object whose ``repr`` is taken only then: this runs every step)."""
-    global _last_split
-    ref_terms, ref_drift, ref_diffusion = _last_split
-    if ref_terms() is terms:
-        diffusion = ref_diffusion()
-        if diffusion is not None:
-            return ref_drift(), diffusion
-    drift, diffusion = _split_sde(terms, who if isinstance(who, str) else repr(who))
-    _last_split = (
-        weakref.ref(terms),
-        _dead if drift is None else weakref.ref(drift),
-        weakref.ref(diffusion),
-    )
-    return drift, diffusion
+    either order; a lone ``ControlTerm`` has no drift), as the term declared them when it was
+    built (:meth:`AbstractTerm.sde_parts`). ``who`` names the caller in errors (a string, or
+    an object whose ``repr`` is taken only then: this runs every step)."""
+    parts = terms.sde_parts()
+    if parts is None:
+        _not_an_sde(terms, who if isinstance(who, str) else repr(who))
+    return parts
 
 
-def _split_sde(terms: AbstractTerm, who: str) -> tuple[ODETerm | None, ControlTerm]:
-    if isinstance(terms, ControlTerm):
-        return None, terms
-    if isinstance(terms, MultiTerm) and len(terms.terms) == 2:
-        a, b = terms.terms
-        if isinstance(a, ODETerm) and isinstance(b, ControlTerm):
-            return a, b
-        if isinstance(b, ODETerm) and isinstance(a, ControlTerm):
-            return b, a
+def _not_an_sde(terms: AbstractTerm, who: str) -> NoReturn:
     from .packing import PackedTerm, ReversedTerm  # packing imports terms only
 
     if isinstance(terms, ReversedTerm):

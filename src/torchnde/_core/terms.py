@@ -63,6 +63,13 @@ class AbstractTerm(abc.ABC):
         time); a term that wraps another returns the inner term's ``base_term()``."""
         return self
 
+    def sde_parts(self) -> tuple[ODETerm | None, ControlTerm] | None:
+        """``(drift, diffusion)`` when this term is an SDE in the form the SDE solvers take
+        (``MultiTerm(ODETerm(f), ControlTerm(g, brownian))`` in either order, or a lone
+        ``ControlTerm`` without drift); ``None`` otherwise. Decided once, when the term is
+        built, so a solver's step reads it for free."""
+        return None
+
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:  # noqa: B027
         """Raise ``ValueError`` unless the term is defined on all of ``[t0, t1]`` (e.g. a CDE
         whose path covers a shorter interval). ``solve`` calls it once; defined everywhere
@@ -273,6 +280,9 @@ class ControlTerm(AbstractTerm):
             return self.control.evaluate_unchecked(t0, t1)
         return self.control(t0, t1)
 
+    def sde_parts(self) -> tuple[ODETerm | None, ControlTerm]:
+        return None, self
+
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
         if isinstance(self.control, AbstractPath):
             self.control.check_times(t0, t1)
@@ -341,6 +351,16 @@ class MultiTerm(AbstractTerm):
                 f"{[type(t).__name__ for t in terms]}."
             )
         self.terms = tuple(terms)
+        self._sde_parts: tuple[ODETerm | None, ControlTerm] | None = None
+        if len(self.terms) == 2:
+            a, b = self.terms
+            if isinstance(a, ODETerm) and isinstance(b, ControlTerm):
+                self._sde_parts = (a, b)
+            elif isinstance(b, ODETerm) and isinstance(a, ControlTerm):
+                self._sde_parts = (b, a)
+
+    def sde_parts(self) -> tuple[ODETerm | None, ControlTerm] | None:
+        return self._sde_parts
 
     def vf(self, t: torch.Tensor, y: Any, args: Any) -> tuple:
         return tuple(term.vf(t, y, args) for term in self.terms)
