@@ -144,8 +144,66 @@ def _normalise(
     adjoint: Any,
     event: Any,
     max_steps: Any,
+    *,
+    progress: bool = False,
+    compile_step: bool = False,
 ) -> Problem:
-    # --- what the equation is, and how to solve it
+    """Validate every input once and return the frozen :class:`Problem` the loop and the
+    adjoints run; each step below checks one concern and names the argument it checks."""
+    controller = _check_objects(terms, solver, controller, adjoint, event, saveat, max_steps)
+    per_sample = controller.per_sample
+    parts, batch = _check_state(y0, per_sample)
+    dtype, device = parts[0].dtype, parts[0].device
+    spec, y0_packed, terms, event = _pack_state(y0, parts, per_sample, terms, event)
+    t0_, t1_, time_dtype, direction = _interval(t0, t1, dtype, device, per_sample, batch)
+    terms.check_times(t0_, t1_)  # e.g. a CDE's path must cover [t0, t1]
+    dt0_ = _initial_step(dt0, t0, t1, solver, controller, time_dtype, device, direction, batch)
+    ts, ts_user = _save_times(
+        saveat, t0, t1, t0_, t1_, time_dtype, device, direction, per_sample, batch
+    )
+    controller = _tolerances_on_device(controller, y0_packed, time_dtype, device)
+    norm = _error_norm(controller, spec, y0_packed, per_sample)
+    if direction < 0:
+        terms = ReversedTerm(terms)
+    t0_, t1_ = t0_ * direction, t1_ * direction
+    return Problem(
+        terms=terms,
+        args=args,
+        solver=solver,
+        controller=controller.prepare(direction, time_dtype, device),
+        t0=t0_,
+        t1=t1_,
+        y0=y0_packed,
+        spec=spec,
+        direction=direction,
+        dt0=dt0_,
+        ts=ts,
+        ts_user=ts_user,
+        saveat=saveat,
+        event=event,
+        max_steps=max_steps,
+        per_sample=per_sample,
+        norm=norm,
+        state_shape=y0_packed.shape,
+        progress=(
+            ProgressMeter(float(t0_.min()), float(t1_.max()), direction) if progress else None
+        ),
+        compile_step=compile_step,
+        check_vf=functools.partial(_check_vf, terms, y0=y0_packed),
+    )
+
+
+def _check_objects(
+    terms: Any,
+    solver: Any,
+    controller: Any,
+    adjoint: Any,
+    event: Any,
+    saveat: Any,
+    max_steps: Any,
+) -> AbstractStepSizeController:
+    """What the equation is and how to solve it; returns the controller (the default one for
+    the solver when ``controller`` is ``None``)."""
     if not isinstance(terms, AbstractTerm):
         hint = " Wrap a function f(t, y, args) as ODETerm(f)." if callable(terms) else ""
         raise TypeError(f"`terms` must be a term (ODETerm, ...), got {_describe(terms)}.{hint}")
@@ -177,9 +235,11 @@ def _normalise(
         raise TypeError(f"`saveat` must be a SaveAt(...), got {_describe(saveat)}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
-    per_sample = controller.per_sample
+    return controller
 
-    # --- the state
+
+def _check_state(y0: Any, per_sample: bool) -> tuple[tuple[torch.Tensor, ...], int]:
+    """``y0`` as a tuple of its tensors, and the batch size (0 when stepping jointly)."""
     if isinstance(y0, torch.Tensor):
         parts: tuple[torch.Tensor, ...] = (y0,)
     elif isinstance(y0, (tuple, list)) and y0 and all(isinstance(p, torch.Tensor) for p in y0):
@@ -192,30 +252,37 @@ def _normalise(
             "the tensors of a tuple `y0` must share one dtype and one device, got "
             f"{[(p.dtype, str(p.device)) for p in parts]}."
         )
-    dtype, device = parts[0].dtype, parts[0].device
-    batch = 0
-    if per_sample:
-        if any(p.ndim == 0 for p in parts) or len({p.shape[0] for p in parts}) > 1:
-            raise ValueError(
-                "per-sample stepping needs `y0` with a leading batch dimension (shared by every "
-                f"tensor of a tuple state), got shapes {[tuple(p.shape) for p in parts]}."
-            )
-        batch = parts[0].shape[0]
+    if not per_sample:
+        return parts, 0
+    if any(p.ndim == 0 for p in parts) or len({p.shape[0] for p in parts}) > 1:
+        raise ValueError(
+            "per-sample stepping needs `y0` with a leading batch dimension (shared by every "
+            f"tensor of a tuple state), got shapes {[tuple(p.shape) for p in parts]}."
+        )
+    return parts, parts[0].shape[0]
 
-    spec = None
+
+def _pack_state(
+    y0: Any, parts: tuple[torch.Tensor, ...], per_sample: bool, terms: AbstractTerm, event: Any
+) -> tuple[StateSpec | None, torch.Tensor, AbstractTerm, Any]:
+    """A tuple state packed into one tensor, with the terms and event functions that see it
+    packed; a tensor state as it is."""
     if isinstance(y0, torch.Tensor):
-        y0_packed = y0
-    else:
-        spec = StateSpec(parts, per_sample)
-        y0_packed = spec.pack(parts)
-        terms = PackedTerm(terms, spec)
-        if event is not None:
-            event = event.replace_fns(
-                [_on_unpacked(f, spec) for f in event.fns],
-                [None if r is None else _reset_unpacked(r, spec) for r in event.resets],
-            )
+        return None, y0, terms, event
+    spec = StateSpec(parts, per_sample)
+    if event is not None:
+        event = event.replace_fns(
+            [_on_unpacked(f, spec) for f in event.fns],
+            [None if r is None else _reset_unpacked(r, spec) for r in event.resets],
+        )
+    return spec, spec.pack(parts), PackedTerm(terms, spec), event
 
-    # --- time
+
+def _interval(
+    t0: Any, t1: Any, dtype: torch.dtype, device: torch.device, per_sample: bool, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype, float]:
+    """``t0`` and ``t1`` as tensors of the time dtype (the state's, promoted by the times'),
+    the time dtype and the direction of the solve (``-1.0`` backwards in time)."""
     time_dtype = dtype
     for v in (t0, t1):
         if isinstance(v, torch.Tensor) and torch.is_floating_point(v):
@@ -231,126 +298,152 @@ def _normalise(
             "t1 > t0 and t1 < t0."
         )
     direction = -1.0 if bool((span < 0).any()) else 1.0
-    terms.check_times(t0_, t1_)  # e.g. a CDE's path must cover [t0, t1]
+    return t0_, t1_, time_dtype, direction
 
-    dt0_: torch.Tensor | None = None
-    if dt0 is not None:
-        if isinstance(dt0, torch.Tensor):
-            dt0_ = dt0.to(device=device, dtype=time_dtype)
-        elif isinstance(dt0, numbers.Real) and not isinstance(dt0, bool):
-            dt0_ = torch.tensor(float(dt0), dtype=time_dtype, device=device)
-        else:
-            raise TypeError(f"`dt0` must be a number or a tensor, got {_describe(dt0)}.")
-        bad = not bool(torch.isfinite(dt0_).all()) or bool((dt0_ == 0).any())
-        if bad or (direction > 0 and bool((dt0_ < 0).any())):
+
+def _initial_step(
+    dt0: Any,
+    t0: Any,
+    t1: Any,
+    solver: AbstractSolver,
+    controller: AbstractStepSizeController,
+    time_dtype: torch.dtype,
+    device: torch.device,
+    direction: float,
+    batch: int,
+) -> torch.Tensor | None:
+    """``dt0`` as a positive tensor (a scalar, or one per sample), or ``None`` when the
+    controller chooses it."""
+    if dt0 is None:
+        if not solver.is_adaptive or isinstance(controller, ConstantStepSize):
             raise ValueError(
-                f"`dt0` must be finite, non-zero and point from t0 to t1, got {dt0!r} for "
-                f"t0={t0!r}, t1={t1!r}."
+                f"`dt0` is required with {solver!r} and {controller!r}: a fixed-step solve "
+                "needs a step size, e.g. dt0=0.01."
             )
-        dt0_ = dt0_.abs()
-        if dt0_.numel() > 1 and not (per_sample and dt0_.shape == (batch,)):
-            raise ValueError(f"`dt0` must be a scalar or shape ({batch},), got {_describe(dt0)}.")
-        dt0_ = dt0_.reshape(()) if dt0_.numel() == 1 else dt0_
-    elif not solver.is_adaptive or isinstance(controller, ConstantStepSize):
+        return None
+    if isinstance(dt0, torch.Tensor):
+        dt0_ = dt0.to(device=device, dtype=time_dtype)
+    elif isinstance(dt0, numbers.Real) and not isinstance(dt0, bool):
+        dt0_ = torch.tensor(float(dt0), dtype=time_dtype, device=device)
+    else:
+        raise TypeError(f"`dt0` must be a number or a tensor, got {_describe(dt0)}.")
+    bad = not bool(torch.isfinite(dt0_).all()) or bool((dt0_ == 0).any())
+    if bad or (direction > 0 and bool((dt0_ < 0).any())):
         raise ValueError(
-            f"`dt0` is required with {solver!r} and {controller!r}: a fixed-step solve needs a "
-            "step size, e.g. dt0=0.01."
+            f"`dt0` must be finite, non-zero and point from t0 to t1, got {dt0!r} for "
+            f"t0={t0!r}, t1={t1!r}."
         )
+    dt0_ = dt0_.abs()
+    if dt0_.numel() > 1 and not (controller.per_sample and dt0_.shape == (batch,)):
+        raise ValueError(f"`dt0` must be a scalar or shape ({batch},), got {_describe(dt0)}.")
+    return dt0_.reshape(()) if dt0_.numel() == 1 else dt0_
 
-    # --- save times
-    ts = ts_user = None
-    if saveat.ts is not None:
-        ts_user = (
-            saveat.ts
-            if isinstance(saveat.ts, torch.Tensor)
-            else torch.as_tensor(saveat.ts, dtype=torch.float64)
+
+def _save_times(
+    saveat: SaveAt,
+    t0: Any,
+    t1: Any,
+    t0_: torch.Tensor,
+    t1_: torch.Tensor,
+    time_dtype: torch.dtype,
+    device: torch.device,
+    direction: float,
+    per_sample: bool,
+    batch: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``saveat.ts`` in internal time (clamped to the interval) and in the user's time;
+    ``(None, None)`` without save times."""
+    if saveat.ts is None:
+        return None, None
+    ts_user = (
+        saveat.ts
+        if isinstance(saveat.ts, torch.Tensor)
+        else torch.as_tensor(saveat.ts, dtype=torch.float64)
+    )
+    if not torch.is_floating_point(ts_user) and ts_user.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"`saveat.ts` must be real times, got {_describe(saveat.ts)}.")
+    ts_user = ts_user.to(device=device, dtype=time_dtype)
+    if per_sample:
+        if ts_user.ndim == 1:
+            ts_user = ts_user.expand(batch, -1)
+        if ts_user.ndim != 2 or ts_user.shape[0] != batch:
+            raise ValueError(
+                f"`saveat.ts` must have shape (n,) or ({batch}, n) in per-sample mode, got "
+                f"{_describe(saveat.ts)}."
+            )
+    elif ts_user.ndim != 1:
+        raise ValueError(
+            f"`saveat.ts` must be 1-D, got {_describe(saveat.ts)}. Per-sample save times "
+            "of shape (batch, n) need PIDController(per_sample=True) or "
+            "ConstantStepSize(per_sample=True)."
         )
-        if not torch.is_floating_point(ts_user) and ts_user.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"`saveat.ts` must be real times, got {_describe(saveat.ts)}.")
-        ts_user = ts_user.to(device=device, dtype=time_dtype)
-        if per_sample:
-            if ts_user.ndim == 1:
-                ts_user = ts_user.expand(batch, -1)
-            if ts_user.ndim != 2 or ts_user.shape[0] != batch:
-                raise ValueError(
-                    f"`saveat.ts` must have shape (n,) or ({batch}, n) in per-sample mode, got "
-                    f"{_describe(saveat.ts)}."
-                )
-        elif ts_user.ndim != 1:
-            raise ValueError(
-                f"`saveat.ts` must be 1-D, got {_describe(saveat.ts)}. Per-sample save times "
-                "of shape (batch, n) need PIDController(per_sample=True) or "
-                "ConstantStepSize(per_sample=True)."
-            )
-        if ts_user.shape[-1] == 0:
-            raise ValueError("`saveat.ts` is empty; pass at least one time or leave it None.")
-        ts = ts_user * direction
-        if not bool(torch.isfinite(ts).all()) or bool((ts.diff(dim=-1) <= 0).any()):
-            order = "increasing" if direction > 0 else "decreasing (t1 < t0)"
-            raise ValueError(f"`saveat.ts` must be strictly {order} and finite, got {saveat.ts!r}.")
-        lo, hi = (t0_ * direction).detach(), (t1_ * direction).detach()
-        first = ts[..., 0].detach()
-        last = ts[..., -1].detach()
-        tol = 8 * torch.finfo(time_dtype).eps * torch.maximum(lo.abs(), hi.abs()).clamp_min(1)
-        if bool((first < lo - tol).any()) or bool((last > hi + tol).any()):
-            raise ValueError(
-                f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
-                f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
-            )
-        # clamp, not minimum/maximum: a save time equal to t0 or t1 keeps its whole gradient
-        # (minimum/maximum split it between the two tied arguments).
-        ts = ts.clamp(lo[..., None] if per_sample else lo, hi[..., None] if per_sample else hi)
+    if ts_user.shape[-1] == 0:
+        raise ValueError("`saveat.ts` is empty; pass at least one time or leave it None.")
+    ts = ts_user * direction
+    if not bool(torch.isfinite(ts).all()) or bool((ts.diff(dim=-1) <= 0).any()):
+        order = "increasing" if direction > 0 else "decreasing (t1 < t0)"
+        raise ValueError(f"`saveat.ts` must be strictly {order} and finite, got {saveat.ts!r}.")
+    lo, hi = (t0_ * direction).detach(), (t1_ * direction).detach()
+    first = ts[..., 0].detach()
+    last = ts[..., -1].detach()
+    tol = 8 * torch.finfo(time_dtype).eps * torch.maximum(lo.abs(), hi.abs()).clamp_min(1)
+    if bool((first < lo - tol).any()) or bool((last > hi + tol).any()):
+        raise ValueError(
+            f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
+            f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
+        )
+    # clamp, not minimum/maximum: a save time equal to t0 or t1 keeps its whole gradient
+    # (minimum/maximum split it between the two tied arguments).
+    ts = ts.clamp(lo[..., None] if per_sample else lo, hi[..., None] if per_sample else hi)
+    return ts, ts_user
 
-    # --- tolerances against the state
-    if isinstance(controller, AbstractAdaptiveController):
-        for name in ("rtol", "atol"):
-            tol_v = getattr(controller, name)
-            if isinstance(tol_v, torch.Tensor):
-                try:
-                    torch.broadcast_shapes(tol_v.shape, y0_packed.shape)
-                except RuntimeError:
-                    raise ValueError(
-                        f"PIDController `{name}` of shape {tuple(tol_v.shape)} does not broadcast "
-                        f"against the state of shape {tuple(y0_packed.shape)}."
-                    ) from None
-                if tol_v.device != device:
-                    controller = controller.prepare(1.0, time_dtype, device)
-                    setattr(controller, name, tol_v.to(device))
 
-    # None selects the controller's built-in RMS norm.
+def _tolerances_on_device(
+    controller: AbstractStepSizeController,
+    y0: torch.Tensor,
+    time_dtype: torch.dtype,
+    device: torch.device,
+) -> AbstractStepSizeController:
+    """Tensor tolerances checked against the (packed) state and moved to its device, on a
+    copy of the controller (the user's is never changed)."""
+    if not isinstance(controller, AbstractAdaptiveController):
+        return controller
+    for name in ("rtol", "atol"):
+        tol_v = getattr(controller, name)
+        if not isinstance(tol_v, torch.Tensor):
+            continue
+        try:
+            torch.broadcast_shapes(tol_v.shape, y0.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{type(controller).__name__} `{name}` of shape {tuple(tol_v.shape)} does not "
+                f"broadcast against the state of shape {tuple(y0.shape)}."
+            ) from None
+        if tol_v.device != device:
+            controller = controller.prepare(1.0, time_dtype, device)
+            setattr(controller, name, tol_v.to(device))
+    return controller
+
+
+def _error_norm(
+    controller: AbstractStepSizeController,
+    spec: StateSpec | None,
+    y0: torch.Tensor,
+    per_sample: bool,
+) -> Any:
+    """The user's error norm, seeing a tuple state unpacked, checked once; ``None`` selects
+    the controller's built-in RMS norm."""
     norm = controller.norm if isinstance(controller, AbstractAdaptiveController) else None
-    if norm is not None and spec is not None:
+    if norm is None:
+        return None
+    if spec is not None:
         user_norm = norm
 
         def norm(x: torch.Tensor, _n: Any = user_norm, _s: StateSpec = spec) -> torch.Tensor:
             return _n(_s.unpack(x))
 
-    if norm is not None:
-        _check_norm(norm, y0_packed, per_sample)
-
-    if direction < 0:
-        terms = ReversedTerm(terms)
-    controller = controller.prepare(direction, time_dtype, device)
-    return Problem(
-        terms=terms,
-        args=args,
-        solver=solver,
-        controller=controller,
-        t0=t0_ * direction,
-        t1=t1_ * direction,
-        y0=y0_packed,
-        spec=spec,
-        direction=direction,
-        dt0=dt0_,
-        ts=ts,
-        ts_user=ts_user,
-        saveat=saveat,
-        event=event,
-        max_steps=max_steps,
-        per_sample=per_sample,
-        norm=norm,
-        state_shape=y0_packed.shape,
-    )
+    _check_norm(norm, y0, per_sample)
+    return norm
 
 
 def _check_vf(terms: AbstractTerm, vf: Any, y0: torch.Tensor) -> None:
@@ -475,12 +568,21 @@ def solve(
     if integral is not None:
         terms, y0 = _with_integral(terms, y0, integral, t0, args)
     p = _normalise(
-        terms, solver, t0, t1, y0, args, dt0, saveat, controller, adjoint, event, max_steps
+        terms,
+        solver,
+        t0,
+        t1,
+        y0,
+        args,
+        dt0,
+        saveat,
+        controller,
+        adjoint,
+        event,
+        max_steps,
+        progress=progress,
+        compile_step=compile_step,
     )
-    if progress:
-        p.progress = ProgressMeter(float(p.t0.min()), float(p.t1.max()), p.direction)
-    p.compile_step = compile_step
-    p.check_vf = lambda vf: _check_vf(p.terms, vf, p.y0)
     try:
         res: LoopResult = adjoint.apply(p)
     finally:

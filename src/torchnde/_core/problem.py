@@ -19,9 +19,11 @@ from .terms import AbstractTerm
 __all__ = ["Problem"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
-    """A validated, normalised solve.
+    """A validated, normalised solve; frozen (assigning a field raises
+    ``dataclasses.FrozenInstanceError``), so what ``solve`` validated is what every adjoint
+    runs. Derive a changed problem with :meth:`replace`.
 
     Times are internal (``τ = direction·t``, always increasing) with the batch shape of the
     solve; the state is one packed tensor. Adjoints receive a ``Problem`` and call
