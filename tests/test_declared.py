@@ -95,3 +95,19 @@ def test_sde_parts_are_declared_by_the_term_in_either_order():
     assert tn.MultiTerm(drift, drift).sde_parts() is None
     with pytest.raises(TypeError, match=r"EulerMaruyama\(\) solves SDEs given as MultiTerm"):
         tn.solve(tn.MultiTerm(drift, drift), tn.EulerMaruyama(), 0.0, 1.0, torch.ones(2), dt0=0.1)
+
+
+def test_runge_kutta_dense_output_is_declared_by_the_tableau():
+    assert tn.Tsit5.dense_output == "polynomial"
+    assert tn.Dopri5.dense_output == "polynomial"
+    assert tn.RK4.dense_output == "hermite"
+    midpoint = tn.ButcherTableau(a=[[0.5]], b=[0.0, 1.0], c=[0.0, 0.5], order=2)
+    assert tn.ExplicitRungeKutta(midpoint).dense_output == "hermite"
+    # RK4 carries a cubic Hermite interpolant: exact for a cubic solution y = t^3.
+    term = tn.ODETerm(lambda t, y, args: 3 * t**2 * torch.ones_like(y))
+    sol = tn.solve(
+        term, tn.RK4(), 0.0, 1.0, torch.zeros(1, dtype=torch.float64), dt0=0.5,
+        saveat=tn.SaveAt(dense=True),
+    )  # fmt: skip
+    t = torch.tensor([0.1, 0.3, 0.7], dtype=torch.float64)
+    torch.testing.assert_close(sol.evaluate(t)[:, 0], t**3, rtol=1e-12, atol=1e-14)

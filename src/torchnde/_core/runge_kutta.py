@@ -18,7 +18,7 @@ of ``N s + 1`` for ``N`` steps of ``s`` stages).
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -27,7 +27,26 @@ from .solver import AbstractSolver
 from .tableau import ButcherTableau
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["AbstractRungeKutta", "ExplicitRungeKutta"]
+__all__ = ["AbstractRungeKutta", "ExplicitRungeKutta", "HermiteDense", "PolynomialDense"]
+
+
+class PolynomialDense(NamedTuple):
+    """The dense output of a step of a tableau with its own interpolant (``b_dense``):
+    ``y(θ) = y0 + Σ_i b_i(θ) K_i``."""
+
+    y0: torch.Tensor
+    K: torch.Tensor
+
+
+class HermiteDense(NamedTuple):
+    """The dense output of a step of a tableau without one: the cubic Hermite interpolant of
+    ``(y0, y1, K[0] = h f0, k1 = h f1)``; ``k1`` may be evaluated on first use
+    (:class:`_EndPoint`)."""
+
+    y0: torch.Tensor
+    y1: torch.Tensor
+    K: torch.Tensor
+    k1: Any
 
 
 def _hermite_weights(theta: torch.Tensor) -> torch.Tensor:
@@ -62,9 +81,15 @@ def linear(ends: tuple, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
 
 
 class AbstractRungeKutta(AbstractSolver):
-    """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else."""
+    """Explicit Runge–Kutta methods: subclasses set ``tableau`` and nothing else.
+
+    The dense output is declared by the tableau: ``dense_output`` is ``"polynomial"`` for a
+    tableau with ``b_dense`` (its steps record a :class:`PolynomialDense`) and ``"hermite"``
+    otherwise (a :class:`HermiteDense`).
+    """
 
     tableau: ClassVar[ButcherTableau]
+    dense_output: ClassVar[str] = "hermite"
     # Set on the copy a constant-step loop uses (see the module docstring): the state after a
     # step is None and the next step evaluates its first stage itself.
     _defer_first_stage: bool = False
@@ -76,6 +101,7 @@ class AbstractRungeKutta(AbstractSolver):
             cls.order = tab.order
             cls.error_order = tab.error_order if tab.is_adaptive else None
             cls.dense_order = tab.dense_polynomial_order()
+            cls.dense_output = _dense_output(tab)
             cls.num_fevals_step = tab.num_stages - 1 if tab.fsal else tab.num_stages
 
     # Per-instance access for user-built solvers (ExplicitRungeKutta(tableau)).
@@ -115,7 +141,9 @@ class AbstractRungeKutta(AbstractSolver):
         return new
 
     def take_dense_fevals(self, dense_info: Any) -> int:
-        last = dense_info[-1] if len(dense_info) == 4 else None
+        if self.dense_output == "polynomial":
+            return 0
+        last = dense_info.k1
         return last.take_fevals() if isinstance(last, _EndPoint) else 0
 
     def step(
@@ -164,13 +192,14 @@ class AbstractRungeKutta(AbstractSolver):
             y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view_as(y0)
             if deferred:
                 end = _EndPoint(terms, t1, y1, args, control)
-                return y1, y_error, (y0, y1, K, end), _placeholder(state)
+                return y1, y_error, HermiteDense(y0, y1, K, end), _placeholder(state)
             vf1 = terms.vf(t1, y1, args)
-        if "dense" in coeffs:
-            dense_info: tuple = (y0, K)
+        dense_info: PolynomialDense | HermiteDense
+        if self.dense_output == "polynomial":
+            dense_info = PolynomialDense(y0, K)
         else:
             # In the state's dtype: a 0-dim state times a float64 step would promote.
-            dense_info = (y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
+            dense_info = HermiteDense(y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
     def _error_estimate(
@@ -181,7 +210,7 @@ class AbstractRungeKutta(AbstractSolver):
         return None if e_row is None else torch.mm(e_row, Kf).view_as(y0)
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
-        if len(dense_info) == 2:
+        if self.dense_output == "polynomial":
             y0, K = dense_info
             P = self._tab().cast(y0.dtype, y0.device)["dense"]  # (s, m)
             m = P.shape[1]
@@ -203,6 +232,10 @@ class AbstractRungeKutta(AbstractSolver):
                 return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
             k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
+
+
+def _dense_output(tab: ButcherTableau) -> str:
+    return "polynomial" if tab.b_dense is not None else "hermite"
 
 
 def _placeholder(state: Any) -> Any:
@@ -261,6 +294,7 @@ class ExplicitRungeKutta(AbstractRungeKutta):
         self.order = tableau.order  # type: ignore[misc]
         self.error_order = tableau.error_order if tableau.is_adaptive else None  # type: ignore[misc]
         self.dense_order = tableau.dense_polynomial_order()  # type: ignore[misc]
+        self.dense_output = _dense_output(tableau)  # type: ignore[misc]
         self.num_fevals_step = (  # type: ignore[misc]
             tableau.num_stages - 1 if tableau.fsal else tableau.num_stages
         )

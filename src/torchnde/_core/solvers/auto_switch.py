@@ -166,7 +166,7 @@ class AutoSwitch(AbstractSolver):
     def _explicit_stiffness(self, y0: torch.Tensor, dense: Any, per_sample: bool) -> torch.Tensor:
         """``h ρ`` from the explicit step's last two stages (both at ``t1``)."""
         tab = self.nonstiff._tab()
-        K = dense[1] if len(dense) == 2 else dense[2]
+        K = dense.K  # PolynomialDense or HermiteDense
         s = tab.num_stages
         co = tab.cast(y0.dtype, y0.device)
         Kf = K.reshape(s, -1)
