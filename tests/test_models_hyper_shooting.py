@@ -122,3 +122,21 @@ def test_multiple_shooting_errors():
         M.MultipleShooting(_field(), 0)
     with pytest.raises(ValueError, match=r"\(batch, d\)"):
         M.MultipleShooting(_field(), 2, solver=tn.RK4(), dt0=0.1)(torch.zeros(2, 2, 2))
+
+
+@pytest.mark.parametrize("base", ["tableau", "instance", "fsal"])
+def test_hypersolver_steps_on_the_core_engine_at_s_evaluations_per_step(base):
+    # Heun's tableau given three ways, and Dopri5 (first same as last): each step costs exactly
+    # its s stages, and the uncorrected step is the core solver's constant step.
+    heun = tn.Heun.tableau
+    solver = {"tableau": heun, "instance": tn.ExplicitRungeKutta(heun), "fsal": tn.Dopri5()}[base]
+    ts = torch.linspace(0, 1, 5, dtype=F64)
+    x = torch.randn(3, 2, dtype=F64)
+    hs = M.HyperSolver(Pendulum(), Correction().double(), solver)
+    ref_solver = tn.Dopri5() if base == "fsal" else tn.Heun()
+    ref = tn.solve(
+        tn.ODETerm(lambda t, y, args: Pendulum()(t, y)), ref_solver, 0.0, 1.0, x, dt0=0.25,
+        saveat=tn.SaveAt(ts=ts), controller=tn.ConstantStepSize(),
+    ).ys  # fmt: skip
+    torch.testing.assert_close(hs(x, ts, corrected=False), ref, rtol=1e-13, atol=1e-13)
+    assert hs.nfe == (7 if base == "fsal" else 2) * 4

@@ -99,6 +99,7 @@ from ._core.terms import AbstractTerm as AbstractTerm
 from ._core.terms import ControlTerm as ControlTerm
 from ._core.terms import MultiTerm as MultiTerm
 from ._core.terms import ODETerm as ODETerm
+from ._core.terms import broadcast_time as broadcast_time
 from ._sdeint import SDE_METHODS as SDE_METHODS
 from ._sdeint import sdeint as sdeint
 from ._solve import solve as solve

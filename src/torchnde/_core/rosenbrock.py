@@ -27,7 +27,7 @@ import torch
 
 from .implicit import AbstractImplicitSolver
 from .newton import Counts, FlatODE, lu_factor, lu_solve
-from .terms import AbstractTerm
+from .terms import AbstractTerm, broadcast_time
 
 __all__ = ["AbstractRosenbrock", "RosenbrockTableau"]
 
@@ -174,9 +174,5 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         err = torch.einsum("s,sbn->bn", co["e"], Us)
         y1 = g.unflat(y1f)
         f1 = g.unflat(g(t1, y1f))
-        dense_info = (y0, y1, f0 * _bt(h, f0), f1 * _bt(h, f1), counts)
+        dense_info = (y0, y1, f0 * broadcast_time(h, f0), f1 * broadcast_time(h, f1), counts)
         return y1, g.unflat(err), dense_info, (f1, J)
-
-
-def _bt(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return h if h.ndim == 0 else h.reshape((-1,) + (1,) * (like.ndim - 1))

@@ -1,5 +1,7 @@
-"""One explicit Runge–Kutta step straight from a public ButcherTableau (exactly s evaluations:
-no first-same-as-last or end-of-step evaluation, which the zoo's one-off steps would waste)."""
+"""One explicit Runge–Kutta step for the zoo's fixed-step models (hypersolvers, parareal's
+coarse propagator), taken by the core's Runge–Kutta engine through the solver interface:
+exactly ``s`` evaluations per step (a constant-step solver defers its end-of-step
+evaluation, which these one-off steps would waste)."""
 
 from __future__ import annotations
 
@@ -11,37 +13,27 @@ import torchnde as tn
 
 from ._config import describe
 
-__all__ = ["rk_slope", "tableau_of"]
+__all__ = ["rk_solver", "rk_step"]
 
 
-def tableau_of(owner: str, name: str, solver: Any) -> tn.ButcherTableau:
-    """The tableau of a built-in explicit Runge–Kutta solver, or the tableau itself."""
+def rk_solver(owner: str, name: str, solver: Any) -> tn.AbstractRungeKutta:
+    """An explicit Runge–Kutta solver set up for constant steps, from a solver instance or a
+    :class:`~torchnde.ButcherTableau`."""
     if isinstance(solver, tn.ButcherTableau):
-        return solver
-    if isinstance(solver, tn.AbstractRungeKutta) and "tableau" in vars(type(solver)):
-        return type(solver).tableau
-    raise TypeError(
-        f"{owner}: `{name}` must be an explicit Runge-Kutta solver such as torchnde.Euler() / "
-        f"RK4(), or a ButcherTableau (for ExplicitRungeKutta(tab), pass tab), got "
-        f"{describe(solver)}."
-    )
+        solver = tn.ExplicitRungeKutta(solver)
+    if not isinstance(solver, tn.AbstractRungeKutta):
+        raise TypeError(
+            f"{owner}: `{name}` must be an explicit Runge-Kutta solver such as torchnde.Euler() "
+            f"/ RK4() / ExplicitRungeKutta(tab), or a ButcherTableau, got {describe(solver)}."
+        )
+    return solver.with_controller(tn.ConstantStepSize(), None)  # type: ignore[return-value]
 
 
-def rk_slope(
-    f: Any, tab: tn.ButcherTableau, t: torch.Tensor, h: torch.Tensor, x: torch.Tensor
+def rk_step(
+    f: Any, solver: tn.AbstractRungeKutta, t: torch.Tensor, h: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    r"""$\sum_i b_i k_i$, the increment of one step of size ``h`` divided by ``h``; ``t``,
+    """The state after one step of size ``h`` from ``(t, x)`` of ``dx/dt = f(t, x)``; ``t``,
     ``h`` scalar or per sample ``(batch,)``."""
-    hb = h if h.ndim == 0 else h.reshape(h.shape + (1,) * (x.ndim - h.ndim))
-    ks: list[torch.Tensor] = [f(t, x)]
-    for i, row in enumerate(tab.a, start=1):
-        yi = x
-        for aij, kj in zip(row, ks):
-            if aij != 0:
-                yi = yi + (hb * aij) * kj
-        ks.append(f(t + tab.c[i] * h, yi))
-    out = tab.b[0] * ks[0]
-    for bi, ki in zip(tab.b[1:], ks[1:]):
-        if bi != 0:
-            out = out + bi * ki
-    return out
+    term = tn.ODETerm(lambda s, y, args: f(s, y))
+    state = solver.init(term, t, x, None)
+    return solver.step(term, t, t + h, x, None, state)[0]

@@ -11,7 +11,7 @@ from torch import nn
 import torchnde as tn
 
 from ._config import check_vector_field, describe
-from ._rk import rk_slope, tableau_of
+from ._rk import rk_solver, rk_step
 
 __all__ = ["HyperSolver"]
 
@@ -52,9 +52,9 @@ class HyperSolver(nn.Module):
                 f"HyperSolver: `correction` must be a module g(t, x, dx), got "
                 f"{describe(correction)}."
             )
-        tableau = tableau_of("HyperSolver", "base", base)
-        self.vector_field, self.correction, self.tableau = vector_field, correction, tableau
-        self.order = tableau.order
+        self.vector_field, self.correction = vector_field, correction
+        self.base = rk_solver("HyperSolver", "base", base)
+        self.order = self.base.order
         self.nfe = 0
 
     def _f(self, args: Any) -> Any:
@@ -66,19 +66,20 @@ class HyperSolver(nn.Module):
 
         return f
 
-    def _base_slope(
+    def _base_step(
         self, f: Any, t: torch.Tensor, h: torch.Tensor, x: torch.Tensor
-    ) -> torch.Tensor:
-        return rk_slope(f, self.tableau, t, h, x)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base method's step ``x + h psi`` and its slope ``psi``."""
+        x1 = rk_step(f, self.base, t, h, x)
+        return x1, (x1 - x) / tn.broadcast_time(h, x)
 
     def step(
         self, t: torch.Tensor, h: torch.Tensor, x: torch.Tensor, args: Any = None
     ) -> torch.Tensor:
         """One corrected step from ``(t, x)`` of size ``h``; ``t``, ``h`` scalar or per
         sample ``(batch,)``."""
-        dx = self._base_slope(self._f(args), t, h, x)
-        hb = _bcast(h, x)
-        return x + hb * dx + hb ** (self.order + 1) * self.correction(t, x, dx)
+        x1, dx = self._base_step(self._f(args), t, h, x)
+        return x1 + tn.broadcast_time(h, x) ** (self.order + 1) * self.correction(t, x, dx)
 
     def forward(
         self,
@@ -99,8 +100,7 @@ class HyperSolver(nn.Module):
         out, y = [x], x
         for k in range(ts_.numel() - 1):
             t, h = ts_[k], ts_[k + 1] - ts_[k]
-            dx = self._base_slope(f, t, h, y)
-            y_next = y + h * dx
+            y_next, dx = self._base_step(f, t, h, y)
             if corrected:
                 y_next = y_next + h ** (self.order + 1) * self.correction(t, y, dx)
             y = y_next
@@ -129,11 +129,6 @@ class HyperSolver(nn.Module):
         x0 = ys[:-1].reshape((n * b,) + tuple(ys.shape[2:]))
         x1 = ys[1:].reshape(x0.shape)
         with torch.no_grad():
-            dx = self._base_slope(self._f(args), t, h, x0)
-            hb = _bcast(h, x0)
-            target = (x1 - x0 - hb * dx) / hb ** (self.order + 1)
+            x1_base, dx = self._base_step(self._f(args), t, h, x0)
+            target = (x1 - x1_base) / tn.broadcast_time(h, x0) ** (self.order + 1)
         return (self.correction(t, x0, dx) - target).pow(2).mean()
-
-
-def _bcast(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return h if h.ndim == 0 else h.reshape(h.shape + (1,) * (like.ndim - h.ndim))

@@ -10,7 +10,7 @@ from torch import nn
 import torchnde as tn
 
 from ._config import SolveConfig, check_vector_field, describe
-from ._rk import rk_slope, tableau_of
+from ._rk import rk_solver, rk_step
 
 __all__ = ["MultipleShooting"]
 
@@ -113,7 +113,7 @@ class MultipleShooting(nn.Module):
         self.config = SolveConfig(
             "MultipleShooting", solver, adjoint, rtol, atol, controller, dt0, max_steps
         )
-        self.coarse = tableau_of(
+        self.coarse = rk_solver(
             "MultipleShooting",
             "coarse_solver",
             tn.Euler() if coarse_solver is None else coarse_solver,
@@ -167,7 +167,7 @@ class MultipleShooting(nn.Module):
             calls[0] += 1
             return vf(t, y)
 
-        return b + h * rk_slope(f, self.coarse, start, h, b), calls[0]
+        return rk_step(f, self.coarse, start, h, b), calls[0]
 
     # --- root finding -----------------------------------------------------------------------
 

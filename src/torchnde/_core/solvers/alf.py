@@ -8,7 +8,7 @@ import torch
 
 from ..runge_kutta import linear
 from ..solver import AbstractReversibleSolver
-from ..terms import AbstractTerm
+from ..terms import AbstractTerm, broadcast_time
 
 __all__ = ["ALF"]
 
@@ -50,26 +50,22 @@ class ALF(AbstractReversibleSolver):
         v0 = state
         half = 0.5 * (t1 - t0)
         t_mid = t0 + half
-        k = y0 + _b(half, y0) * v0
+        hb = broadcast_time(half.to(y0.dtype), y0)
+        k = y0 + hb * v0
         u = terms.prod(terms.vf(t_mid, k, args), terms.contr(t_mid, t_mid + 1))
         v1 = 2 * u - v0
-        y1 = k + _b(half, y0) * v1
+        y1 = k + hb * v1
         return y1, None, (y0, y1), v1
 
     def reverse(self, terms, t0, t1, y1, args, state):  # type: ignore[override]
         v1 = state
         half = 0.5 * (t1 - t0)
         t_mid = t0 + half
-        k = y1 - _b(half, y1) * v1
+        hb = broadcast_time(half.to(y1.dtype), y1)
+        k = y1 - hb * v1
         u = terms.prod(terms.vf(t_mid, k, args), terms.contr(t_mid, t_mid + 1))
         v0 = 2 * u - v1
-        return k - _b(half, y1) * v0, v0
+        return k - hb * v0, v0
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
         return linear(dense_info, theta, per_sample)
-
-
-def _b(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (batch-shaped) time quantity broadcast against the state, in its dtype."""
-    x = x.to(like.dtype)
-    return x.reshape(x.shape + (1,) * (like.ndim - x.ndim)) if x.ndim else x

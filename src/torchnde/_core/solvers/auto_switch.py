@@ -12,7 +12,7 @@ from ..loop import tree_where
 from ..newton import Counts
 from ..runge_kutta import AbstractRungeKutta
 from ..solver import AbstractSolver
-from ..terms import AbstractTerm
+from ..terms import AbstractTerm, broadcast_time
 from .rodas5 import Rodas5
 from .tsit5 import Tsit5
 
@@ -222,8 +222,8 @@ class AutoSwitch(AbstractSolver):
         count = torch.where(switch, torch.zeros_like(count), count)
         if out_ns is not None and out_s is not None:
             e_s, e_ns = cast(torch.Tensor, out_s[1]), cast(torch.Tensor, out_ns[1])
-            y1 = torch.where(_bt(mode, out_s[0]), out_s[0], out_ns[0])
-            err: torch.Tensor | None = torch.where(_bt(mode, e_s), e_s, e_ns)
+            y1 = torch.where(broadcast_time(mode, out_s[0]), out_s[0], out_ns[0])
+            err: torch.Tensor | None = torch.where(broadcast_time(mode, e_s), e_s, e_ns)
             ns_new = tree_where(mode, ns_state, out_ns[3])
             s_new = tree_where(mode, out_s[3], s_state)
         elif out_ns is not None:
@@ -254,7 +254,7 @@ class AutoSwitch(AbstractSolver):
             return self.stiff.interpolate(d_s, theta, per_sample)
         a = self.nonstiff.interpolate(d_ns, theta, per_sample)
         b = self.stiff.interpolate(d_s, theta, per_sample)
-        return torch.where(_bt(mode, b), b, a)
+        return torch.where(broadcast_time(mode, b), b, a)
 
     def take_dense_fevals(self, dense_info: Any) -> int:
         return dense_info[-1].take_fevals()
@@ -267,9 +267,3 @@ class AutoSwitch(AbstractSolver):
 
     def __repr__(self) -> str:
         return f"AutoSwitch({self.nonstiff!r}, {self.stiff!r})"
-
-
-def _bt(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if mask.ndim == 0 or mask.ndim == like.ndim:
-        return mask
-    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
