@@ -293,7 +293,7 @@ def test_adaptive_midpoint():
     """method='midpoint': the step-doubling solver behind adaptive=True takes the same steps
     as the fixed-step Midpoint, and adaptive solves converge to the exact solution of
     dy = a y dt + b y o dW (Stratonovich): y = y0 exp(a t + b W_t)."""
-    from torchnde.compat._sde_midpoint import SDEMidpoint
+    from torchnde._core.solvers.sde_midpoint import SDEMidpoint
 
     class Linear(nn.Module):
         noise_type, sde_type = "diagonal", "stratonovich"

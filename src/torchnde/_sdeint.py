@@ -335,10 +335,14 @@ class _LinearOutput:
     as a smooth control)."""
 
     dense_order = 1
+    dense_output = "linear"
 
     def step(self, terms, t0, t1, y0, args, state):  # type: ignore[no-untyped-def]
         y1, y_error, _, new_state = super().step(terms, t0, t1, y0, args, state)  # type: ignore[misc]
         return y1, y_error, (y0, y1), new_state
+
+    def take_dense_fevals(self, dense_info: Any) -> int:
+        return 0  # the end states need no evaluation
 
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
         return linear(dense_info, theta, per_sample)

@@ -85,7 +85,9 @@ class AbstractRungeKutta(AbstractSolver):
 
     The dense output is declared by the tableau: ``dense_output`` is ``"polynomial"`` for a
     tableau with ``b_dense`` (its steps record a :class:`PolynomialDense`) and ``"hermite"``
-    otherwise (a :class:`HermiteDense`).
+    otherwise (a :class:`HermiteDense`). A method with an interpolant of its own declares
+    another ``dense_output`` and overrides ``step``, ``interpolate`` and
+    ``take_dense_fevals`` (``Dopri8``).
     """
 
     tableau: ClassVar[ButcherTableau]
@@ -101,7 +103,8 @@ class AbstractRungeKutta(AbstractSolver):
             cls.order = tab.order
             cls.error_order = tab.error_order if tab.is_adaptive else None
             cls.dense_order = tab.dense_polynomial_order()
-            cls.dense_output = _dense_output(tab)
+            if "dense_output" not in cls.__dict__:  # a method with its own interpolant
+                cls.dense_output = _dense_output(tab)
             cls.num_fevals_step = tab.num_stages - 1 if tab.fsal else tab.num_stages
 
     # Per-instance access for user-built solvers (ExplicitRungeKutta(tableau)).
@@ -141,7 +144,7 @@ class AbstractRungeKutta(AbstractSolver):
         return new
 
     def take_dense_fevals(self, dense_info: Any) -> int:
-        if self.dense_output == "polynomial":
+        if self.dense_output != "hermite":
             return 0
         last = dense_info.k1
         return last.take_fevals() if isinstance(last, _EndPoint) else 0

@@ -35,6 +35,7 @@ from .._core.controllers import ConstantStepSize, PIDController
 from .._core.runge_kutta import AbstractRungeKutta
 from .._core.solution import SaveAt
 from .._core.solver import AbstractSolver
+from .._core.solvers.sra1 import SRA1
 from .._core.tableau import ButcherTableau
 from .._core.terms import ODETerm
 from .._solve import solve
@@ -371,10 +372,14 @@ class TupleControl(torch.nn.Module):
 # ------------------------------------------------------------------------------ cdeint
 class _SRA1Drift(AbstractRungeKutta):
     r"""torchsde's ``srk`` on torchcde's zero diffusion: SRA1's drift part (Rößler 2010), the
-    two-stage Runge–Kutta method of order 2 with $c_2 = 3/4$, $b = (1/3, 2/3)$."""
+    two-stage Runge–Kutta method of order 2 with $c_2 = 3/4$, $b = (1/3, 2/3)$, read from
+    SRA1's tableau."""
 
     tableau: ClassVar[ButcherTableau] = ButcherTableau(
-        a=[[3 / 4]], b=[1 / 3, 2 / 3], c=[0.0, 3 / 4], order=2
+        a=[list(row) for row in SRA1.tableau.a0[1:]],
+        b=list(SRA1.tableau.alpha),
+        c=list(SRA1.tableau.c0),
+        order=2,
     )
 
 

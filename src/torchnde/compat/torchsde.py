@@ -45,11 +45,11 @@ import torch
 
 from .._adjoint import BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
 from .._brownian import AbstractBrownianPath, BrownianIncrement
+from .._core.solvers.sde_midpoint import SDEMidpoint
 from .._core.terms import NOISE_TYPES, AbstractPath
 from .._sdeint import LastCall as _LastCall
 from .._sdeint import sde_solver_from_name
 from .._sdeint import sdeint as _sdeint
-from ._sde_midpoint import SDEMidpoint
 from ._torchsde_brownian import (
     BaseBrownian,
     BrownianInterval,

@@ -375,6 +375,7 @@ class Dopri8(AbstractRungeKutta):
     """
 
     tableau: ClassVar[ButcherTableau] = _DOPRI8_TABLEAU
+    dense_output: ClassVar[str] = "dop853"  # Hairer's continuous extension, _Dop853Dense
 
     def step(
         self,

@@ -2,17 +2,14 @@ r"""Rößler's strong order 1.5 stochastic Runge–Kutta method SRA1 for additiv
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import torch
-
-from ..sde import AbstractSDESolver
-from ..terms import ControlTerm, ODETerm, broadcast_time
+from ..srk import AbstractSRK, SRKTableau
 
 __all__ = ["SRA1"]
 
 
-class SRA1(AbstractSDESolver):
+class SRA1(AbstractSRK):
     r"""Rößler's SRA1: a stochastic Runge–Kutta method of strong order 1.5 for SDEs with
     additive noise, $dy = f(t, y)\,dt + g(t)\,dW$.
 
@@ -30,6 +27,10 @@ class SRA1(AbstractSDESolver):
     linear. Explicit. Itô and Stratonovich alike (they coincide for additive noise).
     Additive noise only; the Brownian motion must provide the space-time Lévy area.
 
+    Its tableau in Rößler's SRI form: ``c0 = (0, 3/4)``, ``c1 = (1, 0)``, ``A0 = [[], [3/4]]``,
+    ``B0 = [[], [3/2]]``, ``alpha = (1/3, 2/3)``, the weights of $\Delta W$ ``(1, 0)`` and of
+    $I_{(1,0)}/h$ ``(-1, 1)`` (see :mod:`torchnde._core.srk`).
+
     Use it for additive-noise problems (Ornstein–Uhlenbeck-type, Langevin dynamics with
     constant temperature, score-based diffusion samplers with state-independent noise).
 
@@ -38,32 +39,15 @@ class SRA1(AbstractSDESolver):
         stochastic differential equations", SIAM J. Numer. Anal. 48 (2010) 922–952.
     """
 
+    tableau: ClassVar[SRKTableau] = SRKTableau(
+        c0=(0.0, 0.75),
+        c1=(1.0, 0.0),
+        a0=((), (0.75,)),
+        b0=((), (1.5,)),
+        alpha=(1 / 3, 2 / 3),
+        beta1=(1.0, 0.0),
+        beta3=(-1.0, 1.0),  # SRA's beta^(2), the weights of I_(1,0)/h
+    )
     strong_order: ClassVar[float] = 1.5
     calculus: ClassVar[str] = "both"
     noise_types: ClassVar[tuple[str, ...]] = ("additive",)
-    num_fevals_step: ClassVar[int] = 4
-    levy_area: ClassVar[str | None] = "space-time"
-
-    def _step(
-        self,
-        drift: ODETerm | None,
-        diffusion: ControlTerm,
-        t0: torch.Tensor,
-        t1: torch.Tensor,
-        y0: torch.Tensor,
-        args: Any,
-    ) -> torch.Tensor:
-        h = t1 - t0
-        dw, area = diffusion.contr_levy(t0, t1)
-        i_k0_h = 0.5 * dw + area
-        g0 = diffusion.vf(t0, y0, args)
-        g1 = diffusion.vf(t1, y0, args)
-        prod = diffusion.prod
-        noise = prod(g1, dw - i_k0_h) + prod(g0, i_k0_h)
-        if drift is None:
-            return y0 + noise
-        hy = broadcast_time(h, y0)
-        f0 = drift.vf(t0, y0, args)
-        h1 = y0 + 0.75 * f0 * hy + prod(g1, 1.5 * i_k0_h)
-        f1 = drift.vf(t0 + 0.75 * h, h1, args)
-        return y0 + (f0 / 3 + (2 / 3) * f1) * hy + noise

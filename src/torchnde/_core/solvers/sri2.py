@@ -2,32 +2,14 @@ r"""Rößler's strong order 1.5 stochastic Runge–Kutta method SRI2 for diagona
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import torch
-
-from ..sde import AbstractSDESolver
-from ..terms import ControlTerm, ODETerm, broadcast_time
+from ..srk import AbstractSRK, SRKTableau
 
 __all__ = ["SRI2"]
 
-# The SRI2 tableau (Rößler 2010, Table 5.2 "SRI2W1"-family coefficients as used for
-# diagonal noise): stage times c0 (drift) and c1 (diffusion), stage matrices A0, A1
-# (drift) and B0, B1 (diffusion), and the weights of the update.
-_C0 = (0.0, 1.0, 0.5, 0.0)
-_C1 = (0.0, 0.25, 1.0, 0.25)
-_A0 = ((), (1.0,), (0.25, 0.25), (0.0, 0.0, 0.0))
-_A1 = ((), (0.25,), (1.0, 0.0), (0.0, 0.0, 0.25))
-_B0 = ((), (0.0,), (1.0, 0.5), (0.0, 0.0, 0.0))
-_B1 = ((), (-0.5,), (1.0, 0.0), (2.0, -1.0, 0.5))
-_ALPHA = (1 / 6, 1 / 6, 2 / 3, 0.0)
-_BETA1 = (-1.0, 4 / 3, 2 / 3, 0.0)
-_BETA2 = (1.0, -4 / 3, 1 / 3, 0.0)
-_BETA3 = (2.0, -4 / 3, -2 / 3, 0.0)
-_BETA4 = (-2.0, 5 / 3, -2 / 3, 1.0)
 
-
-class SRI2(AbstractSDESolver):
+class SRI2(AbstractSRK):
     r"""Rößler's SRI2: a stochastic Runge–Kutta method of strong order 1.5 for Itô SDEs with
     diagonal or scalar noise.
 
@@ -55,54 +37,20 @@ class SRI2(AbstractSDESolver):
         stochastic differential equations", SIAM J. Numer. Anal. 48 (2010) 922–952.
     """
 
+    # Rößler (2010), Table 5.2 ("SRI2W1"-family coefficients as used for diagonal noise).
+    tableau: ClassVar[SRKTableau] = SRKTableau(
+        c0=(0.0, 1.0, 0.5, 0.0),
+        c1=(0.0, 0.25, 1.0, 0.25),
+        a0=((), (1.0,), (0.25, 0.25), (0.0, 0.0, 0.0)),
+        a1=((), (0.25,), (1.0, 0.0), (0.0, 0.0, 0.25)),
+        b0=((), (0.0,), (1.0, 0.5), (0.0, 0.0, 0.0)),
+        b1=((), (-0.5,), (1.0, 0.0), (2.0, -1.0, 0.5)),
+        alpha=(1 / 6, 1 / 6, 2 / 3, 0.0),
+        beta1=(-1.0, 4 / 3, 2 / 3, 0.0),
+        beta2=(1.0, -4 / 3, 1 / 3, 0.0),
+        beta3=(2.0, -4 / 3, -2 / 3, 0.0),
+        beta4=(-2.0, 5 / 3, -2 / 3, 1.0),
+    )
     strong_order: ClassVar[float] = 1.5
     calculus: ClassVar[str] = "ito"
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "scalar")
-    num_fevals_step: ClassVar[int] = 7
-    levy_area: ClassVar[str | None] = "space-time"
-
-    def _step(
-        self,
-        drift: ODETerm | None,
-        diffusion: ControlTerm,
-        t0: torch.Tensor,
-        t1: torch.Tensor,
-        y0: torch.Tensor,
-        args: Any,
-    ) -> torch.Tensor:
-        h = t1 - t0
-        dw, area = diffusion.contr_levy(t0, t1)
-        hw = broadcast_time(h, dw)
-        sqrt_h = hw.sqrt()
-        i_k0_h = 0.5 * dw + area  # I_(1,0) / h
-        i_kk = 0.5 * (dw * dw - hw)
-        i_kkk = (dw * dw - 3 * hw) * dw / 6
-        hy = broadcast_time(h, y0)
-        prod = diffusion.prod
-        f_h: list[torch.Tensor] = []  # f(H0_j) h
-        g: list[torch.Tensor] = []  # g(H1_j)
-        y1 = y0
-        for s in range(4):
-            h0 = h1 = y0
-            for j in range(s):
-                if _A0[s][j]:
-                    h0 = h0 + _A0[s][j] * f_h[j]
-                if _B0[s][j]:
-                    h0 = h0 + prod(g[j], _B0[s][j] * i_k0_h)
-                if _A1[s][j]:
-                    h1 = h1 + _A1[s][j] * f_h[j]
-                if _B1[s][j]:
-                    h1 = h1 + prod(g[j], _B1[s][j] * sqrt_h)
-            if s < 3:  # the last stage's drift has weight 0 and feeds no later stage
-                if drift is not None:
-                    f_h.append(drift.vf(t0 + _C0[s] * h, h0, args) * hy)
-                else:
-                    f_h.append(torch.zeros_like(y0))
-                y1 = y1 + _ALPHA[s] * f_h[s]
-            g.append(diffusion.vf(t0 + _C1[s] * h, h1, args))
-            weight = (
-                _BETA1[s] * dw + _BETA2[s] * i_kk / sqrt_h + _BETA3[s] * i_k0_h
-                + _BETA4[s] * i_kkk / hw
-            )  # fmt: skip
-            y1 = y1 + prod(g[s], weight)
-        return y1

@@ -1,9 +1,10 @@
 r"""The midpoint method for Stratonovich SDEs as an SDE solver (step-doubling error estimate).
 
-torchsde's ``method="midpoint"`` with ``adaptive=True``: torchnde's :class:`~torchnde.Midpoint`
-(a Runge–Kutta method without an embedded error estimate) gives the fixed-step solution; this
-class computes the same step and takes :class:`~torchnde.AbstractSDESolver`'s step-doubling
-error estimate, as torchsde does for every method.
+torchsde's ``method="midpoint"`` with ``adaptive=True`` (``torchnde.compat.torchsde`` uses it):
+torchnde's :class:`~torchnde.Midpoint` (a Runge–Kutta method without an embedded error
+estimate) gives the fixed-step solution; this class computes the same step and takes
+:class:`~torchnde.AbstractSDESolver`'s step-doubling error estimate, as torchsde does for every
+method. Not exported: ``Midpoint`` is the method users reach for.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._core.sde import AbstractSDESolver
-from .._core.terms import ControlTerm, ODETerm, broadcast_time
+from ..sde import AbstractSDESolver
+from ..terms import ControlTerm, ODETerm, broadcast_time
 
 __all__ = ["SDEMidpoint"]
 
