@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -54,11 +53,11 @@ from .event_time import with_event_time
 from .params import (
     captured_tensors,
     derived_from,
-    describe_tensors,
     flatten_args,
     independent_tensors,
     undeclared_leaves,
     unique_tensors,
+    warn_undeclared,
 )
 from .stochastic import is_sde, stochastic_apply
 
@@ -310,13 +309,12 @@ class _Run:
     def _warn_undeclared(self, f: torch.Tensor, declared: list[torch.Tensor], who: str) -> None:
         missed = [x for x in undeclared_leaves(f, declared) if id(x) not in self.known_ids]
         if missed:
-            warnings.warn(
-                f"{who}: the vector field uses {len(missed)} tensor(s) requiring grad that are "
-                f"neither parameters nor `args` tensors (shapes {describe_tensors(missed)}); "
-                "they get no gradient. Pass them in params= or through args (as a tensor, or "
-                "inside tuples, lists or dicts).",
-                UserWarning,
-                stacklevel=2,
+            warn_undeclared(
+                who,
+                missed,
+                reads="the vector field uses",
+                fix="Pass them in params= or through args (as a tensor, or inside tuples, "
+                "lists or dicts).",
             )
 
 
@@ -661,12 +659,11 @@ class _ContinuousAdjoint(AbstractAdjoint):
         params, through = independent_tensors(params, captured)
         missed = [x for x in captured if id(x) not in known and not derived_from(x, params)]
         if missed and torch.is_grad_enabled():
-            warnings.warn(
-                f"{who}: the vector field captures {len(missed)} tensor(s) requiring grad that "
-                f"are not in `params` nor in `args` (shapes {describe_tensors(missed)}); they "
-                "get no gradient. Pass them in params= or through args (or set "
-                "requires_grad=False to silence this).",
-                UserWarning,
+            warn_undeclared(
+                who,
+                missed,
+                fix="Pass them in params= or through args (or set requires_grad=False to "
+                "silence this).",
                 stacklevel=3,
             )
         ts = problem.ts if problem.ts is not None else problem.t0.new_zeros((0,))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "independent_tensors",
     "term_tensors",
     "undeclared_leaves",
+    "warn_undeclared",
     "unique_tensors",
 ]
 
@@ -277,6 +279,26 @@ def describe_tensors(tensors: Sequence[torch.Tensor], limit: int = 5) -> str:
     shapes = [tuple(t.shape) for t in tensors[:limit]]
     more = f" and {len(tensors) - limit} more" if len(tensors) > limit else ""
     return ", ".join(str(s) for s in shapes) + more
+
+
+def warn_undeclared(
+    who: str,
+    missed: Sequence[torch.Tensor],
+    *,
+    reads: str = "the vector field captures",
+    fix: str = "Pass them in params= or through args.",
+    stacklevel: int = 2,
+) -> None:
+    """The one warning for tensors requiring grad that an adjoint found the user's functions
+    reading but was not given (``params=``/``args``): they get no gradient. ``reads`` says
+    who read them how ("the vector field captures", "... reads"); ``stacklevel`` counts from
+    the caller."""
+    warnings.warn(
+        f"{who}: {reads} {len(missed)} tensor(s) requiring grad that are not in `params` nor "
+        f"in `args` (shapes {describe_tensors(missed)}); they get no gradient. {fix}",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def undeclared_leaves(output: torch.Tensor, declared: Sequence[torch.Tensor]) -> list[torch.Tensor]:

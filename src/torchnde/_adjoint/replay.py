@@ -14,7 +14,6 @@ Every operation of the direct solve is recomputed, so the gradients are DirectAd
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import torch
@@ -25,12 +24,12 @@ from .._core.problem import Problem
 from .._core.solver import AbstractReversibleSolver
 from .params import (
     captured_tensors,
-    describe_tensors,
     differentiable_leaves,
     independent_tensors,
     term_tensors,
     undeclared_leaves,
     unique_tensors,
+    warn_undeclared,
 )
 
 __all__ = ["Checkpoints", "Reversal", "replay_solve"]
@@ -332,13 +331,11 @@ class _ReplayedSteps(torch.autograd.Function):
                 ctx.checked = True
                 missed = unique_tensors(x for o in outs for x in undeclared_leaves(o, wrt))
                 if missed:
-                    warnings.warn(
-                        f"{runner.name}: the vector field reads {len(missed)} tensor(s) "
-                        "requiring grad that are neither parameters it was given nor "
-                        f"`args` (shapes {describe_tensors(missed)}); they get no "
-                        f"gradient. Pass them with {runner.name}(params=[...]) or through "
-                        "`args`.",
-                        stacklevel=2,
+                    warn_undeclared(
+                        runner.name,
+                        missed,
+                        reads="the vector field reads",
+                        fix=f"Pass them with {runner.name}(params=[...]) or through `args`.",
                     )
             return torch.autograd.grad(
                 outs, wrt, gouts, allow_unused=True, retain_graph=runner.retain_graph

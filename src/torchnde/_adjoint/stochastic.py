@@ -41,10 +41,10 @@ from .._core.terms import AbstractTerm, ControlTerm, MultiTerm, broadcast_time
 from .params import (
     captured_tensors,
     derived_from,
-    describe_tensors,
     flatten_args,
     independent_tensors,
     unique_tensors,
+    warn_undeclared,
 )
 
 __all__ = ["is_sde", "stochastic_apply"]
@@ -99,13 +99,7 @@ class _SDERun:
                 x for x in captured if id(x) not in known and not derived_from(x, self.params)
             ]
             if missed and torch.is_grad_enabled():
-                warnings.warn(
-                    f"{who}: the drift or diffusion captures {len(missed)} tensor(s) requiring "
-                    f"grad that are not in `params` nor in `args` (shapes "
-                    f"{describe_tensors(missed)}); they get no gradient.",
-                    UserWarning,
-                    stacklevel=4,
-                )
+                warn_undeclared(who, missed, reads="the drift or diffusion captures", stacklevel=4)
         self.res: LoopResult | None = None
         self.grid: list[float] = []
 
