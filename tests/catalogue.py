@@ -46,6 +46,9 @@ class Solver:
     levy_area: str | None = None
     #: in the default test run (a few per kind); the rest run with ``-m slow``
     representative: bool = False
+    #: the engine within a kind (implicit: "esdirk", "diagonal", "collocation",
+    #: "rosenbrock"), for the test files of one engine
+    family: str | None = None
     kwargs: dict = field(default_factory=dict)
     #: extra constructor arguments under which DirectAdjoint differentiates the computed
     #: solution exactly (ESDIRKs hold the Newton Jacobian constant, so their gradient is exact
@@ -71,6 +74,8 @@ class Solver:
 
 E, IMP, M, S = Kind.EXPLICIT_RK, Kind.IMPLICIT, Kind.MULTISTEP, Kind.SDE
 NEWTON = dict(exact_gradient_kwargs=dict(newton_rtol=1e-12, newton_atol=1e-12))
+ESDIRK, DIAG, COLL = dict(family="esdirk"), dict(family="diagonal"), dict(family="collocation")
+ROS = dict(family="rosenbrock")
 
 SOLVERS: list[Solver] = [
     Solver(tn.Euler, E, adaptive=False, representative=True),
@@ -84,21 +89,21 @@ SOLVERS: list[Solver] = [
     Solver(tn.Dopri5, E, adaptive=True),
     Solver(tn.Tsit5, E, adaptive=True, representative=True),
     Solver(tn.Dopri8, E, adaptive=True),
-    Solver(tn.ImplicitEuler, IMP, adaptive=True, **NEWTON),
-    Solver(tn.Trapezoid, IMP, adaptive=True, **NEWTON),
-    Solver(tn.Kvaerno3, IMP, adaptive=True, **NEWTON, representative=True),
-    Solver(tn.Kvaerno4, IMP, adaptive=True, **NEWTON),
-    Solver(tn.Kvaerno5, IMP, adaptive=True, **NEWTON),
-    Solver(tn.SDIRK2, IMP, adaptive=True, **NEWTON),
-    Solver(tn.TRBDF2, IMP, adaptive=True, **NEWTON),
-    Solver(tn.ImplicitMidpoint, IMP, adaptive=False, **NEWTON),
-    Solver(tn.GaussLegendre4, IMP, adaptive=False, **NEWTON, representative=True),
-    Solver(tn.GaussLegendre6, IMP, adaptive=False, **NEWTON),
-    Solver(tn.RadauIIA3, IMP, adaptive=False, **NEWTON),
-    Solver(tn.RadauIIA5, IMP, adaptive=False, **NEWTON),
-    Solver(tn.Ros3p, IMP, adaptive=True),
-    Solver(tn.Rodas4, IMP, adaptive=True),
-    Solver(tn.Rodas5, IMP, adaptive=True),
+    Solver(tn.ImplicitEuler, IMP, adaptive=True, **NEWTON, **ESDIRK),
+    Solver(tn.Trapezoid, IMP, adaptive=True, **NEWTON, **ESDIRK),
+    Solver(tn.Kvaerno3, IMP, adaptive=True, **NEWTON, **ESDIRK, representative=True),
+    Solver(tn.Kvaerno4, IMP, adaptive=True, **NEWTON, **ESDIRK),
+    Solver(tn.Kvaerno5, IMP, adaptive=True, **NEWTON, **ESDIRK),
+    Solver(tn.SDIRK2, IMP, adaptive=True, **NEWTON, **DIAG),
+    Solver(tn.TRBDF2, IMP, adaptive=True, **NEWTON, **DIAG),
+    Solver(tn.ImplicitMidpoint, IMP, adaptive=False, **NEWTON, **COLL),
+    Solver(tn.GaussLegendre4, IMP, adaptive=False, **NEWTON, **COLL, representative=True),
+    Solver(tn.GaussLegendre6, IMP, adaptive=False, **NEWTON, **COLL),
+    Solver(tn.RadauIIA3, IMP, adaptive=False, **NEWTON, **COLL),
+    Solver(tn.RadauIIA5, IMP, adaptive=False, **NEWTON, **COLL),
+    Solver(tn.Ros3p, IMP, adaptive=True, **ROS),
+    Solver(tn.Rodas4, IMP, adaptive=True, **ROS),
+    Solver(tn.Rodas5, IMP, adaptive=True, **ROS),
     Solver(tn.Adams, M, adaptive=True, representative=True),
     Solver(tn.FixedAdams, M, adaptive=False),
     Solver(tn.AutoSwitch, Kind.SWITCHING, adaptive=True),
@@ -133,6 +138,12 @@ BASES: dict[type, str] = {
     tn.AbstractESDIRK: "the ESDIRK engine",
     tn.AbstractRosenbrock: "the Rosenbrock engine",
 }
+
+
+def classes(kind: Kind, family: str | None = None) -> list[type]:
+    """The catalogued solver classes of one kind (and engine family), in catalogue order:
+    what a test matrix of one kind of solver parametrises over."""
+    return [s.cls for s in SOLVERS if s.kind is kind and (family is None or s.family == family)]
 
 
 class Exactness(enum.Enum):

@@ -26,24 +26,14 @@ import numpy as np
 import pytest
 import torch
 
+import catalogue
 import torchnde as tn
 from problems.reference import get
 
 SLOPE_TOL = 0.3
 
-SOLVERS = [
-    tn.Euler,
-    tn.Midpoint,
-    tn.Heun,
-    tn.Ralston,
-    tn.RK4,
-    tn.RK38,
-    tn.Bosh3,
-    tn.Fehlberg2,
-    tn.Dopri5,
-    tn.Tsit5,
-    tn.Dopri8,
-]
+# Every catalogued explicit Runge-Kutta method (tests/catalogue.py); STEPS must cover each.
+SOLVERS = catalogue.classes(catalogue.Kind.EXPLICIT_RK)
 ADAPTIVE = [s for s in SOLVERS if s.error_order is not None]
 
 # Smallest number of steps of each sequence (then 2x and 4x) over [0, T].

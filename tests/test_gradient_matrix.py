@@ -79,6 +79,7 @@ def test_catalogue_declarations_match_the_solvers():
         assert solver.is_adaptive == s.adaptive, s.name
         assert isinstance(solver, tn.AbstractReversibleSolver) == s.reversible, s.name
         assert isinstance(solver, tn.AbstractSDESolver) == (s.kind is Kind.SDE), s.name
+        assert (s.family is not None) == (s.kind is Kind.IMPLICIT), s.name  # engine named
 
 
 # -- the check ----------------------------------------------------------------------------

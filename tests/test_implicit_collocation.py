@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+import catalogue
 import torchnde as tn
 from test_tableaux import density, stage_weights, trees
 from torchnde._core.implicit import CollocationTableau, ESDIRKTableau
 
-COLLOCATION = [
-    tn.ImplicitMidpoint,
-    tn.GaussLegendre4,
-    tn.GaussLegendre6,
-    tn.RadauIIA3,
-    tn.RadauIIA5,
-]
-DIAGONAL = [tn.SDIRK2, tn.TRBDF2]
+# From the central catalogue (tests/catalogue.py).
+COLLOCATION = catalogue.classes(catalogue.Kind.IMPLICIT, "collocation")
+DIAGONAL = catalogue.classes(catalogue.Kind.IMPLICIT, "diagonal")
 SOLVERS = COLLOCATION + DIAGONAL
 L_STABLE = [tn.RadauIIA3, tn.RadauIIA5, tn.SDIRK2, tn.TRBDF2]
 

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import catalogue
 import torchnde as tn
 from torchnde._core.terms import broadcast_time
 
@@ -348,17 +349,8 @@ def test_max_steps_stops_only_the_unfinished_samples_in_per_sample_mode():
 # --------------------------------------------------------------------------- stats
 
 
-SOLVERS = [
-    tn.Euler,
-    tn.Midpoint,
-    tn.Heun,
-    tn.RK4,
-    tn.RK38,
-    tn.Bosh3,
-    tn.Dopri5,
-    tn.Tsit5,
-    tn.Dopri8,
-]
+# Every catalogued explicit Runge-Kutta method (tests/catalogue.py).
+SOLVERS = catalogue.classes(catalogue.Kind.EXPLICIT_RK)
 NFE_CASES = [(cls, False) for cls in SOLVERS] + [
     (cls, True) for cls in SOLVERS if cls().is_adaptive
 ]

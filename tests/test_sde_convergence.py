@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import catalogue
 import torchnde as tn
 
 T = 1.0
@@ -304,3 +305,9 @@ def test_log_ode_general_noise_needs_the_levy_area():
     make_terms, _, y0 = commutative("stratonovich")  # space-time area only
     with pytest.raises(ValueError, match="levy_area='davie' or 'foster'"):
         tn.solve(make_terms(), tn.LogODEMidpoint(), 0.0, T, y0, dt0=0.1)
+
+
+def test_every_catalogued_sde_solver_has_a_strong_order_case():
+    covered = {type(case[0]) for case in CASES}
+    missing = [c.__name__ for c in catalogue.classes(catalogue.Kind.SDE) if c not in covered]
+    assert not missing, f"add strong-order cases to CASES for {missing}"

@@ -18,12 +18,14 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+import catalogue
 import torchnde as tn
 from problems.stiff import STIFF, radau_reference
 from test_tableaux import density, stage_weights, trees
 
-ESDIRK = [tn.ImplicitEuler, tn.Trapezoid, tn.Kvaerno3, tn.Kvaerno4, tn.Kvaerno5]
-ROSENBROCK = [tn.Ros3p, tn.Rodas4, tn.Rodas5]
+# From the central catalogue (tests/catalogue.py).
+ESDIRK = catalogue.classes(catalogue.Kind.IMPLICIT, "esdirk")
+ROSENBROCK = catalogue.classes(catalogue.Kind.IMPLICIT, "rosenbrock")
 SOLVERS = ESDIRK + ROSENBROCK
 
 

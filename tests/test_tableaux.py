@@ -13,6 +13,7 @@ import functools
 import numpy as np
 import pytest
 
+import catalogue
 from torchnde._core.solvers.bosh3 import Bosh3
 from torchnde._core.solvers.dopri5 import Dopri5
 from torchnde._core.solvers.dopri8 import Dopri8
@@ -26,7 +27,8 @@ from torchnde._core.solvers.rk38 import RK38
 from torchnde._core.solvers.tsit5 import Tsit5
 from torchnde._core.tableau import ButcherTableau
 
-SOLVERS = [Euler, Midpoint, Heun, Ralston, RK4, RK38, Bosh3, Fehlberg2, Dopri5, Tsit5, Dopri8]
+# Every catalogued explicit Runge-Kutta method (tests/catalogue.py).
+SOLVERS = catalogue.classes(catalogue.Kind.EXPLICIT_RK)
 ADAPTIVE = [s for s in SOLVERS if s.tableau.b_error is not None]
 DENSE = [s for s in SOLVERS if s.tableau.b_dense is not None]
 
