@@ -22,6 +22,7 @@ from torch.utils import _pytree as pytree
 from .._core.loop import Host, Loop, LoopResult, _Emit, _State, tree_where
 from .._core.problem import Problem
 from .._core.solver import AbstractReversibleSolver
+from .._core.terms import broadcast_time
 from .params import (
     captured_tensors,
     differentiable_leaves,
@@ -269,17 +270,13 @@ class Reversal:
             with torch.no_grad():
                 y0, state0 = solver.reverse(terms, t_i, tnext_i, st_next.y, args, st_next.fstate)
                 moved = st_next.t != t_i  # the iteration's step was accepted
-                y_i = torch.where(_bcast(moved, y0), y0, st_next.y)
+                y_i = torch.where(broadcast_time(moved, y0), y0, st_next.y)
                 f_i = tree_where(moved, state0, st_next.fstate)
             rebuilt = runner.flat(dataclasses.replace(st_next, y=y_i, fstate=f_i, y1=y_i))
             flat_i = [rebuilt[j] if x is None else x for j, x in enumerate(small)]
             g = pullback(flat_i, i, i + 1, g)
             flat = flat_i
         return g
-
-
-def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim)) if mask.ndim else mask
 
 
 class _ReplayedSteps(torch.autograd.Function):
