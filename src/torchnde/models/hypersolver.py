@@ -33,9 +33,9 @@ class HyperSolver(nn.Module):
         correction: $g_\omega$, called as ``g(t, x, dx)`` with ``dx`` $= \psi(t, x)$ the base
             method's slope; returns a tensor of the shape of ``x``.
         base: an explicit Runge–Kutta solver used with fixed steps (``Euler()``, ``Heun()``,
-            ``Midpoint()``, ``RK4()``, ...) or a :class:`~torchnde.ButcherTableau` (for an
-            ``ExplicitRungeKutta``, pass its tableau); its ``order`` gives $p$. The stages
-            are evaluated from the tableau: $s$ evaluations of ``f`` per step.
+            ``Midpoint()``, ``RK4()``, ``ExplicitRungeKutta(tab)``, ...) or a
+            :class:`~torchnde.ButcherTableau`; its ``order`` gives $p$. Its steps are the
+            core solver's constant steps: $s$ evaluations of ``f`` per step.
 
     References:
         M. Poli, S. Massaroli, A. Yamashita, H. Asama, J. Park, "Hypersolvers: toward fast
