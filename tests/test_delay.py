@@ -206,8 +206,9 @@ class _History(torch.nn.Module):
         return self.a + self.b * t.reshape(-1)[:1]
 
 
+@pytest.mark.parametrize("adjoint", [tn.DirectAdjoint, tn.CheckpointAdjoint])
 @pytest.mark.parametrize("learnable_history", [False, True])
-def test_gradients_match_central_finite_differences(learnable_history):
+def test_gradients_match_central_finite_differences(learnable_history, adjoint):
     # Fixed steps: the discrete map is smooth in every input (adaptive step choices would
     # add noise of the tolerance's size to the differences). Inputs: a parameter of f, a
     # learnable delay, and y0 (constant history) or the history's parameters (an nn.Module,
@@ -225,6 +226,7 @@ def test_gradients_match_central_finite_differences(learnable_history):
         sol = tn.solve(
             term, tn.RK4(), 0.0, 2.0, start, dt0=1 / 20,
             history=phi if learnable_history else None, saveat=tn.SaveAt(ts=[0.7, 1.3, 2.0]),
+            adjoint=adjoint(),
         )  # fmt: skip
         return (sol.ys**2).sum()
 
@@ -244,14 +246,15 @@ def test_gradients_match_central_finite_differences(learnable_history):
         torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-8)
 
 
-def test_learnable_delay_gradient_matches_the_exact_derivative():
+@pytest.mark.parametrize("adjoint", [tn.DirectAdjoint, tn.CheckpointAdjoint])
+def test_learnable_delay_gradient_matches_the_exact_derivative(adjoint):
     # y' = -y(t - tau), y = 1 before 0, on [0, 1] with tau in (0.5, 1): y = 1 - t for
     # t <= tau, then y = 1 - t + (t - tau)^2 / 2, so dy(1)/dtau = -(1 - tau) exactly.
     tau = torch.tensor(0.75, requires_grad=True)
     term = tn.DelayTerm(lambda t, y, yd, args: -yd[0], [tau])
     sol = tn.solve(
         term, tn.Dopri5(), 0.0, 1.0, torch.ones(()),
-        controller=tn.PIDController(rtol=1e-11, atol=1e-12),
+        controller=tn.PIDController(rtol=1e-11, atol=1e-12), adjoint=adjoint(),
     )  # fmt: skip
     assert float(sol.ys[-1].detach()) == pytest.approx(1 - 1 + 0.25**2 / 2, abs=1e-9)
     (g,) = torch.autograd.grad(sol.ys[-1], tau)
@@ -316,5 +319,5 @@ def test_state_dependent_delay_below_its_bound_fails_clearly():
 
 def test_unsupported_adjoint_is_refused():
     term = tn.DelayTerm(_f, [1.0])
-    with pytest.raises(NotImplementedError, match=r"CheckpointAdjoint\(\) is not supported"):
-        tn.solve(term, tn.Tsit5(), 0.0, 1.0, torch.ones(1), adjoint=tn.CheckpointAdjoint())
+    with pytest.raises(NotImplementedError, match=r"BacksolveAdjoint\(\) is not supported"):
+        tn.solve(term, tn.Tsit5(), 0.0, 1.0, torch.ones(1), adjoint=tn.BacksolveAdjoint())

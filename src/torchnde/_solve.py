@@ -847,4 +847,7 @@ def _make_interpolator(p: Problem, res: LoopResult) -> Any:
             return spec.unpack(out, tuple(lead) + tuple(p.state_shape[:-1]))
         return out
 
+    # The step records, (t_start, t_end, info, t_end'): the method of steps evaluates each
+    # once inside a checkpointed segment, so that deferred values are computed there.
+    evaluate.records = dense  # type: ignore[attr-defined]
     return evaluate

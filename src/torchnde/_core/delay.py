@@ -198,6 +198,12 @@ class History:
         self.ends.append(end)
         self.segments.append(evaluate)
 
+    def snapshot(self) -> History:
+        """The history known now: later :meth:`add` calls do not change the copy."""
+        new = History(self.phi, self.t0, self.y0)
+        new.starts, new.ends, new.segments = list(self.starts), list(self.ends), list(self.segments)
+        return new
+
     def phi_at(self, s: torch.Tensor) -> torch.Tensor:
         out = self.phi(s)
         if not isinstance(out, torch.Tensor):
