@@ -261,6 +261,31 @@ def test_learnable_delay_gradient_matches_the_exact_derivative(adjoint):
     assert float(g) == pytest.approx(-(1 - 0.75), abs=1e-7)
 
 
+def test_checkpoint_adjoint_keeps_no_activations_after_the_forward_pass():
+    # Tensors saved for backward outside the segments' checkpoints (seen by an outer
+    # saved-tensor hook): Direct's grow with the number of steps, Checkpoint's do not (each
+    # segment's activations are recomputed in the backward pass).
+    k = torch.tensor(1.3, requires_grad=True)
+
+    def saved(adjoint, dt):
+        n = [0]
+
+        def pack(x):
+            n[0] += 1
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            term = tn.DelayTerm(lambda t, y, yd, args: -k * yd[0], [0.5])
+            y0 = torch.ones(1, dtype=torch.float64)
+            tn.solve(term, tn.RK4(), 0.0, 2.0, y0, dt0=dt, adjoint=adjoint)
+        return n[0]
+
+    direct = [saved(tn.DirectAdjoint(), dt) for dt in (1 / 8, 1 / 16)]
+    checkpoint = [saved(tn.CheckpointAdjoint(), dt) for dt in (1 / 8, 1 / 16)]
+    assert direct[1] > 1.9 * direct[0]
+    assert checkpoint[1] == checkpoint[0] < direct[0] / 10
+
+
 def _f(t, y, yd, args):
     return -yd[0]
 
