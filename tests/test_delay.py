@@ -149,6 +149,19 @@ def _slope(term, ref, ns):
     return np.polyfit(np.log(1.0 / np.array(ns)), np.log(errs), 1)[0], errs
 
 
+def test_segment_ends_with_rounding_read_the_history():
+    # Segments of 0.4: at t = 0.4 * 3 the delayed time t - 0.4 is 0.8000000000000002, ulps
+    # past the solved history's end 0.4 * 2 (this raised "internal error" before).
+    f = lambda t, y, yd: -yd[0] - 0.5 * yd[1]
+    ref, _ = scipy_dde(f, [0.4, 0.7], lambda t: np.ones(1), 0.0, 2.0, np.ones(1))
+    term = tn.DelayTerm(lambda t, y, yd, args: f(t, y, yd), [0.4, 0.7])
+    sol = tn.solve(
+        term, tn.Dopri5(), 0.0, 2.0, torch.ones(1, dtype=torch.float64),
+        controller=tn.PIDController(rtol=1e-10, atol=1e-12), saveat=tn.SaveAt(ts=[1.0, 2.0]),
+    )  # fmt: skip
+    np.testing.assert_allclose(sol.ys.numpy(), np.stack([ref(1.0), ref(2.0)]), atol=1e-8)
+
+
 def test_convergence_order_with_and_without_discontinuity_tracking():
     ref, term_on, term_off = _two_delay_problem()
     ns = [8, 16, 32, 64]
