@@ -149,6 +149,19 @@ def _slope(term, ref, ns):
     return np.polyfit(np.log(1.0 / np.array(ns)), np.log(errs), 1)[0], errs
 
 
+def test_segment_ends_with_rounding_read_the_history():
+    # Segments of 0.4: at t = 0.4 * 3 the delayed time t - 0.4 is 0.8000000000000002, ulps
+    # past the solved history's end 0.4 * 2 (this raised "internal error" before).
+    f = lambda t, y, yd: -yd[0] - 0.5 * yd[1]
+    ref, _ = scipy_dde(f, [0.4, 0.7], lambda t: np.ones(1), 0.0, 2.0, np.ones(1))
+    term = tn.DelayTerm(lambda t, y, yd, args: f(t, y, yd), [0.4, 0.7])
+    sol = tn.solve(
+        term, tn.Dopri5(), 0.0, 2.0, torch.ones(1, dtype=torch.float64),
+        controller=tn.PIDController(rtol=1e-10, atol=1e-12), saveat=tn.SaveAt(ts=[1.0, 2.0]),
+    )  # fmt: skip
+    np.testing.assert_allclose(sol.ys.numpy(), np.stack([ref(1.0), ref(2.0)]), atol=1e-8)
+
+
 def test_convergence_order_with_and_without_discontinuity_tracking():
     ref, term_on, term_off = _two_delay_problem()
     ns = [8, 16, 32, 64]
@@ -206,8 +219,9 @@ class _History(torch.nn.Module):
         return self.a + self.b * t.reshape(-1)[:1]
 
 
+@pytest.mark.parametrize("adjoint", [tn.DirectAdjoint, tn.CheckpointAdjoint])
 @pytest.mark.parametrize("learnable_history", [False, True])
-def test_gradients_match_central_finite_differences(learnable_history):
+def test_gradients_match_central_finite_differences(learnable_history, adjoint):
     # Fixed steps: the discrete map is smooth in every input (adaptive step choices would
     # add noise of the tolerance's size to the differences). Inputs: a parameter of f, a
     # learnable delay, and y0 (constant history) or the history's parameters (an nn.Module,
@@ -225,6 +239,7 @@ def test_gradients_match_central_finite_differences(learnable_history):
         sol = tn.solve(
             term, tn.RK4(), 0.0, 2.0, start, dt0=1 / 20,
             history=phi if learnable_history else None, saveat=tn.SaveAt(ts=[0.7, 1.3, 2.0]),
+            adjoint=adjoint(),
         )  # fmt: skip
         return (sol.ys**2).sum()
 
@@ -244,18 +259,44 @@ def test_gradients_match_central_finite_differences(learnable_history):
         torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-8)
 
 
-def test_learnable_delay_gradient_matches_the_exact_derivative():
+@pytest.mark.parametrize("adjoint", [tn.DirectAdjoint, tn.CheckpointAdjoint])
+def test_learnable_delay_gradient_matches_the_exact_derivative(adjoint):
     # y' = -y(t - tau), y = 1 before 0, on [0, 1] with tau in (0.5, 1): y = 1 - t for
     # t <= tau, then y = 1 - t + (t - tau)^2 / 2, so dy(1)/dtau = -(1 - tau) exactly.
     tau = torch.tensor(0.75, requires_grad=True)
     term = tn.DelayTerm(lambda t, y, yd, args: -yd[0], [tau])
     sol = tn.solve(
         term, tn.Dopri5(), 0.0, 1.0, torch.ones(()),
-        controller=tn.PIDController(rtol=1e-11, atol=1e-12),
+        controller=tn.PIDController(rtol=1e-11, atol=1e-12), adjoint=adjoint(),
     )  # fmt: skip
     assert float(sol.ys[-1].detach()) == pytest.approx(1 - 1 + 0.25**2 / 2, abs=1e-9)
     (g,) = torch.autograd.grad(sol.ys[-1], tau)
     assert float(g) == pytest.approx(-(1 - 0.75), abs=1e-7)
+
+
+def test_checkpoint_adjoint_keeps_no_activations_after_the_forward_pass():
+    # Tensors saved for backward outside the segments' checkpoints (seen by an outer
+    # saved-tensor hook): Direct's grow with the number of steps, Checkpoint's do not (each
+    # segment's activations are recomputed in the backward pass).
+    k = torch.tensor(1.3, requires_grad=True)
+
+    def saved(adjoint, dt):
+        n = [0]
+
+        def pack(x):
+            n[0] += 1
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            term = tn.DelayTerm(lambda t, y, yd, args: -k * yd[0], [0.5])
+            y0 = torch.ones(1, dtype=torch.float64)
+            tn.solve(term, tn.RK4(), 0.0, 2.0, y0, dt0=dt, adjoint=adjoint)
+        return n[0]
+
+    direct = [saved(tn.DirectAdjoint(), dt) for dt in (1 / 8, 1 / 16)]
+    checkpoint = [saved(tn.CheckpointAdjoint(), dt) for dt in (1 / 8, 1 / 16)]
+    assert direct[1] > 1.9 * direct[0]
+    assert checkpoint[1] == checkpoint[0] < direct[0] / 10
 
 
 def _f(t, y, yd, args):
@@ -316,5 +357,5 @@ def test_state_dependent_delay_below_its_bound_fails_clearly():
 
 def test_unsupported_adjoint_is_refused():
     term = tn.DelayTerm(_f, [1.0])
-    with pytest.raises(NotImplementedError, match=r"CheckpointAdjoint\(\) is not supported"):
-        tn.solve(term, tn.Tsit5(), 0.0, 1.0, torch.ones(1), adjoint=tn.CheckpointAdjoint())
+    with pytest.raises(NotImplementedError, match=r"BacksolveAdjoint\(\) is not supported"):
+        tn.solve(term, tn.Tsit5(), 0.0, 1.0, torch.ones(1), adjoint=tn.BacksolveAdjoint())

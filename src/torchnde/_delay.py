@@ -12,8 +12,12 @@ vector field re-evaluated just after each, so that delayed reads there take the 
 
 Gradients: under ``DirectAdjoint`` every history value keeps its autograd graph, so the
 derivative reaches ``y0``, the vector field's parameters, ``phi``'s parameters and learnable
-delays (through the time derivative of the dense output at $t - \tau$). Other adjoints do not
-differentiate the dense output, which the later segments read; they are refused.
+delays (through the time derivative of the dense output at $t - \tau$). ``CheckpointAdjoint``
+gives the same gradient with each segment a checkpoint (``torch.utils.checkpoint``,
+non-reentrant): the segment runs as a direct solve whose saved activations are dropped after
+the forward pass and recomputed, one segment at a time, in the backward pass; what survives
+between segments is the dense output the later ones read (their inputs). The continuous
+adjoints do not differentiate the dense output; they are refused.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
-from ._adjoint import AbstractAdjoint, DirectAdjoint
+from ._adjoint import AbstractAdjoint, CheckpointAdjoint, DirectAdjoint
 from ._core.controllers import AbstractStepSizeController, ConstantStepSize, PIDController
 from ._core.delay import DelayTerm, History
 from ._core.solution import SaveAt, Solution, Status
@@ -155,12 +160,14 @@ def solve_delay(
     solve: Any,
 ) -> Solution:
     """Solve ``term`` by the method of steps; ``solve`` is the ODE solve each segment uses."""
-    if adjoint is not None and not isinstance(adjoint, DirectAdjoint):
+    if adjoint is not None and not isinstance(adjoint, (DirectAdjoint, CheckpointAdjoint)):
         raise NotImplementedError(
             f"`adjoint`={type(adjoint).__name__}() is not supported for a DelayTerm: the later "
             "segments read the dense output of the earlier ones, which only DirectAdjoint() "
-            "differentiates. Use adjoint=DirectAdjoint() (the default)."
+            "and CheckpointAdjoint() differentiate. Use adjoint=DirectAdjoint() (the default) "
+            "or CheckpointAdjoint() (each segment a checkpoint)."
         )
+    checkpointed = isinstance(adjoint, CheckpointAdjoint)
     if event is not None:
         raise NotImplementedError("`event` is not supported for a DelayTerm yet.")
     if not isinstance(y0, torch.Tensor):
@@ -197,8 +204,6 @@ def solve_delay(
     order = int(getattr(solver, "order", 1))
     jumps = term.discontinuities(a, b, order)
     hist = History(phi, a, y0)
-    field = _SegmentField(term, hist, per_sample)
-    ode = ODETerm(lambda t, y, args_: field(t, y, args_))
 
     # Segment ends t0 + kL (the last one t1); nudged so that rounding cannot leave a sliver.
     bounds = [a]
@@ -228,6 +233,9 @@ def solve_delay(
                 local_ts = None
         inner = [p for p in jumps if lo < p < hi]
         ctrl = _with_jump_ts(controller, inner)
+        # Each segment reads a snapshot of the history: a checkpointed segment is recomputed
+        # in the backward pass, when the history holds the later segments too.
+        field = _SegmentField(term, hist.snapshot(), per_sample)
         field.start = lo
         seg_saveat = SaveAt(ts=local_ts, t1=True, dense=True)
         if failed:
@@ -235,20 +243,37 @@ def solve_delay(
                 saved.append(torch.full((local_ts.numel(), *y0.shape), float("nan")).to(y0))
                 saved_ts.append(local_ts)
             continue
-        sol = solve(
-            ode,
-            solver,
-            torch.tensor(lo, dtype=torch.float64),
-            torch.tensor(hi, dtype=torch.float64),
-            y,
-            args,
-            dt0=dt,
-            saveat=seg_saveat,
-            controller=ctrl,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            throw=throw,
-        )
+
+        def segment(y_start: torch.Tensor, field: Any = field, ctrl: Any = ctrl, lo: float = lo,
+                    hi: float = hi, seg_saveat: SaveAt = seg_saveat) -> Solution:  # fmt: skip
+            # A fresh term per call: a recomputed segment must run exactly the forward's
+            # operations (no per-term cache hit on the second run).
+            sol = solve(
+                ODETerm(lambda t, y_, args_: field(t, y_, args_)),
+                solver,
+                torch.tensor(lo, dtype=torch.float64),
+                torch.tensor(hi, dtype=torch.float64),
+                y_start,
+                args,
+                dt0=dt,
+                saveat=seg_saveat,
+                controller=ctrl,
+                adjoint=DirectAdjoint(),
+                max_steps=max_steps,
+                throw=throw,
+            )
+            if checkpointed:
+                # Dense output may defer work to its first use (an RK step's end slope); do
+                # it here, in this segment's checkpoint, not in a later one's, whose
+                # recomputation would find it done and save fewer tensors than its forward.
+                for rec in getattr(sol._interpolate, "records", ()):
+                    sol.evaluate((rec[0] + rec[1]) / 2)
+            return sol
+
+        if checkpointed and torch.is_grad_enabled():
+            sol = torch.utils.checkpoint.checkpoint(segment, y, use_reentrant=False)
+        else:
+            sol = segment(y)
         for key, value in sol.stats.items():
             stats[key] = stats[key] + value if key in stats else value
         status = sol.status if status is None else torch.maximum(status, sol.status)

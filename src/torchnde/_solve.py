@@ -794,6 +794,14 @@ def _make_interpolator(p: Problem, res: LoopResult) -> Any:
     solver, direction, per_sample, spec = p.solver, p.direction, p.per_sample, p.spec
     t_lo, t_hi = p.t0.detach(), res.t.detach()
     y_start = p.y0
+    # Built once, not per call (a delay equation evaluates the dense output at every stage).
+    lo_bound = t_lo - 1e-12 * t_lo.abs().clamp_min(1)
+    hi_bound = t_hi + 1e-12 * t_hi.abs().clamp_min(1)
+    ends = (
+        torch.stack([d[1].detach().reshape(()) for d in dense])
+        if dense and not per_sample
+        else None
+    )
 
     def evaluate(t: torch.Tensor) -> Any:
         tau = t.to(device=p.t0.device, dtype=p.t0.dtype) * direction
@@ -810,9 +818,7 @@ def _make_interpolator(p: Problem, res: LoopResult) -> Any:
                 f"Solution.evaluate: `t` must be a scalar or 1-D, got shape {tuple(t.shape)}."
             )
         tq = tau if per_sample else tau.reshape(-1)
-        outside = (tq < t_lo - 1e-12 * t_lo.abs().clamp_min(1)) | (
-            tq > t_hi + 1e-12 * t_hi.abs().clamp_min(1)
-        )
+        outside = (tq < lo_bound) | (tq > hi_bound)
         if bool(outside.any()):
             raise ValueError(
                 "Solution.evaluate: `t` lies outside the solved interval "
@@ -828,10 +834,15 @@ def _make_interpolator(p: Problem, res: LoopResult) -> Any:
                 theta = ((tq - tb) / h).clamp(0, 1)
                 yq = solver.interpolate(info, theta, True)
                 out = torch.where(broadcast_time(inside, out), yq, out)
+        elif ends is not None and tq.numel() == 1:  # one time: its step, no grouping
+            j = min(int(torch.searchsorted(ends, tq.reshape(()))), len(dense) - 1)
+            tb, ta, info, te = dense[j]
+            theta = ((tq - tb) / (te - tb)).clamp(0, 1)
+            out = solver.interpolate(info, theta, False)
+            out = out[0] if scalar else out.reshape(tau.shape + y_start.shape)
         else:
             out = y_start.expand((tq.numel(),) + y_start.shape).clone()
-            if dense:
-                ends = torch.stack([d[1].reshape(()) for d in dense])
+            if ends is not None:
                 idx = torch.searchsorted(ends, tq, right=False).clamp(max=len(dense) - 1)
                 for j in torch.unique(idx).tolist():
                     sel = (idx == j).nonzero().reshape(-1)
@@ -847,4 +858,7 @@ def _make_interpolator(p: Problem, res: LoopResult) -> Any:
             return spec.unpack(out, tuple(lead) + tuple(p.state_shape[:-1]))
         return out
 
+    # The step records, (t_start, t_end, info, t_end'): the method of steps evaluates each
+    # once inside a checkpointed segment, so that deferred values are computed there.
+    evaluate.records = dense  # type: ignore[attr-defined]
     return evaluate

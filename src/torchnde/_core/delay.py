@@ -198,6 +198,12 @@ class History:
         self.ends.append(end)
         self.segments.append(evaluate)
 
+    def snapshot(self) -> History:
+        """The history known now: later :meth:`add` calls do not change the copy."""
+        new = History(self.phi, self.t0, self.y0)
+        new.starts, new.ends, new.segments = list(self.starts), list(self.ends), list(self.segments)
+        return new
+
     def phi_at(self, s: torch.Tensor) -> torch.Tensor:
         out = self.phi(s)
         if not isinstance(out, torch.Tensor):
@@ -223,11 +229,18 @@ class History:
         sd = s.detach()
         lo, hi = float(sd.min()), float(sd.max())
         end = self.ends[-1] if self.ends else self.t0
-        if hi > end:
+        if hi > end + 1e-12 * max(1.0, abs(end)):
             raise RuntimeError(
                 f"internal error: delayed time {hi:.6g} lies after the solved history "
                 f"(up to {end:.6g}); please report this."
             )
+        if hi > end:
+            # Rounding: t - tau at a segment's end lands ulps past the previous segment's end
+            # (0.4 * 3 - 0.4 > 0.4 * 2). Shift those times back by a detached amount, so the
+            # derivative in s (a learnable delay's) stays one.
+            s = s - (sd - end).clamp(min=0)
+            sd = s.detach()
+            lo, hi = min(lo, end), end
         # Candidate pieces: every piece whose closed interval meets [lo, hi]; -1 is phi.
         first = bisect.bisect_left(self.ends, lo) if lo > self.t0 else -1
         last = bisect.bisect_right(self.starts, hi) - 1
