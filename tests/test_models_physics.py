@@ -25,6 +25,7 @@ from torchnde.data.mechanics import (
 )
 from torchnde.models import (
     CHNN,
+    CLNN,
     HNN,
     LNN,
     DeLaN,
@@ -605,3 +606,82 @@ def test_chnn_bad_inputs():
         CHNN(_rod, _net(2, 1), 0)
     with pytest.raises(ValueError, match=r"CHNN: the state must be a tensor \(batch, 4\)"):
         CHNN(_rod, _net(2, 1), 2)(0.0, torch.randn(3, 3))
+
+
+# --------------------------------------------------------------------------- CLNN
+
+
+def _pendulum_state(theta, omega):
+    s, c = torch.sin(theta), torch.cos(theta)
+    return torch.stack([s, -c, omega * c, omega * s], 1)  # on the unit rod, tangent velocity
+
+
+def test_clnn_on_a_cartesian_pendulum_reproduces_the_pendulum_equations():
+    # L = |xdot|^2 / 2 - g y, |x| = 1: theta'' = -g sin(theta), with x = (sin, -cos) theta.
+    g = 9.8
+    clnn = CLNN(_rod, _Fn(lambda x: g * x[:, 1]), 2, learn_mass=False).to(F64)
+    theta, omega = torch.randn(6, dtype=F64), torch.randn(6, dtype=F64)
+    s, c = torch.sin(theta), torch.cos(theta)
+    with torch.no_grad():
+        dz = clnn(0.0, _pendulum_state(theta, omega))
+    alpha = -g * s
+    expected = torch.stack(
+        [omega * c, omega * s, alpha * c - omega**2 * s, alpha * s + omega**2 * c], 1
+    )
+    torch.testing.assert_close(dz, expected)
+
+
+def test_clnn_with_masses_is_the_lagrangian_form_of_chnn():
+    # Same potential and masses: CLNN's acceleration is CHNN's pdot / m at p = M xdot.
+    torch.manual_seed(1)
+    pot = _net(2, 1, h=8)
+    chnn, clnn = CHNN(_rod, pot, 2).to(F64), CLNN(_rod, pot, 2).to(F64)
+    with torch.no_grad():
+        for m in (chnn, clnn):
+            m.raw_mass.copy_(torch.tensor([0.3, 1.7], dtype=F64))
+        minv = clnn.inverse_mass().to(F64)
+        zv = _pendulum_state(torch.randn(5, dtype=F64), torch.randn(5, dtype=F64))
+        zp = torch.cat([zv[:, :2], zv[:, 2:] / minv], 1)
+        dv, dp = clnn(0.0, zv), chnn(0.0, zp)
+        torch.testing.assert_close(dv[:, :2], dp[:, :2])
+        torch.testing.assert_close(dv[:, 2:], dp[:, 2:] * minv)
+        torch.testing.assert_close(clnn.energy(zv), chnn.hamiltonian(zp))
+
+
+def test_clnn_constraint_drift_stays_small_and_energy_is_conserved():
+    torch.manual_seed(0)
+    clnn = CLNN(_rod, _net(2, 1, h=8), 2).to(F64)
+    z0 = _pendulum_state(torch.randn(3, dtype=F64), torch.randn(3, dtype=F64))
+    ts = torch.linspace(0, 2, 11, dtype=F64)
+    with torch.no_grad():
+        sol = tn.solve(tn.ODETerm(clnn), tn.Dopri5(), 0.0, 2.0, z0, saveat=tn.SaveAt(ts=ts),
+                       controller=tn.PIDController(rtol=1e-9, atol=1e-11))  # fmt: skip
+        zs = sol.ys.reshape(-1, 4)
+        drift = clnn.constraint_violation(zs).abs().max()
+        e = clnn.energy(zs).reshape(11, 3)
+    assert float(drift) < 1e-7, float(drift)
+    assert float((e - e[0]).abs().max()) < 1e-7
+
+
+def test_clnn_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    clnn = CLNN(_rod, _net(2, 1, h=3), 2).to(F64)
+    names = [n for n, _ in clnn.named_parameters()]
+    z = torch.randn(2, 4, dtype=F64, requires_grad=True)
+
+    def f(z, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(clnn, dict(zip(names, ps))):
+            return clnn(0.0, z)
+
+    assert gradcheck(f, (z, *(p.detach().requires_grad_(True) for p in clnn.parameters())))
+
+
+def test_clnn_bad_inputs():
+    with pytest.raises(ValueError, match=r"CLNN: `num_positions` must be an int >= 1, got 0"):
+        CLNN(_rod, _net(2, 1), 0)
+    with pytest.raises(TypeError, match=r"CLNN: `constraints` must be callable phi\(x\)"):
+        CLNN(3, _net(2, 1), 2)
+    with pytest.raises(
+        ValueError, match=r"CLNN: the state must be a tensor \(batch, 4\) holding \[x, xdot\]"
+    ):
+        CLNN(_rod, _net(2, 1), 2)(0.0, torch.randn(3, 3))

@@ -4,6 +4,7 @@ from .augmented import Augmented as Augmented
 from .augmented import SecondOrder as SecondOrder
 from .cnf import CNF as CNF
 from .constrained import CHNN as CHNN
+from .constrained import CLNN as CLNN
 from .control import EnergyShaping as EnergyShaping
 from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
