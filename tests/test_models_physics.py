@@ -32,6 +32,7 @@ from torchnde.models import (
     EnergyShaping,
     NeuralODE,
     PortHamiltonian,
+    SemiMarkovPolicy,
     SeparableHNN,
     SymODEN,
 )
@@ -685,3 +686,117 @@ def test_clnn_bad_inputs():
         ValueError, match=r"CLNN: the state must be a tensor \(batch, 4\) holding \[x, xdot\]"
     ):
         CLNN(_rod, _net(2, 1), 2)(0.0, torch.randn(3, 3))
+
+
+# --------------------------------------------------------------------------- SemiMarkovPolicy
+
+
+def test_semi_markov_rollout_holds_each_action_until_the_next_decision_time():
+    # x' = u with u = -x sampled and held: x_{k+1} = (1 - tau_k) x_k exactly, and the cost
+    # l = u^2, constant on each interval, integrates to sum_k tau_k x_k^2.
+    pol = SemiMarkovPolicy(_Fn(lambda x: -x))
+    ts = torch.tensor([0.0, 0.1, 0.35, 0.4, 0.9], dtype=F64)
+    x0 = torch.tensor([[1.0], [-2.0]], dtype=F64)
+    xs, cost = pol.rollout(lambda t, x, u: u, x0, ts, lambda x, u: (u**2).sum(1), steps=3)
+    taus = ts.diff()
+    expected = [x0]
+    for tau in taus:
+        expected.append(expected[-1] * (1 - tau))
+    expected_xs = torch.stack(expected)
+    torch.testing.assert_close(xs, expected_xs)
+    torch.testing.assert_close(cost, (taus[:, None] * expected_xs[:-1, :, 0] ** 2).sum(0))
+
+
+def test_semi_markov_rollout_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    pol = SemiMarkovPolicy(nn.Linear(2, 1).to(F64))
+    ts = torch.tensor([0.0, 0.2, 0.5, 0.6], dtype=F64)
+    x0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    names = [n for n, _ in pol.named_parameters()]
+
+    def f(x0, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(pol, dict(zip(names, ps))):
+            xs, c = pol.rollout(forced_pendulum_dynamics, x0, ts, lambda x, u: (x**2).sum(1))
+        return xs, c
+
+    assert gradcheck(f, (x0, *(p.detach().requires_grad_(True) for p in pol.parameters())))
+
+
+class _Bounded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 1))
+
+    def forward(self, x):
+        return 3 * torch.tanh(self.net(x))
+
+
+@pytest.mark.slow  # model fit + 80 policy steps through the model: ~6 s
+def test_semi_markov_policy_trained_through_a_learned_model_improves_the_true_cost():
+    # Du et al. 2020, simplest form: learn f_theta(x, u) of the damped forced pendulum from
+    # random (x, u) samples, train the policy through the learned model's solves with random
+    # irregular decision times, act on the true system at unseen decision times and states.
+    torch.manual_seed(0)
+
+    def true(t, x, u):
+        return forced_pendulum_dynamics(t, x, u, damping=0.1)
+
+    net = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 2))
+    xs, us = torch.rand(1024, 2) * 4 - 2, torch.rand(1024, 1) * 6 - 3
+    dx = true(0.0, xs, us)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(400):
+        opt.zero_grad()
+        ((net(torch.cat([xs, us], 1)) - dx) ** 2).mean().backward()
+        opt.step()
+
+    def model(t, x, u):
+        return net(torch.cat([x, u], 1))
+
+    def cost(x, u):
+        return (x**2).sum(1) + 0.01 * (u**2).sum(1)
+
+    g = torch.Generator().manual_seed(1)
+
+    def times():  # 9 random decision times in (0, 3), then the horizon
+        inner = torch.sort(torch.rand(9, generator=g) * 3).values
+        return torch.cat([torch.zeros(1), inner, torch.tensor([3.0])])
+
+    pol = SemiMarkovPolicy(_Bounded())
+    x_eval, t_eval = torch.rand(64, 2, generator=g) * 2 - 1, times()
+    with torch.no_grad():
+        untrained = float(pol.rollout(true, x_eval, t_eval, cost, steps=2)[1].mean())
+    opt = torch.optim.Adam(pol.parameters(), lr=1e-2)
+    for _ in range(80):
+        opt.zero_grad()
+        x0 = torch.rand(64, 2, generator=g) * 2 - 1
+        pol.rollout(model, x0, times(), cost, steps=2)[1].mean().backward()
+        opt.step()
+    with torch.no_grad():
+        trained = float(pol.rollout(true, x_eval, t_eval, cost, steps=2)[1].mean())
+    assert trained < 0.7 * untrained, (trained, untrained)  # measured: 1.93 against 3.83
+
+
+def test_semi_markov_policy_bad_inputs():
+    with pytest.raises(TypeError, match=r"SemiMarkovPolicy: `policy` must be a module, got"):
+        SemiMarkovPolicy(3)
+    pol = SemiMarkovPolicy(nn.Linear(2, 1))
+    x0, ts = torch.randn(3, 2), torch.tensor([0.0, 0.5, 1.0])
+
+    def plant(t, x, u):
+        return x
+
+    def cost(x, u):
+        return (x**2).sum(1)
+
+    with pytest.raises(ValueError, match=r"`decision_times` must be a 1-D increasing tensor"):
+        pol.rollout(plant, x0, torch.tensor([0.0, 1.0, 0.5]), cost)
+    with pytest.raises(ValueError, match=r"`x0` must be a tensor \(batch, d\)"):
+        pol.rollout(plant, torch.randn(2), ts, cost)
+    with pytest.raises(ValueError, match=r"`steps` must be an int >= 1, got 0"):
+        pol.rollout(plant, x0, ts, cost, steps=0)
+    with pytest.raises(TypeError, match=r"`plant` must be callable"):
+        pol.rollout(None, x0, ts, cost)
+    with pytest.raises(ValueError, match=r"`policy` must return \(batch, m\) with batch = 3"):
+        SemiMarkovPolicy(_Fn(lambda x: x[0])).rollout(plant, x0, ts, cost)

@@ -6,6 +6,7 @@ from .cnf import CNF as CNF
 from .constrained import CHNN as CHNN
 from .constrained import CLNN as CLNN
 from .control import EnergyShaping as EnergyShaping
+from .control import SemiMarkovPolicy as SemiMarkovPolicy
 from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
 from .galerkin import GalerkinConv2d as GalerkinConv2d
