@@ -72,6 +72,7 @@ TINY = {
         "super_resolution=128",
     ],  # fmt: skip
     "mackey-glass": ["--epochs", "1", "length=150", "window=4", "hidden=3", "batch_size=64"],
+    "lotka-volterra-ude": ["--epochs", "2", "hidden=4", "dt=0.5", "t_extrapolate=4"],
     "darcy": [
         "--epochs",
         "1",

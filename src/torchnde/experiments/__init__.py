@@ -222,3 +222,9 @@ register(
     "Explicit Constraints",
     "torchnde.experiments.chain",
 )
+register(
+    "lotka-volterra-ude",
+    "UDE (known linear terms + network) then SINDy recovers Lotka-Volterra; NODE baseline",
+    "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
+    "torchnde.experiments.lotka_volterra_ude",
+)
