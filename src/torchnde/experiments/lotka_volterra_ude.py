@@ -94,7 +94,7 @@ def _solve_clean(ts: torch.Tensor) -> torch.Tensor:
     return sol.ys
 
 
-def _mlp(hidden: int) -> nn.Module:
+def _mlp(hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2)
     )
@@ -106,6 +106,11 @@ class UDEField(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.net = _mlp(hidden)
+        # Start from the known physics alone (U = 0).
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def missing(self, y: torch.Tensor) -> torch.Tensor:
         return self.net(y)
@@ -248,12 +253,18 @@ class Task(harness.Task):
             metrics["coef_rel_error"],
         )
         ok = c < 0.1 and e < 0.1 * o
-        verdict = (
-            f"yes: interactions recovered to {c:.2g} relative, extrapolation MSE "
-            f"{o / e:.3g}x below the NODE's"
-            if ok
-            else f"no / partly: coef_rel_error {c:.3g}, extrapolation MSE {e:.3g} vs NODE {o:.3g}"
-        )
+        if ok:
+            verdict = (
+                f"yes: interactions recovered to {c:.2g} relative, extrapolation MSE "
+                f"{o / e:.3g}x below the NODE's"
+            )
+        elif e < o:
+            verdict = (
+                f"partly: extrapolation MSE below the NODE's ({e:.3g} vs {o:.3g}) but "
+                f"coef_rel_error {c:.3g} (yes needs < 0.1 and 10x below the NODE)"
+            )
+        else:
+            verdict = f"no: coef_rel_error {c:.3g}, extrapolation MSE {e:.3g} vs NODE {o:.3g}"
         return [
             Headline(
                 "recovered equations; extrapolation MSE on [0, t_extrapolate], UDE+SINDy vs NODE",
