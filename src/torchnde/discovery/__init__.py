@@ -15,3 +15,4 @@ from ._optimizers import STLSQ as STLSQ
 from ._optimizers import AbstractOptimizer as AbstractOptimizer
 from ._sindy import EnsembleSINDy as EnsembleSINDy
 from ._sindy import SINDy as SINDy
+from ._ude import UniversalODE as UniversalODE

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import torchnde
-from torchnde.discovery import STLSQ, PolynomialLibrary, SINDy
+from torchnde.discovery import STLSQ, PolynomialLibrary, UniversalODE
 
 from . import harness
 from .config import ODEConfig, check, is_int, is_positive
@@ -100,24 +100,9 @@ def _mlp(hidden: int) -> nn.Sequential:
     )
 
 
-class UDEField(nn.Module):
-    r"""$(\alpha x, -\delta y) + U(x, y)$: the known linear terms plus a network."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.net = _mlp(hidden)
-        # Start from the known physics alone (U = 0).
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-    def missing(self, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
-
-    def forward(self, t: Any, y: torch.Tensor, args: Any = None) -> torch.Tensor:
-        known = torch.stack([ALPHA * y[..., 0], -DELTA * y[..., 1]], -1)
-        return known + self.net(y)
+def _known(t: Any, y: torch.Tensor, args: Any = None) -> torch.Tensor:
+    r"""The known linear terms $(\alpha x, -\delta y)$."""
+    return torch.stack([ALPHA * y[..., 0], -DELTA * y[..., 1]], -1)
 
 
 class NODEField(nn.Module):
@@ -149,9 +134,12 @@ class Task(harness.Task):
         self.data = (clean + cfg.noise * clean.mean(0) * noise).float().to(self.device)
         self.ts = self.ts64.float().to(self.device)
         self.solver, self.controller, self.dt0 = ode_solver_setup(cfg)
-        return nn.ModuleDict({"ude": UDEField(cfg.hidden), "node": NODEField(cfg.hidden)}).to(
-            self.device
-        )
+        return nn.ModuleDict(
+            {
+                "ude": UniversalODE(_known, _mlp(cfg.hidden), zero_init=True),
+                "node": NODEField(cfg.hidden),
+            }
+        ).to(self.device)
 
     @property
     def num_train(self) -> int:
@@ -189,12 +177,12 @@ class Task(harness.Task):
         with torch.no_grad():
             dense = torch.linspace(0.0, T_TRAIN, 200, device=self.device)
             states = self._trajectory(model["ude"], dense, self.data[0]).double().cpu()
-            missing = model["ude"].missing(states.float().to(self.device)).double().cpu()
-            sindy = SINDy(
+            sindy = model["ude"].discover(
+                states,
                 optimizer=STLSQ(threshold=cfg.threshold, alpha=0.0),
                 feature_library=PolynomialLibrary(degree=2),
                 feature_names=["x", "y"],
-            ).fit(states, x_dot=missing)
+            )
             names = sindy.get_feature_names()
             true = torch.zeros(2, len(names), dtype=torch.float64)
             true[0, names.index("x y")] = -BETA
@@ -217,11 +205,7 @@ class Task(harness.Task):
             t_ext = torch.linspace(0.0, cfg.t_extrapolate, 401, dtype=torch.float64)
             truth = _solve_clean(t_ext)
             recovered = torchnde.solve(
-                torchnde.ODETerm(
-                    lambda t, y, args: (
-                        torch.stack([ALPHA * y[0], -DELTA * y[1]]) + sindy.predict(y[None])[0]
-                    )
-                ),
+                torchnde.ODETerm(model["ude"].recovered(sindy)),
                 torchnde.Dopri5(),
                 0.0,
                 cfg.t_extrapolate,
