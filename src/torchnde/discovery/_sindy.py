@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TextIO, cast
 
 import torch
 
@@ -145,8 +145,7 @@ class SINDy:
             saveat=SaveAt(ts=ts),
             controller=PIDController(rtol=rtol, atol=atol),
         )
-        assert sol.ys is not None
-        return sol.ys
+        return cast(torch.Tensor, sol.ys)  # SaveAt(ts=...) always fills ys
 
     def equations(self, precision: int = 3) -> list[str]:
         """One string per feature, PySINDy's format: ``-10.000 x0 + 10.000 x1``."""
@@ -223,5 +222,4 @@ class EnsembleSINDy(SINDy):
     def inclusion_probabilities(self) -> torch.Tensor:
         """The fraction of the bagged models in which each coefficient is nonzero."""
         self._fitted()
-        assert self._inclusion is not None
-        return self._inclusion
+        return cast(torch.Tensor, self._inclusion)  # set by fit, checked by _fitted
