@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,9 +39,16 @@ from ..data.mechanics import (
 )
 from ..models import CHNN, HNN
 from . import harness
-from ._mechanics import rollout, trajectory_mse
+from ._mechanics import (
+    check_ints,
+    check_positive,
+    float64_rollout,
+    smaller_verdict,
+    trajectory_mse,
+    uniform_states,
+)
 from ._models import mlp
-from .config import ExperimentConfig, check, is_int, is_positive
+from .config import ExperimentConfig
 from .harness import Headline, StepOutput
 
 __all__ = ["Config", "Task", "to_cartesian", "to_canonical"]
@@ -74,19 +80,10 @@ class Config(ExperimentConfig):
         if self.full:
             self.num_traj, self.hidden, self.epochs, self.num_eval = 100, 128, 200, 50
         super().__post_init__()
-        for key in ("hidden", "num_traj", "num_eval", "num_save"):
-            v = getattr(self, key)
-            check(is_int(v) and v >= 1, key, "an int >= 1", v)
-        check(
-            is_int(self.num_times) and self.num_times >= 2, "num_times", "an int >= 2",
-            self.num_times,
-        )  # fmt: skip
-        check(
-            is_int(self.data_seed) and self.data_seed >= 0, "data_seed", "an int >= 0",
-            self.data_seed,
-        )  # fmt: skip
-        for key in ("t_eval", "angle", "rtol", "atol"):
-            check(is_positive(getattr(self, key)), key, "a positive number", getattr(self, key))
+        check_ints(self, ("hidden", "num_traj", "num_eval", "num_save"), 1)
+        check_ints(self, ("num_times",), 2)
+        check_ints(self, ("data_seed",), 0)
+        check_positive(self, ("t_eval", "angle", "rtol", "atol"))
 
 
 def _rods(x: torch.Tensor) -> torch.Tensor:
@@ -192,20 +189,14 @@ class Task(harness.Task):
 
     def evaluate(self, model: Any) -> dict[str, Any]:
         cfg = self.config
-        rng = np.random.default_rng(cfg.data_seed + 1_000_003)
-        lim = np.array([cfg.angle, cfg.angle, 1.0, 1.0])
-        s0 = torch.tensor(rng.uniform(-lim, lim, size=(cfg.num_eval, 4)), dtype=torch.float64)
+        s0 = uniform_states(cfg.num_eval, cfg.angle, cfg.data_seed)
         ts = torch.linspace(0.0, cfg.t_eval, cfg.num_save, dtype=torch.float64)
         truth = to_cartesian(_reference(double_pendulum_dynamics, s0, ts))[..., :4]
         self.rollouts: dict[str, torch.Tensor] = {"truth": truth}
         metrics: dict[str, Any] = {"rollout_t1": cfg.t_eval}
         starts = {"chnn": to_cartesian(s0), "hnn": to_canonical(s0)}
         for key in self.MODELS:
-            field_ = model[key].to(torch.float64)
-            ys, status = rollout(field_, starts[key].to(self.device), ts.to(self.device),
-                                 cfg.rtol, cfg.atol)  # fmt: skip
-            model[key].to(torch.float32)
-            ys = ys.cpu()
+            ys, status = float64_rollout(model[key], starts[key], ts, cfg.rtol, cfg.atol)
             pos = ys[..., :4] if key == "chnn" else to_cartesian(_from_canonical(ys))[..., :4]
             self.rollouts[key] = pos
             metrics[f"{key}_traj_mse"] = trajectory_mse(pos, truth)
@@ -220,10 +211,7 @@ class Task(harness.Task):
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         mc, mh = metrics["chnn_traj_mse"], metrics["hnn_traj_mse"]
-        if mc < mh:
-            verdict = f"yes (criterion: CHNN's MSE below HNN's): {mh / mc:.3g}x smaller"
-        else:
-            verdict = f"no: CHNN's rollout MSE is not smaller ({mc:.3g} vs {mh:.3g})"
+        verdict = smaller_verdict(mc, mh, "CHNN", "HNN", "rollout MSE")
         return [
             Headline(
                 f"rollout MSE of the bobs' positions over {metrics['rollout_t1']:.3g} s, CHNN vs "

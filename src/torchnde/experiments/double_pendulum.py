@@ -44,9 +44,18 @@ from ..data.mechanics import (
 )
 from ..models import LNN
 from . import harness
-from ._mechanics import energy_drift, rollout, trajectory_mse
+from ._mechanics import (
+    check_ints,
+    check_positive,
+    energy_drift,
+    energy_drift_panel,
+    float64_rollout,
+    smaller_verdict,
+    trajectory_mse,
+    uniform_states,
+)
 from ._models import mlp
-from .config import ExperimentConfig, check, is_int, is_positive
+from .config import ExperimentConfig, check
 from .harness import Headline, StepOutput
 
 __all__ = ["Config", "KineticPrior", "SecondOrderMLP", "Task"]
@@ -81,19 +90,10 @@ class Config(ExperimentConfig):
             self.hidden, self.num_eval, self.t_eval, self.num_save = 500, 50, 40.0, 800
             self.num_traj, self.epochs = 200, 300
         super().__post_init__()
-        for key in ("hidden", "num_traj", "num_eval", "num_save"):
-            v = getattr(self, key)
-            check(is_int(v) and v >= 1, key, "an int >= 1", v)
-        check(
-            is_int(self.num_times) and self.num_times >= 2, "num_times", "an int >= 2",
-            self.num_times,
-        )  # fmt: skip
-        check(
-            is_int(self.data_seed) and self.data_seed >= 0, "data_seed", "an int >= 0",
-            self.data_seed,
-        )  # fmt: skip
-        for key in ("t_train", "t_eval", "angle", "rtol", "atol"):
-            check(is_positive(getattr(self, key)), key, "a positive number", getattr(self, key))
+        check_ints(self, ("hidden", "num_traj", "num_eval", "num_save"), 1)
+        check_ints(self, ("num_times",), 2)
+        check_ints(self, ("data_seed",), 0)
+        check_positive(self, ("t_train", "t_eval", "angle", "rtol", "atol"))
         check(
             isinstance(self.eps, (int, float)) and self.eps >= 0, "eps", "a number >= 0", self.eps
         )
@@ -166,18 +166,13 @@ class Task(harness.Task):
 
     def evaluate(self, model: Any) -> dict[str, Any]:
         cfg = self.config
-        rng = np.random.default_rng(cfg.data_seed + 1_000_003)
-        lim = np.array([cfg.angle, cfg.angle, 1.0, 1.0])
-        x0 = torch.tensor(rng.uniform(-lim, lim, size=(cfg.num_eval, 4)), dtype=torch.float64)
+        x0 = uniform_states(cfg.num_eval, cfg.angle, cfg.data_seed)
         ts = torch.linspace(0.0, cfg.t_eval, cfg.num_save, dtype=torch.float64)
         truth = _reference(double_pendulum_dynamics, x0, ts)
         self.rollouts: dict[str, torch.Tensor] = {"truth": truth}
         metrics: dict[str, Any] = {"rollout_t1": cfg.t_eval}
         for key in self.MODELS:
-            field_ = model[key].to(torch.float64)
-            ys, status = rollout(field_, x0.to(self.device), ts.to(self.device), cfg.rtol, cfg.atol)
-            model[key].to(torch.float32)
-            ys = ys.cpu()
+            ys, status = float64_rollout(model[key], x0, ts, cfg.rtol, cfg.atol)
             self.rollouts[key] = ys
             metrics[f"{key}_energy_drift"] = energy_drift(double_pendulum_energy, ys, x0)
             metrics[f"{key}_traj_mse"] = trajectory_mse(ys, truth)
@@ -194,14 +189,8 @@ class Task(harness.Task):
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         el, en = metrics["lnn_energy_drift"], metrics["node_energy_drift"]
         ml, mn = metrics["lnn_traj_mse"], metrics["node_traj_mse"]
-        if el < en:
-            energy = f"yes (criterion: LNN's drift below the baseline's): {en / el:.3g}x smaller"
-        else:
-            energy = f"no: the LNN's drift is not smaller ({el:.3g} vs {en:.3g})"
-        if ml < mn:
-            traj = f"yes (criterion: LNN's MSE below the baseline's): {mn / ml:.3g}x smaller"
-        else:
-            traj = f"no: the LNN's trajectory MSE is not smaller ({ml:.3g} vs {mn:.3g})"
+        energy = smaller_verdict(el, en, "the LNN", "the baseline", "drift")
+        traj = smaller_verdict(ml, mn, "the LNN", "the baseline", "trajectory MSE")
         return [
             Headline(
                 f"true-energy drift over {metrics['rollout_t1']:.3g} s, LNN vs NODE",
@@ -225,16 +214,10 @@ class Task(harness.Task):
         ax_traj, ax_energy = fig.subplots(1, 2)
         colours = {"truth": "k", "lnn": "tab:blue", "node": "tab:red"}
         ts = np.linspace(0, metrics["eval"]["rollout_t1"], self.config.num_save)
-        e0 = double_pendulum_energy(self.rollouts["truth"][0])
         for key, ys in self.rollouts.items():
             ax_traj.plot(ts, ys[:, 0, 1].numpy(), color=colours[key], lw=1, label=key.upper())
-            drift = (double_pendulum_energy(ys) - e0[None]).abs().mean(1).numpy()
-            ax_energy.plot(ts, drift, color=colours[key], lw=1.2, label=key.upper())
         ax_traj.set(xlabel="t", ylabel=r"$\theta_2$", title="rollout of one unseen state")
         ax_traj.legend(fontsize="small")
-        ax_energy.set(
-            xlabel="t", ylabel="|E(x(t)) - E(x(0))|, mean over states", title="true-energy drift"
-        )
-        ax_energy.legend(fontsize="small")
+        energy_drift_panel(ax_energy, ts, self.rollouts, double_pendulum_energy, colours)
         fig.suptitle("torchnde: double pendulum, LNN vs baseline NODE (Cranmer et al. 2020)")
         return fig

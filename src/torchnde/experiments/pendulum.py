@@ -42,9 +42,17 @@ from ..data.mechanics import (
 )
 from ..models import HNN, Autonomous
 from . import harness
-from ._mechanics import energy_drift, rollout, trajectory_mse
+from ._mechanics import (
+    check_ints,
+    check_positive,
+    energy_drift,
+    energy_drift_panel,
+    float64_rollout,
+    smaller_verdict,
+    trajectory_mse,
+)
 from ._models import mlp
-from .config import ExperimentConfig, check, is_int, is_positive
+from .config import ExperimentConfig, check
 from .harness import Headline, StepOutput
 
 __all__ = ["Config", "Task"]
@@ -76,20 +84,16 @@ class Config(ExperimentConfig):
             self.hidden, self.num_eval, self.rtol, self.atol = 200, 50, 1e-9, 1e-11
             self.batch_size, self.epochs = 1875, 2000  # full batch: 25 trajectories x 75
         super().__post_init__()
-        for key in ("hidden", "num_eval", "periods", "num_save", "data_seed"):
-            v = getattr(self, key)
-            check(is_int(v) and v >= (0 if key == "data_seed" else 1), key, "an int >= 1", v)
-        check(
-            is_int(self.num_traj) and self.num_traj >= 2, "num_traj", "an int >= 2", self.num_traj
-        )
+        check_ints(self, ("hidden", "num_eval", "periods", "num_save"), 1)
+        check_ints(self, ("data_seed",), 0)
+        check_ints(self, ("num_traj",), 2)
         check(
             isinstance(self.noise_std, (int, float)) and self.noise_std >= 0,
             "noise_std",
             "a number >= 0",
             self.noise_std,
         )
-        for key in ("rtol", "atol"):
-            check(is_positive(getattr(self, key)), key, "a positive number", getattr(self, key))
+        check_positive(self, ("rtol", "atol"))
 
 
 class Task(harness.Task):
@@ -135,10 +139,7 @@ class Task(harness.Task):
         self.rollouts: dict[str, torch.Tensor] = {"truth": truth}
         metrics: dict[str, Any] = {"rollout_t1": float(ts[-1]), "rollout_period": period}
         for key in self.MODELS:
-            field_ = model[key].to(torch.float64)
-            ys, status = rollout(field_, x0.to(self.device), ts.to(self.device), cfg.rtol, cfg.atol)
-            model[key].to(torch.float32)
-            ys = ys.cpu()
+            ys, status = float64_rollout(model[key], x0, ts, cfg.rtol, cfg.atol)
             self.rollouts[key] = ys
             metrics[f"{key}_energy_drift"] = energy_drift(pendulum_energy, ys, x0)
             metrics[f"{key}_traj_mse"] = trajectory_mse(ys, truth)
@@ -155,14 +156,8 @@ class Task(harness.Task):
         eh, en = metrics["hnn_energy_drift"], metrics["node_energy_drift"]
         mh, mn = metrics["hnn_traj_mse"], metrics["node_traj_mse"]
         periods = metrics["rollout_t1"] / metrics["rollout_period"]
-        if eh < en:
-            energy = f"yes (criterion: HNN's drift below the baseline's): {en / eh:.3g}x smaller"
-        else:
-            energy = f"no: the HNN's drift is not smaller ({eh:.3g} vs {en:.3g})"
-        if mh < mn:
-            traj = f"yes (criterion: HNN's MSE below the baseline's): {mn / mh:.3g}x smaller"
-        else:
-            traj = f"no: the HNN's trajectory MSE is not smaller ({mh:.3g} vs {mn:.3g})"
+        energy = smaller_verdict(eh, en, "the HNN", "the baseline", "drift")
+        traj = smaller_verdict(mh, mn, "the HNN", "the baseline", "trajectory MSE")
         return [
             Headline(
                 f"true-energy drift over {periods:.0f} periods, HNN vs NODE",
@@ -186,17 +181,11 @@ class Task(harness.Task):
         ax_phase, ax_energy = fig.subplots(1, 2)
         colours = {"truth": "k", "hnn": "tab:blue", "node": "tab:red"}
         ts = np.linspace(0, metrics["eval"]["rollout_t1"], self.config.num_save)
-        e0 = pendulum_energy(self.rollouts["truth"][0])
         for key, ys in self.rollouts.items():
             y = ys[:, 0].numpy()
             ax_phase.plot(y[:, 0], y[:, 1], color=colours[key], lw=1, label=key.upper())
-            drift = (pendulum_energy(ys) - e0[None]).abs().mean(1).numpy()
-            ax_energy.plot(ts, drift, color=colours[key], lw=1.2, label=key.upper())
         ax_phase.set(xlabel="q", ylabel="p", title="rollout of one unseen state", aspect="equal")
         ax_phase.legend(fontsize="small")
-        ax_energy.set(
-            xlabel="t", ylabel="|E(x(t)) - E(x(0))|, mean over states", title="true-energy drift"
-        )
-        ax_energy.legend(fontsize="small")
+        energy_drift_panel(ax_energy, ts, self.rollouts, pendulum_energy, colours)
         fig.suptitle("torchnde: ideal pendulum, HNN vs baseline NODE (Greydanus et al. 2019)")
         return fig
