@@ -238,6 +238,7 @@ def test_sde_gan_weight_clipping_and_gradient_penalty():
     assert all(p.grad is not None for p in gp.discriminator.parameters())
 
 
+@pytest.mark.slow  # ~4 s alone (~11 s on the loaded 2-core machine): 150 GAN steps
 def test_sde_gan_learns_a_shifted_marginal():
     """Target: constant paths at N(2, 0.5^2). The generator starts near 0; 150 steps move the
     final marginal most of the way."""

@@ -265,7 +265,7 @@ class Task(harness.Task):
             "prior_ks_marginal_untrained": self._ks(untrained_paths),
             "ks_marginal_floor": self._ks(self.floor),
             "test_reconstruction_mse": float(((self.recon - self.test[:, :64]) ** 2).mean()),
-            "obs_std_learnt": [float(s) for s in fitted.obs_logstd.exp()],
+            "obs_std_learnt": [float(s) for s in fitted.obs_logstd.detach().exp()],
             "observations_per_sequence": obs,
         }
 

@@ -79,9 +79,9 @@ class Config(ExperimentConfig):
     out: Path = field(default=Path("runs/sde-gan"), metadata={"help": "run folder"})
     epochs: int = field(default=50, metadata={"help": "passes over the training paths"})
     batch_size: int = field(default=128, metadata={"help": "real (and generated) paths per step"})
-    lr: float = field(default=1e-3, metadata={"help": "generator learning rate (Adam, cosine)"})
+    lr: float = field(default=3e-4, metadata={"help": "generator learning rate (Adam, cosine)"})
     discriminator_lr: float = field(
-        default=5e-3, metadata={"help": "critic learning rate (Adam, cosine)"}
+        default=1.5e-3, metadata={"help": "critic learning rate (Adam, cosine)"}
     )
     beta1: float = field(default=0.5, metadata={"help": "Adam's first-moment decay"})
     num_train: int = field(default=2048, metadata={"help": "training paths"})
