@@ -329,11 +329,11 @@ class Task(harness.Task):
         panels = ((data, "held-out data"), (recon, "posterior (reconstruction)"),
                   (prior, "prior samples"))  # fmt: skip
         for ax, (xs, title) in zip(axes[0], panels):
-            for i in range(12):
+            for i in range(min(12, xs.shape[1])):
                 ax.plot(xs[:, i, 0], xs[:, i, 2], lw=0.7)
             ax.set(xlabel="$x_1$", ylabel="$x_3$", title=title)
         for c, ax in enumerate(axes[1]):
-            for i in range(6):
+            for i in range(min(6, recon.shape[1])):
                 colour = f"C{i}"
                 ax.plot(ts, data[:, i, c], ".", color=colour, ms=2)
                 ax.plot(ts, recon[:, i, c], "-", color=colour, lw=1)

@@ -314,7 +314,7 @@ class Task(harness.Task):
         fake0 = self.fake_untrained[..., 0].cpu().numpy()
         fig = new_figure(15, 4.2)
         ax_paths, ax_mid, ax_end = fig.subplots(1, 3)
-        for i in range(20):
+        for i in range(min(20, real.shape[1], fake.shape[1])):
             ax_paths.plot(ts, real[:, i], color="tab:gray", lw=0.7, alpha=0.7)
             ax_paths.plot(ts, fake[:, i], color="tab:red", lw=0.7, alpha=0.7)
         ax_paths.plot([], [], color="tab:gray", label="real")
