@@ -228,3 +228,15 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "latent-sde",
+    "latent SDE on the stochastic Lorenz attractor: ELBO, test NLL bound, prior sample paths",
+    "Li, Wong, Chen, Duvenaud 2020, Scalable Gradients for Stochastic Differential Equations",
+    "torchnde.experiments.latent_sde",
+)
+register(
+    "sde-gan",
+    "SDE-GAN (neural CDE critic) on a time-dependent Ornstein-Uhlenbeck process: KS of marginals",
+    "Kidger, Foster, Li, Oberhauser, Lyons 2021, Neural SDEs as Infinite-Dimensional GANs",
+    "torchnde.experiments.sde_gan",
+)

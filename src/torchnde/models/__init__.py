@@ -18,10 +18,13 @@ from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
 from .jump_sde import NeuralJumpSDE as NeuralJumpSDE
 from .lagrangian import LNN as LNN
+from .latent_sde import LatentSDE as LatentSDE
+from .latent_sde import LatentSDEOutput as LatentSDEOutput
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
 from .neural_ode import NeuralODE as NeuralODE
+from .neural_sde import NeuralSDE as NeuralSDE
 from .port_hamiltonian import PortHamiltonian as PortHamiltonian
 from .regularisers import AbstractRegulariser as AbstractRegulariser
 from .regularisers import JacobianFrobenius as JacobianFrobenius
@@ -29,5 +32,7 @@ from .regularisers import KineticEnergy as KineticEnergy
 from .regularisers import RateContext as RateContext
 from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
+from .sde_gan import SDEGAN as SDEGAN
+from .sde_gan import LipSwish as LipSwish
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
