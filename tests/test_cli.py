@@ -32,6 +32,31 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: Tiny configurations: every experiment end to end in a few seconds.
 TINY = {
     "spiral": ["--epochs", "2", "batch_size=100", "hidden=16"],
+    "latent-sde": [
+        "--epochs",
+        "1",
+        "num_train=16",
+        "num_test=16",
+        "batch_size=8",
+        "num_times=10",
+        "latent=2",
+        "context=4",
+        "hidden=8",
+        "dt=0.1",
+        "sim_dt=0.01",
+        "eval_samples=1",
+    ],  # fmt: skip
+    "sde-gan": [
+        "--epochs",
+        "1",
+        "num_train=32",
+        "num_test=32",
+        "batch_size=16",
+        "num_times=6",
+        "hidden=4",
+        "mlp=4",
+        "sim_dt=0.5",
+    ],  # fmt: skip
     "jump-sde": [
         "--epochs",
         "1",
