@@ -31,3 +31,7 @@ from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
+
+# isort: split
+# irregular time series (issue 15, ts-latent)
+from .odernn import ODERNN as ODERNN
