@@ -37,3 +37,7 @@ from .grud import GRUD as GRUD
 from .gru_ode_bayes import GRUODE as GRUODE
 from .gru_ode_bayes import GRUODEBayes as GRUODEBayes
 from .neural_rde import NeuralRDE as NeuralRDE
+
+# isort: split
+# irregular time series (issue 15, ts-latent)
+from .odernn import ODERNN as ODERNN
