@@ -228,3 +228,10 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "vowels",
+    "neural CDE (cubic and causal Hermite paths) vs GRU-D vs ODE-RNN on sktime's JapaneseVowels",
+    "Kidger, Morrill, Foster, Lyons 2020, Neural Controlled Differential Equations; Morrill et "
+    "al. 2021, Neural CDEs for Online Prediction Tasks",
+    "torchnde.experiments.vowels",
+)

@@ -11,7 +11,7 @@ from torch import nn
 import torchnde as tn
 
 from ._config import describe
-from .grud import check_sequence
+from .grud import forward_sequence
 
 __all__ = ["GRUODE", "GRUODEBayes"]
 
@@ -202,14 +202,14 @@ class GRUODEBayes(nn.Module):
 
         Args:
             ts: observation times ``(length,)`` or ``(batch, length)``, non-decreasing.
-            x: values ``(batch, length, input_size)``; NaN or ``mask == 0`` where missing.
-            mask: 1 where observed (default: where ``x`` is not NaN).
+            x: values ``(batch, length, input_size)`` (anything, NaN too, where ``mask`` is 0).
+            mask: 1 where observed (default: everything observed).
 
         Returns:
             ``(h_final, hs)``: ``(batch, hidden)`` and ``(batch, length, hidden)``. After the
             call ``self.nll``, ``self.kl`` and ``self.num_observed`` hold per-sample sums.
         """
-        ts, x, m = check_sequence("GRUODEBayes", ts, x, mask, self.input_size)
+        ts, x, m = forward_sequence("GRUODEBayes", ts, x, mask, self.input_size)
         batch, length, _ = x.shape
         h = x.new_zeros(batch, self.hidden_size)
         nll, kl = x.new_zeros(batch), x.new_zeros(batch)

@@ -8,50 +8,23 @@ import torch
 from torch import nn
 
 from ._config import describe
+from ._sequence import check_sequence
 
-__all__ = ["GRUD", "check_sequence", "time_since_observed"]
+__all__ = ["GRUD", "forward_sequence", "time_since_observed"]
 
 
-def check_sequence(
+def forward_sequence(
     owner: str, ts: Any, x: Any, mask: Any, channels: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate ``(ts, x, mask)``: ``x`` ``(batch, length, channels)``, ``mask`` of its shape
-    (1 = observed), ``ts`` ``(length,)`` or ``(batch, length)`` non-decreasing. Returns
-    ``ts`` as ``(batch, length)``, ``x`` with unobserved entries (NaN too) set to 0, ``mask``
+    """:func:`check_sequence` for models that run forward in time: ``ts`` as ``(batch,
+    length)`` (a ``ValueError`` for decreasing times), ``x`` zero where unobserved, the mask
     as ``x.dtype``."""
-    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x) or x.ndim != 3:
-        raise TypeError(
-            f"{owner}: `x` must be a floating-point tensor (batch, length, channels), got "
-            f"{describe(x)}."
-        )
-    if x.shape[-1] != channels:
+    ts, x, m, direction = check_sequence(owner, ts, x, mask, channels)
+    if direction < 0:
         raise ValueError(
-            f"{owner}: `x` has {x.shape[-1]} channels (shape {tuple(x.shape)}) but the model "
-            f"was built with input_size={channels}."
+            f"{owner}: `ts` must increase along time (got decreasing times); flip the series."
         )
-    batch, length, _ = x.shape
-    if mask is None:
-        mask = ~torch.isnan(x)
-    if not isinstance(mask, torch.Tensor) or mask.shape != x.shape:
-        raise ValueError(
-            f"{owner}: `mask` must have the shape of `x` {tuple(x.shape)} (1 = observed), got "
-            f"{describe(mask)}."
-        )
-    if not isinstance(ts, torch.Tensor):
-        ts = torch.as_tensor(ts, dtype=x.dtype, device=x.device)
-    if ts.shape not in ((length,), (batch, length)):
-        raise ValueError(
-            f"{owner}: `ts` must have shape ({length},) or ({batch}, {length}) to match `x` of "
-            f"shape {tuple(x.shape)}, got {describe(ts)}."
-        )
-    ts = ts.to(x.dtype).expand(batch, length)
-    if bool((ts.diff(dim=-1) < 0).any()):
-        raise ValueError(
-            f"{owner}: `ts` must be non-decreasing along time (pad a shorter series by "
-            "repeating its last time, with mask 0)."
-        )
-    m = mask.to(x.dtype) * (~torch.isnan(x)).to(x.dtype)
-    return ts, torch.where(m > 0, x, torch.zeros_like(x)), m
+    return ts.to(x.dtype).expand(x.shape[0], x.shape[1]), x, m
 
 
 def time_since_observed(ts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,14 +116,14 @@ class GRUD(nn.Module):
 
         Args:
             ts: times ``(length,)`` or ``(batch, length)``.
-            x: values ``(batch, length, input_size)``; NaN or ``mask == 0`` where missing.
-            mask: 1 where observed (default: where ``x`` is not NaN).
+            x: values ``(batch, length, input_size)`` (anything, NaN too, where ``mask`` is 0).
+            mask: 1 where observed (default: everything observed).
             lengths: valid steps of each series ``(batch,)``; all by default.
 
         Returns:
             ``(h_final, hs)``: ``(batch, hidden)`` and ``(batch, length, hidden)``.
         """
-        ts, x, m = check_sequence("GRUD", ts, x, mask, self.input_size)
+        ts, x, m = forward_sequence("GRUD", ts, x, mask, self.input_size)
         batch, length, _ = x.shape
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=x.device)
