@@ -164,7 +164,7 @@ def main() -> None:
     for i in range(steps):
         index = order[i]
         y = labels[index]
-        for name, r in runs.items():
+        for r in runs.values():
             model, opt = r["model"], r["opt"]
             func = model.func
             c0, w0 = time.process_time(), time.perf_counter()

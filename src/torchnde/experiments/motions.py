@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import torchnde
-
 from ..data import load_basicmotions
 from ..models import NeuralCDE
 from . import harness
@@ -255,9 +253,7 @@ class Task(harness.Task):
             path = torch.stack([X.evaluate(s)[0] for s in fine]).numpy()
         t_np = self.t.cpu().numpy()
         for c in range(3):
-            line = ax_series.plot(
-                fine.numpy() * 10, path[:, c + 1], lw=1, label=f"acc. {'xyz'[c]}"
-            )
+            line = ax_series.plot(fine.numpy() * 10, path[:, c + 1], lw=1, label=f"acc. {'xyz'[c]}")
             ax_series.plot(t_np * 10, x[i, :, c].numpy(), "o", ms=2.5, color=line[0].get_color())
         ax_series.set(
             xlabel="time (s)",

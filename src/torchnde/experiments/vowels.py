@@ -242,7 +242,9 @@ class Task(harness.Task):
             verdict = f"yes (criterion: within 1 point of the best baseline or above): {acc:.1%}"
             verdict += f" vs {best:.1%}"
         elif acc > chance:
-            verdict = f"partly: above chance ({chance:.1%}) but {best - acc:.1%} below the best baseline"
+            verdict = (
+                f"partly: above chance ({chance:.1%}) but {best - acc:.1%} below the best baseline"
+            )
         else:
             verdict = f"no: not above chance ({chance:.1%})"
         gap = herm - acc

@@ -84,6 +84,8 @@ class GRUD(nn.Module):
         >>> logits = nn.Linear(32, 9)(h)
     """
 
+    x_mean: torch.Tensor
+
     def __init__(
         self, input_size: int, hidden_size: int, x_mean: torch.Tensor | None = None
     ) -> None:

@@ -193,9 +193,7 @@ class NeuralCDE(nn.Module):
                 f"such as 'rk4', got {describe(solver)}."
             )
         if isinstance(solver, str) and solver not in tn.METHODS:
-            raise ValueError(
-                f"{owner}: unknown method {solver!r}; known: {', '.join(tn.METHODS)}."
-            )
+            raise ValueError(f"{owner}: unknown method {solver!r}; known: {', '.join(tn.METHODS)}.")
         self.func = vector_field
         self.initial = nn.Linear(self.path_channels, hidden)
         self.readout = nn.Linear(hidden, output)
