@@ -22,8 +22,9 @@ step, the vector-field evaluations of the forward solve and of the backward pass
 after every step, and the speed ratio t_torchcde / t_torchnde of the matching gradient mode
 (adjoint vs backsolve, backprop vs direct; > 1: torchnde faster).
 
-    .venv/bin/python benchmarks/ncde_train.py --quick     # 4 steps
-    .venv/bin/python benchmarks/ncde_train.py             # 12 steps
+    .venv/bin/python benchmarks/ncde_train.py --quick     # 2 steps (~3 min CPU)
+    .venv/bin/python benchmarks/ncde_train.py             # 4 steps (~6 min CPU)
+    .venv/bin/python benchmarks/ncde_train.py --rtol 1e-4 --atol 1e-6   # looser, faster
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ class Field(torch.nn.Module):
 class TorchcdeModel(torch.nn.Module):
     """The example's model on torchcde."""
 
-    def __init__(self, adjoint: bool) -> None:
+    def __init__(self, adjoint: bool, tol: dict[str, float]) -> None:
         super().__init__()
+        self.tol = tol
         self.func = Field(3)
         self.initial = torch.nn.Linear(3, HIDDEN)
         self.readout = torch.nn.Linear(HIDDEN, 1)
@@ -102,12 +104,12 @@ class TorchcdeModel(torch.nn.Module):
         X = torchcde.CubicSpline(coeffs)
         z0 = self.initial(X.evaluate(X.interval[0]))
         zs = torchcde.cdeint(
-            X=X, z0=z0, func=self.func, t=X.interval, adjoint=self.adjoint, rtol=RTOL, atol=ATOL
+            X=X, z0=z0, func=self.func, t=X.interval, adjoint=self.adjoint, **self.tol
         )
         return self.readout(zs[:, 1])
 
 
-def torchnde_model(adjoint: Any) -> NeuralCDE:
+def torchnde_model(adjoint: Any, tol: dict[str, float] | None = None) -> NeuralCDE:
     """torchnde's NeuralCDE with the example's sizes and vector field (time as channel 0)."""
     return NeuralCDE(
         2,
@@ -117,9 +119,8 @@ def torchnde_model(adjoint: Any) -> NeuralCDE:
         interpolation="hermite",
         vector_field=Field(3),
         solver="dopri5",
-        rtol=RTOL,
-        atol=ATOL,
         adjoint=adjoint,
+        **(tol or {"rtol": RTOL, "atol": ATOL}),
     )
 
 
@@ -132,25 +133,28 @@ def copy_weights(src: TorchcdeModel, dst: NeuralCDE) -> None:
 
 def main() -> None:
     p = C.base_parser(__doc__.splitlines()[0], "torchnde,torchcde")
-    p.add_argument("--quick", action="store_true", help="4 training steps instead of 12")
+    p.add_argument("--quick", action="store_true", help="2 training steps instead of 4")
+    p.add_argument("--rtol", type=float, default=RTOL, help="dopri5 rtol (the example's: 1e-7)")
+    p.add_argument("--atol", type=float, default=ATOL, help="dopri5 atol (the example's: 1e-9)")
     p.add_argument("--steps", type=int, default=None, help="training steps (overrides --quick)")
     a = p.parse_args()
     C.set_threads(a.threads)
     import torchcde
 
-    steps = a.steps if a.steps is not None else (4 if a.quick else 12)
+    steps = a.steps if a.steps is not None else (2 if a.quick else 4)
+    tol = {"rtol": a.rtol, "atol": a.atol}
     data, labels = spirals(seed=0)
     t = data[0, :, 0]
     coeffs_cde = torchcde.hermite_cubic_coefficients_with_backward_differences(data)
     torch.manual_seed(0)
-    base = TorchcdeModel(adjoint=True)
+    base = TorchcdeModel(adjoint=True, tol=tol)
     runs: dict[str, dict[str, Any]] = {}
     for name, adjoint in (("torchcde/adjoint", True), ("torchcde/backprop", False)):
         m = copy.deepcopy(base)
         m.adjoint = adjoint
         runs[name] = {"model": m, "coeffs": coeffs_cde, "lib": "torchcde"}
     for name, adj in (("torchnde/backsolve", tn.BacksolveAdjoint()), ("torchnde/direct", None)):
-        m2 = torchnde_model(adj)
+        m2 = torchnde_model(adj, tol)
         copy_weights(base, m2)
         runs[name] = {"model": m2, "coeffs": m2.interpolate(data[..., 1:], t), "lib": "torchnde"}
     for r in runs.values():
@@ -180,7 +184,7 @@ def main() -> None:
             opt.zero_grad()
             r["wall"].append(time.perf_counter() - w0)
             r["cpu"].append(time.process_time() - c0)
-            r["loss"].append(float(loss))
+            r["loss"].append(float(loss.detach()))
             r["nfe_fwd"].append(nfe_fwd)
             r["nfe_bwd"].append(func.n - nfe_fwd)
     rows = []
@@ -217,7 +221,7 @@ def main() -> None:
     print(C.markdown_table(rows, cols))
     path = C.write_json(
         "ncde_train",
-        {"machine": C.machine_info(), "steps": steps, "rows": rows},
+        {"machine": C.machine_info(), "steps": steps, "tol": tol, "rows": rows},
         a.out,
     )
     print(f"wrote {path}")

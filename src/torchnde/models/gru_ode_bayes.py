@@ -155,7 +155,9 @@ class GRUODEBayes(nn.Module):
             return args * ode(s, y)
 
         if self.solver.is_adaptive:
-            controller: Any = tn.PIDController(rtol=self.rtol, atol=self.atol)
+            controller: Any = tn.PIDController(
+                rtol=self.rtol, atol=self.atol, differentiate_steps=False
+            )
             dt0 = None
         else:
             controller, dt0 = tn.ConstantStepSize(), 1.0 / self.num_steps

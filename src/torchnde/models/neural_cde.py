@@ -75,8 +75,9 @@ class NeuralCDE(nn.Module):
       only);
     - ``"hermite"``: Hermite cubic with backward differences ($C^1$, causal: the state at
       $t_i$ depends on the observations up to $t_i$ only; online prediction);
-    - ``"linear"``: linear interpolation (causal up to one observation ahead: the segment
-      into $t_{i+1}$ already moves towards $x_{i+1}$);
+    - ``"linear"``: linear interpolation (the state at $t_i$ has seen the observations up
+      to $t_i$ when nothing is missing, but between $t_i$ and $t_{i+1}$ the path already
+      moves towards $x_{i+1}$; missing values are filled linearly, from the future);
     - ``"rectilinear"``: time moves first, then the values jump (strictly causal: the state
       at observation $i$ has seen $x_0, \dots, x_i$ and nothing after).
 
@@ -115,6 +116,13 @@ class NeuralCDE(nn.Module):
         dt0: the step of fixed-step solvers (default: the smallest knot spacing).
         adjoint: how to differentiate the solves (``DirectAdjoint()`` by default).
         max_steps: step budget of one solve.
+        differentiate_steps: let gradients flow through the adaptive step-size choices
+            (:class:`~torchnde.PIDController`'s option). Off by default: the gradient is then
+            that of the solve on its (fixed) mesh, which is what training wants. Measured on
+            torchcde's spiral example (dopri5, rtol 1e-7, float64, ``DirectAdjoint``): the
+            parameter gradient with ``True`` is 82 times the continuous-adjoint gradient in
+            relative L2 error (NaN at rtol 1e-10); with ``False`` it agrees with it to 1.3e-3
+            and with fixed-step RK4 to the same order.
 
     After each call ``self.nfe`` holds the vector-field evaluations of the forward solve.
 
@@ -153,6 +161,7 @@ class NeuralCDE(nn.Module):
         dt0: float | None = None,
         adjoint: tn.AbstractAdjoint | None = None,
         max_steps: int = 65536,
+        differentiate_steps: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -194,6 +203,14 @@ class NeuralCDE(nn.Module):
             )
         if isinstance(solver, str) and solver not in tn.METHODS:
             raise ValueError(f"{owner}: unknown method {solver!r}; known: {', '.join(tn.METHODS)}.")
+        linear = self.interpolation in ("linear", "rectilinear")
+        if linear and isinstance(adjoint, (tn.BacksolveAdjoint, tn.InterpolatedAdjoint)):
+            raise NotImplementedError(
+                f"{owner}: {type(adjoint).__name__} needs a continuously differentiable path, "
+                f"but the {self.interpolation} path's derivative jumps at its knots; use "
+                "interpolation='cubic' or 'hermite', or CheckpointAdjoint() / DirectAdjoint()."
+            )
+        self.differentiate_steps = bool(differentiate_steps)
         self.func = vector_field
         self.initial = nn.Linear(self.path_channels, hidden)
         self.readout = nn.Linear(hidden, output)
@@ -297,6 +314,61 @@ class NeuralCDE(nn.Module):
 
         return counted
 
+    def _solve(
+        self,
+        X: tn.AbstractInterpolation,
+        z0: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        times: torch.Tensor,
+    ) -> torch.Tensor:
+        """``dz = f(z) dX`` from ``lo`` to ``hi``, saved at ``times`` (time first). As
+        :func:`torchnde.cdeint` (steps end on the knots: ``step_ts`` for a C1 path, ``jump_ts``
+        for a linear one, whose slope jumps there), with the controller's
+        ``differentiate_steps`` under the model's control."""
+        solver = self._solver()
+        smooth = bool(X.continuous_derivative)
+        knots = X.knots
+        inside = knots[(knots > lo) & (knots < hi)]
+        grid: dict[str, Any] = {
+            "step_ts" if smooth else "jump_ts": inside if inside.numel() else None
+        }
+        start = lo
+        if not smooth:
+            # The first stage must see the slope of the segment the solve moves into.
+            start = torch.nextafter(lo, hi)
+        controller: Any
+        dt0 = self.dt0
+        if solver.is_adaptive:
+            controller = tn.PIDController(
+                rtol=self.rtol,
+                atol=self.atol,
+                differentiate_steps=self.differentiate_steps,
+                **grid,
+            )
+        else:
+            controller = tn.ConstantStepSize(**grid)
+            if dt0 is None:
+                # One step per (smallest) knot interval; a hair above it, as steps are clipped
+                # to the knots and round-off would otherwise leave a sliver step after each.
+                gaps = knots.diff()
+                gaps = gaps[gaps > 0]
+                dt0 = 1.01 * float(gaps.min()) if gaps.numel() else float(hi - lo)
+        f = self._count(self.func)
+        sol = tn.solve(
+            tn.CDETerm(lambda tt, z, args: f(tt, z), X),
+            solver,
+            start,
+            hi,
+            z0,
+            dt0=dt0,
+            saveat=tn.SaveAt(ts=times),
+            controller=controller,
+            adjoint=self.adjoint if self.adjoint is not None else tn.DirectAdjoint(),
+            max_steps=self.max_steps,
+        )
+        return sol.ys
+
     def states(
         self, coeffs: torch.Tensor, t: torch.Tensor | None = None, *, every: bool = False
     ) -> torch.Tensor:
@@ -318,24 +390,7 @@ class NeuralCDE(nn.Module):
             times = torch.stack([lo, hi])
         z0 = self.initial(X.evaluate(lo))
         self.nfe = 0
-        dt0 = self.dt0
-        if dt0 is None and not self._solver().is_adaptive:
-            # One step per (smallest) knot interval; a hair above it, as steps are clipped to
-            # the knots and round-off would otherwise leave a sliver step after each knot.
-            gaps = X.knots.diff()
-            dt0 = 1.01 * float(gaps[gaps > 0].min()) if gaps.numel() else None
-        zs = tn.cdeint(
-            X,
-            self._count(self.func),
-            z0,
-            times,
-            solver=self.solver,
-            rtol=self.rtol,
-            atol=self.atol,
-            dt0=dt0,
-            adjoint=self.adjoint,
-            max_steps=self.max_steps,
-        )
+        zs = self._solve(X, z0, lo, hi, times)
         if not every:
             return zs[-1]
         zs = zs.movedim(0, -2)  # (batch, times, hidden)
@@ -390,7 +445,9 @@ class NeuralCDE(nn.Module):
         if span == 0.0:
             return z.unsqueeze(-2).expand(*z.shape[:-1], len(t_future), z.shape[-1])
         if solver.is_adaptive:
-            controller: Any = tn.PIDController(rtol=self.rtol, atol=self.atol)
+            controller: Any = tn.PIDController(
+                rtol=self.rtol, atol=self.atol, differentiate_steps=self.differentiate_steps
+            )
             dt0 = self.dt0
         else:
             controller = tn.ConstantStepSize()
