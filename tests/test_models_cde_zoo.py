@@ -280,6 +280,8 @@ def test_documented_errors():
         NeuralCDE(2, 4, 2, interpolation="rectilinear", time_channel=False)
     with pytest.raises(ValueError, match="unknown method 'rk5'"):
         NeuralCDE(2, 4, 2, solver="rk5")
+    with pytest.raises(NotImplementedError, match="BacksolveAdjoint needs a continuously diff"):
+        NeuralCDE(2, 4, 2, interpolation="linear", adjoint=tn.BacksolveAdjoint())
     model = NeuralCDE(2, 4, 2)
     with pytest.raises(ValueError, match="`x` has 3 channels"):
         model.interpolate(torch.randn(2, 5, 3))
