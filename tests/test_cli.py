@@ -71,7 +71,7 @@ TINY = {
     "circles": ["--epochs", "1", "num_train=128", "num_test=64", "batch_size=32", "hidden=8"],
     "digits": ["--epochs", "1", "batch_size=512", "width=8", "hidden=16"],
     "density": ["--epochs", "1", "num_train=256", "num_test=64", "batch_size=128", "hidden=16"],
-    "motions": ["--epochs", "1", "batch_size=20", "hidden=4", "width=8", "method=euler"],
+    "motions": ["--epochs", "1", "batch_size=40", "hidden=2", "width=2", "method=euler"],
     "sde": ["--epochs", "1", "num_train=64", "num_test=64", "batch_size=32", "substeps=1"],
     "graph-digits": ["--epochs", "2", "hidden=4", "fdgnn_units=4", "num_val=0"],
     "graph-dynamics": [
@@ -154,6 +154,16 @@ TINY = {
         "batch_size=8",
         "hidden=4",
         "t1=0.5",
+    ],  # fmt: skip
+    "vowels": [
+        "--epochs",
+        "1",
+        "batch_size=270",
+        "hidden=2",
+        "cde_hidden=2",
+        "width=2",
+        "odernn_units=2",
+        "method=euler",
     ],  # fmt: skip
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics

@@ -467,8 +467,18 @@ def test_density_says_when_rnode_loses_likelihood():
         ),
         (
             "motions",
-            {"test_accuracy": 0.95, "chance_accuracy": 0.25, "dropped_fraction": 0.3},
-            {"test_accuracy": 0.25, "chance_accuracy": 0.25, "dropped_fraction": 0.3},
+            {
+                "test_accuracy": 0.95,
+                "chance_accuracy": 0.25,
+                "dropped_fraction": 0.3,
+                **{f"test_accuracy_drop{p}": 0.95 for p in (30, 50, 70)},
+            },
+            {
+                "test_accuracy": 0.25,
+                "chance_accuracy": 0.25,
+                "dropped_fraction": 0.3,
+                **{f"test_accuracy_drop{p}": 0.25 for p in (30, 50, 70)},
+            },
         ),
         (
             "sde",

@@ -240,3 +240,10 @@ register(
     "Kidger, Foster, Li, Oberhauser, Lyons 2021, Neural SDEs as Infinite-Dimensional GANs",
     "torchnde.experiments.sde_gan",
 )
+register(
+    "vowels",
+    "neural CDE (cubic and causal Hermite paths) vs GRU-D vs ODE-RNN on sktime's JapaneseVowels",
+    "Kidger, Morrill, Foster, Lyons 2020, Neural Controlled Differential Equations; Morrill et "
+    "al. 2021, Neural CDEs for Online Prediction Tasks",
+    "torchnde.experiments.vowels",
+)

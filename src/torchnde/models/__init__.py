@@ -36,3 +36,16 @@ from .sde_gan import SDEGAN as SDEGAN
 from .sde_gan import LipSwish as LipSwish
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
+
+# isort: split
+# irregular time series (issue 15, ts-latent)
+from .odernn import ODERNN as ODERNN
+
+# isort: split
+# irregular time series on the CDE engine and GRUs (issue 15, ts-cde)
+from .gru_ode_bayes import GRUODE as GRUODE
+from .gru_ode_bayes import GRUODEBayes as GRUODEBayes
+from .grud import GRUD as GRUD
+from .neural_cde import CDEVectorField as CDEVectorField
+from .neural_cde import NeuralCDE as NeuralCDE
+from .neural_rde import NeuralRDE as NeuralRDE
