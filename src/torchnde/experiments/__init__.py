@@ -228,3 +228,10 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "pinn-ode",
+    "physics-informed networks (exact initial conditions) on a damped oscillator and "
+    "Lotka-Volterra: max error against torchnde's solver",
+    "Lagaris, Likas, Fotiadis 1998; Chen et al. 2020, NeuroDiffEq",
+    "torchnde.experiments.pinn_ode",
+)
