@@ -32,6 +32,8 @@ def diff(u: torch.Tensor, t: torch.Tensor, order: int = 1) -> torch.Tensor:
             f"{tuple(t.shape)}; compute u from t point by point."
         )
     for _ in range(order):
+        if not u.requires_grad:  # a constant in t (e.g. the derivative of a linear function)
+            return torch.zeros_like(t)
         (u,) = torch.autograd.grad(
             u, t, grad_outputs=torch.ones_like(u), create_graph=True, allow_unused=True
         )

@@ -153,7 +153,9 @@ class Solver(nn.Module):
         self.conditions = conditions
         self.train_generator = train_generator
         self.valid_generator = valid_generator
-        num_coords = len(train_generator.get_examples())
+        # A resampler cannot draw before its residual is bound: count its pool's coordinates.
+        probe = train_generator.pool if isinstance(train_generator, ResidualResampler) else train_generator
+        num_coords = len(probe.get_examples())
         if nets is None:
             nets = [FCNN(num_coords, 1) for _ in conditions]
         nets = list(nets)
@@ -236,13 +238,17 @@ class Solver(nn.Module):
         optimizer: torch.optim.Optimizer | None = None,
         lr: float = 1e-3,
         callbacks: Sequence[Callable[[Solver, int], None]] = (),
+        valid_every: int = 1,
     ) -> Solver:
         """Train for ``max_epochs`` steps (one fresh batch each) with ``optimizer`` (default
         Adam at ``lr`` over the networks and coefficients); records ``train_loss`` and, with a
-        ``valid_generator``, ``valid_loss`` in ``metrics_history``. ``callbacks`` are called
-        as ``callback(solver, epoch)`` after each epoch."""
+        ``valid_generator``, ``valid_loss`` every ``valid_every`` epochs (0: never) in
+        ``metrics_history``. ``callbacks`` are called as ``callback(solver, epoch)`` after
+        each epoch."""
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
             raise ValueError(f"`max_epochs` must be an int >= 0, got {max_epochs!r}.")
+        if isinstance(valid_every, bool) or not isinstance(valid_every, int) or valid_every < 0:
+            raise ValueError(f"`valid_every` must be an int >= 0, got {valid_every!r}.")
         opt = optimizer or torch.optim.Adam(self.parameters(), lr=lr)
         for epoch in range(max_epochs):
             loss = self.train_step(opt)
@@ -252,7 +258,7 @@ class Solver(nn.Module):
                     "problem."
                 )
             self.metrics_history["train_loss"].append(loss)
-            if self.valid_generator is not None:
+            if self.valid_generator is not None and valid_every and epoch % valid_every == 0:
                 valid = self.loss(self.valid_generator.get_examples())
                 self.metrics_history["valid_loss"].append(float(valid.detach()))
             for cb in callbacks:
