@@ -121,7 +121,9 @@ def test_dirichlet_bvp_2d_holds_all_four_edges_exactly():
         (xs, torch.zeros_like(s)),
         (xs, torch.full_like(s, 2.0)),
     ):
-        torch.testing.assert_close(cond.enforce(net, x, y).detach(), exact(x, y), rtol=0, atol=1e-14)
+        torch.testing.assert_close(
+            cond.enforce(net, x, y).detach(), exact(x, y), rtol=0, atol=1e-14
+        )
 
 
 @pytest.mark.parametrize("kinds", ["DD", "DN", "ND", "NN"])
@@ -188,8 +190,15 @@ def test_condition_errors_name_the_argument():
 
 
 @pytest.mark.parametrize(
-    "method", ["uniform", "equally-spaced", "equally-spaced-noisy", "log-spaced-noisy",
-               "chebyshev1", "chebyshev2"]  # fmt: skip
+    "method",
+    [
+        "uniform",
+        "equally-spaced",
+        "equally-spaced-noisy",
+        "log-spaced-noisy",
+        "chebyshev1",
+        "chebyshev2",
+    ],  # fmt: skip
 )
 def test_generator1d_stays_in_its_interval(method):
     torch.manual_seed(0)
@@ -323,8 +332,18 @@ def test_solver2d_with_residual_resampling_trains():
     pool = Generator2D((12, 12), method="uniform")
     solver = Solver2D(
         lambda u, x, y: [diff(u, x, 2) + diff(u, y, 2)],
-        [DirichletBVP2D(0, lambda y: 0 * y, 1, lambda y: 0 * y, 0, lambda x: 0 * x, 1,
-                        lambda x: torch.sin(math.pi * x))],  # fmt: skip
+        [
+            DirichletBVP2D(
+                0,
+                lambda y: 0 * y,
+                1,
+                lambda y: 0 * y,
+                0,
+                lambda x: 0 * x,
+                1,
+                lambda x: torch.sin(math.pi * x),
+            )
+        ],  # fmt: skip
         (0.0, 0.0),
         (1.0, 1.0),
         train_generator=ResidualResampler(pool, 64),
@@ -385,7 +404,7 @@ def test_hjb_reference_is_the_papers_value():
 
 
 def test_deep_bsde_errors():
-    f = lambda t, x, y, z: y  # noqa: E731
+    f = lambda t, x, y, z: y
     with pytest.raises(ValueError, match="`dim` must be an int >= 1"):
         DeepBSDE(0, 1.0, 10, 0.0, 1.0, f, f)
     with pytest.raises(ValueError, match="`x0` must be a number or shape \\(3,\\)"):

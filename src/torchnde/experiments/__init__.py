@@ -251,8 +251,7 @@ register(
 )
 register(
     "deep-bsde",
-    "deep BSDE on the 100-dimensional HJB and Allen-Cahn equations: u(0, 0) against the "
-    "references",
+    "deep BSDE on the 100-dimensional HJB and Allen-Cahn equations: u(0, 0) against the references",
     "Han, Jentzen, E 2018, Solving high-dimensional partial differential equations using "
     "deep learning",
     "torchnde.experiments.deep_bsde",

@@ -73,6 +73,7 @@ class Config(ExperimentConfig):
     layers: int = field(default=4, metadata={"help": "number of hidden layers"})
     nu: float = field(default=0.01 / math.pi, metadata={"help": "viscosity"})
     reference_modes: int = field(default=4096, metadata={"help": "Fourier modes of the reference"})
+    reference_dt: float = field(default=1e-4, metadata={"help": "time step of the reference"})
     full: bool = field(
         default=False,
         metadata={"help": "longer run: 200 epochs, 8 hidden layers of 32, 2048 points per step"},
@@ -89,6 +90,9 @@ class Config(ExperimentConfig):
             value = getattr(self, key)
             check(is_int(value) and value >= 1, key, "an int >= 1", value)
         check(is_positive(self.nu), "nu", "a positive number", self.nu)
+        check(
+            is_positive(self.reference_dt), "reference_dt", "a positive number", self.reference_dt
+        )
         check(
             is_int(self.reference_modes) and self.reference_modes >= 256
             and self.reference_modes % 256 == 0,
@@ -135,7 +139,8 @@ class Task(harness.Task):
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         solver: Any = model
-        x, ts, ref = reference(self.config.nu, self.config.reference_modes)
+        cfg = self.config
+        x, ts, ref = reference(cfg.nu, cfg.reference_modes, dt=cfg.reference_dt)
         gt, gx = np.meshgrid(ts, x, indexing="ij")
         with torch.no_grad():
             pred = solver.get_solution(copy_nets=False)(gx.reshape(-1), gt.reshape(-1))

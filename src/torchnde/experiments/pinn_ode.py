@@ -8,7 +8,8 @@ collocation points each step (:class:`torchnde.pinn.Solver1D`):
   $\zeta = 0.1$, $\omega = 2$ on $[0, 5]$ (one network, :class:`~torchnde.pinn.IVP` with a
   derivative condition);
 - Lotka-Volterra $x' = \alpha x - \beta x y$, $y' = \delta x y - \gamma y$ with
-  $\alpha = \beta = \gamma = \delta = 1$, $(x, y)(0) = (1.5, 1)$ on $[0, 5]$ (an ODE system: one network and one IVP per unknown).
+  $\alpha = \beta = \gamma = \delta = 1$, $(x, y)(0) = (1.5, 1)$ on $[0, 5]$ (an ODE system:
+  one network and one IVP per unknown).
 
 The reference is :func:`torchnde.solve` (Dopri5, rtol $10^{-10}$, float64) at 501 times.
 Headline (``eval``): ``oscillator_max_abs_error``, ``lotka_volterra_max_abs_error`` and
@@ -74,9 +75,7 @@ def _oscillator(t: torch.Tensor, y: torch.Tensor, args: Any) -> torch.Tensor:
     return torch.stack([v, -2 * ZETA * OMEGA * v - OMEGA**2 * x], dim=-1)
 
 
-def reference(
-    name: str, t1: float, num: int = 501
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reference(name: str, t1: float, num: int = 501) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ts, ys)``: torchnde's Dopri5 solution (rtol 1e-10) of problem ``name``, ``ys`` of
     shape ``(num, 2)`` (time first)."""
     field_, y0 = (_oscillator, (1.0, 0.0)) if name == "oscillator" else (_lotka_volterra, LV_Y0)
@@ -159,13 +158,18 @@ class Task(harness.Task):
                 ref_t = ref
             out[f"{key}_max_abs_error"] = float((pred_t - ref_t).abs().max())
             self.curves[key] = (ts.numpy(), ref_t.numpy(), pred_t.numpy())
-        out["max_abs_error"] = max(out["oscillator_max_abs_error"], out["lotka_volterra_max_abs_error"])
+        out["max_abs_error"] = max(
+            out["oscillator_max_abs_error"], out["lotka_volterra_max_abs_error"]
+        )
         return out
 
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         rows = []
-        for key, label in (("oscillator", "damped oscillator"), ("lotka_volterra", "Lotka-Volterra")):
+        for key, label in (
+            ("oscillator", "damped oscillator"),
+            ("lotka_volterra", "Lotka-Volterra"),
+        ):
             err = metrics[f"{key}_max_abs_error"]
             if err < 1e-2:
                 verdict = f"yes (criterion: max error < 1e-2 of O(1) solutions): {err:.2e}"
@@ -198,7 +202,9 @@ class Task(harness.Task):
                 ax.plot(ts, ref[:, j], color="k", lw=1.5, label="Dopri5" if j == 0 else None)
                 ax.plot(ts, pred[:, j], color="tab:red", ls="--", lw=1.5,
                         label="PINN" if j == 0 else None)  # fmt: skip
-            ax.set(xlabel="t", title=f"{title}: max err {metrics['eval'][key + '_max_abs_error']:.1e}")
+            ax.set(
+                xlabel="t", title=f"{title}: max err {metrics['eval'][key + '_max_abs_error']:.1e}"
+            )
             ax.legend(fontsize="small")
         fig.suptitle("torchnde: physics-informed networks vs the solver")
         return fig

@@ -19,6 +19,7 @@ from .conditions import NoCondition as NoCondition
 from .generators import BaseGenerator as BaseGenerator
 from .generators import Generator1D as Generator1D
 from .generators import Generator2D as Generator2D
+from .generators import PredefinedGenerator as PredefinedGenerator
 from .generators import ResidualResampler as ResidualResampler
 from .generators import StaticGenerator as StaticGenerator
 from .residuals import derivatives as derivatives
@@ -44,6 +45,7 @@ __all__ = [
     "Generator1D",
     "Generator2D",
     "NoCondition",
+    "PredefinedGenerator",
     "ResidualResampler",
     "Solution",
     "Solver",

@@ -88,6 +88,8 @@ class DeepBSDE(nn.Module):
     equations using deep learning", PNAS 115 (34), 2018.
     """
 
+    x0: torch.Tensor
+
     def __init__(
         self,
         dim: int,
@@ -115,7 +117,11 @@ class DeepBSDE(nn.Module):
         lo, hi = y_init_range
         if not hi >= lo:
             raise ValueError(f"`y_init_range` must be (low, high), got {y_init_range!r}.")
-        self.dim, self.total_time, self.num_time_interval = dim, float(total_time), num_time_interval
+        self.dim, self.total_time, self.num_time_interval = (
+            dim,
+            float(total_time),
+            num_time_interval,
+        )
         self.dt = self.total_time / num_time_interval
         self.sigma, self.f, self.g, self.drift = float(sigma), f, g, drift
         self.delta_clip = float(delta_clip)
@@ -147,7 +153,11 @@ class DeepBSDE(nn.Module):
             if n > 0:
                 z = self.subnets[n - 1](x) / self.dim
             y = y - dt * self.f(t, x, y, z) + (z * dw).sum(1, keepdim=True)
-            x = x + self.sigma * dw if self.drift is None else x + self.drift(t, x) * dt + self.sigma * dw
+            x = (
+                x + self.sigma * dw
+                if self.drift is None
+                else x + self.drift(t, x) * dt + self.sigma * dw
+            )
         return y, self.g(x)
 
     def loss(self, num_sample: int) -> torch.Tensor:

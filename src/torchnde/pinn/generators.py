@@ -14,7 +14,8 @@ seeded run is reproducible).
 - :class:`ResidualResampler`: residual-based adaptive distribution (RAD, Wu et al. 2023): from
   a pool of candidates, ``size`` points are drawn without replacement with probability
   $\propto |r|^k / \overline{|r|^k} + c$; the solver binds its residual to it.
-- :class:`StaticGenerator`: one draw, kept (for validation sets).
+- :class:`StaticGenerator`: one draw, kept (for validation sets);
+  :class:`PredefinedGenerator`: points you give.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "BaseGenerator",
     "Generator1D",
     "Generator2D",
+    "PredefinedGenerator",
     "ResidualResampler",
     "StaticGenerator",
 ]
@@ -94,7 +96,9 @@ def _points_1d(
             )
         e = torch.linspace(math.log(lo), math.log(hi), size, dtype=dtype)
         if method.endswith("noisy"):
-            std = noise_std if noise_std is not None else (e[-1] - e[0]).item() / max(size - 1, 1) / 4
+            std = (
+                noise_std if noise_std is not None else (e[-1] - e[0]).item() / max(size - 1, 1) / 4
+            )
             e = (e + std * torch.randn(size, dtype=dtype)).clamp(math.log(lo), math.log(hi))
         return torch.exp(e)
     k = torch.arange(1, size + 1, dtype=dtype)
@@ -190,6 +194,25 @@ class StaticGenerator(BaseGenerator):
             raise TypeError(f"`generator` must be a generator, got {type(generator).__name__}.")
         self.examples = generator.get_examples()
         self.size = generator.size
+
+    def get_examples(self) -> tuple[torch.Tensor, ...]:
+        return self.examples
+
+
+class PredefinedGenerator(BaseGenerator):
+    """Fixed points given as tensors (or arrays) of equal length, returned as ``(n, 1)``
+    columns on every call."""
+
+    def __init__(self, *xs: Any) -> None:
+        if not xs:
+            raise ValueError("`PredefinedGenerator` needs at least one coordinate tensor.")
+        cols = [torch.as_tensor(x).reshape(-1, 1) for x in xs]
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError(
+                f"the coordinate tensors must have equal lengths, got {[len(c) for c in cols]}."
+            )
+        self.examples = tuple(cols)
+        self.size = len(cols[0])
 
     def get_examples(self) -> tuple[torch.Tensor, ...]:
         return self.examples

@@ -154,7 +154,11 @@ class Solver(nn.Module):
         self.train_generator = train_generator
         self.valid_generator = valid_generator
         # A resampler cannot draw before its residual is bound: count its pool's coordinates.
-        probe = train_generator.pool if isinstance(train_generator, ResidualResampler) else train_generator
+        probe = (
+            train_generator.pool
+            if isinstance(train_generator, ResidualResampler)
+            else train_generator
+        )
         num_coords = len(probe.get_examples())
         if nets is None:
             nets = [FCNN(num_coords, 1) for _ in conditions]
