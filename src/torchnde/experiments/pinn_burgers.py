@@ -7,7 +7,8 @@ $$u_t + u u_x = \nu u_{xx}, \quad x \in [-1, 1],\ t \in [0, 1], \qquad
 
 which steepens into a near-shock at $x = 0$. The initial and boundary values hold exactly
 (:class:`torchnde.pinn.IBVP1D`); the network ($(x, t) \mapsto u$, ``layers`` tanh layers of
-``hidden`` units) is trained on the residual at ``batch_size`` fresh uniform points per step.
+``hidden`` units) is trained on the residual at ``batch_size`` fresh uniform points per step
+(``sampler=rad``: drawn from 4x as many by the residual, :class:`torchnde.pinn.ResidualResampler`).
 
 **Reference.** $-\sin\pi x$ is 2-periodic and odd, so the periodic solution on $[-1, 1)$ is odd
 and vanishes at $x = \pm 1$: it *is* the Dirichlet solution. With $\xi = (x + 1)/2$,
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from torchnde.data.burgers import burgers_solve
-from torchnde.pinn import FCNN, IBVP1D, Generator2D, Solver2D, diff
+from torchnde.pinn import FCNN, IBVP1D, Generator2D, ResidualResampler, Solver2D, diff
 
 from . import harness
 from .config import ExperimentConfig, check, is_int, is_positive
@@ -74,6 +75,14 @@ class Config(ExperimentConfig):
     nu: float = field(default=0.01 / math.pi, metadata={"help": "viscosity"})
     reference_modes: int = field(default=4096, metadata={"help": "Fourier modes of the reference"})
     reference_dt: float = field(default=1e-4, metadata={"help": "time step of the reference"})
+    sampler: str = field(
+        default="uniform",
+        metadata={
+            "help": "collocation points: fresh uniform, or residual-based adaptive (RAD, from a "
+            "pool of 4x the batch)",
+            "choices": ("uniform", "rad"),
+        },
+    )
     full: bool = field(
         default=False,
         metadata={"help": "longer run: 200 epochs, 8 hidden layers of 32, 2048 points per step"},
@@ -123,10 +132,15 @@ class Task(harness.Task):
             (-1.0, 0.0),
             (1.0, 1.0),
             nets=[FCNN(2, 1, (cfg.hidden,) * cfg.layers)],
-            train_generator=Generator2D(
-                (cfg.batch_size, 1), (-1.0, 0.0), (1.0, 1.0), method="uniform"
-            ),
+            train_generator=self._generator(),
         )
+
+    def _generator(self) -> Any:
+        cfg = self.config
+        if cfg.sampler == "uniform":
+            return Generator2D((cfg.batch_size, 1), (-1.0, 0.0), (1.0, 1.0), method="uniform")
+        pool = Generator2D((4 * cfg.batch_size, 1), (-1.0, 0.0), (1.0, 1.0), method="uniform")
+        return ResidualResampler(pool, cfg.batch_size)
 
     @property
     def num_train(self) -> int:
