@@ -23,6 +23,7 @@ from torchnde.pinn import (
     Generator1D,
     Generator2D,
     NoCondition,
+    PredefinedGenerator,
     ResidualResampler,
     Solver,
     Solver1D,
@@ -240,6 +241,10 @@ def test_generator_errors():
         Generator1D(10, 0.0, 1.0, "log-spaced").get_examples()
     with pytest.raises(ValueError, match="must not exceed the pool's size"):
         ResidualResampler(Generator1D(10), 20)
+    with pytest.raises(ValueError, match="needs at least one coordinate tensor"):
+        PredefinedGenerator()
+    with pytest.raises(ValueError, match="must have equal lengths"):
+        PredefinedGenerator(torch.zeros(3), torch.zeros(4))
     with pytest.raises(RuntimeError, match="has no residual"):
         ResidualResampler(Generator1D(10), 5).get_examples()
 
@@ -365,6 +370,8 @@ def test_solver_errors():
         Solver1D(lambda u, t: [u], [IVP(0, 1)], 0.0, 1.0, data=((), ()))
     with pytest.raises(ValueError, match="`max_epochs` must be an int >= 0"):
         Solver1D(lambda u, t: [u], [IVP(0, 1)], 0.0, 1.0).fit(-1)
+    with pytest.raises(ValueError, match="`valid_every` must be an int >= 0"):
+        Solver1D(lambda u, t: [u], [IVP(0, 1)], 0.0, 1.0).fit(1, valid_every=-1)
 
 
 # ------------------------------------------------------------------ deep BSDE

@@ -7,8 +7,10 @@ $$u_t + u u_x = \nu u_{xx}, \quad x \in [-1, 1],\ t \in [0, 1], \qquad
 
 which steepens into a near-shock at $x = 0$. The initial and boundary values hold exactly
 (:class:`torchnde.pinn.IBVP1D`); the network ($(x, t) \mapsto u$, ``layers`` tanh layers of
-``hidden`` units) is trained on the residual at ``batch_size`` fresh uniform points per step
-(``sampler=rad``: drawn from 4x as many by the residual, :class:`torchnde.pinn.ResidualResampler`).
+``hidden`` units) is trained on the residual at ``batch_size`` points per step, drawn from 4x as
+many uniform ones by their residual (RAD, :class:`torchnde.pinn.ResidualResampler`;
+``sampler=uniform`` for plain fresh uniform points). On 2 cores the default reached
+rel. L2 1.6e-2 with RAD and 7.4e-2 with uniform points (4000 Adam steps each).
 
 **Reference.** $-\sin\pi x$ is 2-periodic and odd, so the periodic solution on $[-1, 1)$ is odd
 and vanishes at $x = \pm 1$: it *is* the Dirichlet solution. With $\xi = (x + 1)/2$,
@@ -18,7 +20,7 @@ integrating-factor RK4 with step $10^{-4}$, float64) at 101 times.
 
 Headline (``eval``): ``rel_l2``, $\|u_\theta - u\|_2 / \|u\|_2$ over 256 x 101 space-time
 points (Raissi et al.'s metric; their 6.7e-4 is with L-BFGS, 10 000 points and a 9-layer
-network). ``torchnde run pinn-burgers`` (a few minutes on 2 cores); ``full=true`` for a longer
+network). ``torchnde run pinn-burgers`` (about 3-5 minutes on 2 cores); ``full=true`` for a longer
 run with a deeper network.
 """
 
@@ -76,7 +78,7 @@ class Config(ExperimentConfig):
     reference_modes: int = field(default=4096, metadata={"help": "Fourier modes of the reference"})
     reference_dt: float = field(default=1e-4, metadata={"help": "time step of the reference"})
     sampler: str = field(
-        default="uniform",
+        default="rad",
         metadata={
             "help": "collocation points: fresh uniform, or residual-based adaptive (RAD, from a "
             "pool of 4x the batch)",
