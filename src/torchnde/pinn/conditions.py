@@ -268,11 +268,15 @@ class DirichletBVP2D(BaseCondition):
 
 
 def _derivative(fn: BoundaryFn, x: torch.Tensor) -> torch.Tensor:
+    """``fn'(x)`` by autograd (a graph kept only where the caller records one)."""
+    keep = torch.is_grad_enabled()
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         out = fn(xr)
-        (g,) = torch.autograd.grad(out.sum(), xr, create_graph=torch.is_grad_enabled())
-    return g
+        if not out.requires_grad:  # a profile that does not depend on x
+            return torch.zeros_like(x)
+        (g,) = torch.autograd.grad(out.sum(), xr, create_graph=keep, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
 
 
 class IBVP1D(BaseCondition):
