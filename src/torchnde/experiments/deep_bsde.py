@@ -17,7 +17,10 @@ cosine decay: HJB at ``lr``, Allen-Cahn at ``allen_cahn_lr``. The paper trains 2
 4000 (Allen-Cahn) steps at constant rates 1e-2 and 5e-4; the default here is a short run
 (``epochs`` x ``steps_per_epoch`` = 1000 steps, at 2e-2 and 5e-3 to make up for it: Adam
 moves $Y_0$ by about the learning rate per step, and the HJB's $Y_0$ starts in $[0, 1]$, 4
-away from the answer); ``full=true`` runs 4000 steps at the paper's rates.
+away from the answer); ``full=true`` runs 4000 steps at the paper's rates. Measured on 2
+shared cores (seed 0): the default (about 5 minutes) reached relative errors 0.55% (HJB) and
+0.06% (Allen-Cahn); ``full=true`` (about 13 minutes) 0.16% and 0.33%, the paper's 0.17% and
+0.30%.
 
 Headline (``eval``): ``hjb_u0``, ``hjb_rel_error``, ``allen_cahn_u0``,
 ``allen_cahn_rel_error`` (relative to the references above).
