@@ -169,6 +169,18 @@ TINY = {
 # Experiments whose steps solve no differential equation (neural operators; the mechanics
 # models trained on derivatives, as their papers): their steps log no function evaluations.
 NO_SOLVE = {"burgers", "darcy", "pendulum", "double-pendulum", "chain"}
+# The physics-informed and deep BSDE experiments (residual losses, no solves in the loop).
+TINY.update(
+    {
+        "pinn-ode": ["--epochs", "1", "steps_per_epoch=3", "batch_size=16", "hidden=4"],
+        "pinn-poisson": ["--epochs", "1", "steps_per_epoch=3", "batch_size=16", "hidden=4"],
+        "pinn-burgers": ["--epochs", "1", "steps_per_epoch=2", "batch_size=16", "hidden=4",
+                         "layers=1", "nu=0.1", "reference_modes=256", "reference_dt=1e-3"],
+        "deep-bsde": ["--epochs", "1", "steps_per_epoch=2", "batch_size=8", "dim=100",
+                      "num_time_interval=3", "reference_samples=1000"],
+    }
+)  # fmt: skip
+NO_SOLVE |= {"pinn-ode", "pinn-poisson", "pinn-burgers", "deep-bsde"}
 
 
 def _numbers(obj):

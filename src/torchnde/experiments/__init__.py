@@ -247,3 +247,31 @@ register(
     "al. 2021, Neural CDEs for Online Prediction Tasks",
     "torchnde.experiments.vowels",
 )
+register(
+    "pinn-ode",
+    "physics-informed networks (exact initial conditions) on a damped oscillator and "
+    "Lotka-Volterra: max error against torchnde's solver",
+    "Lagaris, Likas, Fotiadis 1998; Chen et al. 2020, NeuroDiffEq",
+    "torchnde.experiments.pinn_ode",
+)
+register(
+    "pinn-poisson",
+    "physics-informed network with exact Dirichlet values on 2-D Poisson: relative L2 error",
+    "Lagaris, Likas, Fotiadis 1998, Artificial Neural Networks for Solving Ordinary and "
+    "Partial Differential Equations",
+    "torchnde.experiments.pinn_poisson",
+)
+register(
+    "pinn-burgers",
+    "physics-informed network on 1-D viscous Burgers (nu = 0.01/pi): relative L2 error "
+    "against a spectral reference",
+    "Raissi, Perdikaris, Karniadakis 2019, Physics-informed neural networks",
+    "torchnde.experiments.pinn_burgers",
+)
+register(
+    "deep-bsde",
+    "deep BSDE on the 100-dimensional HJB and Allen-Cahn equations: u(0, 0) against the references",
+    "Han, Jentzen, E 2018, Solving high-dimensional partial differential equations using "
+    "deep learning",
+    "torchnde.experiments.deep_bsde",
+)
