@@ -31,3 +31,10 @@ from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
+from .cpflow import ICNN as ICNN
+from .cpflow import CPFlow as CPFlow
+from .equivariant import EGNNField as EGNNField
+from .equivariant import EquivariantCNF as EquivariantCNF
+from .monge_ampere import MongeAmpereFlow as MongeAmpereFlow
+from .monge_ampere import PotentialGradient as PotentialGradient
+from .trajectorynet import TrajectoryNet as TrajectoryNet
