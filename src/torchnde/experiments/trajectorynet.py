@@ -73,7 +73,9 @@ def wasserstein1(a: torch.Tensor, b: torch.Tensor) -> float:
     """The exact 1-Wasserstein distance between two equal-size point clouds (uniform
     weights), by optimal assignment."""
     if a.shape != b.shape:
-        raise ValueError(f"wasserstein1: need point clouds of equal shape, got {a.shape}, {b.shape}.")
+        raise ValueError(
+            f"wasserstein1: need point clouds of equal shape, got {a.shape}, {b.shape}."
+        )
     return _assignment(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy(), 1)[1]
 
 
@@ -235,7 +237,9 @@ class Task(harness.Task):
         with torch.no_grad():
             pred = self._to_raw(model.transport(prev, TIMES[k - 1], TIMES[k])).numpy()
         lin = linear_interpolation(
-            self.prev_cells, self.next_cells, (TIMES[k] - TIMES[k - 1]) / (TIMES[k + 1] - TIMES[k - 1])
+            self.prev_cells,
+            self.next_cells,
+            (TIMES[k] - TIMES[k - 1]) / (TIMES[k + 1] - TIMES[k - 1]),
         ).numpy()
         fig = new_figure(12, 4.5)
         ax_d, ax_p = fig.subplots(1, 2)
@@ -247,12 +251,12 @@ class Task(harness.Task):
         ax_d.legend(fontsize="small", markerscale=4)
         h = self.holdout_cells.numpy()
         ax_p.scatter(h[:, 0], h[:, 1], s=2, color="k", alpha=0.4, label="held-out truth")
+        ev = metrics["eval"]
         ax_p.scatter(pred[:, 0], pred[:, 1], s=2, color="tab:red", alpha=0.5,
-                     label=f"TrajectoryNet (W1 {metrics['eval']['holdout_w1']:.3f})")  # fmt: skip
+                     label=f"TrajectoryNet (W1 {ev['holdout_w1']:.3f})")  # fmt: skip
         ax_p.scatter(lin[:, 0], lin[:, 1], s=2, color="tab:blue", alpha=0.5,
-                     label=f"linear OT (W1 {metrics['eval']['linear_holdout_w1']:.3f})")  # fmt: skip
+                     label=f"linear OT (W1 {ev['linear_holdout_w1']:.3f})")  # fmt: skip
         ax_p.set(title=f"held-out t={TIMES[k]:g}")
         ax_p.legend(fontsize="small", markerscale=4)
         fig.suptitle("torchnde: TrajectoryNet on a branching process")
         return fig
-

@@ -7,8 +7,12 @@ from .constrained import CHNN as CHNN
 from .constrained import CLNN as CLNN
 from .control import EnergyShaping as EnergyShaping
 from .control import SemiMarkovPolicy as SemiMarkovPolicy
+from .cpflow import ICNN as ICNN
+from .cpflow import CPFlow as CPFlow
 from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
+from .equivariant import EGNNField as EGNNField
+from .equivariant import EquivariantCNF as EquivariantCNF
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
 from .hamiltonian import HNN as HNN
@@ -18,6 +22,8 @@ from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
 from .jump_sde import NeuralJumpSDE as NeuralJumpSDE
 from .lagrangian import LNN as LNN
+from .monge_ampere import MongeAmpereFlow as MongeAmpereFlow
+from .monge_ampere import PotentialGradient as PotentialGradient
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
@@ -31,10 +37,4 @@ from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
-from .cpflow import ICNN as ICNN
-from .cpflow import CPFlow as CPFlow
-from .equivariant import EGNNField as EGNNField
-from .equivariant import EquivariantCNF as EquivariantCNF
-from .monge_ampere import MongeAmpereFlow as MongeAmpereFlow
-from .monge_ampere import PotentialGradient as PotentialGradient
 from .trajectorynet import TrajectoryNet as TrajectoryNet

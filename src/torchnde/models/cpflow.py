@@ -3,6 +3,7 @@ r"""Convex potential flows (CP-Flow, Huang, Chen, Tsirigotis, Courville 2021).""
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any
 
 import torch
@@ -266,14 +267,16 @@ class CPFlow(nn.Module):
         if method is None:
             method = "newton" if self.dim <= 16 else "lbfgs"
         if method not in ("newton", "lbfgs"):
-            raise ValueError(f"CPFlow.inverse: `method` must be 'newton' or 'lbfgs', got {method!r}.")
+            raise ValueError(
+                f"CPFlow.inverse: `method` must be 'newton' or 'lbfgs', got {method!r}."
+            )
         if not isinstance(tol, (int, float)) or not tol > 0:
             raise ValueError(f"CPFlow.inverse: `tol` must be a positive number, got {tol!r}.")
         _positive_int("CPFlow.inverse", "max_iter", max_iter)
         solve = _newton if method == "newton" else _lbfgs
         x = z.detach()
         for block in reversed(self.blocks):
-            x = solve(block, x, tol, max_iter)
+            x = solve(typing.cast(ICNN, block), x, tol, max_iter)
         return x
 
     def sample(
@@ -297,7 +300,7 @@ class CPFlow(nn.Module):
         return f"dim={self.dim}, num_blocks={len(self.blocks)}, noise={self.noise!r}"
 
 
-def _newton(block: nn.Module, z: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+def _newton(block: ICNN, z: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     r"""Damped Newton on $G(x) = F(x) - \langle x, z\rangle$ per sample: the step
     $H^{-1}(\nabla F - z)$, halved until Armijo's condition holds (G is strongly convex, so
     the full step is accepted near the solution and convergence is quadratic)."""
@@ -332,7 +335,7 @@ def _newton(block: nn.Module, z: torch.Tensor, tol: float, max_iter: int) -> tor
     return x
 
 
-def _lbfgs(block: nn.Module, z: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+def _lbfgs(block: ICNN, z: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     """L-BFGS on the sum over the batch of the separable objectives."""
     x = (z / block.convexity.detach()).clone().requires_grad_(True)
     opt = torch.optim.LBFGS(

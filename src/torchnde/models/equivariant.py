@@ -29,13 +29,27 @@ class _EGNNLayer(nn.Module):
         self.edge = nn.Sequential(
             nn.Linear(2 * hidden + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
         )
-        self.coord = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        last = nn.Linear(hidden, 1)
+        # Start at the zero field: the flow starts at the identity.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.coord = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), last)
         self.node = nn.Sequential(
             nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
-        # Start near the zero field: the flow starts near the identity.
-        nn.init.zeros_(self.coord[-1].weight)
-        nn.init.zeros_(self.coord[-1].bias)
+
+    def forward(
+        self, h: torch.Tensor, y: torch.Tensor, tt: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, _ = y.shape
+        diff = y.unsqueeze(2) - y.unsqueeze(1)  # (b, n, n, d): y_i - y_j
+        d2 = (diff * diff).sum(-1, keepdim=True)
+        hi = h.unsqueeze(2).expand(b, n, n, -1)
+        hj = h.unsqueeze(1).expand(b, n, n, -1)
+        m = self.edge(torch.cat([hi, hj, d2, tt], -1)) * mask
+        y = y + (diff * self.coord(m) * mask).sum(2) / (n - 1)
+        h = h + self.node(torch.cat([h, m.sum(2)], -1))
+        return h, y
 
 
 class EGNNField(nn.Module):
@@ -82,13 +96,7 @@ class EGNNField(nn.Module):
         h = self.h_init.to(x.dtype).expand(b, n, -1)
         y = x
         for layer in self.layers:
-            diff = y.unsqueeze(2) - y.unsqueeze(1)  # (b, n, n, d): y_i - y_j
-            d2 = (diff * diff).sum(-1, keepdim=True)
-            hi = h.unsqueeze(2).expand(b, n, n, -1)
-            hj = h.unsqueeze(1).expand(b, n, n, -1)
-            m = layer.edge(torch.cat([hi, hj, d2, tt], -1)) * mask
-            y = y + (diff * layer.coord(m) * mask).sum(2) / (n - 1)
-            h = h + layer.node(torch.cat([h, m.sum(2)], -1))
+            h, y = layer(h, y, tt, mask)
         v = y - x
         return v - v.mean(1, keepdim=True)
 

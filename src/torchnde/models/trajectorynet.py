@@ -49,6 +49,8 @@ class TrajectoryNet(nn.Module):
         optimal transport network for modeling cellular dynamics", ICML 2020.
     """
 
+    _cnf: CNF
+
     def __init__(
         self,
         vector_field: Any,
@@ -67,7 +69,9 @@ class TrajectoryNet(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(base_time, bool) or not isinstance(base_time, (int, float)):
-            raise TypeError(f"TrajectoryNet: `base_time` must be a number, got {describe(base_time)}.")
+            raise TypeError(
+                f"TrajectoryNet: `base_time` must be a number, got {describe(base_time)}."
+            )
         self.vector_field = vector_field
         self.base_time = float(base_time)
         kw: dict[str, Any] = dict(
