@@ -103,7 +103,7 @@ class Config(ODEConfig):
     """Options of ``torchnde run dimer``."""
 
     out: Path = field(default=Path("runs/dimer"), metadata={"help": "run folder"})
-    epochs: int = field(default=20, metadata={"help": "passes over the training set"})
+    epochs: int = field(default=60, metadata={"help": "passes over the training set"})
     batch_size: int = field(default=128, metadata={"help": "configurations per step"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     method: str = field(default="rk4", metadata={"help": "ODE solver of both flows"})
@@ -275,8 +275,8 @@ class Task(harness.Task):
         with torch.no_grad():
             ys = {
                 "MCMC (test)": self.y_test,
-                "equivariant": model["equivariant"].sample(1024, generator=gen),
-                "plain": self.from_coords(model["plain"].sample(1024, generator=gen)),
+                "equivariant": model["equivariant"].sample(cfg.num_ess, generator=gen),
+                "plain": self.from_coords(model["plain"].sample(cfg.num_ess, generator=gen)),
             }
         fig = new_figure(10, 4)
         ax_r, ax_e = fig.subplots(1, 2)

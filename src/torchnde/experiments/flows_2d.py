@@ -52,7 +52,7 @@ class Config(ODEConfig):
     out: Path = field(default=Path("runs/flows-2d"), metadata={"help": "run folder"})
     dataset: str = field(default="moons", metadata={"help": "the 2-D density", "choices": DATASETS})
     noise: float = field(default=0.1, metadata={"help": "std of the density's Gaussian blur"})
-    epochs: int = field(default=25, metadata={"help": "passes over the training set"})
+    epochs: int = field(default=50, metadata={"help": "passes over the training set"})
     batch_size: int = field(default=128, metadata={"help": "points per step (global)"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     method: str = field(default="rk4", metadata={"help": "ODE solver of the two CNFs"})
