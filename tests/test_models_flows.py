@@ -255,3 +255,17 @@ def test_documented_errors():
         tj.log_prob(torch.zeros(1, 2, dtype=D64), -1.0)
     with pytest.raises(TypeError, match="`base_time` must be a number"):
         TrajectoryNet(_Linear(0.1), 2, base_time="0")  # type: ignore[arg-type]
+
+
+def test_flow_log_prob_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    ma = MongeAmpereFlow(DepthCat(net), 2, solver=tn.RK4(), dt0=0.5)
+    x = torch.randn(2, 2, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(ma.log_prob, (x,), fast_mode=True)
+    f = EGNNField(3, 2, hidden=6, num_layers=1).double()
+    for p in f.parameters():  # a moderate field (the zero-initialised heads made non-zero)
+        p.data.add_(0.2 * torch.randn_like(p))
+    eq = EquivariantCNF(f, 3, 2, solver=tn.RK4(), dt0=0.5)
+    y = torch.randn(2, 3, 2, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(eq.log_prob, (y,), fast_mode=True)

@@ -236,7 +236,7 @@ class Task(harness.Task):
                 verdict + " (criterion: lower W1 than linear interpolation)",
             ),
             Headline(
-                "branch split at the held-out time (mean |y|), truth / TrajectoryNet / linear",
+                "branch split at the held-out time (mean abs(y)), truth / TrajectoryNet / linear",
                 f"{split:.3f} / {pred:.3f} / {lin_s:.3f}",
                 "TrajectoryNet recovers the branching between the observed snapshots "
                 "(Tong et al. 2020, Fig. 3)",
