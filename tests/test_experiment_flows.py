@@ -56,9 +56,9 @@ def test_the_double_well_energy_is_symmetric_and_has_two_bond_lengths():
 
 def test_metropolis_samples_the_dimer_bond_length_distribution():
     # Two particles in 2-D: the bond length r has density proportional to r exp(-E(r)).
-    x, acc = metropolis(3000, 2, 2, 1500, 0.5, torch.Generator().manual_seed(0))
+    x, acc = metropolis(1500, 2, 2, 1500, 0.5, torch.Generator().manual_seed(0))
     assert 0.05 < acc < 0.9
-    torch.testing.assert_close(x.sum(1), torch.zeros(3000, 2, dtype=torch.float64))
+    torch.testing.assert_close(x.sum(1), torch.zeros(1500, 2, dtype=torch.float64))
     r = (x[:, 0] - x[:, 1]).norm(dim=-1)
     grid = torch.linspace(1e-3, 9, 20001, dtype=torch.float64)
     pair = torch.stack([torch.zeros(len(grid), 2, dtype=torch.float64),
