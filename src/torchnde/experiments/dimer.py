@@ -253,7 +253,7 @@ class Task(harness.Task):
                 "parameters)",
                 f"{eq:.3f} / {pl:.3f}",
                 "an equivariant flow has a lower NLL than a non-equivariant one of similar "
-                "size on DW-4 (Koehler et al. 2020, Sec. 6; Satorras et al. 2021, Table 1)",
+                "size on DW-4 (Koehler et al. 2020; Satorras et al. 2021, their DW-4 results)",
                 nll_v + " for the equivariant flow",
             ),
             Headline(

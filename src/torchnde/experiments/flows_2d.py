@@ -212,7 +212,7 @@ class Task(harness.Task):
                 "Monge-Ampere / CP-Flow",
                 value,
                 "all three are universal density models that fit multi-modal 2-D densities "
-                "(Grathwohl et al. 2019 Fig. 2; Huang et al. 2021 Fig. 4, Sec. 3)",
+                "(Grathwohl et al. 2019 and Huang et al. 2021, their 2-D toy densities)",
                 fit,
             ),
             Headline(
@@ -226,7 +226,7 @@ class Task(harness.Task):
             Headline(
                 "CP-Flow inverse by convex optimisation: max error of f^-1(f(x)), 256 test points",
                 f"{metrics['cpflow_inverse_error']:.1e}",
-                "the map is invertible by convex optimisation (Huang et al. 2021, Sec. 3)",
+                "the map is invertible by convex optimisation (Huang et al. 2021)",
                 ("yes" if metrics["cpflow_inverse_error"] < 1e-3 else "no")
                 + f": criterion below 1e-3 in float32, got {metrics['cpflow_inverse_error']:.1e}",
             ),

@@ -232,14 +232,14 @@ class Task(harness.Task):
                 f"{tn_:.3f} / {lin:.3f} (floor {floor:.3f}, previous snapshot {prev:.3f})",
                 "with the kinetic (dynamic OT) regulariser TrajectoryNet interpolates held-out "
                 "time points at least as well as static OT interpolation, better on curved "
-                "paths (Tong et al. 2020, Sec. 5, Table 2)",
+                "paths (Tong et al. 2020, held-out time-point experiments)",
                 verdict + " (criterion: lower W1 than linear interpolation)",
             ),
             Headline(
                 "branch split at the held-out time (mean abs(y)), truth / TrajectoryNet / linear",
                 f"{split:.3f} / {pred:.3f} / {lin_s:.3f}",
                 "TrajectoryNet recovers the branching between the observed snapshots "
-                "(Tong et al. 2020, Fig. 3)",
+                "(Tong et al. 2020, their branching toy data)",
                 split_v + " (criterion: within 25% of the true split)",
             ),
         ]

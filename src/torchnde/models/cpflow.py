@@ -220,7 +220,7 @@ class CPFlow(nn.Module):
 
     def surrogate_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         r"""A per-sample training objective ``(batch,)`` whose gradient is the stochastic
-        estimate of $\nabla\log p(x)$ of Huang et al. (2021, Sec. 4): one probe $v$ per
+        estimate of $\nabla\log p(x)$ of Huang et al. (2021): one probe $v$ per
         sample and block, $H^{-1}v$ by conjugate gradients. Its value is not $\log p(x)$;
         evaluate with :meth:`log_prob`."""
         self._check(x)
