@@ -119,7 +119,7 @@ class EquivariantCNF(CNF):
     $U = \{x \in \mathbb R^{n\times d}: \sum_i x_i = 0\}$ (dimension $(n-1)d$), invariant
     under $O(d)$ and permutations, and the vector field (e.g. :class:`EGNNField`) is
     equivariant, maps into $U$ and depends only on differences $x_i - x_j$. Then the flow
-    stays in $U$, the density it defines on $U$ is invariant (Koehler et al. 2020, Thm. 1),
+    stays in $U$, the density it defines on $U$ is invariant (Koehler et al. 2020),
     and the trace of the field's Jacobian on $\mathbb R^{n\times d}$ equals its trace on $U$
     (the centre-of-mass directions are in its kernel and outside its range), so
 
