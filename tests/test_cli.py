@@ -165,6 +165,37 @@ TINY = {
         "odernn_units=2",
         "method=euler",
     ],  # fmt: skip
+    "flows-2d": [
+        "--epochs",
+        "1",
+        "num_train=64",
+        "num_test=32",
+        "hidden=4",
+        "batch_size=64",
+        "step_size=0.5",
+        "cpflow_blocks=1",
+    ],
+    "dimer": [
+        "--epochs",
+        "1",
+        "num_train=32",
+        "num_test=16",
+        "num_ess=16",
+        "mcmc_steps=20",
+        "hidden=4",
+        "layers=1",
+        "batch_size=32",
+        "step_size=0.5",
+    ],
+    "trajectorynet": [
+        "--epochs",
+        "1",
+        "num_train=16",
+        "num_test=16",
+        "batch_size=16",
+        "hidden=4",
+        "step_size=1",
+    ],
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics
 # models trained on derivatives, as their papers): their steps log no function evaluations.

@@ -275,3 +275,23 @@ register(
     "deep learning",
     "torchnde.experiments.deep_bsde",
 )
+register(
+    "flows-2d",
+    "FFJORD, Monge-Ampere flow and CP-Flow on one 2-D density, beside the true density",
+    "Grathwohl et al. 2019, FFJORD; Zhang, E, Wang 2018, Monge-Ampere Flow; Huang et al. 2021, "
+    "Convex Potential Flows",
+    "torchnde.experiments.flows_2d",
+)
+register(
+    "dimer",
+    "equivariant (EGNN) CNF vs a plain CNF of the same size on the double-well DW-4 system",
+    "Koehler, Klein, Noe 2020, Equivariant Flows; Satorras et al. 2021, E(n) Equivariant "
+    "Normalizing Flows",
+    "torchnde.experiments.dimer",
+)
+register(
+    "trajectorynet",
+    "TrajectoryNet vs linear OT interpolation of a held-out snapshot of a branching process",
+    "Tong, Huang, Wolf, van Dijk, Krishnaswamy 2020, TrajectoryNet",
+    "torchnde.experiments.trajectorynet",
+)

@@ -7,8 +7,12 @@ from .constrained import CHNN as CHNN
 from .constrained import CLNN as CLNN
 from .control import EnergyShaping as EnergyShaping
 from .control import SemiMarkovPolicy as SemiMarkovPolicy
+from .cpflow import ICNN as ICNN
+from .cpflow import CPFlow as CPFlow
 from .delan import DeLaN as DeLaN
 from .deq import DEQ as DEQ
+from .equivariant import EGNNField as EGNNField
+from .equivariant import EquivariantCNF as EquivariantCNF
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
 from .hamiltonian import HNN as HNN
@@ -20,6 +24,8 @@ from .jump_sde import NeuralJumpSDE as NeuralJumpSDE
 from .lagrangian import LNN as LNN
 from .latent_sde import LatentSDE as LatentSDE
 from .latent_sde import LatentSDEOutput as LatentSDEOutput
+from .monge_ampere import MongeAmpereFlow as MongeAmpereFlow
+from .monge_ampere import PotentialGradient as PotentialGradient
 from .multiple_shooting import MultipleShooting as MultipleShooting
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
@@ -49,3 +55,4 @@ from .grud import GRUD as GRUD
 from .neural_cde import CDEVectorField as CDEVectorField
 from .neural_cde import NeuralCDE as NeuralCDE
 from .neural_rde import NeuralRDE as NeuralRDE
+from .trajectorynet import TrajectoryNet as TrajectoryNet
