@@ -102,6 +102,13 @@ class AbstractStepSizeController(abc.ABC):
         a failed solve. ``None`` for controllers that measure no error."""
         return None
 
+    def fixed_grid(self, t0: torch.Tensor, dt0: torch.Tensor | None, num: int) -> Any:
+        """The ends of the first ``num`` steps, a tensor of shape ``(num,)``, when they are
+        known before the solve (joint constant steps: ``t0 + k dt0``, the values ``adapt``
+        would give, bit for bit, before clipping to ``t1``); ``None`` otherwise. The loop
+        then takes the steps on a grid decided on the host in advance (``_core/fixed.py``)."""
+        return None
+
     def prepare(
         self, direction: float, dtype: torch.dtype, device: torch.device
     ) -> AbstractStepSizeController:
@@ -213,6 +220,13 @@ class ConstantStepSize(AbstractStepSizeController):
         # steps of 1/n end on t1, not a hair before it with a tiny extra step).
         one = torch.ones_like(t0)
         return end, (dt0, at_jump, t0, one), 0
+
+    def fixed_grid(self, t0: torch.Tensor, dt0: torch.Tensor | None, num: int) -> Any:
+        if self.step_ts is not None or self.jump_ts is not None or self.per_sample or dt0 is None:
+            return None
+        # k·dt0 with k counted in t0's dtype, as `adapt` counts it (1·dt0 is dt0 exactly).
+        k = torch.arange(1, num + 1, dtype=t0.dtype, device=t0.device)
+        return t0 + k * dt0
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
         dt0, made_jump, origin, k = state
