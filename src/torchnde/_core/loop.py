@@ -209,10 +209,6 @@ class _Step:
     made_jump: torch.Tensor | None
     t_after: torch.Tensor
     t_step_end: torch.Tensor
-    # Joint adaptive steps without events: (accepted, time reached, next step's end[, jump])
-    # read on the host before the state is advanced (``Loop.body``), so the mode need not
-    # read them again.
-    host_vals: list | None = None
 
 
 @dataclass
@@ -384,16 +380,12 @@ class JointStepping:
         t_before = step.t
         if replay is None:
             host = Host(keep_going=False)
-            if step.host_vals is not None:
-                ok, t_end, tnext_host, *jump = step.host_vals
-                vals = [float(t_end) if ok else prev.t_shown, float(tnext_host), *jump]
-            else:
-                req = [new.t, new.tnext]
-                if not adaptive:
-                    req.append(step.finite)  # type: ignore[arg-type]
-                if loop.has_jumps:
-                    req.append(step.made_jump)  # type: ignore[arg-type]
-                vals = _host(req)
+            req = [new.t, new.tnext]
+            if not adaptive:
+                req.append(step.finite)  # type: ignore[arg-type]
+            if loop.has_jumps:
+                req.append(step.made_jump)  # type: ignore[arg-type]
+            vals = _host(req)
             t_host, tnext_host = float(vals[0]), float(vals[1])
             status = Status.SUCCESSFUL
             if cut is not None and cut.status != Status.SUCCESSFUL:
@@ -585,8 +577,6 @@ class Loop:
         )
         self.events = EventHook(event, self) if event is not None else None
         self.compiled = compile_step
-        # Joint adaptive steps without events choose the next state on the host (`body`).
-        self.host_select = self.adaptive and not self.per_sample and event is None
         self.attempt = (
             torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
         )
@@ -789,9 +779,6 @@ class Loop:
             raise
         nfe = self.solver.num_fevals_step
         always = self.always_accept
-        if self.host_select and replay is None:
-            return self._body_host_select(st, prev, y1, dense_info, fnew, accept, next_t1,
-                                          made_jump, cstate, nfe)  # fmt: skip
         t_after = tnext if always else torch.where(accept, tnext, t)
         step = _Step(
             t=t, tnext=tnext, y1=y1, dense_info=dense_info, accept=accept, finite=finite,
@@ -825,45 +812,6 @@ class Loop:
         nfe += self.solver.take_dense_fevals(dense_info)
         extra = self.solver.take_stats(dense_info)
         if extra and replay is None:
-            for k, v in extra.items():
-                self.extra_stats[k] = self.extra_stats.get(k, 0) + v
-        return new, host, emit, nfe
-
-    def _body_host_select(
-        self, st: _State, prev: Host, y1, dense_info, fnew, accept, next_t1, made_jump, cstate,
-        nfe: int,
-    ) -> tuple[_State, Host, _Emit, int]:  # fmt: skip
-        """:meth:`body` for a live joint adaptive step without events: whether the step was
-        accepted is read on the host together with what the mode reads anyway (one
-        transfer), and the state is advanced by choosing in Python instead of with
-        ``torch.where`` (the same values and gradients: ``where`` with a scalar condition
-        takes one branch whole)."""
-        t, tnext = st.t, st.tnext
-        new = st.copy()
-        new.cstate, new.y1 = cstate, y1
-        new.tnext = self._clip_end(next_t1)
-        req = [accept, tnext, new.tnext]
-        if self.has_jumps:
-            req.append(made_jump)
-        vals = _host(req)
-        if vals[0]:
-            new.y, new.fstate, new.t = y1, fnew, tnext
-        else:
-            new.y, new.t = st.y, t
-            new.fstate = self.solver.rejected_state(st.fstate, fnew)
-        step = _Step(
-            t=t, tnext=tnext, y1=y1, dense_info=dense_info, accept=accept, finite=None,
-            made_jump=made_jump, t_after=new.t, t_step_end=new.t, host_vals=vals,
-        )  # fmt: skip
-        host, emit = self.mode.advance(self, st, new, prev, None, step, None)
-        if host.jumped:
-            t_right = torch.nextafter(new.t, torch.full_like(new.t, math.inf))
-            init = self.solver.init(self.terms, t_right, new.y, self.args)
-            new.fstate = tree_where(made_jump, init, new.fstate)
-            nfe += self.solver.num_fevals_init
-        nfe += self.solver.take_dense_fevals(dense_info)
-        extra = self.solver.take_stats(dense_info)
-        if extra:
             for k, v in extra.items():
                 self.extra_stats[k] = self.extra_stats.get(k, 0) + v
         return new, host, emit, nfe
