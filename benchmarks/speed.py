@@ -15,9 +15,9 @@ Rows (float32, one thread, fixed seeds):
 - ``dopri5 1e-3 ...``: the same at rtol = atol = 1e-3, for the NFE comparison.
 
 Every row reports the median wall and process-CPU time over interleaved rounds (one call of
-each contender per round, ``_common.time_interleaved``), NFE (counted by the wrapper module)
-and the max abs difference of the final state from a float64 torchdiffeq dopri5 solve at
-rtol 1e-10 (``err``). ``--baseline-rev REV`` imports the torchnde of a git revision (``git
+each contender per round, the order reversed every round: ``time_abba``), NFE (counted by
+the wrapper module) and the max abs difference of the final state from a float64
+torchdiffeq dopri5 solve at rtol 1e-10 (``err``). ``--baseline-rev REV`` imports the torchnde of a git revision (``git
 archive REV src/torchnde``, renamed ``torchnde_base``) into the same process, so "today"
 and "now" are timed in the same rounds too.
 """
@@ -39,13 +39,37 @@ from _common import (
     make_mlp_weights,
     markdown_table,
     set_threads,
-    time_interleaved,
     torch_mlp,
     write_json,
 )
 
 # isort: split
 import torch
+
+
+def time_abba(fns: dict[str, Any], min_rounds: int, target_s: float) -> dict[str, dict]:
+    """Like ``_common.time_interleaved``, but the order of the contenders is reversed every
+    round (ABBA), so that no library always runs first after another one (which measurably
+    favoured the second of two identical torchnde solves at d=2 B=1, by about 10%)."""
+    import time
+
+    import numpy as np
+
+    keys = list(fns)
+    wall: dict[str, list[float]] = {k: [] for k in keys}
+    cpu: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(200):
+        for k in keys if r % 2 == 0 else reversed(keys):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[k]()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+        if r + 1 >= min_rounds and r % 2 == 1 and all(sum(v) >= target_s for v in wall.values()):
+            break
+    return {
+        k: {"median": float(np.median(wall[k])), "cpu_median": float(np.median(cpu[k]))}
+        for k in keys
+    }
 
 
 def load_baseline(rev: str) -> Any:
@@ -92,7 +116,7 @@ def main() -> None:
             return torchdiffeq.odeint(f, y0.double(), t.double(), rtol=1e-10, atol=1e-10)[-1]
 
     def record(name: str, fns: dict, nfe: dict, outs: dict, ref: torch.Tensor, floor=None):
-        res = time_interleaved(fns, min_rounds=a.min_rounds, target_s=a.target_s)
+        res = time_abba(fns, min_rounds=a.min_rounds, target_s=a.target_s)
         base = res["torchdiffeq"]
         for k in fns:
             if k == "floor":
@@ -209,9 +233,54 @@ def main() -> None:
         for d, B in ((2, 1), (32, 256)):
             dopri5_row(tol, d, B)
 
+    # --- SDE forward, diagonal noise (sde_solve.py's problem: d=32, B=256, dt=0.01)
+    def sde_row(method: str, sde_method: str, calculus: str) -> None:
+        name = f"sde {method} fwd d=32 B=256"
+        if not want(name):
+            return
+        import torchsde
+
+        from sde_solve import BATCH, DT, SDE
+
+        sde = SDE("ito" if calculus == "ito" else "stratonovich")
+        y0 = torch.randn(BATCH, 32)
+        ts = torch.tensor([0.0, 1.0])
+        fns: dict[str, Any] = {}
+        for label, lib in libs.items():
+
+            def run(lib=lib) -> Any:
+                with torch.no_grad():
+                    return lib.sdeint(sde.f, sde.g, y0, ts, noise="diagonal", calculus=calculus,
+                                      method=method, dt=DT)[-1]  # fmt: skip
+
+            fns[f"torchnde {label}"] = run
+
+        def run_sde() -> Any:
+            bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=(BATCH, 32), dt=DT)
+            with torch.no_grad():
+                return torchsde.sdeint(sde, y0, ts, method=sde_method, dt=DT, bm=bm)[-1]
+
+        fns["torchsde+dt hint"] = run_sde
+        res = time_abba(fns, min_rounds=a.min_rounds, target_s=a.target_s)
+        base = res["torchsde+dt hint"]
+        for k, r in res.items():
+            row = {"row": name, "lib": k, "ms": r["median"], "cpu_ms": r["cpu_median"],
+                   "ratio": r["median"] / base["median"],
+                   "ratio_cpu": r["cpu_median"] / base["cpu_median"], "nfe": 200}  # fmt: skip
+            rows.append(row)
+            cpu = r["cpu_median"] * 1e3
+            print(
+                f"{name:28s} {k:16s} {r['median'] * 1e3:9.2f} ms  cpu {cpu:9.2f}  "
+                f"/torchsde {row['ratio_cpu']:.3f}",
+                flush=True,
+            )
+
+    sde_row("euler", "euler", "ito")
+    sde_row("reversible_heun", "reversible_heun", "stratonovich")
+
     cols = [
         ("row", "row", "s"), ("lib", "lib", "s"), ("ms", "ms", "ms"), ("cpu_ms", "cpu ms", "ms"),
-        ("ratio", "/tdq", "x"), ("ratio_cpu", "/tdq cpu", "x"), ("nfe", "NFE", "g"),
+        ("ratio", "/peer", "x"), ("ratio_cpu", "/peer cpu", "x"), ("nfe", "NFE", "g"),
         ("ovh", "ovh", "x"), ("err", "err", "e"),
     ]  # fmt: skip
     print()

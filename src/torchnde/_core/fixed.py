@@ -67,7 +67,9 @@ def fixed_grid(loop: Loop) -> tuple[torch.Tensor, list[float]] | None:
     estimate = math.ceil(span / h)
     if estimate + 2 > loop.max_steps:
         return None  # the general loop reaches max_steps and says so
-    num = max(estimate + 2, 1)
+    # Each step_ts point can add one (shortened) step.
+    step_ts = loop.controller.step_ts
+    num = estimate + 2 + (0 if step_ts is None else int(step_ts.numel()))
     ends = loop.controller.fixed_grid(loop.t0, loop.dt0, num)
     if ends is None:
         return None
@@ -76,7 +78,7 @@ def fixed_grid(loop: Loop) -> tuple[torch.Tensor, list[float]] | None:
     t1 = loop.t1_host
     for n, t in enumerate(host):
         if t >= t1:
-            return ends[: n + 1], host[: n + 1]
+            return (ends[: n + 1], host[: n + 1]) if n < loop.max_steps else None
     return None
 
 

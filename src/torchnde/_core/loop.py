@@ -20,6 +20,7 @@ import torch
 
 from .controllers import AbstractStepSizeController, Norm
 from .events import Event, locate_event
+from .fixed import fixed_grid, run_fixed
 from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
@@ -1005,8 +1006,6 @@ def run(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     """Run a solve to the end, live; returns the result and the host record of each iteration.
     A plain fixed-step solve takes its steps on a grid decided in advance (``_core/fixed.py``:
     the same steps, without the per-step host decisions)."""
-    from .fixed import fixed_grid, run_fixed
-
     grid = fixed_grid(loop)
     if grid is not None:
         return run_fixed(loop, y0, grid)
