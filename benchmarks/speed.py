@@ -11,13 +11,16 @@ Rows (float32, one thread, fixed seeds):
 - ``rk4 train ...``: the same solve + ``ys.pow(2).mean().backward()`` (backprop both sides);
 - ``dopri5 d=2 B=1`` / ``dopri5 d=32 B=256``: adaptive Dopri5, rtol = atol = 1e-6, 10 save
   times, MLP gain 8 (as ``ode_solve.py``), against torchdiffeq dopri5; the ``ovh`` column is
-  wall / (NFE x one bare call of the MLP), the floor timed in the same rounds;
-- ``dopri5 1e-3 ...``: the same at rtol = atol = 1e-3, for the NFE comparison.
+  CPU time / (NFE x one bare call of the MLP), the floor timed in the same rounds;
+- ``dopri5 1e-3 ...``: the same at rtol = atol = 1e-3, for the NFE comparison;
+- ``sde euler`` / ``sde reversible_heun``: ``sdeint`` forward (sde_solve.py's problem: d=32,
+  B=256, dt=0.01) against ``torchsde.sdeint`` with ``BrownianInterval(dt=0.01)``.
 
 Every row reports the median wall and process-CPU time over interleaved rounds (one call of
 each contender per round, the order reversed every round: ``time_abba``), NFE (counted by
 the wrapper module) and the max abs difference of the final state from a float64
-torchdiffeq dopri5 solve at rtol 1e-10 (``err``). ``--baseline-rev REV`` imports the torchnde of a git revision (``git
+torchdiffeq dopri5 solve at rtol 1e-10 (``err``). ``--baseline-rev REV`` imports the
+torchnde of a git revision (``git
 archive REV src/torchnde``, renamed ``torchnde_base``) into the same process, so "today"
 and "now" are timed in the same rounds too.
 """
