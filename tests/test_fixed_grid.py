@@ -11,13 +11,20 @@ import torch
 
 import torchnde as tn
 import torchnde._core.fixed as fixed
+import torchnde._core.loop as loop_module
 
 
 def _solve(general: bool, monkeypatch, *args, **kwargs):
+    """A solve on the fixed-grid path, or (``general``) on the general loop; checks which."""
+    taken = []
     with monkeypatch.context() as m:
+        real = fixed.run_fixed
+        m.setattr(loop_module, "run_fixed", lambda *a: taken.append(1) or real(*a))
         if general:
-            m.setattr(fixed, "fixed_grid", lambda loop: None)
-        return tn.solve(*args, **kwargs)
+            m.setattr(loop_module, "fixed_grid", lambda loop: None)
+        sol = tn.solve(*args, **kwargs)
+    assert bool(taken) != general
+    return sol
 
 
 def _field(t, y, args):
