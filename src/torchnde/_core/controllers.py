@@ -102,6 +102,13 @@ class AbstractStepSizeController(abc.ABC):
         a failed solve. ``None`` for controllers that measure no error."""
         return None
 
+    def fixed_grid(self, t0: torch.Tensor, dt0: torch.Tensor | None, num: int) -> Any:
+        """The ends of the first ``num`` steps, a tensor of shape ``(num,)``, when they are
+        known before the solve (joint constant steps: ``t0 + k dt0``, the values ``adapt``
+        would give, bit for bit, before clipping to ``t1``); ``None`` otherwise. The loop
+        then takes the steps on a grid decided on the host in advance (``_core/fixed.py``)."""
+        return None
+
     def prepare(
         self, direction: float, dtype: torch.dtype, device: torch.device
     ) -> AbstractStepSizeController:
@@ -213,6 +220,47 @@ class ConstantStepSize(AbstractStepSizeController):
         # steps of 1/n end on t1, not a hair before it with a tiny extra step).
         one = torch.ones_like(t0)
         return end, (dt0, at_jump, t0, one), 0
+
+    def fixed_grid(self, t0: torch.Tensor, dt0: torch.Tensor | None, num: int) -> Any:
+        if self.jump_ts is not None or self.per_sample or dt0 is None:
+            return None
+        if self.step_ts is None:
+            # k·dt0 with k counted in t0's dtype, as `adapt` counts it (1·dt0 is dt0 exactly).
+            k = torch.arange(1, num + 1, dtype=t0.dtype, device=t0.device)
+            return t0 + k * dt0
+        return self._grid_with_step_ts(t0, dt0, num)
+
+    def _grid_with_step_ts(self, t0: torch.Tensor, dt0: torch.Tensor, num: int) -> Any:
+        """The steps ``init`` and ``adapt`` take with ``step_ts``, replayed on the host in the
+        time dtype (numpy scalars round ``origin + k·dt0`` as the tensors do): the count
+        restarts at every step shortened to a ``step_ts`` point. Not for times with a
+        gradient (the grid is built from host values)."""
+        import bisect
+
+        import numpy as np
+
+        T: Any = {torch.float32: np.float32, torch.float64: np.float64}.get(t0.dtype)
+        if T is None or t0.requires_grad or dt0.requires_grad or self.step_ts is None:
+            return None
+        grid = self.step_ts.tolist()
+
+        def clip(a: Any, b: Any) -> Any:
+            i = bisect.bisect_right(grid, float(a))
+            return T(grid[i]) if i < len(grid) and T(grid[i]) <= b else b
+
+        origin: Any = T(float(t0))
+        k: Any = T(1)
+        h: Any = T(float(dt0))
+        end = clip(origin, origin + h)
+        ends = [end]
+        while len(ends) < num:
+            if end == origin + k * h:
+                k = k + T(1)
+            else:
+                origin, k = end, T(1)
+            end = clip(end, origin + k * h)
+            ends.append(end)
+        return torch.tensor(np.array(ends, dtype=T), device=t0.device)
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
         dt0, made_jump, origin, k = state

@@ -20,11 +20,12 @@ import torch
 
 from .controllers import AbstractStepSizeController, Norm
 from .events import Event, locate_event
+from .fixed import fixed_grid, run_fixed
 from .solution import Status
 from .solver import AbstractSolver
 from .terms import AbstractTerm, broadcast_time
 
-__all__ = ["Cause", "Host", "Loop", "LoopResult", "run", "time_floor"]
+__all__ = ["Cause", "Host", "Loop", "LoopResult", "run", "run_general", "time_floor"]
 
 
 class Cause(enum.IntEnum):
@@ -576,6 +577,7 @@ class Loop:
             PerSampleStepping() if self.per_sample else JointStepping()
         )
         self.events = EventHook(event, self) if event is not None else None
+        self.compiled = compile_step
         self.attempt = (
             torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
         )
@@ -1001,7 +1003,17 @@ class Loop:
 
 
 def run(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
-    """Run a solve to the end, live; returns the result and the host record of each iteration."""
+    """Run a solve to the end, live; returns the result and the host record of each iteration.
+    A plain fixed-step solve takes its steps on a grid decided in advance (``_core/fixed.py``:
+    the same steps, without the per-step host decisions)."""
+    grid = fixed_grid(loop)
+    if grid is not None:
+        return run_fixed(loop, y0, grid)
+    return run_general(loop, y0)
+
+
+def run_general(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
+    """:func:`run` with the general loop: one :meth:`Loop.body` per iteration."""
     st, host, emit, nfe = loop.init(y0)
     out = loop.write(loop.new_output(y0), emit.saves, inplace=True)
     tape = [host]

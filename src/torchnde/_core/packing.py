@@ -75,6 +75,10 @@ class PackedTerm(AbstractTerm):
     def base_term(self) -> AbstractTerm:
         return self.term.base_term()
 
+    def control_scale(self) -> float | None:
+        # A MultiTerm's vector field is a tuple: no single scaled tensor.
+        return self.term.control_scale() if isinstance(self.term, ODETerm) else None
+
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
         self.term.check_times(t0, t1)
 
@@ -93,6 +97,11 @@ class ReversedTerm(AbstractTerm):
 
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> Any:
         return self.term.contr(-t0, -t1)
+
+    def control_scale(self) -> float | None:
+        # contr(-t0, -t1) of an ODE term is -(t1 - t0).
+        c = self.term.control_scale()
+        return None if c is None else -c
 
     def base_term(self) -> AbstractTerm:
         return self.term.base_term()

@@ -146,6 +146,10 @@ class AbstractRungeKutta(AbstractSolver):
     def take_dense_fevals(self, dense_info: Any) -> int:
         if self.dense_output != "hermite":
             return 0
+        if isinstance(dense_info, _LeanDense):
+            dense_info = dense_info.built
+            if dense_info is None:
+                return 0
         last = dense_info.k1
         return last.take_fevals() if isinstance(last, _EndPoint) else 0
 
@@ -205,6 +209,48 @@ class AbstractRungeKutta(AbstractSolver):
             dense_info = HermiteDense(y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
+    def fixed_step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        h: float | None,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        """A step on a grid decided in advance, for an ODE (``terms.control_scale()``) on
+        constant steps: the step size, known on the host, is folded into the coefficients,
+        so a stage is one ``y0 + (h a_ij) f_j`` (``torch.add`` with ``alpha``) and the
+        solution one ``addmm`` over the stacked stages; no ``K = h f`` products, no zeroed
+        stage buffer, no error estimate (constant steps use none). The dense output's
+        ``K[0] = h f0`` and end-point evaluation are made only when a save asks for them
+        (:class:`_LeanDense`). Other cases take :meth:`step`."""
+        scale = None if h is None or not self._defer_first_stage else terms.control_scale()
+        if scale is None:
+            return self.step(terms, t0, t1, y0, args, state)
+        placeholder = _is_placeholder(state)
+        f0 = terms.vf(t0, y0, args) if placeholder else state
+        if not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape:
+            return self.step(terms, t0, t1, y0, args, f0)
+        plan = _lean_plan(self._tab())
+        hs = h * scale  # type: ignore[operator]
+        fs = [f0]
+        times: dict[float, torch.Tensor] = {}
+        for c_i, row in plan.stages:
+            if c_i == 1.0:
+                ti = t1
+            elif c_i == 0.0:
+                ti = t0
+            else:
+                ti = times.get(c_i)  # type: ignore[assignment]
+                if ti is None:
+                    ti = times[c_i] = t0 + c_i * h  # type: ignore[operator]
+            fs.append(terms.vf(ti, _combine(y0, fs, row, hs), args))
+        y1 = _combine(y0, fs, plan.b, hs)
+        new_state = state if placeholder else _placeholder(f0)
+        return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
+
     def _error_estimate(
         self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
     ) -> torch.Tensor | None:
@@ -225,6 +271,8 @@ class AbstractRungeKutta(AbstractSolver):
                 return y0 + torch.einsum("bs,sb...->b...", w, K)
             s = K.shape[0]
             return y0 + (w @ K.reshape(s, -1)).view((-1,) + y0.shape)
+        if isinstance(dense_info, _LeanDense):
+            dense_info = dense_info.hermite()
         y0, y1, K, k1 = dense_info
         if isinstance(k1, _EndPoint):
             if not (torch.is_grad_enabled() and theta.requires_grad) and bool(
@@ -248,8 +296,66 @@ def _placeholder(state: Any) -> Any:
 
 
 def _is_placeholder(state: Any) -> bool:
+    if isinstance(state, torch.Tensor):
+        return state.numel() == 0
     leaves = [v for v in pytree.tree_leaves(state) if isinstance(v, torch.Tensor)]
     return bool(leaves) and all(v.numel() == 0 for v in leaves)
+
+
+class _LeanPlan(NamedTuple):
+    # Per stage after the first: (c_i, [(j, a_ij) for the nonzero a_ij]); then the weights.
+    stages: list
+    b: list
+
+
+def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
+    plan = tab._cache.get("lean")
+    if plan is None:
+        rows = [[(j, float(a)) for j, a in enumerate(row) if a != 0] for row in tab.a]
+        stages = [(float(tab.c[i + 1]), row) for i, row in enumerate(rows)]
+        b = [(j, float(w)) for j, w in enumerate(tab.b) if w != 0]
+        plan = tab._cache["lean"] = _LeanPlan(stages, b)
+    return plan
+
+
+def _combine(y0: torch.Tensor, fs: list, row: list, h: float) -> torch.Tensor:
+    """``y0 + h Σ_j w_j f_j`` over the nonzero ``(j, w_j)`` of ``row``: chained ``torch.add``
+    with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond."""
+    if len(row) <= 2:
+        y = y0
+        for j, w in row:
+            y = torch.add(y, fs[j], alpha=w * h)
+        return y
+    key = (id(row), y0.dtype, y0.device)
+    w = _ROWS.get(key)
+    if w is None or w[0] is not row:
+        w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
+    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
+
+
+# The weight rows of `_combine` as tensors, per (row of a cached plan, dtype, device).
+_ROWS: dict = {}
+
+
+class _LeanDense:
+    """The dense output of a :meth:`AbstractRungeKutta.fixed_step`: the step's Hermite data
+    (``K[0] = h f0``, the end point evaluated on first use), built only when asked for."""
+
+    __slots__ = ("terms", "t0", "t1", "y0", "y1", "f0", "args", "built")
+
+    def __init__(self, terms, t0, t1, y0, y1, f0, args) -> None:
+        self.terms, self.t0, self.t1, self.y0, self.y1 = terms, t0, t1, y0, y1
+        self.f0, self.args = f0, args
+        self.built: HermiteDense | None = None
+
+    def hermite(self) -> HermiteDense:
+        if self.built is None:
+            control = self.terms.contr(self.t0, self.t1)
+            k0 = self.terms.prod(self.f0, control).to(self.y0.dtype)
+            end = _EndPoint(self.terms, self.t1, self.y1, self.args, control)
+            self.built = HermiteDense(self.y0, self.y1, k0.unsqueeze(0), end)
+        return self.built
 
 
 class _EndPoint:

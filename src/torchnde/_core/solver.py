@@ -73,6 +73,21 @@ class AbstractSolver(abc.ABC):
         check the user's function once, at the start); ``None`` when there is none."""
         return None
 
+    def fixed_step(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        h: float | None,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
+        """``step`` on a grid decided in advance (``_core/fixed.py``): ``h`` is the step size
+        on the host (``t1 - t0`` as a Python float) when no time carries a gradient, else
+        ``None``. Methods may use it to save tensor operations; by default this is ``step``."""
+        return self.step(terms, t0, t1, y0, args, state)
+
     def take_dense_fevals(self, dense_info: Any) -> int:
         """Vector-field evaluations the dense output of a step made since last asked (for
         stats; only methods whose interpolant needs extra stages make any)."""

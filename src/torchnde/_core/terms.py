@@ -58,6 +58,12 @@ class AbstractTerm(abc.ABC):
     def vf_prod(self, t: torch.Tensor, y: Any, args: Any, control: Any) -> torch.Tensor:
         return self.prod(self.vf(t, y, args), control)
 
+    def control_scale(self) -> float | None:
+        """``c`` when ``prod(vf(t, y, args), contr(t0, t1))`` is ``c (t1 - t0) vf`` for a tensor
+        ``vf`` (an ODE: ``1``; in reverse time: ``-1``), so that a solver on a grid decided in
+        advance may fold the step size into its stage coefficients; ``None`` otherwise."""
+        return None
+
     def base_term(self) -> AbstractTerm:
         """The user's term behind the wrappers the solve adds (tuple-state packing, reverse
         time); a term that wraps another returns the inner term's ``base_term()``."""
@@ -108,6 +114,13 @@ class ODETerm(AbstractTerm):
 
     def prod(self, vf: Any, control: Any) -> torch.Tensor:
         return vf * broadcast_time(control, vf)
+
+    def control_scale(self) -> float | None:
+        # Only when neither the control nor the product is redefined by a subclass.
+        cls = type(self)
+        if cls.contr is ODETerm.contr and cls.prod is ODETerm.prod:
+            return 1.0
+        return None
 
     def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
         control = broadcast_time(control, vf)

@@ -1,0 +1,128 @@
+"""The fixed-step fast path (``_core/fixed.py``) takes the steps of the general loop: same
+values (to rounding), same statuses, counts and gradients, including a blow-up found by the
+blockwise finiteness check."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torchnde as tn
+import torchnde._core.fixed as fixed
+import torchnde._core.loop as loop_module
+
+
+def _solve(general: bool, monkeypatch, *args, **kwargs):
+    """A solve on the fixed-grid path, or (``general``) on the general loop; checks which."""
+    taken = []
+    with monkeypatch.context() as m:
+        real = fixed.run_fixed
+        m.setattr(loop_module, "run_fixed", lambda *a: taken.append(1) or real(*a))
+        if general:
+            m.setattr(loop_module, "fixed_grid", lambda loop: None)
+        sol = tn.solve(*args, **kwargs)
+    assert bool(taken) != general
+    return sol
+
+
+def _field(t, y, args):
+    return torch.tanh(y @ args) + torch.sin(3 * t)
+
+
+@pytest.mark.parametrize("solver", [tn.RK4(), tn.Euler(), tn.RK38(), tn.Midpoint()])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fixed_path_matches_general_loop(solver, reverse, monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, dtype=torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t0, t1 = (1.0, 0.0) if reverse else (0.0, 1.0)
+    # Save times on step ends, inside steps and at both ends; dt0 does not divide the span.
+    ts = torch.tensor([0.0, 0.2, 0.33, 0.5, 0.71, 1.0], dtype=torch.float64)
+    ts = ts.flip(0) if reverse else ts
+    kw = dict(dt0=0.1 if not reverse else -0.1, saveat=tn.SaveAt(ts=ts), args=w)
+    kw["controller"] = tn.ConstantStepSize()
+    a = _solve(False, monkeypatch, tn.ODETerm(_field), solver, t0, t1, y0, **kw)
+    b = _solve(True, monkeypatch, tn.ODETerm(_field), solver, t0, t1, y0, **kw)
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-13, atol=1e-13)
+    assert a.stats == b.stats
+    assert int(a.status) == int(b.status) == 0
+
+
+def test_blow_up_found_by_block_check_matches_general_loop(monkeypatch):
+    # y' = y^2 from y0 = 1 blows up at t = 1; with dt0 = 0.01 the discrete state overflows
+    # some steps after, inside a later block of CHECK_EVERY steps.
+    y0 = torch.ones(2, dtype=torch.float64)
+    kw = dict(dt0=0.01, controller=tn.ConstantStepSize(), throw=False)
+    kw["saveat"] = tn.SaveAt(ts=torch.linspace(0, 2, 11, dtype=torch.float64))
+    term = tn.ODETerm(lambda t, y, args: y * y)
+    a = _solve(False, monkeypatch, term, tn.RK4(), 0.0, 2.0, y0, **kw)
+    b = _solve(True, monkeypatch, term, tn.RK4(), 0.0, 2.0, y0, **kw)
+    assert int(a.status) == int(b.status) == int(tn.Status.NONFINITE)
+    assert a.stats == b.stats
+    assert a.stats["num_steps"] > fixed.CHECK_EVERY
+    assert a.stats["num_steps"] % fixed.CHECK_EVERY != 0
+    torch.testing.assert_close(a.ys, b.ys, equal_nan=True)
+    assert torch.isfinite(a.ys[0]).all() and torch.isnan(a.ys[-1]).all()
+    with pytest.raises(tn.SolveError, match="NaN or inf"):
+        tn.solve(term, tn.RK4(), 0.0, 2.0, y0, dt0=0.01, controller=tn.ConstantStepSize())
+
+
+def test_gradients_through_times_match_general_loop(monkeypatch):
+    # t0, t1 and dt0 carry gradients: the fast path keeps the step sizes as tensors.
+    w = torch.randn(2, 2, dtype=torch.float64)
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for general in (False, True):
+        t0 = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        t1 = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        dt0 = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
+        ts = torch.tensor([0.1, 0.45, 0.9], dtype=torch.float64, requires_grad=True)
+        sol = _solve(
+            general, monkeypatch, tn.ODETerm(_field), tn.RK4(), t0, t1, y0, dt0=dt0, args=w,
+            controller=tn.ConstantStepSize(), saveat=tn.SaveAt(ts=ts),
+        )  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.sum(), (y0, t0, t1, dt0, ts)))
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
+
+
+def test_fixed_path_gradcheck():
+    w = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    y0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.3, 0.6], dtype=torch.float64)
+
+    def f(y0, w):
+        return tn.solve(
+            tn.ODETerm(_field), tn.RK4(), 0.0, 0.6, y0, dt0=0.25, args=w,
+            controller=tn.ConstantStepSize(), saveat=tn.SaveAt(ts=ts),
+        ).ys  # fmt: skip
+
+    assert torch.autograd.gradcheck(f, (y0, w), fast_mode=True)
+
+
+def test_more_steps_than_max_steps_reports_max_steps():
+    sol = tn.solve(
+        tn.ODETerm(_field), tn.Euler(), 0.0, 1.0, torch.zeros(2, 2), dt0=0.01, args=torch.eye(2),
+        controller=tn.ConstantStepSize(), max_steps=10, throw=False,
+    )  # fmt: skip
+    assert int(sol.status) == int(tn.Status.MAX_STEPS_REACHED)
+    assert sol.stats["num_steps"] == 10
+    assert not math.isnan(float(sol.ys[-1].sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_ts_grid_matches_general_loop(dtype, monkeypatch):
+    # Steps shortened to step_ts points restart their count there (0.25 is not on the
+    # 0.1-grid, 0.5 is); the host replay of the grid must take the same steps.
+    w = torch.randn(3, 3, dtype=dtype)
+    y0 = torch.randn(4, 3, dtype=dtype)
+    ts = torch.tensor([0.0, 0.3, 0.65, 1.0], dtype=dtype)
+    kw = dict(dt0=0.1, saveat=tn.SaveAt(ts=ts), args=w)
+    kw["controller"] = tn.ConstantStepSize(step_ts=[0.25, 0.5, 0.77])
+    a = _solve(False, monkeypatch, tn.ODETerm(_field), tn.RK4(), 0.0, 1.0, y0, **kw)
+    b = _solve(True, monkeypatch, tn.ODETerm(_field), tn.RK4(), 0.0, 1.0, y0, **kw)
+    assert a.stats == b.stats
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(a.ys, b.ys, rtol=tol, atol=tol)
