@@ -3,12 +3,28 @@ ODE): validation of ``(ts, x, mask)``, the masked GRU update and the union-of-ti
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
-from ._config import describe
+import torchnde as tn
 
-__all__ = ["check_positive_int", "check_sequence", "masked_gru_update", "union_of_times"]
+from ._config import SolveConfig, describe
+
+__all__ = [
+    "check_positive_int",
+    "check_sequence",
+    "decode_at",
+    "elapsed_scan",
+    "gaussian_loglik",
+    "masked_gru_update",
+    "solve_from_zero",
+    "split_masks",
+    "union_of_times",
+]
 
 
 def check_positive_int(owner: str, name: str, value: object) -> int:
@@ -110,3 +126,97 @@ def union_of_times(
     xs = x.new_zeros(b, k, c).scatter_add_(1, idx, x * m)
     ms = m.new_zeros(b, k, c).scatter_add_(1, idx, m)
     return u, xs / ms.clamp_min(1), ms.clamp_max(1), inv
+
+
+def elapsed_scan(
+    ts: torch.Tensor,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    hidden_size: int,
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The discrete-time recurrences of the RNN baselines: ``h = step(h, x_i, m_i, dt)`` at
+    every time a sample has an observed channel, ``dt = |t_i - t_last|`` the time since its
+    previous observation (0 at its first); returns the hidden states ``(B, T, hidden)``."""
+    b, t, _ = x.shape
+    seen = m.amax(dim=-1) > 0
+    h = x.new_zeros(b, hidden_size)
+    ts_b = ts.expand(b, t)
+    t_last = ts_b[:, 0]
+    started = torch.zeros_like(seen[:, 0])
+    out = []
+    for i in range(t):
+        ti = ts_b[:, i]
+        dt = torch.where(started, (ti - t_last).abs(), torch.zeros_like(ti)).to(x.dtype)
+        h_new = step(h, x[:, i], m[:, i], dt[:, None])
+        h = torch.where(seen[:, i, None], h_new, h)
+        t_last = torch.where(seen[:, i], ti, t_last)
+        started = started | seen[:, i]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+def _time_second(ys: Any) -> Any:
+    if isinstance(ys, tuple):
+        return tuple(y.movedim(0, 1) for y in ys)
+    return ys.movedim(0, 1)
+
+
+def solve_from_zero(config: SolveConfig, f: Callable[..., Any], y0: Any, tau: torch.Tensor) -> Any:
+    """States of an autonomous ODE at the times ``tau`` measured from 0 (``(T,)`` shared or
+    ``(N, T)`` per sample, each row strictly increasing), batch first: ``(N, T, ...)``
+    (a tuple for a tuple state)."""
+    t1 = tau[..., -1]
+    if tau.ndim == 2:
+        t1 = t1.clamp_min(1e-12)  # a sample with one time saves at t0 only
+    elif float(t1) <= 0:
+        return tuple(y[:, None] for y in y0) if isinstance(y0, tuple) else y0[:, None]
+    sol = config.solve(f, 0.0, t1, y0, tn.SaveAt(ts=tau))
+    return _time_second(sol.ys)
+
+
+def decode_at(
+    config: SolveConfig, f: Callable[..., Any], y0: Any, t0: torch.Tensor, ts: torch.Tensor
+) -> Any:
+    """An autonomous latent ODE from ``y0`` (batch ``N``) at ``t0`` (scalar or ``(N,)``) to
+    ``ts`` (``(T,)`` or ``(N, T)``), batch first. Per-sample times are solved per sample
+    with a per-sample controller (strictly increasing rows) and on the sorted union of the
+    shifted times ``ts - t0`` otherwise."""
+    if t0.ndim == 0 and ts.ndim == 1:
+        return solve_from_zero(config, f, y0, ts - t0)
+    n = (y0[0] if isinstance(y0, tuple) else y0).shape[0]
+    tau = ts.expand(n, -1) - t0.reshape(-1, 1).expand(n, 1)
+    if config.controller.per_sample and bool((tau.diff(dim=-1) > 0).all()):
+        return solve_from_zero(config, f, y0, tau)
+    u, inv = torch.unique(tau, sorted=True, return_inverse=True)
+    ys = solve_from_zero(config, f, y0, u)
+
+    def take(y: torch.Tensor) -> torch.Tensor:
+        return y.gather(1, inv[..., None].expand(-1, -1, y.shape[-1]))
+
+    return tuple(take(y) for y in ys) if isinstance(ys, tuple) else take(ys)
+
+
+def split_masks(
+    ts: torch.Tensor, m: torch.Tensor, mode: str, owner: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder's mask, the target mask and the index where each sample's target window
+    starts, for ``mode`` ``"interpolate"`` (all of it, both) or ``"extrapolate"`` (split at
+    the middle of each series' time range)."""
+    if mode not in ("interpolate", "extrapolate"):
+        raise ValueError(f'{owner}: `mode` must be "interpolate" or "extrapolate", got {mode!r}.')
+    b, t = m.shape[0], m.shape[1]
+    if mode == "interpolate":
+        return m, m, torch.zeros(b, dtype=torch.long, device=m.device)
+    ts_b = ts.expand(b, t)
+    split = 0.5 * (ts_b[:, :1] + ts_b[:, -1:])
+    before = ts_b < split
+    bm = before[..., None].to(m.dtype)
+    return m * bm, m * (1 - bm), before.sum(-1).clamp_max(t - 1)
+
+
+def gaussian_loglik(x: torch.Tensor, mean: torch.Tensor, std: float, m: torch.Tensor) -> Any:
+    """``sum_{t,c} m log N(x; mean, std^2)`` over the last two dimensions."""
+    var = std**2
+    logn = -0.5 * ((x - mean) ** 2 / var + math.log(2 * math.pi * var))
+    return (logn * m).sum(dim=(-2, -1))
