@@ -35,6 +35,7 @@ from .symoden import SymODEN as SymODEN
 # isort: split
 # irregular time series (issue 15, ts-latent)
 from .latent_ode import LatentODE as LatentODE
+from .ode2vae import ODE2VAE as ODE2VAE
 from .odernn import ODERNN as ODERNN
 from .rnn import RNN as RNN
 from .rnn_decay import RNNDecay as RNNDecay
