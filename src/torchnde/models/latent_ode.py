@@ -28,7 +28,13 @@ from torch import nn
 import torchnde as tn
 
 from ._config import SolveConfig, check_vector_field, describe
-from ._sequence import check_positive_int, check_sequence, decode_at, gaussian_loglik, split_masks
+from ._sequence import (
+    check_positive_int,
+    decode_at,
+    gaussian_loglik,
+    latent_batch,
+    prepend_t0,
+)
 from .neural_ode import Autonomous
 from .odernn import ODERNN
 from .rnn import RNN
@@ -180,17 +186,28 @@ class LatentODE(nn.Module):
     # -- encoder -----------------------------------------------------------------------------
 
     def encode(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        ts: torch.Tensor,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        t0: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean and standard deviation ``(B, latent)`` of $q(z_0 \\mid x)$ at each
-        series' first time: the encoder reads the series backwards."""
-        ts, x, m, _ = check_sequence("LatentODE", ts, x, mask, self.input_size)
+        """The mean and standard deviation ``(B, latent)`` of $q(z_0 \\mid x)$, $z_0$ at
+        ``t0`` (default: each series' first time): the encoder reads the series backwards
+        (an ODE-RNN's state then flows on from the first observation to ``t0``)."""
+        batch = latent_batch("LatentODE", self.input_size, ts, x, mask, t0=t0)
+        return self._encode(batch.ts, batch.x, batch.m, batch.t0)
+
+    def _encode(
+        self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor, t0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if ts.ndim == 1:  # drop trailing times no sample observes: exact, and cheaper
             seen = (m.amax(dim=(0, 2)) > 0).nonzero()
             if seen.numel() == 0:
                 raise ValueError("LatentODE: `mask` observes nothing; the encoder needs data.")
             last = int(seen[-1]) + 1
             ts, x, m = ts[:last], x[:, :last], m[:, :last]
+        ts, x, m = prepend_t0(ts, x, m, t0)
         final, _ = self.encoder(ts.flip(-1), x.flip(1), m.flip(1))
         mean, raw = self.to_z0(final).chunk(2, dim=-1)
         return mean, nn.functional.softplus(raw) + 1e-4
@@ -219,6 +236,10 @@ class LatentODE(nn.Module):
         mask: torch.Tensor | None = None,
         *,
         mode: str = "interpolate",
+        ts_target: torch.Tensor | None = None,
+        x_target: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+        t0: float | torch.Tensor | None = None,
         num_samples: int = 1,
         kl_weight: float = 1.0,
     ) -> torch.Tensor:
@@ -228,35 +249,47 @@ class LatentODE(nn.Module):
         Args:
             ts: ``(T,)`` or ``(B, T)``, increasing.
             x, mask: ``(B, T, C)``; ``mask`` 1 where observed.
-            mode: ``"interpolate"`` (reconstruct the observations) or ``"extrapolate"``
-                (encode the first half of each series' time range, score the second).
+            mode: ``"interpolate"`` (score the targets) or ``"extrapolate"`` (encode the
+                inputs before the middle of each series' target time range, score the
+                targets after it).
+            ts_target, x_target, target_mask: what the likelihood scores (default: the
+                inputs), e.g. every point of a grid of which the inputs are a subsample.
+            t0: the time of $z_0$ (default: each series' first input time), at or before
+                the first input and the first target.
             num_samples: draws of $z_0$.
             kl_weight: weight of the KL term (annealing).
         """
         check_positive_int("LatentODE", "num_samples", num_samples)
-        ts, x, m, direction = check_sequence("LatentODE", ts, x, mask, self.input_size)
-        if direction < 0:
-            raise ValueError("LatentODE: `ts` must be increasing; the encoder reverses it.")
-        m_in, m_out, start = split_masks(ts, m, mode, "LatentODE")
-        mean, std = self.encode(ts, x, m_in)
-        b = x.shape[0]
-        s = num_samples
-        z0 = (mean + std * torch.randn((s, *mean.shape), dtype=x.dtype, device=x.device)).flatten(
-            0, 1
+        batch = latent_batch(
+            "LatentODE",
+            self.input_size,
+            ts,
+            x,
+            mask,
+            mode=mode,
+            ts_target=ts_target,
+            x_target=x_target,
+            target_mask=target_mask,
+            t0=t0,
         )
-        ts_n = ts if ts.ndim == 1 else ts.repeat(s, 1)
-        t0 = ts[0] if ts.ndim == 1 else ts_n[:, 0]
-        out = self.decode(z0, t0, ts_n)
+        mean, std = self._encode(batch.ts, batch.x, batch.m, batch.t0)
+        b, s = x.shape[0], num_samples
+        eps = torch.randn((s, *mean.shape), dtype=mean.dtype, device=mean.device)
+        z0 = (mean + std * eps).flatten(0, 1)
+        tt = batch.ts_target if batch.ts_target.ndim == 1 else batch.ts_target.repeat(s, 1)
+        t0_ = batch.t0 if batch.t0.ndim == 0 else batch.t0.repeat(s)
+        out = self.decode(z0, t0_, tt)
         z, lam = out if self.poisson else (out, None)
         pred = self.decoder(z).unflatten(0, (s, b))  # (S, B, T, C)
-        loglik = gaussian_loglik(x, pred, self.obs_std, m_out).mean(0)  # (B,)
+        m_out = batch.m_target
+        loglik = gaussian_loglik(batch.x_target, pred, self.obs_std, m_out).mean(0)  # (B,)
         kl = (0.5 * (std**2 + mean**2 - 1) - torch.log(std)).sum(-1)
         total = loglik - kl_weight * kl
         self.last = {"loglik": loglik.mean().detach(), "kl": kl.mean().detach()}
-        if lam is not None:
-            lam = lam.unflatten(0, (s, b))  # cumulative intensities (S, B, T, C)
-            rate = nn.functional.softplus(self.intensity(z)).unflatten(0, (s, b))  # type: ignore[misc]
-            idx = start.view(1, b, 1, 1).expand(s, b, 1, self.input_size)
+        if lam is not None and self.intensity is not None:
+            lam = lam.unflatten(0, (s, b))  # intensity integrals from t0 (S, B, T, C)
+            rate = nn.functional.softplus(self.intensity(z)).unflatten(0, (s, b))
+            idx = batch.start.view(1, b, 1, 1).expand(s, b, 1, self.input_size)
             integral = lam[:, :, -1] - lam.gather(2, idx)[:, :, 0]
             pp = ((torch.log(rate) * m_out).sum(dim=(2, 3)) - integral.sum(-1)).mean(0)
             total = total + pp
@@ -270,21 +303,24 @@ class LatentODE(nn.Module):
         mask: torch.Tensor | None = None,
         ts_pred: torch.Tensor | None = None,
         *,
+        t0: float | torch.Tensor | None = None,
         sample: bool = False,
     ) -> torch.Tensor:
         """Predict the series at ``ts_pred`` (default ``ts``; ``(T',)`` or ``(B, T')``, not
-        before each series' first time) from the observations: ``(B, T', C)``, decoded from
-        the posterior mean of $z_0$ (or a draw with ``sample=True``)."""
-        ts_c, x_c, m, direction = check_sequence("LatentODE", ts, x, mask, self.input_size)
-        if direction < 0:
-            raise ValueError("LatentODE: `ts` must be increasing; the encoder reverses it.")
-        mean, std = self.encode(ts_c, x_c, m)
+        before ``t0``) from the observations: ``(B, T', C)``, decoded from the posterior
+        mean of $z_0$ (or a draw with ``sample=True``). ``t0`` as in :meth:`elbo`."""
+        target = ts if ts_pred is None else torch.as_tensor(ts_pred)
+        b = x.shape[0] if isinstance(x, torch.Tensor) else 0
+        tgt_x = x.new_zeros(b, target.shape[-1], self.input_size)
+        batch = latent_batch(
+            "LatentODE", self.input_size, ts, x, mask, ts_target=target, x_target=tgt_x, t0=t0
+        )
+        mean, std = self._encode(batch.ts, batch.x, batch.m, batch.t0)
         z0 = mean + std * torch.randn_like(std) if sample else mean
-        target = ts_c if ts_pred is None else torch.as_tensor(ts_pred).to(ts_c)
-        t0 = ts_c[0] if ts_c.ndim == 1 else ts_c[:, 0]
-        if target.ndim == 1 and t0.ndim == 1:
-            target = target.expand(x.shape[0], -1)
-        out = self.decode(z0, t0, target)
+        tt, t0_ = batch.ts_target, batch.t0
+        if tt.ndim == 1 and t0_.ndim == 1:
+            tt = tt.expand(b, -1)
+        out = self.decode(z0, t0_, tt)
         z = out[0] if self.poisson else out
         return self.decoder(z)
 

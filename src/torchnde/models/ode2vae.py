@@ -28,10 +28,10 @@ import torchnde as tn
 from ._config import SolveConfig, describe
 from ._sequence import (
     check_positive_int,
-    check_sequence,
     decode_at,
     gaussian_loglik,
-    split_masks,
+    latent_batch,
+    prepend_t0,
 )
 from .odernn import ODERNN
 from .rnn import RNN
@@ -220,13 +220,22 @@ class ODE2VAE(nn.Module):
         return self.acceleration(t, y)
 
     def encode(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        ts: torch.Tensor,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        t0: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation ``(B, 2d)`` of $q(s_0, v_0 \\mid x)$ (positions
-        first), from the encoder run backwards in time."""
-        ts, x, m, direction = check_sequence("ODE2VAE", ts, x, mask, self.input_size)
-        if direction < 0:
-            raise ValueError("ODE2VAE: `ts` must be increasing; the encoder reverses it.")
+        first) at ``t0`` (default: each series' first time), from the encoder run backwards
+        in time."""
+        batch = latent_batch("ODE2VAE", self.input_size, ts, x, mask, t0=t0)
+        return self._encode(batch.ts, batch.x, batch.m, batch.t0)
+
+    def _encode(
+        self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor, t0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ts, x, m = prepend_t0(ts, x, m, t0)
         final, _ = self.encoder(ts.flip(-1), x.flip(1), m.flip(1))
         mean, raw = self.to_z0(final).chunk(2, dim=-1)
         return mean, nn.functional.softplus(raw) + 1e-4
@@ -254,6 +263,10 @@ class ODE2VAE(nn.Module):
         mask: torch.Tensor | None = None,
         *,
         mode: str = "interpolate",
+        ts_target: torch.Tensor | None = None,
+        x_target: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+        t0: float | torch.Tensor | None = None,
         dataset_size: int = 1,
         num_samples: int = 1,
         kl_weight: float = 1.0,
@@ -264,23 +277,33 @@ class ODE2VAE(nn.Module):
         Args:
             ts: ``(T,)`` or ``(B, T)``, increasing.
             x, mask: ``(B, T, C)``.
-            mode: ``"interpolate"`` or ``"extrapolate"`` (encode the first half of each
-                series' time range, score the rest).
+            mode, ts_target, x_target, target_mask, t0: what is encoded and what is
+                scored, as in :meth:`LatentODE.elbo`.
             dataset_size: number of series $N$ in the data set.
             num_samples: draws of $(s_0, v_0, W)$.
             kl_weight: weight of both KL terms (annealing).
         """
         check_positive_int("ODE2VAE", "dataset_size", dataset_size)
         check_positive_int("ODE2VAE", "num_samples", num_samples)
-        ts, x, m, _ = check_sequence("ODE2VAE", ts, x, mask, self.input_size)
-        m_in, m_out, _ = split_masks(ts, m, mode, "ODE2VAE")
-        mean, std = self.encode(ts, x, m_in)
-        t0 = ts[0] if ts.ndim == 1 else ts[:, 0]
+        batch = latent_batch(
+            "ODE2VAE",
+            self.input_size,
+            ts,
+            x,
+            mask,
+            mode=mode,
+            ts_target=ts_target,
+            x_target=x_target,
+            target_mask=target_mask,
+            t0=t0,
+        )
+        mean, std = self._encode(batch.ts, batch.x, batch.m, batch.t0)
         loglik = x.new_zeros(x.shape[0])
         for _ in range(num_samples):
             z0 = mean + std * torch.randn_like(std)
-            s, _v = self.decode(z0, t0, ts, sample_weights=True)
-            loglik = loglik + gaussian_loglik(x, self.decoder(s), self.obs_std, m_out)
+            s, _v = self.decode(z0, batch.t0, batch.ts_target, sample_weights=True)
+            pred = self.decoder(s)
+            loglik = loglik + gaussian_loglik(batch.x_target, pred, self.obs_std, batch.m_target)
         loglik = loglik / num_samples
         kl_z = (0.5 * (std**2 + mean**2 - 1) - torch.log(std)).sum(-1)
         kl_w = self.weight_kl()
@@ -298,18 +321,23 @@ class ODE2VAE(nn.Module):
         mask: torch.Tensor | None = None,
         ts_pred: torch.Tensor | None = None,
         *,
+        t0: float | torch.Tensor | None = None,
         sample: bool = False,
     ) -> torch.Tensor:
         """Predict ``(B, T', C)`` at ``ts_pred`` (default ``ts``) from the observations, with
         the posterior means of $(s_0, v_0)$ and $W$ (draws with ``sample=True``)."""
-        ts_c, x_c, m, _ = check_sequence("ODE2VAE", ts, x, mask, self.input_size)
-        mean, std = self.encode(ts_c, x_c, m)
+        target = ts if ts_pred is None else torch.as_tensor(ts_pred)
+        b = x.shape[0] if isinstance(x, torch.Tensor) else 0
+        tgt_x = x.new_zeros(b, target.shape[-1], self.input_size)
+        batch = latent_batch(
+            "ODE2VAE", self.input_size, ts, x, mask, ts_target=target, x_target=tgt_x, t0=t0
+        )
+        mean, std = self._encode(batch.ts, batch.x, batch.m, batch.t0)
         z0 = mean + std * torch.randn_like(std) if sample else mean
-        target = ts_c if ts_pred is None else torch.as_tensor(ts_pred).to(ts_c)
-        t0 = ts_c[0] if ts_c.ndim == 1 else ts_c[:, 0]
-        if target.ndim == 1 and t0.ndim == 1:
-            target = target.expand(x.shape[0], -1)
-        s, _v = self.decode(z0, t0, target, sample_weights=sample)
+        tt, t0_ = batch.ts_target, batch.t0
+        if tt.ndim == 1 and t0_.ndim == 1:
+            tt = tt.expand(b, -1)
+        s, _v = self.decode(z0, t0_, tt, sample_weights=sample)
         return self.decoder(s)
 
     def extra_repr(self) -> str:

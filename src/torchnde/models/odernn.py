@@ -118,22 +118,47 @@ class ODERNN(nn.Module):
         sol = self.config.solve(self._f, t0, t1, h, tn.SaveAt(t1=True))
         return sol.ys[-1]
 
-    def _scan(self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def _scan(
+        self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # A sample's hidden state is zero until its first observation, as if its solve
         # started there: leading fully masked entries (padding, other samples' times on a
         # union grid) leave no trace.
         seen = m.amax(dim=-1) > 0
         started = torch.zeros_like(seen[:, 0])
         h = x.new_zeros(x.shape[0], self.hidden_size)
-        out = []
+        out, before = [], []
         for i in range(x.shape[1]):
             if i > 0:
                 h = self.evolve(h, ts[..., i - 1], ts[..., i])
                 h = torch.where(started[:, None], h, torch.zeros_like(h))
+            before.append(h)
             h = masked_gru_update(self.cell, h, x[:, i], m[:, i])
             started = started | seen[:, i]
             out.append(h)
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1), torch.stack(before, dim=1)
+
+    def _run(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ts, x, m, direction = check_sequence("ODERNN", ts, x, mask, self.input_size)
+        self.nfe = 0
+        self.num_solves = 0
+        if ts.ndim == 2 and not self.config.controller.per_sample:
+            u, xu, mu, index = union_of_times(ts, x, m, direction)
+            idx = index[..., None].expand(-1, -1, self.hidden_size)
+            post, prior = self._scan(u, xu, mu)
+            return post.gather(1, idx), prior.gather(1, idx)
+        return self._scan(ts, x, m)
+
+    def predictive_states(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The hidden state at each time *before* its observation is read, $h_i'$ (the state
+        flowed from the previous observation; zero before a sample's first), ``(B, T,
+        hidden)``: decode it for one-step-ahead prediction, or for forecasts at fully masked
+        times after the data."""
+        return self._run(ts, x, mask)[1]
 
     def forward(
         self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -149,15 +174,7 @@ class ODERNN(nn.Module):
             ``(final, hs)``: the hidden state after the last observation ``(B, hidden)`` and
             after every observation ``(B, T, hidden)`` (batch first).
         """
-        ts, x, m, direction = check_sequence("ODERNN", ts, x, mask, self.input_size)
-        self.nfe = 0
-        self.num_solves = 0
-        if ts.ndim == 2 and not self.config.controller.per_sample:
-            u, xu, mu, index = union_of_times(ts, x, m, direction)
-            hu = self._scan(u, xu, mu)
-            hs = hu.gather(1, index[..., None].expand(-1, -1, self.hidden_size))
-        else:
-            hs = self._scan(ts, x, m)
+        hs = self._run(ts, x, mask)[0]
         return hs[:, -1], hs
 
     def extra_repr(self) -> str:
