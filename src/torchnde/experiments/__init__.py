@@ -228,3 +228,15 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "periodic",
+    "latent ODE vs ODE-RNN vs RNN-dt on the toy periodic series, 10/20/50% observed",
+    "Rubanova, Chen, Duvenaud 2019, Latent ODEs for Irregularly-Sampled Time Series",
+    "torchnde.experiments.periodic",
+)
+register(
+    "co2",
+    "latent ODE vs seasonal naive forecasting the Mauna Loa CO2 series (statsmodels, gaps)",
+    "Rubanova, Chen, Duvenaud 2019, Latent ODEs for Irregularly-Sampled Time Series",
+    "torchnde.experiments.co2",
+)
