@@ -111,7 +111,7 @@ class Config(ODEConfig):
 class _Recurrent(nn.Module):
     """A recurrent model (ODE-RNN or RNN-Δt) with a linear head on its predictive states."""
 
-    def __init__(self, rnn: nn.Module, hidden: int) -> None:
+    def __init__(self, rnn: M.ODERNN | M.RNN, hidden: int) -> None:
         super().__init__()
         self.rnn, self.head = rnn, nn.Linear(hidden, 1)
 
