@@ -16,7 +16,7 @@ per-sample stepping against the union-of-times trick on irregular batches.
    per-sample times (each series 20 points of its own drawn uniformly on [0, 5]): one ELBO
    forward + backward with a per-sample controller (each sample its own intervals and steps)
    against a joint controller (the batch on the union of its times: ``B * 20`` grid points),
-   at batch sizes 8, 32, 128.
+   at batch sizes 8, 32, 64.
 
     PYTHONPATH=src .venv/bin/python benchmarks/latent_ode.py      # a few minutes, one core
 """
@@ -155,7 +155,7 @@ def make_step(lib: str, modules: nn.ModuleList, ts: torch.Tensor, x: torch.Tenso
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss), nfe
+        return float(loss.detach()), nfe
 
     return step
 
@@ -202,6 +202,39 @@ def bench_training(steps: int, libs: list[str]) -> dict[str, Any]:
                 "cpu_wall": timings[lib]["cpu_median"] / med,
             }
         )
+    # the solve alone (forward + backward of the latent trajectory), where the libraries differ
+    # (the 100-step recognition RNN and the decoder are the same code in every column)
+    z0 = torch.randn(1000, 4)
+    field = Field()
+    field.load_state_dict(base[1].state_dict())
+    ctl = tn.PIDController(rtol=1e-7, atol=1e-9)
+
+    def solve_only(lib: str) -> Any:
+        def call() -> None:
+            z = z0.clone().requires_grad_(True)
+            if lib == "torchdiffeq":
+                import torchdiffeq
+
+                zs = torchdiffeq.odeint(field, z, ts)
+            elif lib == "torchnde.odeint":
+                zs = tn.odeint(field, z, ts)
+            else:
+                zs = tn.solve(
+                    tn.ODETerm(field), tn.Dopri5(), ts[0], ts[-1], z,
+                    saveat=tn.SaveAt(ts=ts), controller=ctl,
+                ).ys  # fmt: skip
+            zs.square().sum().backward()
+
+        return call
+
+    for lib in libs:
+        solve_only(lib)()
+    solve_t = time_interleaved({lib: solve_only(lib) for lib in libs}, min_rounds=5)
+    ref_s = solve_t["torchdiffeq"]["median"] if "torchdiffeq" in solve_t else None
+    for r in rows:
+        med = solve_t[r["lib"]]["median"]
+        r["solve_ms"] = 1e3 * med
+        r["solve_ratio"] = (ref_s / med) if ref_s else None
     losses = {lib: runs[lib]["loss"] for lib in libs}
     if "torchdiffeq" in losses:
         ref_l = np.array(losses["torchdiffeq"])
@@ -270,7 +303,7 @@ def bench_irregular(batches: list[int], points: int = 20) -> list[dict[str, Any]
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], "torchdiffeq,torchnde.odeint,torchnde.solve")
     p.add_argument("--steps", type=int, default=10, help="training steps per library")
-    p.add_argument("--batches", default="8,32,128", help="batch sizes of the irregular part")
+    p.add_argument("--batches", default="8,32,64", help="batch sizes of the irregular part")
     p.add_argument("--quick", action="store_true", help="3 steps, batches 8,32")
     a = p.parse_args()
     set_threads(a.threads)
@@ -287,6 +320,8 @@ def main() -> None:
                 ("ratio", "torchdiffeq/this", "x"),
                 ("nfe_first", "NFE step 1", "d"),
                 ("nfe_last", f"NFE step {steps}", "d"),
+                ("solve_ms", "ms solve only", "1f"),
+                ("solve_ratio", "torchdiffeq/this (solve)", "x"),
                 ("loss_first", "loss step 1", "1f"),
                 ("loss_last", f"loss step {steps}", "1f"),
                 ("loss_rel_diff", "max rel. loss diff vs torchdiffeq", "e"),
