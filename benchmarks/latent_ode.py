@@ -270,7 +270,7 @@ def _irregular_case(b: int, points: int) -> list[dict[str, Any]]:
             torch.manual_seed(0)
             loss = -m.elbo(ts, x, ts_target=grid, x_target=target, t0=0.0).mean()
             loss.backward()
-            info[name] = (float(loss), m.encoder.nfe, m.encoder.num_solves)
+            info[name] = (float(loss.detach()), m.encoder.nfe, m.encoder.num_solves)
 
         return call
 
