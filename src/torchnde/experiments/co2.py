@@ -16,7 +16,8 @@ seasonal-naive forecast $\hat y_{t} = y_{t - 52k}$, $k = \lceil h / 52 \rceil$ w
 end of the context (missing values filled forward). Headline: the MSE (ppm$^2$) over the
 observed weeks of the test period, ``latent_ode_forecast_mse`` against
 ``seasonal_naive_mse``; ``context_mean_mse`` (the context's mean as a flat forecast: what
-an untrained model predicts) shows how much was learned.
+an untrained model predicts) shows how much was learned, and ``linear_trend_mse`` (a line
+fitted to the context) whether more than the trend was.
 
 No paper reports this number; the claim checked is the latent ODE paper's that a latent ODE
 extrapolates irregularly sampled (here: gapped) series, judged against the standard
@@ -76,6 +77,8 @@ class Config(ODEConfig):
     """Options of ``torchnde run co2``."""
 
     out: Path = field(default=Path("runs/co2"), metadata={"help": "run folder"})
+    # 40 epochs (seed 0): MSE latent ODE 4.84, seasonal naive 10.2, line 5.0, context mean
+    # 23.6; 120 epochs: 4.62. The forecast carries the trend but (yet) no seasonal cycle.
     epochs: int = field(default=40, metadata={"help": "passes over the training windows"})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (cosine decay)"})
     batch_size: int = field(default=32, metadata={"help": "windows per step"})
@@ -193,7 +196,13 @@ class Task(harness.Task):
         ok = ~np.isnan(truth)
         context = self.y[self.test_start - self.c : self.test_start]
         constant = np.nanmean(context)  # what an untrained model (z = 0) forecasts
+        # a straight line fitted to the context: the trend without the seasons
+        t_ctx = np.arange(len(context), dtype=float)
+        seen = ~np.isnan(context)
+        slope, icpt = np.polyfit(t_ctx[seen], context[seen], 1)
+        line = icpt + slope * (len(context) + np.arange(self.h))
         return {
+            "linear_trend_mse": float(np.mean((line[ok] - truth[ok]) ** 2)),
             "context_mean_mse": float(np.mean((constant - truth[ok]) ** 2)),
             "latent_ode_forecast_mse": float(np.mean((pred[ok] - truth[ok]) ** 2)),
             "seasonal_naive_mse": float(np.mean((naive[ok] - truth[ok]) ** 2)),
@@ -205,10 +214,16 @@ class Task(harness.Task):
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         lo, sn = metrics["latent_ode_forecast_mse"], metrics["seasonal_naive_mse"]
-        if lo < 0.5 * sn:
-            verdict = f"yes: the latent ODE's MSE is {sn / lo:.3g}x below the seasonal naive's"
+        lt = metrics["linear_trend_mse"]
+        if lo < 0.5 * sn and lo < lt:
+            verdict = (
+                f"yes: the latent ODE's MSE is {sn / lo:.3g}x below the seasonal naive's and "
+                "below the linear trend's"
+            )
         elif lo < sn:
-            verdict = f"partly: the latent ODE is lower ({sn / lo:.3g}x), but not 2x"
+            verdict = f"partly: the latent ODE is {sn / lo:.3g}x below the seasonal naive, but " + (
+                "not 2x" if lo >= 0.5 * sn else f"not below a straight line ({lt:.3g})"
+            )
         else:
             verdict = f"no: the latent ODE's MSE is {lo / sn:.3g}x the seasonal naive's"
         years = metrics["test_weeks"] * WEEK
@@ -216,7 +231,8 @@ class Task(harness.Task):
             Headline(
                 f"forecast MSE over the last {years:.3g} years (ppm^2), latent ODE vs "
                 "seasonal naive",
-                f"{lo:.3g} vs {sn:.3g} (context mean {metrics['context_mean_mse']:.3g})",
+                f"{lo:.3g} vs {sn:.3g} (linear trend {lt:.3g}, context mean "
+                f"{metrics['context_mean_mse']:.3g})",
                 "latent ODEs extrapolate irregularly sampled series (Rubanova et al. 2019; "
                 "no CO2 number in the paper: the baseline is the standard seasonal naive)",
                 verdict,
