@@ -196,6 +196,30 @@ TINY = {
         "hidden=4",
         "step_size=1",
     ],
+    "periodic": [
+        "--epochs",
+        "1",
+        "num_train=8",
+        "num_test=4",
+        "batch_size=8",
+        "num_points=12",
+        "hidden=4",
+        "units=4",
+        "latent=2",
+        "method=rk4",
+        "step_size=1.0",
+    ],  # fmt: skip
+    "co2": [
+        "--epochs",
+        "1",
+        "num_windows=4",
+        "batch_size=4",
+        "context_years=0.5",
+        "test_years=0.5",
+        "hidden=4",
+        "units=4",
+        "latent=2",
+    ],  # fmt: skip
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics
 # models trained on derivatives, as their papers): their steps log no function evaluations.

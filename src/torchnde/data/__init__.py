@@ -15,3 +15,10 @@ __all__ = [
     "load_karate_club",
     "load_spiral",
 ]
+
+# isort: split
+# irregular time series (issue 15, ts-latent)
+from .periodic import generate_periodic as generate_periodic
+from .periodic import subsample_points as subsample_points
+
+__all__ += ["generate_periodic", "subsample_points"]

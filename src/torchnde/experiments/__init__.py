@@ -295,3 +295,15 @@ register(
     "Tong, Huang, Wolf, van Dijk, Krishnaswamy 2020, TrajectoryNet",
     "torchnde.experiments.trajectorynet",
 )
+register(
+    "periodic",
+    "latent ODE vs ODE-RNN vs RNN-dt on the toy periodic series, 10/20/50% observed",
+    "Rubanova, Chen, Duvenaud 2019, Latent ODEs for Irregularly-Sampled Time Series",
+    "torchnde.experiments.periodic",
+)
+register(
+    "co2",
+    "latent ODE vs seasonal naive forecasting the Mauna Loa CO2 series (statsmodels, gaps)",
+    "Rubanova, Chen, Duvenaud 2019, Latent ODEs for Irregularly-Sampled Time Series",
+    "torchnde.experiments.co2",
+)

@@ -15,6 +15,9 @@ from .equivariant import EGNNField as EGNNField
 from .equivariant import EquivariantCNF as EquivariantCNF
 from .galerkin import GalerkinConv2d as GalerkinConv2d
 from .galerkin import GalerkinLinear as GalerkinLinear
+from .gru_ode_bayes import GRUODE as GRUODE
+from .gru_ode_bayes import GRUODEBayes as GRUODEBayes
+from .grud import GRUD as GRUD
 from .hamiltonian import HNN as HNN
 from .hamiltonian import SeparableHNN as SeparableHNN
 from .hybrid import HybridTrajectory as HybridTrajectory
@@ -22,15 +25,21 @@ from .hybrid import NeuralHybridAutomaton as NeuralHybridAutomaton
 from .hypersolver import HyperSolver as HyperSolver
 from .jump_sde import NeuralJumpSDE as NeuralJumpSDE
 from .lagrangian import LNN as LNN
+from .latent_ode import LatentODE as LatentODE
 from .latent_sde import LatentSDE as LatentSDE
 from .latent_sde import LatentSDEOutput as LatentSDEOutput
 from .monge_ampere import MongeAmpereFlow as MongeAmpereFlow
 from .monge_ampere import PotentialGradient as PotentialGradient
 from .multiple_shooting import MultipleShooting as MultipleShooting
+from .neural_cde import CDEVectorField as CDEVectorField
+from .neural_cde import NeuralCDE as NeuralCDE
 from .neural_ode import Autonomous as Autonomous
 from .neural_ode import DepthCat as DepthCat
 from .neural_ode import NeuralODE as NeuralODE
+from .neural_rde import NeuralRDE as NeuralRDE
 from .neural_sde import NeuralSDE as NeuralSDE
+from .ode2vae import ODE2VAE as ODE2VAE
+from .odernn import ODERNN as ODERNN
 from .port_hamiltonian import PortHamiltonian as PortHamiltonian
 from .regularisers import AbstractRegulariser as AbstractRegulariser
 from .regularisers import JacobianFrobenius as JacobianFrobenius
@@ -38,21 +47,10 @@ from .regularisers import KineticEnergy as KineticEnergy
 from .regularisers import RateContext as RateContext
 from .regularisers import SolverHeuristic as SolverHeuristic
 from .regularisers import TaylorPenalty as TaylorPenalty
+from .rnn import RNN as RNN
+from .rnn_decay import RNNDecay as RNNDecay
 from .sde_gan import SDEGAN as SDEGAN
 from .sde_gan import LipSwish as LipSwish
 from .stable import StableNeuralFlow as StableNeuralFlow
 from .symoden import SymODEN as SymODEN
-
-# isort: split
-# irregular time series (issue 15, ts-latent)
-from .odernn import ODERNN as ODERNN
-
-# isort: split
-# irregular time series on the CDE engine and GRUs (issue 15, ts-cde)
-from .gru_ode_bayes import GRUODE as GRUODE
-from .gru_ode_bayes import GRUODEBayes as GRUODEBayes
-from .grud import GRUD as GRUD
-from .neural_cde import CDEVectorField as CDEVectorField
-from .neural_cde import NeuralCDE as NeuralCDE
-from .neural_rde import NeuralRDE as NeuralRDE
 from .trajectorynet import TrajectoryNet as TrajectoryNet

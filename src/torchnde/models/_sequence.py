@@ -3,12 +3,31 @@ ODE): validation of ``(ts, x, mask)``, the masked GRU update and the union-of-ti
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import torch
 from torch import nn
 
-from ._config import describe
+import torchnde as tn
 
-__all__ = ["check_positive_int", "check_sequence", "masked_gru_update", "union_of_times"]
+from ._config import SolveConfig, describe
+
+__all__ = [
+    "LatentBatch",
+    "check_positive_int",
+    "check_sequence",
+    "decode_at",
+    "elapsed_scan",
+    "gaussian_loglik",
+    "latent_batch",
+    "masked_gru_update",
+    "prepend_t0",
+    "solve_from_zero",
+    "split_masks",
+    "union_of_times",
+]
 
 
 def check_positive_int(owner: str, name: str, value: object) -> int:
@@ -110,3 +129,200 @@ def union_of_times(
     xs = x.new_zeros(b, k, c).scatter_add_(1, idx, x * m)
     ms = m.new_zeros(b, k, c).scatter_add_(1, idx, m)
     return u, xs / ms.clamp_min(1), ms.clamp_max(1), inv
+
+
+def elapsed_scan(
+    ts: torch.Tensor,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    hidden_size: int,
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    prior: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The discrete-time recurrences of the RNN baselines: ``h = step(h, x_i, m_i, dt)`` at
+    every time a sample has an observed channel, ``dt = |t_i - t_last|`` the time since its
+    previous observation (0 at its first). Returns the hidden states ``(B, T, hidden)`` after
+    each time and, with ``prior``, the predictive states ``prior(h, dt)`` before each."""
+    b, t, _ = x.shape
+    seen = m.amax(dim=-1) > 0
+    h = x.new_zeros(b, hidden_size)
+    ts_b = ts.expand(b, t)
+    t_last = ts_b[:, 0]
+    started = torch.zeros_like(seen[:, 0])
+    out, before = [], []
+    for i in range(t):
+        ti = ts_b[:, i]
+        dt = torch.where(started, (ti - t_last).abs(), torch.zeros_like(ti)).to(x.dtype)[:, None]
+        if prior is not None:
+            before.append(torch.where(started[:, None], prior(h, dt), torch.zeros_like(h)))
+        h_new = step(h, x[:, i], m[:, i], dt)
+        h = torch.where(seen[:, i, None], h_new, h)
+        t_last = torch.where(seen[:, i], ti, t_last)
+        started = started | seen[:, i]
+        out.append(h)
+    return torch.stack(out, dim=1), (torch.stack(before, dim=1) if prior is not None else None)
+
+
+def _time_second(ys: Any) -> Any:
+    if isinstance(ys, tuple):
+        return tuple(y.movedim(0, 1) for y in ys)
+    return ys.movedim(0, 1)
+
+
+def solve_from_zero(config: SolveConfig, f: Callable[..., Any], y0: Any, tau: torch.Tensor) -> Any:
+    """States of an autonomous ODE at the times ``tau`` measured from 0 (``(T,)`` shared or
+    ``(N, T)`` per sample, each row strictly increasing), batch first: ``(N, T, ...)``
+    (a tuple for a tuple state)."""
+    t1 = tau[..., -1]
+    if tau.ndim == 2:
+        t1 = t1.clamp_min(1e-12)  # a sample with one time saves at t0 only
+    elif float(t1) <= 0:
+        return tuple(y[:, None] for y in y0) if isinstance(y0, tuple) else y0[:, None]
+    sol = config.solve(f, 0.0, t1, y0, tn.SaveAt(ts=tau))
+    return _time_second(sol.ys)
+
+
+def decode_at(
+    config: SolveConfig, f: Callable[..., Any], y0: Any, t0: torch.Tensor, ts: torch.Tensor
+) -> Any:
+    """An autonomous latent ODE from ``y0`` (batch ``N``) at ``t0`` (scalar or ``(N,)``) to
+    ``ts`` (``(T,)`` or ``(N, T)``), batch first. Per-sample times are solved per sample
+    with a per-sample controller (strictly increasing rows) and on the sorted union of the
+    shifted times ``ts - t0`` otherwise."""
+    if t0.ndim == 0 and ts.ndim == 1:
+        return solve_from_zero(config, f, y0, ts - t0)
+    n = (y0[0] if isinstance(y0, tuple) else y0).shape[0]
+    tau = ts.expand(n, -1) - t0.reshape(-1, 1).expand(n, 1)
+    if config.controller.per_sample and bool((tau.diff(dim=-1) > 0).all()):
+        return solve_from_zero(config, f, y0, tau)
+    u, inv = torch.unique(tau, sorted=True, return_inverse=True)
+    ys = solve_from_zero(config, f, y0, u)
+
+    def take(y: torch.Tensor) -> torch.Tensor:
+        return y.gather(1, inv[..., None].expand(-1, -1, y.shape[-1]))
+
+    return tuple(take(y) for y in ys) if isinstance(ys, tuple) else take(ys)
+
+
+def split_masks(
+    ts: torch.Tensor, m: torch.Tensor, mode: str, owner: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder's mask, the target mask and the index where each sample's target window
+    starts, for ``mode`` ``"interpolate"`` (all of it, both) or ``"extrapolate"`` (split at
+    the middle of each series' time range)."""
+    if mode not in ("interpolate", "extrapolate"):
+        raise ValueError(f'{owner}: `mode` must be "interpolate" or "extrapolate", got {mode!r}.')
+    b, t = m.shape[0], m.shape[1]
+    if mode == "interpolate":
+        return m, m, torch.zeros(b, dtype=torch.long, device=m.device)
+    ts_b = ts.expand(b, t)
+    split = 0.5 * (ts_b[:, :1] + ts_b[:, -1:])
+    before = ts_b < split
+    bm = before[..., None].to(m.dtype)
+    return m * bm, m * (1 - bm), before.sum(-1).clamp_max(t - 1)
+
+
+def gaussian_loglik(x: torch.Tensor, mean: torch.Tensor, std: float, m: torch.Tensor) -> Any:
+    """``sum_{t,c} m log N(x; mean, std^2)`` over the last two dimensions."""
+    var = std**2
+    logn = -0.5 * ((x - mean) ** 2 / var + math.log(2 * math.pi * var))
+    return (logn * m).sum(dim=(-2, -1))
+
+
+class LatentBatch(NamedTuple):
+    """A latent model's batch: what the encoder reads, what is scored, and the time of
+    ``z0``."""
+
+    ts: torch.Tensor
+    x: torch.Tensor
+    m: torch.Tensor
+    ts_target: torch.Tensor
+    x_target: torch.Tensor
+    m_target: torch.Tensor
+    start: torch.Tensor  # (B,) index of the first scored target (the Poisson integral's start)
+    t0: torch.Tensor  # () or (B,)
+
+
+def _first_time(ts: torch.Tensor) -> torch.Tensor:
+    return ts[0] if ts.ndim == 1 else ts[:, 0]
+
+
+def latent_batch(
+    owner: str,
+    input_size: int,
+    ts: torch.Tensor,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    mode: str = "interpolate",
+    ts_target: torch.Tensor | None = None,
+    x_target: torch.Tensor | None = None,
+    target_mask: torch.Tensor | None = None,
+    t0: float | torch.Tensor | None = None,
+) -> LatentBatch:
+    """Validate and split a latent model's inputs. Targets default to the inputs;
+    ``"extrapolate"`` encodes the inputs before the middle of each series' target time range
+    and scores the targets from it on. ``t0`` (the time of ``z0``) defaults to each series'
+    first input time and must not come after it or after the first target."""
+    ts, x, m, direction = check_sequence(owner, ts, x, mask, input_size)
+    if direction < 0:
+        raise ValueError(f"{owner}: `ts` must be increasing; the encoder reverses it itself.")
+    if ts_target is None and x_target is None and target_mask is None:
+        tt, xt, mt = ts, x, m
+    else:
+        if ts_target is None or x_target is None:
+            raise ValueError(
+                f"{owner}: pass both `ts_target` and `x_target` (and optionally "
+                "`target_mask`), or none of them to score the inputs."
+            )
+        tt, xt, mt, d = check_sequence(owner, ts_target, x_target, target_mask, input_size)
+        if xt.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{owner}: `x_target` has batch {xt.shape[0]} but `x` has {x.shape[0]}."
+            )
+        if d < 0:
+            raise ValueError(f"{owner}: `ts_target` must be increasing, got {ts_target!r}.")
+    tt = tt.to(ts.dtype)
+    if t0 is None:
+        t0_ = _first_time(ts)
+    else:
+        t0_ = torch.as_tensor(t0, dtype=ts.dtype, device=ts.device)
+        if t0_.shape not in ((), (x.shape[0],)):
+            raise ValueError(
+                f"{owner}: `t0` must be a number or a tensor of shape ({x.shape[0]},), got "
+                f"{describe(t0)}."
+            )
+        if bool((t0_ > _first_time(ts)).any()):
+            raise ValueError(
+                f"{owner}: `t0` (the time of z0) must not come after the first observation, "
+                f"got t0={t0!r} and first times {_first_time(ts)!r}."
+            )
+    if bool((_first_time(tt) < t0_).any()):
+        raise ValueError(
+            f"{owner}: the target times start before t0 = {t0_!r}, the time of z0 (first "
+            f"target times {_first_time(tt)!r}); pass t0= at or before them."
+        )
+    m_in, m_out, start = split_masks(tt, mt, mode, owner)
+    if mode == "extrapolate":
+        b = x.shape[0]
+        split = 0.5 * (tt.expand(b, -1)[:, :1] + tt.expand(b, -1)[:, -1:])
+        m_in = m * (ts.expand(b, -1) < split)[..., None].to(m.dtype)
+    else:
+        m_in = m
+    return LatentBatch(ts, x, m_in, tt, xt, m_out, start, t0_)
+
+
+def prepend_t0(
+    ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor, t0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put a fully masked point at ``t0`` before the series (unless every series starts
+    there), so that an encoder run backwards ends at ``t0``."""
+    if bool((_first_time(ts) == t0).all()):
+        return ts, x, m
+    b = x.shape[0]
+    if ts.ndim == 1 and t0.ndim == 0:
+        ts = torch.cat([t0.reshape(1), ts])
+    else:
+        ts = torch.cat([t0.reshape(-1, 1).expand(b, 1), ts.expand(b, -1)], dim=1)
+    pad = x.new_zeros(b, 1, x.shape[-1])
+    return ts, torch.cat([pad, x], 1), torch.cat([pad, m], 1)

@@ -33,10 +33,10 @@ class ODERNN(nn.Module):
     $$ h_i' = h_{i-1} + \int_{t_{i-1}}^{t_i} f_\theta(h)\,dt, \qquad
        h_i = \mathrm{GRU}([x_i \odot m_i, m_i], h_i'), $$
 
-    with $h_0' = 0$ at the first time; samples with no observed channel at $t_i$ skip the
-    update. Masked values never reach the network (they are replaced by zeros, so NaNs there
-    are fine). The times may run backwards (decreasing ``ts``), as in the latent ODE's
-    encoder.
+    with $h' = 0$ up to a sample's first observation; samples with no observed channel at
+    $t_i$ skip the update. Masked values never reach the network (they are replaced by
+    zeros, so NaNs there are fine). The times may run backwards (decreasing ``ts``), as in
+    the latent ODE's encoder.
 
     Per-sample times ``ts`` of shape ``(B, T)`` are handled in one of two ways, chosen by the
     controller: with a per-sample controller (``PIDController(per_sample=True)`` or
@@ -119,20 +119,46 @@ class ODERNN(nn.Module):
         return sol.ys[-1]
 
     def _scan(
-        self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor, first: torch.Tensor | None
-    ) -> torch.Tensor:
-        # ``first[b]``: the grid index of sample b's first time (union of times); the hidden
-        # state is zero until then, as if the sample's solve started there.
+        self, ts: torch.Tensor, x: torch.Tensor, m: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # A sample's hidden state is zero until its first observation, as if its solve
+        # started there: leading fully masked entries (padding, other samples' times on a
+        # union grid) leave no trace.
+        seen = m.amax(dim=-1) > 0
+        started = torch.zeros_like(seen[:, 0])
         h = x.new_zeros(x.shape[0], self.hidden_size)
-        out = []
+        out, before = [], []
         for i in range(x.shape[1]):
             if i > 0:
                 h = self.evolve(h, ts[..., i - 1], ts[..., i])
-                if first is not None:
-                    h = torch.where((first >= i)[:, None], torch.zeros_like(h), h)
+                h = torch.where(started[:, None], h, torch.zeros_like(h))
+            before.append(h)
             h = masked_gru_update(self.cell, h, x[:, i], m[:, i])
+            started = started | seen[:, i]
             out.append(h)
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1), torch.stack(before, dim=1)
+
+    def _run(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ts, x, m, direction = check_sequence("ODERNN", ts, x, mask, self.input_size)
+        self.nfe = 0
+        self.num_solves = 0
+        if ts.ndim == 2 and not self.config.controller.per_sample:
+            u, xu, mu, index = union_of_times(ts, x, m, direction)
+            idx = index[..., None].expand(-1, -1, self.hidden_size)
+            post, prior = self._scan(u, xu, mu)
+            return post.gather(1, idx), prior.gather(1, idx)
+        return self._scan(ts, x, m)
+
+    def predictive_states(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The hidden state at each time *before* its observation is read, $h_i'$ (the state
+        flowed from the previous observation; zero before a sample's first), ``(B, T,
+        hidden)``: decode it for one-step-ahead prediction, or for forecasts at fully masked
+        times after the data."""
+        return self._run(ts, x, mask)[1]
 
     def forward(
         self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -148,15 +174,7 @@ class ODERNN(nn.Module):
             ``(final, hs)``: the hidden state after the last observation ``(B, hidden)`` and
             after every observation ``(B, T, hidden)`` (batch first).
         """
-        ts, x, m, direction = check_sequence("ODERNN", ts, x, mask, self.input_size)
-        self.nfe = 0
-        self.num_solves = 0
-        if ts.ndim == 2 and not self.config.controller.per_sample:
-            u, xu, mu, index = union_of_times(ts, x, m, direction)
-            hu = self._scan(u, xu, mu, index[:, 0])
-            hs = hu.gather(1, index[..., None].expand(-1, -1, self.hidden_size))
-        else:
-            hs = self._scan(ts, x, m, None)
+        hs = self._run(ts, x, mask)[0]
         return hs[:, -1], hs
 
     def extra_repr(self) -> str:
