@@ -254,7 +254,13 @@ def test_bits_per_dim_is_the_dequantised_log_prob():
     score = gaussian_score(sde, mu=torch.zeros(2, dtype=torch.float64))
     k = torch.tensor([[3, 4], [0, 7], [5, 5]], dtype=torch.float64)
     bpd = dn.bits_per_dim(
-        sde, score, k, num_levels=8, scale=2.0, shift=-1.0, generator=torch.Generator().manual_seed(0)
+        sde,
+        score,
+        k,
+        num_levels=8,
+        scale=2.0,
+        shift=-1.0,
+        generator=torch.Generator().manual_seed(0),
     ).detach()
     u = torch.rand(k.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x = 2.0 * (k + u) / 8 - 1.0

@@ -111,8 +111,7 @@ def log_prob(
     check_score("log_prob", score)
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or not torch.is_floating_point(x):
         raise ValueError(
-            f"log_prob: `x` must be a floating tensor of shape (batch, *event), got "
-            f"{describe(x)}."
+            f"log_prob: `x` must be a floating tensor of shape (batch, *event), got {describe(x)}."
         )
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"log_prob: `trace` must be 'exact' or 'hutchinson', got {trace!r}.")

@@ -109,9 +109,7 @@ def sample(
     if sampler == "dpm_solver_pp":
         sampler = "dpm_solver++"
     if sampler not in SAMPLERS:
-        raise ValueError(
-            f"sample: `sampler` must be one of {list(SAMPLERS)}, got {sampler!r}."
-        )
+        raise ValueError(f"sample: `sampler` must be one of {list(SAMPLERS)}, got {sampler!r}.")
     shape = tuple(shape)
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(

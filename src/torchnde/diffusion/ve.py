@@ -33,9 +33,7 @@ class VESDE(AbstractForwardSDE):
         equations", ICLR 2021, Eq. (9).
     """
 
-    def __init__(
-        self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5
-    ) -> None:
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5) -> None:
         self.sigma_min = check_positive("VESDE", "sigma_min", sigma_min)
         self.sigma_max = check_positive("VESDE", "sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:

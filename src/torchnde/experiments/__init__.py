@@ -228,3 +228,10 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "diffusion-2d",
+    "VP / VE / sub-VP diffusion on 2-D densities: PF-ODE NLL vs the true one, MMD of every sampler",
+    "Song et al. 2021, Score-Based Generative Modeling through Stochastic Differential Equations; "
+    "Karras et al. 2022; Lu et al. 2022 (DPM-Solver)",
+    "torchnde.experiments.diffusion_2d",
+)
