@@ -235,3 +235,9 @@ register(
     "Karras et al. 2022; Lu et al. 2022 (DPM-Solver)",
     "torchnde.experiments.diffusion_2d",
 )
+register(
+    "diffusion-digits",
+    "VP diffusion on sklearn's 8x8 digits: PF-ODE bits/dim, FD of DDIM/Heun/DPM-Solver++ vs EM",
+    "Song et al. 2021; Song, Meng, Ermon 2021 (DDIM); Karras et al. 2022; Lu et al. 2022",
+    "torchnde.experiments.diffusion_digits",
+)
