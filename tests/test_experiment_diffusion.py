@@ -59,6 +59,7 @@ def test_the_configs_check_their_lists_and_full_sets_the_larger_run():
         Config(steps="10,-1")
     cfg = Config(full=True, epochs=3)
     assert (cfg.num_train, cfg.epochs, cfg.hidden) == (32768, 3, 256)
+    assert Config(weighting="score").importance_sampling is False
     from torchnde.experiments.diffusion_digits import Config as DigitsConfig
 
     assert DigitsConfig(full=True).hidden == 512

@@ -99,8 +99,8 @@ class Config(ExperimentConfig):
     sdes: str = field(default="vp,ve,subvp", metadata={"help": "comma-separated: vp, ve, subvp"})
     samplers: str = field(default=",".join(SAMPLERS), metadata={"help": "comma-separated"})
     steps: str = field(default="10,20,50,1000", metadata={"help": "sampler steps, comma-separated"})
-    epochs: int = field(default=60, metadata={"help": "passes over the training set"})
-    batch_size: int = field(default=256, metadata={"help": "points per step"})
+    epochs: int = field(default=250, metadata={"help": "passes over the training set"})
+    batch_size: int = field(default=512, metadata={"help": "points per step"})
     lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay)"})
     num_train: int = field(default=8192, metadata={"help": "training points per dataset"})
     num_test: int = field(default=1000, metadata={"help": "test points (NLL and MMD)"})
@@ -108,17 +108,24 @@ class Config(ExperimentConfig):
     hidden: int = field(default=128, metadata={"help": "score network width"})
     depth: int = field(default=3, metadata={"help": "score network hidden layers"})
     weighting: str = field(
-        default="score",
-        metadata={"help": "DSM weighting", "choices": dn.WEIGHTINGS},
+        default="likelihood",
+        metadata={
+            "help": "DSM weighting (likelihood: Song et al. 2021b)",
+            "choices": dn.WEIGHTINGS,
+        },
+    )
+    importance_sampling: bool = field(
+        default=True,
+        metadata={"help": "draw t uniformly in log-SNR (with weighting=likelihood; off otherwise)"},
     )
     full: bool = field(
         default=False,
-        metadata={"help": "larger run: 32768 points, 100 epochs, width 256, 4000 samples"},
+        metadata={"help": "larger run: 32768 points (4x the steps), width 256, 4000 samples"},
     )
 
     def __post_init__(self) -> None:
         if self.full:
-            larger = {"num_train": 32768, "epochs": 100, "hidden": 256, "num_samples": 4000,
+            larger = {"num_train": 32768, "epochs": 250, "hidden": 256, "num_samples": 4000,
                       "num_test": 4000}  # fmt: skip
             for key, value in larger.items():
                 if getattr(self, key) == self.__dataclass_fields__[key].default:
@@ -127,6 +134,8 @@ class Config(ExperimentConfig):
         for key in ("num_train", "num_test", "num_samples", "hidden", "depth"):
             v = getattr(self, key)
             check(is_int(v) and v >= 2, key, "an int >= 2", v)
+        if self.weighting != "likelihood":
+            self.importance_sampling = False  # it applies to the likelihood weighting only
         parse_names("datasets", self.datasets, DATASETS)
         parse_names("sdes", self.sdes, SDES)
         parse_names("samplers", self.samplers, SAMPLERS)
@@ -173,8 +182,9 @@ class Task(harness.Task):
             x = self.data[d]["train"][index].to(self.device)
             for s in self.sde_names:
                 loss = dn.dsm_loss(
-                    self.sdes[s], model[f"{d}__{s}"], x, weighting=self.config.weighting
-                )
+                    self.sdes[s], model[f"{d}__{s}"], x, weighting=self.config.weighting,
+                    importance_sampling=self.config.importance_sampling,
+                )  # fmt: skip
                 logs[f"dsm_{d}_{s}"] = loss.detach()
                 total = total + loss
         return StepOutput(total, logs)
@@ -197,6 +207,7 @@ class Task(harness.Task):
                     lp = dn.log_prob(sde, net, test, rtol=1e-5, atol=1e-5, stats=st)
                 m["pf_ode_test_nll"] = float(-lp.mean())
                 m["pf_ode_nll_nfe"] = st["nfe"]
+                net.float()  # sampling in float32: the MMD needs no more
                 shown = self.fig_samples.setdefault(f"{d}/{s}", {})
                 runs: list[tuple[str, int | None]] = [(sp, n) for sp in samplers for n in steps]
                 if "pf_ode" in samplers:
@@ -212,16 +223,15 @@ class Task(harness.Task):
                             kw["solver"] = tn.RK4()
                         x = dn.sample(
                             sde, net, (cfg.num_samples, 2), sampler=sp, steps=n,
-                            generator=gen, dtype=torch.float64, stats=st, **kw,
+                            generator=gen, dtype=torch.float32, stats=st, **kw,
                         )  # fmt: skip
                     key = f"{sp}_{'adaptive' if n is None else n}"
                     ok = bool(torch.isfinite(x).all())
                     m[f"mmd_{key}"] = mmd2(x, test) if ok else float("nan")
-                    m[f"nfe_{key}"] = st["nfe"]
                     m[f"time_s_{key}"] = time.perf_counter() - start
+                    m[f"nfe_{key}"] = st["nfe"]
                     if key in ("euler_maruyama_1000", "ddim_10", "heun_10", "dpm_solver++_10"):
-                        shown[key] = x.float().numpy()
-                net.float()
+                        shown[key] = x.numpy()
                 out[f"{d}/{s}"] = m
         return out
 
