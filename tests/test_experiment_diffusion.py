@@ -62,7 +62,7 @@ def test_the_configs_check_their_lists_and_full_sets_the_larger_run():
     assert Config(weighting="score").importance_sampling is False
     from torchnde.experiments.diffusion_digits import Config as DigitsConfig
 
-    assert DigitsConfig(full=True).hidden == 512
+    assert (DigitsConfig(full=True).hidden, DigitsConfig(full=True).trace) == (512, "exact")
 
 
 # slow: trains 2 tiny score networks, runs 5 samplers at 4 and 30 steps (~10 s).
