@@ -100,3 +100,26 @@ def test_diffusion_digits_runs_at_a_tiny_size(tmp_path):
                 "fd_euler_maruyama_10", "fd_heldout"):  # fmt: skip
         assert math.isfinite(ev[key]), key
     assert ev["nfe_euler_maruyama_10"] == 10
+
+
+def _row(nll, em, dpm20, ddim10, dpm10):
+    return {"pf_ode_test_nll": nll, "true_test_nll": 1.0, "mmd_heldout": 0.0,
+            "mmd_euler_maruyama_1000": em, "mmd_dpm_solver++_20": dpm20,
+            "mmd_ddim_10": ddim10, "mmd_dpm_solver++_10": dpm10}  # fmt: skip
+
+
+def test_the_headlines_say_whether_the_numbers_show_the_claims():
+    from torchnde.experiments.diffusion_2d import Task as Task2d
+    from torchnde.experiments.diffusion_digits import Task as TaskDigits
+
+    good = {"mixture/vp": _row(1.05, 0.01, 0.01, 0.03, 0.01)}
+    bad = {"mixture/vp": _row(1.5, 0.01, 0.05, 0.01, 0.03)}
+    assert all(h.verdict.startswith("yes") for h in Task2d.headline(good))
+    assert all(h.verdict.startswith("no") for h in Task2d.headline(bad))
+    base = {"gaussian_bpd": 3.0, "uniform_bpd": 4.09, "fd_heldout": 1.0}
+    good_d = {**base, "test_bpd": 2.5, "test_bpd_median": 2.4, "fd_ddim_10": 30.0,
+              "fd_dpm_10": 12.0, "fd_euler_maruyama_1000": 10.0}  # fmt: skip
+    bad_d = {**base, "test_bpd": 3.5, "test_bpd_median": 3.4, "fd_ddim_10": 30.0,
+             "fd_dpm_10": 25.0, "fd_euler_maruyama_1000": 10.0}  # fmt: skip
+    assert all(h.verdict.startswith("yes") for h in TaskDigits.headline(good_d))
+    assert all(h.verdict.startswith("no") for h in TaskDigits.headline(bad_d))
