@@ -219,6 +219,27 @@ TINY = {
         "hidden=4",
         "units=4",
         "latent=2",
+    "diffusion-2d": [
+        "--epochs",
+        "1",
+        "num_train=256",
+        "num_test=32",
+        "num_samples=32",
+        "steps=3",
+        "sdes=vp",
+        "datasets=mixture",
+        "samplers=ddim,dpm_solver++",
+        "hidden=8",
+    ],  # fmt: skip
+    "diffusion-digits": [
+        "--epochs",
+        "1",
+        "num_samples=40",
+        "num_bpd=4",
+        "steps=3",
+        "sde_steps=5",
+        "classifier_steps=3",
+        "hidden=8",
     ],  # fmt: skip
 }
 # Experiments whose steps solve no differential equation (neural operators; the mechanics
@@ -236,6 +257,8 @@ TINY.update(
     }
 )  # fmt: skip
 NO_SOLVE |= {"pinn-ode", "pinn-poisson", "pinn-burgers", "deep-bsde"}
+# Denoising score matching trains without a solve (the solves come at evaluation).
+NO_SOLVE |= {"diffusion-2d", "diffusion-digits"}
 
 
 def _numbers(obj):

@@ -307,3 +307,16 @@ register(
     "Rubanova, Chen, Duvenaud 2019, Latent ODEs for Irregularly-Sampled Time Series",
     "torchnde.experiments.co2",
 )
+register(
+    "diffusion-2d",
+    "VP / VE / sub-VP diffusion on 2-D densities: PF-ODE NLL vs the true one, MMD of every sampler",
+    "Song et al. 2021, Score-Based Generative Modeling through Stochastic Differential Equations; "
+    "Karras et al. 2022; Lu et al. 2022 (DPM-Solver)",
+    "torchnde.experiments.diffusion_2d",
+)
+register(
+    "diffusion-digits",
+    "VP diffusion on sklearn's 8x8 digits: PF-ODE bits/dim, FD of DDIM/Heun/DPM-Solver++ vs EM",
+    "Song et al. 2021; Song, Meng, Ermon 2021 (DDIM); Karras et al. 2022; Lu et al. 2022",
+    "torchnde.experiments.diffusion_digits",
+)
