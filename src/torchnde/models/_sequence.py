@@ -4,6 +4,7 @@ ODE): validation of ``(ts, x, mask)``, the masked GRU update and the union-of-ti
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -326,3 +327,44 @@ def prepend_t0(
         ts = torch.cat([t0.reshape(-1, 1).expand(b, 1), ts.expand(b, -1)], dim=1)
     pad = x.new_zeros(b, 1, x.shape[-1])
     return ts, torch.cat([pad, x], 1), torch.cat([pad, m], 1)
+
+
+class ElapsedRNN(nn.Module):
+    """The shared call of the recurrent baselines (:class:`RNN`, :class:`RNNDecay`): a scan
+    over the observations that reads the elapsed time. A subclass sets ``input_size`` and
+    ``hidden_size`` and defines ``_step(h, x, m, dt)`` (the update at an observation) and
+    ``_prior(h, dt)`` (the state just before it)."""
+
+    input_size: int
+    hidden_size: int
+
+    def _step(
+        self, h: torch.Tensor, x: torch.Tensor, m: torch.Tensor, dt: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prior(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ts`` ``(T,)`` or ``(B, T)``, ``x`` and ``mask`` ``(B, T, C)``; returns the final
+        hidden state ``(B, hidden)`` and all of them ``(B, T, hidden)``."""
+        ts, x, m, _ = check_sequence(type(self).__name__, ts, x, mask, self.input_size)
+        hs, _ = elapsed_scan(ts, x, m, self.hidden_size, self._step)
+        return hs[:, -1], hs
+
+    def predictive_states(
+        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The state at each time *before* its observation is read, ``(B, T, hidden)``,
+        from the last state and the time since it (zero before a sample's first
+        observation): decode it for one-step-ahead prediction, or for forecasts at fully
+        masked times after the data."""
+        ts, x, m, _ = check_sequence(type(self).__name__, ts, x, mask, self.input_size)
+        _, prior = elapsed_scan(ts, x, m, self.hidden_size, self._step, self._prior)
+        return typing.cast(torch.Tensor, prior)
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"

@@ -3,17 +3,15 @@ previous observation as one more input."""
 
 from __future__ import annotations
 
-import typing
-
 import torch
 from torch import nn
 
-from ._sequence import check_positive_int, check_sequence, elapsed_scan
+from ._sequence import ElapsedRNN, check_positive_int
 
 __all__ = ["RNN"]
 
 
-class RNN(nn.Module):
+class RNN(ElapsedRNN):
     r"""A GRU for irregularly sampled series with the elapsed time as an input
     ("RNN-$\Delta t$", the baseline of Rubanova et al. 2019):
 
@@ -47,29 +45,6 @@ class RNN(nn.Module):
     ) -> torch.Tensor:
         return self.cell(torch.cat([x, m, dt], dim=-1), h)
 
-    def forward(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ts`` ``(T,)`` or ``(B, T)``, ``x`` and ``mask`` ``(B, T, C)``; returns the final
-        hidden state ``(B, hidden)`` and all of them ``(B, T, hidden)``."""
-        ts, x, m, _ = check_sequence("RNN", ts, x, mask, self.input_size)
-        hs, _ = elapsed_scan(ts, x, m, self.hidden_size, self._step)
-        return hs[:, -1], hs
-
     def _prior(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         z = h.new_zeros(h.shape[0], 2 * self.input_size)
         return self.cell(torch.cat([z, dt], dim=-1), h)
-
-    def predictive_states(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The state at each time *before* its observation is read, ``(B, T, hidden)``,
-        from the last state and the time since it (zero before a sample's first
-        observation): decode it for one-step-ahead prediction, or for forecasts at fully
-        masked times after the data."""
-        ts, x, m, _ = check_sequence("RNN", ts, x, mask, self.input_size)
-        _, prior = elapsed_scan(ts, x, m, self.hidden_size, self._step, self._prior)
-        return typing.cast(torch.Tensor, prior)
-
-    def extra_repr(self) -> str:
-        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"

@@ -3,17 +3,15 @@ exponentially between observations."""
 
 from __future__ import annotations
 
-import typing
-
 import torch
 from torch import nn
 
-from ._sequence import check_positive_int, check_sequence, elapsed_scan
+from ._sequence import ElapsedRNN, check_positive_int
 
 __all__ = ["RNNDecay"]
 
 
-class RNNDecay(nn.Module):
+class RNNDecay(ElapsedRNN):
     r"""A GRU whose hidden state decays to zero between observations (the "RNN-decay"
     baseline of Rubanova et al. 2019, after the decay of GRU-D, Che et al. 2018):
 
@@ -50,31 +48,7 @@ class RNNDecay(nn.Module):
     def _step(
         self, h: torch.Tensor, x: torch.Tensor, m: torch.Tensor, dt: torch.Tensor
     ) -> torch.Tensor:
-        h = h * torch.exp(-nn.functional.softplus(self.decay) * dt)
-        return self.cell(torch.cat([x, m], dim=-1), h)
-
-    def forward(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ts`` ``(T,)`` or ``(B, T)``, ``x`` and ``mask`` ``(B, T, C)``; returns the final
-        hidden state ``(B, hidden)`` and all of them ``(B, T, hidden)``."""
-        ts, x, m, _ = check_sequence("RNNDecay", ts, x, mask, self.input_size)
-        hs, _ = elapsed_scan(ts, x, m, self.hidden_size, self._step)
-        return hs[:, -1], hs
+        return self.cell(torch.cat([x, m], dim=-1), self._prior(h, dt))
 
     def _prior(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         return h * torch.exp(-nn.functional.softplus(self.decay) * dt)
-
-    def predictive_states(
-        self, ts: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The state at each time *before* its observation is read, ``(B, T, hidden)``,
-        from the last state and the time since it (zero before a sample's first
-        observation): decode it for one-step-ahead prediction, or for forecasts at fully
-        masked times after the data."""
-        ts, x, m, _ = check_sequence("RNNDecay", ts, x, mask, self.input_size)
-        _, prior = elapsed_scan(ts, x, m, self.hidden_size, self._step, self._prior)
-        return typing.cast(torch.Tensor, prior)
-
-    def extra_repr(self) -> str:
-        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
