@@ -219,6 +219,7 @@ TINY = {
         "hidden=4",
         "units=4",
         "latent=2",
+    ],  # fmt: skip
     "diffusion-2d": [
         "--epochs",
         "1",
