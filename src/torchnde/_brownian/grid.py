@@ -10,10 +10,10 @@ draws one block per ``block`` steps (against about two bridge samples per step f
 increments, since a block is a function of the seed and its index alone. The few most
 recent blocks are cached.
 
-Queries must lie on the grid (within ``1e-3 dt``, for times rounded in the solver's time
-dtype): ``bm(t_i, t_j)`` is the sum of the steps' increments, exact. A time off the grid
-raises ``ValueError`` (this motion keeps no state between grid points to fill in a bridge
-consistently); use :class:`BrownianInterval` for solvers that evaluate inside a step.
+Queries must lie on the grid (within ``max(1e-3 dt, 4e-6 max(|t0|, |t1|))``, for times
+rounded in the solver's time dtype): ``bm(t_i, t_j)`` is the sum of the steps' increments,
+exact. A time off the grid raises ``ValueError`` (this motion keeps no state between grid
+points to fill in a bridge consistently); use :class:`BrownianInterval` for solvers that evaluate inside a step.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class BrownianGrid(AbstractBrownianPath):
         block: steps drawn per random call (default 64).
 
     Raises:
-        ValueError: for a query time more than ``1e-3 dt`` away from the grid.
+        ValueError: for a query time off the grid (more than ``max(1e-3 dt, 4e-6 |t|)``
+            away from it).
 
     Reference: the increments of a Brownian motion over disjoint intervals are independent
     $\mathcal N(0, t_b - t_a)$ (Karatzas & Shreve 1991, Brownian Motion and Stochastic
@@ -79,7 +80,9 @@ class BrownianGrid(AbstractBrownianPath):
         n = max(1, math.ceil(span / self.dt - 1e-9))
         self.num_steps = n
         self._last_h = span - (n - 1) * self.dt
-        self._tol = min(1e-3 * self.dt, 0.25 * self._last_h) + self._slack * 1e-3
+        # Times rounded in float32 (t0 + k dt in the solver's time dtype) land within about
+        # 1e-7 |t| of the grid: tolerate 1e-3 dt or the base class's slack (1e-6 |t|).
+        self._tol = min(max(1e-3 * self.dt, 4 * self._slack), 0.25 * self.dt)
         self._block = min(block, n)
         self._cache: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
 
