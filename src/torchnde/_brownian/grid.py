@@ -13,7 +13,8 @@ recent blocks are cached.
 Queries must lie on the grid (within ``max(1e-3 dt, 4e-6 max(|t0|, |t1|))``, for times
 rounded in the solver's time dtype): ``bm(t_i, t_j)`` is the sum of the steps' increments,
 exact. A time off the grid raises ``ValueError`` (this motion keeps no state between grid
-points to fill in a bridge consistently); use :class:`BrownianInterval` for solvers that evaluate inside a step.
+points to fill in a bridge consistently); use :class:`BrownianInterval` for solvers that
+evaluate inside a step.
 """
 
 from __future__ import annotations
