@@ -8,6 +8,7 @@ from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import InterpolatedAdjoint as InterpolatedAdjoint
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
 from ._brownian import AbstractBrownianPath as AbstractBrownianPath
+from ._brownian import BrownianGrid as BrownianGrid
 from ._brownian import BrownianIncrement as BrownianIncrement
 from ._brownian import BrownianInterval as BrownianInterval
 from ._brownian import BrownianPath as BrownianPath

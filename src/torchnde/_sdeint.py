@@ -10,6 +10,7 @@ import torch
 
 from ._adjoint import AbstractAdjoint
 from ._brownian import BrownianInterval
+from ._brownian.grid import BrownianGrid
 from ._core import solvers
 from ._core.controllers import ConstantStepSize, PIDController
 from ._core.runge_kutta import linear
@@ -62,6 +63,13 @@ def sde_solver_from_name(method: str, noise: str, calculus: str) -> AbstractSolv
         "reversible_heun": solvers.ReversibleHeun,
         "log_ode": solvers.LogODEMidpoint,
     }[method]()
+
+
+# Solvers whose steps read the Brownian increment of the whole step only (never inside a
+# step): with fixed steps their default Brownian motion is a BrownianGrid.
+_GRID_SOLVERS: tuple[type, ...] = (
+    solvers.EulerMaruyama, solvers.Euler, solvers.ReversibleHeun, solvers.EulerHeun,
+)  # fmt: skip
 
 
 def _default_method(noise: str, calculus: str) -> str:
@@ -134,8 +142,12 @@ def sdeint(
             on torchsde's grid ``ts[0] + k * dt`` (the last one cut at ``ts[-1]``) and the
             states at ``ts`` are the linear interpolation of the step states around them;
             adaptive steps also land on every time of ``ts``.
-        bm: the Brownian motion; by default a :class:`BrownianInterval` over
-            ``[ts[0], ts[-1]]`` of the right shape (with space-time Lévy area when the method
+        bm: the Brownian motion; by default, for fixed steps of a method that reads the
+            increment of whole steps only (``"euler"``, ``"euler_maruyama"``,
+            ``"reversible_heun"``, ``"euler_heun"``) without ``adjoint``, a
+            :class:`BrownianGrid` on the step grid (all increments drawn a block of steps
+            per random call), otherwise a :class:`BrownianInterval` over
+            ``[ts[0], ts[-1]]``; of the right shape (with space-time Lévy area when the method
             needs it), seeded by ``seed``.
         adjoint: how to differentiate: ``DirectAdjoint()`` by default,
             ``BacksolveAdjoint()`` for the stochastic adjoint, ``ReversibleAdjoint()`` with
@@ -212,6 +224,7 @@ def sdeint(
         # torchsde's grid: steps on t0 + k·dt (the last one cut at ts[-1]), outputs by linear
         # interpolation between the step states that bracket them.
         controller = ConstantStepSize()
+    grid_ok = type(solver) in _GRID_SOLVERS  # before the linear-output subclass
     solver = _with_linear_output(solver)
     if dt is not None and (
         isinstance(dt, bool) or not isinstance(dt, numbers.Real | torch.Tensor) or not dt > 0
@@ -228,10 +241,24 @@ def sdeint(
         levy = solver.levy_area if isinstance(solver, AbstractSDESolver) else None
         if levy == "foster" and noise != "general":
             levy = None  # the full area only enters for non-commutative (general) noise
-        bm = BrownianInterval(
-            t0, t1, _bm_shapes(noise, tuple(y0.shape), tuple(g0.shape))[0],
-            dtype=y0.dtype, device=y0.device, levy_area=levy, seed=seed,
-        )  # fmt: skip
+        bm_shape = _bm_shapes(noise, tuple(y0.shape), tuple(g0.shape))[0]
+        if (
+            not adaptive
+            and levy is None
+            and adjoint is None
+            and grid_ok
+            and dt is not None
+            and not isinstance(dt, torch.Tensor)
+        ):
+            # A fixed-step solve that reads the increments of its own steps only: all of them
+            # are known in advance, drawn a block of steps per random call (BrownianGrid).
+            bm = BrownianGrid(
+                t0, t1, float(dt), bm_shape, dtype=y0.dtype, device=y0.device, seed=seed
+            )
+        else:
+            bm = BrownianInterval(
+                t0, t1, bm_shape, dtype=y0.dtype, device=y0.device, levy_area=levy, seed=seed
+            )
     elif not (isinstance(bm, AbstractPath) or callable(bm)):
         raise TypeError(
             f"sdeint: `bm` must be a Brownian motion (called as bm(ta, tb)), got "

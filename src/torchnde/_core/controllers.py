@@ -448,11 +448,19 @@ class PIDController(AbstractAdaptiveController):
             nfe = 1
             d2 = scaled(f1 - unit) / h0.to(y0.dtype)
             dmax = torch.maximum(d1, d2)
-            order = solver.order
+            # h1^k max(d1, d2) = 0.01 with k the exponent of the local error estimate
+            # (error ~ h^k): Hairer's HINIT (DOPRI5 IORD = 5, DOP853 IORD = 8) and SciPy's
+            # select_initial_step (1 / (error_estimator_order + 1): RK45 1/5, RK23 1/3) both
+            # size the first step by the estimate the controller then reads, not by the
+            # order of the propagated solution (Dopri5: 1/5, not 1/6). Solvers without an
+            # integer error order fall back to the local error of the solution, h^(order+1).
+            k = getattr(solver, "error_order", None)
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                k = solver.order + 1
             h1 = torch.where(
                 dmax <= 1e-15,
                 torch.clamp_min(h0 * 1e-3, 1e-6),
-                (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / (order + 1)),
+                (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / k),
             ).to(t0.dtype)
             dt0 = torch.minimum(100 * h0, h1)
             # f blew up (or is NaN) at the trial point y0 + h0 f0: no estimate of the second
