@@ -16,3 +16,11 @@ from ._optimizers import AbstractOptimizer as AbstractOptimizer
 from ._sindy import EnsembleSINDy as EnsembleSINDy
 from ._sindy import SINDy as SINDy
 from ._ude import UniversalODE as UniversalODE
+from ._collocation import KERNELS as KERNELS
+from ._collocation import CollocationDerivative as CollocationDerivative
+from ._collocation import collocate_data as collocate_data
+from ._collocation import fit_collocation as fit_collocation
+from .pde_net import MomentFilter as MomentFilter
+from .pde_net import PDENet as PDENet
+from .pde_net import SymNet as SymNet
+from .pde_net import moment_matrix as moment_matrix

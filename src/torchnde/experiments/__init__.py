@@ -228,3 +228,9 @@ register(
     "Rackauckas et al. 2020, Universal Differential Equations for Scientific Machine Learning",
     "torchnde.experiments.lotka_volterra_ude",
 )
+register(
+    "pde-net",
+    "PDE-Net (moment-constrained filters + SymNet) on 2-D convection-diffusion: PDE and rollout",
+    "Long, Lu, Ma, Dong 2018, PDE-Net: Learning PDEs from Data",
+    "torchnde.experiments.pde_net",
+)
