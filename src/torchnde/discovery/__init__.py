@@ -24,3 +24,4 @@ from .pde_net import MomentFilter as MomentFilter
 from .pde_net import PDENet as PDENet
 from .pde_net import SymNet as SymNet
 from .pde_net import moment_matrix as moment_matrix
+from .gp_ode import GPODEField as GPODEField

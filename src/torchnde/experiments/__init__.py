@@ -234,3 +234,10 @@ register(
     "Long, Lu, Ma, Dong 2018, PDE-Net: Learning PDEs from Data",
     "torchnde.experiments.pde_net",
 )
+register(
+    "gp-ode",
+    "GP-ODE (sparse GP vector field, whitened inducing values) on noisy Van der Pol: bands",
+    "Heinonen, Yildiz, Mannerström, Intosalmi, Lähdesmäki 2018, Learning unknown ODE models "
+    "with Gaussian processes",
+    "torchnde.experiments.gp_ode",
+)
