@@ -54,7 +54,12 @@ def test_filters_are_exact_on_polynomials_to_their_order_whatever_the_free_momen
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-8)
     # One degree more is not exact (its moments are free): the order is sharp.
     worst = max(
-        float((f(x**i * y**j, padding="valid") - _d(i, j, alpha, beta, x, y)[inner]).abs().max().detach())
+        float(
+            (f(x**i * y**j, padding="valid") - _d(i, j, alpha, beta, x, y)[inner])
+            .abs()
+            .max()
+            .detach()
+        )
         for i, j in _monomials(exact_degree + 1)
     )
     assert worst > 1e-4
@@ -80,7 +85,9 @@ def test_periodic_filters_converge_at_least_at_their_order():
         x, y = _grid(n, h, h)
         x, y = x + 0.7, y - 0.3
         f = MomentFilter(2, 0, kernel_size=5, order=2, dx=h)
-        errs.append(float((f(torch.sin(x) * torch.cos(y)) + torch.sin(x) * torch.cos(y)).abs().max()))
+        errs.append(
+            float((f(torch.sin(x) * torch.cos(y)) + torch.sin(x) * torch.cos(y)).abs().max())
+        )
     assert math.log2(errs[0] / errs[1]) > 2 - 0.1, errs
 
 

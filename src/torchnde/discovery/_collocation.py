@@ -184,8 +184,8 @@ def fit_collocation(
     adam = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
         adam.zero_grad(set_to_none=True)
-        value = loss()
-        value.backward()
+        objective = loss()
+        objective.backward()
         adam.step()
     if lbfgs_steps:
         lbfgs = torch.optim.LBFGS(
@@ -194,11 +194,10 @@ def fit_collocation(
 
         def closure() -> torch.Tensor:
             lbfgs.zero_grad(set_to_none=True)
-            value = loss()
-            value.backward()
-            return value
+            objective = loss()
+            objective.backward()
+            return objective
 
         lbfgs.step(closure)
     with torch.no_grad():
         return float(loss())
-

@@ -19,7 +19,7 @@ reparameterisation trick, through ``torchnde.solve``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -68,6 +68,9 @@ class GPODEField(nn.Module):
         self.jitter = jitter
         self._v: torch.Tensor | None = None
 
+    def _z(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.inducing)
+
     def kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The RBF kernel matrix ``(..., len(a), len(b))``."""
         ell = self.log_lengthscale.exp()
@@ -75,7 +78,7 @@ class GPODEField(nn.Module):
         return self.log_variance.exp() * torch.exp(-0.5 * d2)
 
     def _projection(self) -> torch.Tensor:
-        z = self.inducing
+        z = self._z()
         kzz = self.kernel(z, z) + self.jitter * torch.eye(len(z), dtype=z.dtype, device=z.device)
         return torch.linalg.cholesky(kzz)
 
@@ -95,7 +98,7 @@ class GPODEField(nn.Module):
 
     def forward(self, t: Any, y: torch.Tensor, args: Any = None) -> torch.Tensor:
         lower = self._projection()
-        kxz = self.kernel(y, self.inducing)  # (batch, M)
+        kxz = self.kernel(y, self._z())  # (batch, M)
         # K_xZ L^{-T} V: solve L^T W = K_Zx, i.e. W^T = K_xZ L^{-T}.
         w = torch.linalg.solve_triangular(lower, kxz.T, upper=False).T  # (batch, M)
         if self._v is None:
@@ -122,7 +125,7 @@ class GPODEField(nn.Module):
             )
         with torch.no_grad():
             lower = self._projection()
-            w = torch.linalg.solve_triangular(lower, self.kernel(x, self.inducing).T, upper=False).T
+            w = torch.linalg.solve_triangular(lower, self.kernel(x, self._z()).T, upper=False).T
             eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
             self.mean.copy_(torch.linalg.solve(w.T @ w + noise_variance * eye, w.T @ x_dot))
 

@@ -197,16 +197,15 @@ class SymNet(nn.Module):
             return sum(float(wi) * zi for wi, zi in zip(w.tolist(), z)) + float(b)
 
         with torch.no_grad():
-            for lin in self.layers:
+            for layer in self.layers:
+                lin = cast(nn.Linear, layer)
                 w, b = lin.weight.double(), lin.bias.double()
                 z.append(sympy.expand(affine(w[0], b[0]) * affine(w[1], b[1])))
             expr = sympy.expand(affine(self.out.weight.double()[0], self.out.bias.double()[0]))
         poly = sympy.Poly(expr, *syms)
         out: dict[str, float] = {}
         for powers, coef in zip(poly.monoms(), poly.coeffs()):
-            parts = [
-                n if p == 1 else f"{n}**{p}" for n, p in zip(names, powers) if p > 0
-            ]
+            parts = [n if p == 1 else f"{n}**{p}" for n, p in zip(names, powers) if p > 0]
             out["*".join(parts) or "1"] = float(coef)
         return out
 
@@ -266,7 +265,7 @@ class PDENet(nn.Module):
 
     def features(self, u: torch.Tensor) -> torch.Tensor:
         """``u`` and its filtered derivatives, ``(batch, H, W, 1 + num_derivatives)``."""
-        kernels = torch.stack([f.kernel() for f in self.filters])
+        kernels = torch.stack([cast(MomentFilter, f).kernel() for f in self.filters])
         d = _convolve(u, kernels, "periodic")  # (batch, C, H, W)
         return torch.cat([u[..., None, :, :], d], -3).movedim(-3, -1)
 

@@ -7,8 +7,9 @@ $[0,$ ``t_train`` $]$ with Gaussian noise of std ``noise``. The model is
 :class:`torchnde.discovery.GPODEField` with ``grid`` x ``grid`` inducing points on
 $[-3, 3]^2$, its inducing values' variational posterior and kernel fitted by the ELBO with
 ``num_samples`` reparameterised fields per step (started by gradient matching on
-kernel-smoothed derivative estimates, :meth:`GPODEField.init_from_derivatives`), through ``torchnde.solve`` (Dopri5), the
-noise std learned. ``eval``: ``test_mse`` of the posterior mean field's forecast on
+kernel-smoothed derivative estimates, ``GPODEField.init_from_derivatives``), through
+``torchnde.solve`` (Dopri5), the noise std learned. ``eval``: ``test_mse`` of the posterior
+mean field's forecast on
 $(t_\mathrm{train}, t_\mathrm{test}]$ against the clean trajectory, and ``coverage_95``, the
 fraction of fresh noisy observations there inside the 95% predictive band (200 sampled fields,
 plus the learned noise): about 0.95 when the uncertainty is calibrated.
@@ -154,8 +155,10 @@ class Task(harness.Task):
         model.gp.use_mean()
         sigma = model.log_noise.exp()
         loglik = (
-            -0.5 * ((pred - obs[:, None]) / sigma) ** 2 - model.log_noise - 0.9189385332046727
-        ).sum((0, 2)).mean()
+            (-0.5 * ((pred - obs[:, None]) / sigma) ** 2 - model.log_noise - 0.9189385332046727)
+            .sum((0, 2))
+            .mean()
+        )
         num = obs.numel()
         loss = (-loglik + model.gp.kl()) / num
         nll = (-loglik / num).detach()

@@ -187,6 +187,7 @@ class ParetoSTLSQ(AbstractOptimizer):
             xi[j] = fits[best][j]
         return xi
 
+
 class Task(harness.Task):
     name = "lotka-volterra-ude"
     title = "UDE + SINDy recovers Lotka-Volterra's interactions; a neural ODE does not extrapolate"
@@ -232,7 +233,7 @@ class Task(harness.Task):
         return 1
 
     def _trajectory(
-        self, fitted: nn.Module, ts: torch.Tensor, y0: torch.Tensor | None = None
+        self, fitted: Any, ts: torch.Tensor, y0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, int]:
         ts = ts.to(self.device)
         sol = torchnde.solve(
@@ -248,7 +249,7 @@ class Task(harness.Task):
         )
         return cast(torch.Tensor, sol.ys), int(sol.stats["num_fevals"])
 
-    def _loss(self, fitted: nn.Module) -> tuple[torch.Tensor, int]:
+    def _loss(self, fitted: Any) -> tuple[torch.Tensor, int]:
         pred, nfe = self._trajectory(fitted, self.ts)
         return ((pred - self.data.to(pred)) ** 2).mean(), nfe
 
@@ -261,7 +262,7 @@ class Task(harness.Task):
             logs["loss_ude"] + logs["loss_node"], logs, {"nfe": sum(nfe.values()), **nfe}
         )
 
-    def refine(self, model: nn.Module) -> dict[str, Any]:
+    def refine(self, model: Any) -> dict[str, Any]:
         """The paper's second phase: L-BFGS (strong Wolfe line search) on each model alone."""
         cfg = self.config
         out: dict[str, Any] = {"lbfgs_iters": cfg.lbfgs_iters}
@@ -282,7 +283,9 @@ class Task(harness.Task):
                     tolerance_change=1e-14,
                 )
 
-                def closure(fitted: nn.Module = fitted, calls: list[int] = calls) -> torch.Tensor:
+                def closure(
+                    fitted: Any = fitted, calls: list[int] = calls, lbfgs: Any = lbfgs
+                ) -> torch.Tensor:
                     lbfgs.zero_grad(set_to_none=True)
                     loss = self._loss(fitted)[0]
                     loss.backward()
@@ -326,7 +329,9 @@ class Task(harness.Task):
             xy = states[:, 0] * states[:, 1]
             exact = torch.stack([-BETA * xy, GAMMA * xy], -1)
             u = model["ude"].field.missing(states.to(self.device)).cpu()
-            out["network_rel_error"] = float(torch.linalg.norm(u - exact) / torch.linalg.norm(exact))
+            out["network_rel_error"] = float(
+                torch.linalg.norm(u - exact) / torch.linalg.norm(exact)
+            )
             out["fit_mse"] = {key: float(self._loss(model[key])[0]) for key in self.MODELS}
             clean = _solve_clean(self.ts)
             out["fit_mse_vs_clean"] = {
@@ -361,11 +366,10 @@ class Task(harness.Task):
             ).ys
             self._curves = (t_ext, truth, recovered, None if node is None else node.cpu())
             out["extrapolation_mse"] = _finite_mse(recovered, truth)
-            out["node_extrapolation_mse"] = _finite_mse(
-                None if node is None else node.cpu(), truth
-            )
+            out["node_extrapolation_mse"] = _finite_mse(None if node is None else node.cpu(), truth)
             out["t_train"], out["t_extrapolate"] = self.t_train, cfg.t_extrapolate
         return out
+
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> list[Headline]:
         e, o, c = (

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..discovery import PDENet
 from . import harness
-from .config import ExperimentConfig, check, is_int, is_positive
+from .config import ExperimentConfig, check, is_int
 from .harness import Headline, StepOutput
 
 __all__ = ["COEFFICIENTS", "Config", "Task", "convection_diffusion", "random_initial_values"]
@@ -147,7 +147,9 @@ class Task(harness.Task):
         ts = torch.arange(cfg.num_blocks + 1, dtype=torch.float64) * DT
         clean = convection_diffusion(u0[: cfg.num_train], ts)  # (K + 1, n, H, W)
         noise = torch.randn(clean.shape, generator=g, dtype=torch.float64)
-        self.train_data = (clean + cfg.noise * noise).movedim(0, 1).to(self.device)  # (n, K+1, H, W)
+        self.train_data = (
+            (clean + cfg.noise * noise).movedim(0, 1).to(self.device)
+        )  # (n, K+1, H, W)
         self.test_u0 = u0[cfg.num_train :]
         self.dx = 2 * torch.pi / cfg.grid
         return self._model(learnable=True).to(self.device)
@@ -167,7 +169,7 @@ class Task(harness.Task):
         # Adam's phase fits one δt-block on every pair of consecutive snapshots.
         return self.config.num_train * self.config.num_blocks
 
-    def step(self, model: nn.Module, index: torch.Tensor) -> StepOutput:
+    def step(self, model: Any, index: torch.Tensor) -> StepOutput:
         k = self.config.num_blocks
         i = index.to(self.device)
         data = self.train_data[i // k]
@@ -177,13 +179,13 @@ class Task(harness.Task):
         err = ((pred - target) ** 2).mean((-2, -1)) / DT**2
         return StepOutput(err, nfe={"nfe": 1.0})
 
-    def _multistep_loss(self, model: nn.Module, blocks: int) -> torch.Tensor:
+    def _multistep_loss(self, model: Any, blocks: int) -> torch.Tensor:
         data = self.train_data
         pred = model.rollout(data[:, 0], DT, blocks)  # (blocks + 1, n, H, W)
         err = ((pred[1:].movedim(0, 1) - data[:, 1 : blocks + 1]) ** 2).mean((-2, -1))
         return err.sum(1).mean()
 
-    def refine(self, model: nn.Module) -> dict[str, Any]:
+    def refine(self, model: Any) -> dict[str, Any]:
         """The paper's layer-wise training: L-BFGS (strong Wolfe) on the multi-step loss of
         2, 5, 10, 20, ... δt-blocks (up to ``num_blocks``), each from the previous result."""
         cfg = self.config
@@ -202,7 +204,7 @@ class Task(harness.Task):
                 tolerance_change=1e-15,
             )
 
-            def closure(blocks: int = blocks) -> torch.Tensor:
+            def closure(blocks: int = blocks, lbfgs: Any = lbfgs) -> torch.Tensor:
                 lbfgs.zero_grad(set_to_none=True)
                 loss = self._multistep_loss(model, blocks)
                 loss.backward()
@@ -214,7 +216,7 @@ class Task(harness.Task):
         out["loss_after"] = losses
         return out
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+    def evaluate(self, model: Any) -> dict[str, Any]:
         cfg = self.config
         out: dict[str, Any] = {}
         expr = model.expression()
