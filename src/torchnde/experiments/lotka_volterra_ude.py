@@ -22,9 +22,9 @@ regresses each network on kernel-smoothed derivative estimates
 (:func:`torchnde.discovery.fit_collocation`); off by default: at 21 samples over more than
 half a period those estimates are about 45% off, and the start did not help. Then SINDy on
 $U$ at 200 points of the UDE's own fitted trajectory (no derivative estimate: the network's
-output is the target), degree-2 polynomials, STLSQ swept over thresholds ``1e-3 .. 10`` with, per equation, the
-sparsest model whose relative residual is within ``sindy_tol`` (a Pareto choice, as the
-paper's threshold sweep). Headline (``eval``): ``recovered_equations``, ``coef_rel_error``
+output is the target), degree-2 polynomials, STLSQ swept over thresholds ``1e-3 .. 10``
+with, per equation, the sparsest model whose relative residual is within ``sindy_tol`` (a
+Pareto choice, as the paper's threshold sweep). Headline (``eval``): ``recovered_equations``, ``coef_rel_error``
 (relative error of the recovered interaction coefficients, spurious terms included),
 ``extrapolation_mse`` (UDE + SINDy model) and ``node_extrapolation_mse`` on $[0, $
 ``t_extrapolate`` $]$ against the clean solution.
