@@ -24,10 +24,10 @@ half a period those estimates are about 45% off, and the start did not help. The
 $U$ at 200 points of the UDE's own fitted trajectory (no derivative estimate: the network's
 output is the target), degree-2 polynomials, STLSQ swept over thresholds ``1e-3 .. 10``
 with, per equation, the sparsest model whose relative residual is within ``sindy_tol`` (a
-Pareto choice, as the paper's threshold sweep). Headline (``eval``): ``recovered_equations``, ``coef_rel_error``
-(relative error of the recovered interaction coefficients, spurious terms included),
-``extrapolation_mse`` (UDE + SINDy model) and ``node_extrapolation_mse`` on $[0, $
-``t_extrapolate`` $]$ against the clean solution.
+Pareto choice, as the paper's threshold sweep). Headline (``eval``):
+``recovered_equations``, ``coef_rel_error`` (relative error of the recovered interaction
+coefficients, spurious terms included), ``extrapolation_mse`` (UDE + SINDy model) and
+``node_extrapolation_mse`` on $[0,$ ``t_extrapolate`` $]$ against the clean solution.
 
 ``torchnde run lotka-volterra-ude`` (about 3 minutes on 2 cores).
 """
