@@ -93,7 +93,7 @@ TINY = {
         "batch_size=6",
         "lbfgs_iters=2",
     ],  # fmt: skip
-    "gp-ode": ["--epochs", "2", "grid=3", "num_samples=2", "t_train=2", "t_test=3", "dt=0.5"],
+    "gp-ode": ["--epochs", "1", "grid=3", "num_samples=2", "t_train=1", "t_test=1.5", "dt=0.25"],
     "darcy": [
         "--epochs",
         "1",

@@ -66,7 +66,7 @@ class Config(ODEConfig):
     """Options of ``torchnde run lotka-volterra-ude``."""
 
     out: Path = field(default=Path("runs/lotka-volterra-ude"), metadata={"help": "run folder"})
-    epochs: int = field(default=200, metadata={"help": "Adam steps (one trajectory per step)"})
+    epochs: int = field(default=300, metadata={"help": "Adam steps (one trajectory per step)"})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (cosine decay)"})
     batch_size: int = field(default=1, metadata={"help": "trajectories per step (there is one)"})
     method: str = field(default="tsit5", metadata=_METHOD)
@@ -79,7 +79,7 @@ class Config(ODEConfig):
     collocation_steps: int = field(
         default=0, metadata={"help": "Adam steps of an optional collocation start (0: none)"}
     )
-    lbfgs_iters: int = field(default=300, metadata={"help": "L-BFGS iterations after Adam"})
+    lbfgs_iters: int = field(default=500, metadata={"help": "L-BFGS iterations after Adam"})
     sindy_tol: float = field(
         default=0.05, metadata={"help": "relative residual allowed by the threshold sweep"}
     )
