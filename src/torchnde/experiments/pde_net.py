@@ -19,7 +19,7 @@ included) and ``rollout_rel_l2`` (relative L2 error at the end of ``rollout_bloc
 from unseen initial values, 10x the training horizon by default), beside the same rollout with
 the true coefficients and fixed (zero free moment) filters: the discretisation's own error.
 
-``torchnde run pde-net`` (about 2 minutes on 2 cores).
+``torchnde run pde-net`` (about 25 s on 2 cores; a few minutes on a loaded machine).
 """
 
 from __future__ import annotations
