@@ -29,7 +29,7 @@ Pareto choice, as the paper's threshold sweep). Headline (``eval``):
 coefficients, spurious terms included), ``extrapolation_mse`` (UDE + SINDy model) and
 ``node_extrapolation_mse`` on $[0,$ ``t_extrapolate`` $]$ against the clean solution.
 
-``torchnde run lotka-volterra-ude`` (about 3 minutes on 2 cores).
+``torchnde run lotka-volterra-ude`` (about 5 minutes on 2 cores, most of it L-BFGS).
 """
 
 from __future__ import annotations
