@@ -97,7 +97,28 @@ TINY = {
         "super_resolution=128",
     ],  # fmt: skip
     "mackey-glass": ["--epochs", "1", "length=150", "window=4", "hidden=3", "batch_size=64"],
-    "lotka-volterra-ude": ["--epochs", "2", "hidden=4", "dt=0.5", "t_extrapolate=4"],
+    "lotka-volterra-ude": [
+        "--epochs",
+        "2",
+        "hidden=4",
+        "t_train=2",
+        "dt=0.5",
+        "t_extrapolate=4",
+        "collocation_steps=5",
+        "lbfgs_iters=2",
+    ],  # fmt: skip
+    "pde-net": [
+        "--epochs",
+        "1",
+        "grid=12",
+        "num_train=2",
+        "num_test=1",
+        "num_blocks=3",
+        "rollout_blocks=6",
+        "batch_size=6",
+        "lbfgs_iters=2",
+    ],  # fmt: skip
+    "gp-ode": ["--epochs", "1", "grid=3", "num_samples=2", "t_train=1", "t_test=1.5", "dt=0.25"],
     "darcy": [
         "--epochs",
         "1",

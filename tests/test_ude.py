@@ -98,3 +98,34 @@ def test_universal_ode_bad_inputs():
         UniversalODE(known, lambda y: y)
     with pytest.raises(ValueError, match="`zero_init=True` needs an nn.Linear"):
         UniversalODE(known, Interaction(), zero_init=True)
+
+
+def test_the_threshold_sweep_keeps_the_sparsest_fit_within_the_tolerance():
+    from torchnde.experiments.lotka_volterra_ude import ParetoSTLSQ
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(200, 4, generator=g, dtype=D)
+    # target 0: two terms and a small third (2% of the signal); target 1: nothing fits
+    y = torch.stack(
+        [2.0 * theta[:, 0] - 1.0 * theta[:, 2] + 0.05 * theta[:, 3],
+         torch.randn(200, generator=g, dtype=D)], -1)  # fmt: skip
+    xi = ParetoSTLSQ(torch.logspace(-3, 1, 41, dtype=D), tol=0.05).fit(theta, y)
+    assert (xi[0] != 0).tolist() == [True, False, True, False]
+    torch.testing.assert_close(xi[0, [0, 2]], torch.tensor([2.0, -1.0], dtype=D), atol=0.02, rtol=0)
+    # none within the tolerance: the smallest residual (the full fit)
+    assert bool((xi[1] != 0).all())
+
+
+@pytest.mark.slow  # ~4 s CPU: a tiny lotka-volterra-ude run through the harness
+def test_the_lbfgs_phase_of_the_experiment_lowers_both_losses(tmp_path):
+    from torchnde.experiments import harness, make_config
+    from torchnde.experiments.lotka_volterra_ude import Config
+
+    cfg = make_config(
+        Config,
+        {"out": tmp_path / "lv", "quiet": True, "plot": False, "epochs": 3, "hidden": 4,
+         "t_train": 2.0, "dt": 0.5, "t_extrapolate": 3.0, "lbfgs_iters": 5},
+    )  # fmt: skip
+    refine = harness.run("lotka-volterra-ude", cfg)["train"]["refine"]
+    for key in ("ude", "node"):
+        assert refine[f"loss_after_lbfgs_{key}"] < refine[f"loss_before_lbfgs_{key}"], refine

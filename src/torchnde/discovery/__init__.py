@@ -1,5 +1,9 @@
 """Model discovery: SINDy (sparse regression over feature libraries), PySINDy's names."""
 
+from ._collocation import KERNELS as KERNELS
+from ._collocation import CollocationDerivative as CollocationDerivative
+from ._collocation import collocate_data as collocate_data
+from ._collocation import fit_collocation as fit_collocation
 from ._differentiation import AbstractDifferentiation as AbstractDifferentiation
 from ._differentiation import FiniteDifference as FiniteDifference
 from ._differentiation import SmoothedFiniteDifference as SmoothedFiniteDifference
@@ -16,3 +20,8 @@ from ._optimizers import AbstractOptimizer as AbstractOptimizer
 from ._sindy import EnsembleSINDy as EnsembleSINDy
 from ._sindy import SINDy as SINDy
 from ._ude import UniversalODE as UniversalODE
+from .gp_ode import GPODEField as GPODEField
+from .pde_net import MomentFilter as MomentFilter
+from .pde_net import PDENet as PDENet
+from .pde_net import SymNet as SymNet
+from .pde_net import moment_matrix as moment_matrix

@@ -320,3 +320,16 @@ register(
     "Song et al. 2021; Song, Meng, Ermon 2021 (DDIM); Karras et al. 2022; Lu et al. 2022",
     "torchnde.experiments.diffusion_digits",
 )
+register(
+    "pde-net",
+    "PDE-Net (moment-constrained filters + SymNet) on 2-D convection-diffusion: PDE and rollout",
+    "Long, Lu, Ma, Dong 2018, PDE-Net: Learning PDEs from Data",
+    "torchnde.experiments.pde_net",
+)
+register(
+    "gp-ode",
+    "GP-ODE (sparse GP vector field, whitened inducing values) on noisy Van der Pol: bands",
+    "Heinonen, Yildiz, Mannerström, Intosalmi, Lähdesmäki 2018, Learning unknown ODE models "
+    "with Gaussian processes",
+    "torchnde.experiments.gp_ode",
+)

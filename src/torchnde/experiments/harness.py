@@ -8,7 +8,8 @@ numbers beside the paper's (:meth:`Task.headline`) and draws its figure (:meth:`
 
 - seeding; epochs of shuffled global batches (a permutation per epoch from ``(seed, epoch)``),
   sharded over the processes under ``torchrun`` and averaged by ``DistributedDataParallel``;
-- Adam with a cosine learning-rate decay; a progress bar with the loss, the function
+- Adam with a cosine learning-rate decay, then the task's optional second phase
+  (:meth:`Task.refine`, e.g. L-BFGS); a progress bar with the loss, the function
   evaluations and the time per step;
 - the run folder: ``config.json``, ``metrics.jsonl`` (one line per step), ``checkpoint.pt``
   (atomic, every ``checkpoint_every`` epochs, with all RNG states), ``metrics.json``,
@@ -131,6 +132,13 @@ class Task(abc.ABC):
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.config.lr)
+
+    def refine(self, model: nn.Module) -> dict[str, Any]:
+        """A second training phase after the Adam epochs (e.g. L-BFGS, as papers that train
+        with ADAM then BFGS), run on every process before :meth:`evaluate`; returns JSON-ready
+        logs, kept in ``metrics.json`` under ``train.refine``. It is not checkpointed: a resumed
+        run redoes it from the last epoch's checkpoint. By default nothing."""
+        return {}
 
 
 def ode_solver_setup(config: ODEConfig) -> tuple[Any, Any, float | None]:
@@ -388,10 +396,13 @@ class _Run:
             if log is not None:
                 log.close()
 
+        start = time.perf_counter()
+        refined = task.refine(model)
+        refine_s = time.perf_counter() - start
         if not info.is_main:
             distributed.barrier(info)
             return None
-        metrics = self._finish(task, model, history, step)
+        metrics = self._finish(task, model, history, step, refined, refine_s)
         distributed.barrier(info)
         return metrics
 
@@ -436,6 +447,8 @@ class _Run:
         model: nn.Module,
         history: list[dict[str, Any]],
         steps: int,
+        refined: dict[str, Any],
+        refine_s: float,
     ) -> dict[str, Any]:
         cfg, out = self.config, self.out
         start = time.perf_counter()
@@ -470,7 +483,10 @@ class _Run:
         figures = []
         if cfg.plot:
             figures = self._figures(task, model, metrics, history)
-        metrics["timing"]["total_s"] = train_time + time.perf_counter() - start
+        if refined:
+            metrics["train"]["refine"] = refined
+            metrics["timing"]["refine_s"] = refine_s
+        metrics["timing"]["total_s"] = train_time + refine_s + time.perf_counter() - start
         report.write_json(out / "metrics.json", metrics)
         report.write_report(out)
         for h in metrics["headline"]:
