@@ -30,6 +30,7 @@ import torchnde
 from torchnde.discovery import GPODEField, collocate_data
 
 from . import harness
+from ._models import finite_mse, reference_solve
 from .config import ODEConfig, check, is_int, is_positive
 from .harness import Headline, StepOutput, ode_solver_setup
 
@@ -80,16 +81,7 @@ def van_der_pol(t: Any, y: torch.Tensor, args: Any = None) -> torch.Tensor:
 
 
 def _solve_clean(ts: torch.Tensor) -> torch.Tensor:
-    sol = torchnde.solve(
-        torchnde.ODETerm(van_der_pol),
-        torchnde.Dopri5(),
-        0.0,
-        float(ts[-1]),
-        torch.tensor(Y0, dtype=torch.float64),
-        saveat=torchnde.SaveAt(ts=ts),
-        controller=torchnde.PIDController(rtol=1e-10, atol=1e-12),
-    )
-    return cast(torch.Tensor, sol.ys)
+    return reference_solve(van_der_pol, Y0, ts)
 
 
 class Model(nn.Module):
@@ -189,8 +181,8 @@ class Task(harness.Task):
             self.clean.shape, generator=torch.Generator().manual_seed(999), dtype=torch.float64
         )
         inside = (fresh >= lo) & (fresh <= hi)
-        out["test_mse"] = _finite_mse(mean[test], self.clean[test])
-        out["train_mse"] = _finite_mse(mean[self.train], self.clean[self.train])
+        out["test_mse"] = finite_mse(mean[test], self.clean[test])
+        out["train_mse"] = finite_mse(mean[self.train], self.clean[self.train])
         out["coverage_95"] = float(inside[test].double().mean())
         out["coverage_95_train"] = float(inside[self.train].double().mean())
         out["band_width_test"] = float((hi - lo)[test].mean())
@@ -241,9 +233,3 @@ class Task(harness.Task):
         axes[0].legend(fontsize="small")
         fig.suptitle("torchnde: GP-ODE on Van der Pol (Heinonen et al. 2018)")
         return fig
-
-
-def _finite_mse(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    if not bool(torch.isfinite(pred).all()):
-        return 1e300
-    return min(float(((pred - truth) ** 2).mean()), 1e300)

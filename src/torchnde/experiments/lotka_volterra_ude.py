@@ -51,6 +51,7 @@ from torchnde.discovery import (
 )
 
 from . import harness
+from ._models import finite_mse, reference_solve
 from .config import ODEConfig, check, is_int, is_positive
 from .harness import Headline, StepOutput, ode_solver_setup
 
@@ -114,16 +115,7 @@ def lotka_volterra(t: Any, y: torch.Tensor, args: Any = None) -> torch.Tensor:
 
 
 def _solve_clean(ts: torch.Tensor) -> torch.Tensor:
-    sol = torchnde.solve(
-        torchnde.ODETerm(lotka_volterra),
-        torchnde.Dopri5(),
-        0.0,
-        float(ts[-1]),
-        torch.tensor(Y0, dtype=torch.float64),
-        saveat=torchnde.SaveAt(ts=ts),
-        controller=torchnde.PIDController(rtol=1e-10, atol=1e-12),
-    )
-    return cast(torch.Tensor, sol.ys)
+    return reference_solve(lotka_volterra, Y0, ts)
 
 
 def _mlp(hidden: int) -> nn.Sequential:
@@ -392,8 +384,8 @@ class Task(harness.Task):
                 throw=False,
             ).ys
             self._curves = (t_ext, truth, recovered, None if node is None else node.cpu())
-            out["extrapolation_mse"] = _finite_mse(recovered, truth)
-            out["node_extrapolation_mse"] = _finite_mse(None if node is None else node.cpu(), truth)
+            out["extrapolation_mse"] = finite_mse(recovered, truth)
+            out["node_extrapolation_mse"] = finite_mse(None if node is None else node.cpu(), truth)
             out["t_train"], out["t_extrapolate"] = self.t_train, cfg.t_extrapolate
         return out
 
@@ -454,10 +446,3 @@ class Task(harness.Task):
         )
         fig.suptitle("torchnde: UDE + SINDy on Lotka-Volterra (Rackauckas et al. 2020)")
         return fig
-
-
-def _finite_mse(pred: torch.Tensor | None, truth: torch.Tensor) -> float:
-    """The MSE, or ``1e300`` when the model's solve failed or diverged (JSON has no inf)."""
-    if pred is None or pred.shape != truth.shape or not bool(torch.isfinite(pred).all()):
-        return 1e300
-    return min(float(((pred - truth) ** 2).mean()), 1e300)
