@@ -164,7 +164,7 @@ class AbstractRungeKutta(AbstractSolver):
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
         tab = self._tab()
         coeffs = tab.cast(y0.dtype, y0.device)
-        a_pad = coeffs["a_pad"]
+        a_low = coeffs["a_low"]
         c = tab.c
         s = tab.num_stages
         control = terms.contr(t0, t1)
@@ -173,9 +173,10 @@ class AbstractRungeKutta(AbstractSolver):
         if c_t is None:
             c_t = coeffs["c_time"][t0.dtype] = coeffs["c"].to(t0.dtype)
         t_stage = torch.addcmul(t0, c_t.reshape((s,) + (1,) * t0.ndim), t1 - t0).unbind(0)
-        # K starts at zero so each stage can use the full zero-padded row of `a`: one
-        # (1, s) x (s, N) product per stage, no slicing.
-        K = y0.new_zeros((s,) + y0.shape)
+        # Every row of K is written before it is read (stage i reads rows < i through its
+        # cut row of `a`, one (1, i) x (i, N) product), so K is not zero-filled: at large
+        # batches the fill and the padded products were ~15% of a step outside the field.
+        K = y0.new_empty((s,) + y0.shape)
         Kf = K.view(s, -1)
         # Stage slots: views made once per step when nothing is recorded for autograd (which
         # forbids in-place writes into views from `unbind`), fresh `K[i]` otherwise.
@@ -188,7 +189,7 @@ class AbstractRungeKutta(AbstractSolver):
         vf = state
         yi = y0
         for i in range(1, s):
-            yi = torch.addmm(y0f, a_pad[i], Kf).view_as(y0)
+            yi = torch.addmm(y0f, a_low[i], Kf[:i]).view_as(y0)
             vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
             terms.prod_into(vf, control, K[i] if slots is None else slots[i])
         y_error = self._error_estimate(coeffs, Kf, y0)

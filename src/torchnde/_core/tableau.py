@@ -179,8 +179,11 @@ class ButcherTableau:
         if self.b_dense is not None:
             out["dense"] = torch.tensor(self.b_dense, dtype=torch.float64)
         out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
-        # Row views used by the engine's fused stage products, built once.
+        # Row views used by the engine's fused stage products, built once: the full
+        # zero-padded rows, and the rows cut to the stages before them (`a_low[i]` is
+        # (1, i): stage i reads only the i stages already computed).
         out["a_pad"] = [out["a"][i : i + 1] for i in range(s)]
+        out["a_low"] = [out["a"][i : i + 1, :i].contiguous() for i in range(s)]
         out["c_time"] = {}
         out["b_row"] = out["b"][None]
         if "e" in out:
