@@ -72,6 +72,10 @@ def test_the_burgers_reference_is_odd_vanishes_at_the_ends_and_is_converged():
 def test_full_configs_set_the_longer_runs_except_where_given():
     cfg = BSDEConfig(full=True, epochs=5)
     assert (cfg.epochs, cfg.allen_cahn_lr) == (5, 5e-4)
-    assert BurgersConfig(full=True).layers == 8
+    full = BurgersConfig(full=True)
+    assert (full.layers, full.hidden, full.lbfgs_iters) == (8, 20, 20000)
+    assert BurgersConfig(full=True, lbfgs_iters=7).lbfgs_iters == 7
+    with pytest.raises(ValueError, match="lbfgs_iters"):
+        BurgersConfig(lbfgs_iters=-1)
     with pytest.raises(ValueError, match="reference_modes"):
         BurgersConfig(reference_modes=300)
