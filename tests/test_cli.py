@@ -273,7 +273,8 @@ TINY.update(
         "pinn-ode": ["--epochs", "1", "steps_per_epoch=3", "batch_size=16", "hidden=4"],
         "pinn-poisson": ["--epochs", "1", "steps_per_epoch=3", "batch_size=16", "hidden=4"],
         "pinn-burgers": ["--epochs", "1", "steps_per_epoch=2", "batch_size=16", "hidden=4",
-                         "layers=1", "nu=0.1", "reference_modes=256", "reference_dt=1e-3"],
+                         "layers=1", "nu=0.1", "reference_modes=256", "reference_dt=1e-3",
+                         "lbfgs_iters=2"],
         "deep-bsde": ["--epochs", "1", "steps_per_epoch=2", "batch_size=8", "dim=100",
                       "num_time_interval=3", "reference_samples=1000"],
     }

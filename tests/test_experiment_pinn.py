@@ -21,8 +21,8 @@ TINY = {
     "pinn-poisson": ({"epochs": 1, "steps_per_epoch": 5, "batch_size": 16, "hidden": 4},
                      ["rel_l2"]),
     "pinn-burgers": ({"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "hidden": 4,
-                      "layers": 1, "nu": 0.1, "reference_modes": 256,
-                      "reference_dt": 1e-3}, ["rel_l2"]),
+                      "layers": 1, "nu": 0.1, "reference_modes": 256, "lbfgs_iters": 2,
+                      "reference_dt": 1e-3}, ["rel_l2", "rel_l2_adam"]),
     "deep-bsde": ({"epochs": 1, "steps_per_epoch": 3, "batch_size": 8, "dim": 100,
                    "num_time_interval": 3, "reference_samples": 1000},
                   ["hjb_u0", "hjb_rel_error", "allen_cahn_u0", "allen_cahn_rel_error"]),
@@ -72,6 +72,10 @@ def test_the_burgers_reference_is_odd_vanishes_at_the_ends_and_is_converged():
 def test_full_configs_set_the_longer_runs_except_where_given():
     cfg = BSDEConfig(full=True, epochs=5)
     assert (cfg.epochs, cfg.allen_cahn_lr) == (5, 5e-4)
-    assert BurgersConfig(full=True).layers == 8
+    full = BurgersConfig(full=True)
+    assert (full.layers, full.hidden, full.lbfgs_iters) == (8, 20, 20000)
+    assert BurgersConfig(full=True, lbfgs_iters=7).lbfgs_iters == 7
+    with pytest.raises(ValueError, match="lbfgs_iters"):
+        BurgersConfig(lbfgs_iters=-1)
     with pytest.raises(ValueError, match="reference_modes"):
         BurgersConfig(reference_modes=300)
