@@ -325,7 +325,8 @@ class Task(harness.Task):
                 before = float(self._loss(fitted)[0])
             evaluations = 0
             if key == "ude" and cfg.starts > 1 and cfg.start_iters:
-                losses, best = [], None
+                losses: list[float] = []
+                best: dict[str, torch.Tensor] = {}
                 for start in range(cfg.starts):
                     candidate = fitted if start == 0 else self._fresh(key, start)
                     if cfg.curriculum:
@@ -336,7 +337,7 @@ class Task(harness.Task):
                     with torch.no_grad():
                         loss = float(self._loss(candidate)[0])
                     losses.append(loss if loss == loss else float("inf"))  # NaN: never kept
-                    if best is None or losses[-1] < min(losses[:-1]):
+                    if not best or losses[-1] < min(losses[:-1]):
                         best = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
                 fitted.load_state_dict(best)
                 out[f"start_losses_{key}"] = losses
