@@ -106,6 +106,8 @@ TINY = {
         "t_extrapolate=4",
         "collocation_steps=5",
         "lbfgs_iters=2",
+        "starts=2",
+        "start_iters=1",
     ],  # fmt: skip
     "pde-net": [
         "--epochs",

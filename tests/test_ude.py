@@ -129,3 +129,19 @@ def test_the_lbfgs_phase_of_the_experiment_lowers_both_losses(tmp_path):
     refine = harness.run("lotka-volterra-ude", cfg)["train"]["refine"]
     for key in ("ude", "node"):
         assert refine[f"loss_after_lbfgs_{key}"] < refine[f"loss_before_lbfgs_{key}"], refine
+
+
+def test_lotka_volterra_ude_multi_start_keeps_the_lowest_training_loss():
+    from torchnde.experiments.lotka_volterra_ude import Config, Task
+
+    cfg = Config(hidden=4, t_train=2.0, dt=0.5, lbfgs_iters=2, starts=3, start_iters=2)
+    task = Task(cfg, torch.device("cpu"))
+    model = task.setup()
+    out = task.refine(model)
+    losses = out["start_losses_ude"]
+    assert len(losses) == 3 and out["start_kept_ude"] == losses.index(min(losses))
+    # the kept start is refined further: never worse than the best start
+    assert out["loss_after_lbfgs_ude"] <= min(losses) + 1e-12
+    assert "start_losses_node" not in out  # the NODE baseline: Adam + L-BFGS as before
+    with pytest.raises(ValueError, match="starts"):
+        Config(starts=0)
