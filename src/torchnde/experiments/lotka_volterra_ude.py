@@ -33,8 +33,8 @@ Pareto choice, as the paper's threshold sweep). Headline (``eval``):
 coefficients, spurious terms included), ``extrapolation_mse`` (UDE + SINDy model) and
 ``node_extrapolation_mse`` on $[0,$ ``t_extrapolate`` $]$ against the clean solution.
 
-``torchnde run lotka-volterra-ude`` (about 5 minutes on 2 cores before the multi-start, which
-adds about 300 L-BFGS iterations of the UDE; not re-timed).
+``torchnde run lotka-volterra-ude`` (about 7 minutes of CPU on 2 cores with the multi-start,
+seed 0).
 """
 
 from __future__ import annotations
