@@ -63,6 +63,9 @@ class AbstractStepSizeController(abc.ABC):
 
     per_sample: bool = False
     never_rejects: bool = False
+    #: whether :meth:`host_state` / :meth:`host_adapt` implement ``adapt`` for joint steps
+    #: on host numbers (``_core/adaptive.py``)
+    host_control: bool = False
     dtmin: float | None = None
     step_ts: torch.Tensor | None = None
     jump_ts: torch.Tensor | None = None
@@ -101,6 +104,19 @@ class AbstractStepSizeController(abc.ABC):
         """The error ratio a step is accepted by (``<= 1``), batch shape; used only to explain
         a failed solve. ``None`` for controllers that measure no error."""
         return None
+
+    def host_state(self) -> Any:
+        """The controller state of :meth:`host_adapt` at the start (``host_control``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no host control.")
+
+    def host_adapt(
+        self, ratio: float, h: float, error_order: float, state: Any
+    ) -> tuple[bool, float, Any]:
+        """``adapt`` for one joint step on host numbers: from the step's error ratio (NaN
+        given as inf) and size, ``(accept, size of the next step, state)``; the next step
+        starts at the end of an accepted step, at its start otherwise, and is clipped to the
+        end of the interval by the loop."""
+        raise NotImplementedError(f"{type(self).__name__} has no host control.")
 
     def fixed_grid(self, t0: torch.Tensor, dt0: torch.Tensor | None, num: int) -> Any:
         """The ends of the first ``num`` steps, a tensor of shape ``(num,)``, when they are
@@ -526,6 +542,33 @@ class PIDController(AbstractAdaptiveController):
                 torch.where(accept, prev1, prev2),
             )
         return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)
+
+    host_control = True
+
+    def host_state(self) -> tuple[float, float]:
+        return (1.0, 1.0)
+
+    def host_adapt(
+        self, ratio: float, h: float, error_order: float, state: tuple[float, float]
+    ) -> tuple[bool, float, tuple[float, float]]:
+        # `adapt`'s arithmetic on host floats, term for term.
+        prev1, prev2 = state
+        accept = ratio <= 1.0
+        p, i, d = self.pcoeff, self.icoeff, self.dcoeff
+        factor = max(ratio, 1e-10) ** (-(p + i + d) / error_order)
+        pid = p != 0 or d != 0
+        if pid:
+            factor *= prev1 ** ((p + 2 * d) / error_order) * prev2 ** (-d / error_order)
+        safety = self.safety
+        factor = min(max(factor, self.factormin / safety), self.factormax / safety)
+        if pid and not accept:
+            factor = min(factor, 1.0 / safety)
+        h_next = h * factor * safety
+        if self.dtmax is not None:
+            h_next = min(h_next, float(self.dtmax))
+        if pid and accept:
+            state = (max(ratio, 1e-10), prev1)
+        return accept, h_next, state
 
     def __repr__(self) -> str:
         return (

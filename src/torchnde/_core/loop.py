@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .adaptive import host_control, run_adaptive
 from .controllers import AbstractStepSizeController, Norm
 from .events import Event, locate_event
 from .fixed import fixed_grid, run_fixed
@@ -1005,10 +1006,13 @@ class Loop:
 def run(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     """Run a solve to the end, live; returns the result and the host record of each iteration.
     A plain fixed-step solve takes its steps on a grid decided in advance (``_core/fixed.py``:
-    the same steps, without the per-step host decisions)."""
+    the same steps, without the per-step host decisions), a plain joint adaptive one with the
+    step-size control on the host (``_core/adaptive.py``)."""
     grid = fixed_grid(loop)
     if grid is not None:
         return run_fixed(loop, y0, grid)
+    if host_control(loop):
+        return run_adaptive(loop, y0)
     return run_general(loop, y0)
 
 

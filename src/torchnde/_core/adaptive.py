@@ -1,0 +1,153 @@
+"""Adaptive joint steps with the step-size control on the host.
+
+A joint adaptive solve learns on the host, every step, whether the step was accepted and where
+the next one ends: the general loop (:meth:`Loop.body`) computes both with tensor operations
+(the controller's ``adapt``: the factor, its bounds, ``torch.where`` selections of the time,
+the state and the solver's carried state) and then transfers them. Here the error ratio alone
+is transferred (the one synchronisation of a step, as in the general loop), and the decision,
+the factor and the next step size are Python arithmetic (:meth:`host_adapt
+<torchnde._core.controllers.AbstractStepSizeController.host_adapt>`); an accepted step takes
+the new state, a rejected one keeps the old, by a Python branch. The tensor work of a step is
+then the solver's step and the error norm: at d=2 B=1 about a third of the general loop's time
+outside the vector field.
+
+It runs when nothing it leaves out is asked for (``adaptive_plan``): joint stepping, a
+controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter, no
+compiled step, a solver with a constant error order, and no gradient through the step sizes
+(gradients off, or ``differentiate_steps=False`` with no time requiring a gradient: then the
+general loop's step sizes are constants too). The steps are those of the general loop up to
+the rounding of the control arithmetic (float64 on the host, the time dtype there): the same
+methods, the same error estimates, so the same accept/reject decisions but for a ratio within
+rounding of 1. Times are rounded to the time dtype as they are made, so the times the vector
+field sees, the saves and the host record are those of the steps taken.
+
+Anything abnormal (a step size below the floor, ``max_steps`` reached, a solver whose error
+order changes) hands the solve to the general loop from the start, which then reports it with
+its statuses and causes: failures cost one more solve, never a different answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .loop import Host, Loop, LoopResult
+
+__all__ = ["host_control", "run_adaptive"]
+
+
+def host_control(loop: Loop) -> bool:
+    """Whether ``loop``'s solve can take its adaptive steps with the control on the host."""
+    controller = loop.controller
+    if (
+        loop.per_sample
+        or not loop.adaptive
+        or not controller.host_control
+        or loop.has_jumps
+        or controller.step_ts is not None
+        or loop.events is not None
+        or loop.progress is not None
+        or loop.compiled
+    ):
+        return False
+    if not isinstance(loop.solver.error_order, (int, float)) or isinstance(
+        loop.solver.error_order, bool
+    ):
+        return False
+    if torch.is_grad_enabled():
+        if getattr(controller, "differentiate_steps", True):
+            return False
+        times = (loop.t0, loop.t1, loop.dt0, loop.ts)
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in times):
+            return False
+    return True
+
+
+def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
+    """:func:`torchnde._core.loop.run` for a joint adaptive solve (see the module doc)."""
+    from .loop import Host, _Emit, run_general
+
+    st, host0, emit0, nfe = loop.init(y0)
+    if not host0.keep_going:  # a start that is not finite, or an empty interval
+        return run_general(loop, y0)
+    solver, controller, terms, args = loop.solver, loop.controller, loop.terms, loop.args
+    tdt, dev = st.t.dtype, st.t.device
+    out = loop.write(loop.new_output(y0), emit0.saves, inplace=True)
+    t_host, t1_host, floor = host0.t_shown, loop.t1_host, loop.floor_host
+    t1_snap = t1_host - floor
+    ts_host, max_steps = loop.ts_host, loop.max_steps
+    save_dense, save_steps = loop.save_dense, loop.save_steps
+    step_fevals = solver.num_fevals_step
+    k = float(solver.error_order_of(st.fstate))
+    t, y, fstate = st.t, st.y, st.fstate
+    tnext_host = float(st.tnext)
+    tnext = st.tnext
+    cstate = controller.host_state()
+    saved, num_accepted, num_steps = host0.save_num, 0, 0
+    tape = [host0]
+    emits: list = []
+    extra: dict[str, int] = {}
+    y1 = y
+    while t_host < t1_host:
+        if num_steps >= max_steps:
+            return run_general(loop, y0)
+        try:
+            y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+            ratio = controller.scaled_norm(y_error, y, y1, loop.norm)
+        except Exception as err:
+            loop._explain(t, y, err)
+            raise
+        nfe += step_fevals
+        more = solver.take_stats(dense_info)
+        if more:
+            for key, v in more.items():
+                extra[key] = extra.get(key, 0) + v
+        num_steps += 1
+        r = float(ratio.detach())
+        accept, h_next, cstate = controller.host_adapt(
+            r if r == r else math.inf, tnext_host - t_host, k, cstate
+        )
+        if accept:
+            num = bisect.bisect_right(ts_host, tnext_host)
+            if num > saved:
+                values = loop._interp_saves(num - saved, saved, t, tnext, y1, dense_info)
+                out = loop.write(out, [(saved, num, values)], inplace=True)
+            emit = None
+            if save_dense or save_steps:
+                emit = _Emit(saves=[])
+                if save_dense:
+                    emit.dense = (t, tnext, dense_info, tnext)
+                if save_steps:
+                    emit.step = (tnext, y1)
+            t, t_host, y, fstate, saved = tnext, tnext_host, y1, fnew, num
+            num_accepted += 1
+        else:
+            fstate = solver.rejected_state(fstate, fnew)
+            emit = None
+        # After the saves: a method whose dense output evaluates on demand counts it.
+        nfe += solver.take_dense_fevals(dense_info)
+        end = t_host + h_next
+        if end > t1_snap:
+            end = t1_host
+        if not accept and end - t_host < floor:
+            return run_general(loop, y0)  # a step-size underflow: the general loop says why
+        if isinstance(solver.error_order_of(fstate), torch.Tensor):
+            return run_general(loop, y0)
+        tnext = loop.t1 if end == t1_host else torch.tensor(end, dtype=tdt, device=dev)
+        tnext_host = float(tnext)
+        emits.append(emit)
+        tape.append(
+            Host(
+                keep_going=t_host < t1_host, save_num=saved, accepted=accept, t_shown=t_host,
+                num_accepted=num_accepted,
+            )
+        )  # fmt: skip
+    loop.extra_stats.update({k_: loop.extra_stats.get(k_, 0) + v for k_, v in extra.items()})
+    last = st.copy()
+    last.t, last.y, last.fstate, last.y1, last.tnext = t, y, fstate, y1, tnext
+    kept = [e for e in emits if e is not None]
+    return loop.finish(last, tape[-1], num_steps, nfe, out, kept), tape

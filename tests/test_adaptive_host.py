@@ -1,0 +1,213 @@
+"""The adaptive fast path (``_core/adaptive.py``: joint steps, the step-size control on the
+host) takes the steps of the general loop: the same accepted and rejected steps, NFE and
+saves (to rounding), the same statuses, causes and partial results when a solve fails, and
+its host controller is the tensor controller's arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torchnde as tn
+import torchnde._core.adaptive as adaptive
+import torchnde._core.loop as loop_module
+
+F64 = torch.float64
+
+
+def _solve(general: bool, monkeypatch, *args, **kwargs):
+    """A no-grad solve on the host-control path, or (``general``) on the general loop; checks
+    which one ran."""
+    taken = []
+    with monkeypatch.context() as m:
+        real = adaptive.run_adaptive
+        m.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
+        if general:
+            m.setattr(loop_module, "host_control", lambda loop: False)
+        with torch.no_grad():
+            sol = tn.solve(*args, **kwargs)
+    assert bool(taken) != general
+    return sol
+
+
+def _field(t, y, args):
+    return torch.tanh(y @ args) * 3 + torch.sin(5 * t)
+
+
+def _problem(dtype=F64):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 3, generator=g, dtype=dtype)
+    y0 = torch.randn(4, 3, generator=g, dtype=dtype)
+    return tn.ODETerm(_field), y0, w
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [tn.Dopri5(), tn.Tsit5(), tn.Bosh3(), tn.Dopri8(), tn.Kvaerno3(), tn.Rodas5()],
+    ids=lambda s: type(s).__name__,
+)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_host_path_matches_general_loop(solver, reverse, monkeypatch):
+    term, y0, w = _problem()
+    t0, t1 = (2.0, 0.0) if reverse else (0.0, 2.0)
+    ts = torch.linspace(t0, t1, 7, dtype=F64)
+    kw = dict(args=w, saveat=tn.SaveAt(ts=ts), controller=tn.PIDController(rtol=1e-6, atol=1e-8))
+    a = _solve(False, monkeypatch, term, solver, t0, t1, y0, **kw)
+    b = _solve(True, monkeypatch, term, solver, t0, t1, y0, **kw)
+    assert a.stats == b.stats
+    assert a.stats["num_rejected_steps"] > 0 or isinstance(solver, tn.Dopri8)
+    # Equal to the rounding of the control arithmetic (see the dense-output test below).
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-10, atol=1e-10)
+    assert int(a.status) == int(b.status) == 0
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [
+        tn.PIDController(rtol=1e-5, atol=1e-7, pcoeff=0.4, icoeff=0.3),
+        tn.PIDController(rtol=1e-5, atol=1e-7, pcoeff=0.2, icoeff=0.4, dcoeff=0.1),
+        tn.PIDController(rtol=1e-5, atol=1e-7, dtmax=0.05),
+        tn.PIDController(rtol=1e-5, atol=1e-7, norm=lambda x: x.abs().max()),
+    ],
+    ids=["PI", "PID", "dtmax", "norm"],
+)
+def test_host_controller_variants_match_general_loop(controller, monkeypatch):
+    term, y0, w = _problem()
+    kw = dict(args=w, controller=controller, saveat=tn.SaveAt(ts=torch.linspace(0, 1, 5)))
+    a = _solve(False, monkeypatch, term, tn.Tsit5(), 0.0, 1.0, y0, **kw)
+    b = _solve(True, monkeypatch, term, tn.Tsit5(), 0.0, 1.0, y0, **kw)
+    assert a.stats == b.stats
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_and_step_outputs_match_general_loop(monkeypatch):
+    term, y0, w = _problem()
+    kw = dict(args=w, saveat=tn.SaveAt(t1=True, steps=True, dense=True))
+    kw["controller"] = tn.PIDController(rtol=1e-6, atol=1e-8)
+    a = _solve(False, monkeypatch, term, tn.Dopri5(), 0.0, 1.0, y0, **kw)
+    b = _solve(True, monkeypatch, term, tn.Dopri5(), 0.0, 1.0, y0, **kw)
+    # The step ends differ by the rounding of the control arithmetic (an ulp of a step end
+    # changes the rounding of the next error estimate, a small difference of stages, by
+    # ~eps / its size, so the next step size by ~1e-12), not by more.
+    torch.testing.assert_close(a.ts, b.ts, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-10, atol=1e-10)
+    q = torch.tensor([0.123, 0.5, 0.987], dtype=F64)
+    torch.testing.assert_close(a.evaluate(q), b.evaluate(q), rtol=1e-10, atol=1e-10)
+
+
+def test_float32_solve_takes_the_same_steps(monkeypatch):
+    # In float32 the host arithmetic (float64) and the tensor arithmetic (float32) round the
+    # step sizes differently; the decisions agree and the solutions to float32 accuracy.
+    term, y0, w = _problem(torch.float32)
+    kw = dict(args=w, saveat=tn.SaveAt(ts=torch.linspace(0, 2, 9)))
+    kw["controller"] = tn.PIDController(rtol=1e-4, atol=1e-6)
+    a = _solve(False, monkeypatch, term, tn.Dopri5(), 0.0, 2.0, y0, **kw)
+    b = _solve(True, monkeypatch, term, tn.Dopri5(), 0.0, 2.0, y0, **kw)
+    assert a.stats == b.stats
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["max_steps", "blow_up", "dtmin"])
+def test_failures_are_those_of_the_general_loop(case, monkeypatch):
+    y0 = torch.ones(2, dtype=F64)
+    term = tn.ODETerm(lambda t, y, args: y * y)  # blows up at t = 1
+    kw: dict = dict(throw=False, saveat=tn.SaveAt(ts=torch.linspace(0, 2, 5, dtype=F64)))
+    kw["controller"] = tn.PIDController(rtol=1e-6, atol=1e-8)
+    if case == "max_steps":
+        kw["max_steps"] = 7
+    elif case == "dtmin":
+        kw["controller"] = tn.PIDController(rtol=1e-6, atol=1e-8, dtmin=1e-3)
+    # The host path runs first and hands the solve to the general loop when it fails.
+    taken = []
+    with monkeypatch.context() as m:
+        real = loop_module.run_general
+        m.setattr(loop_module, "run_general", lambda *a: taken.append(1) or real(*a))
+        with torch.no_grad():
+            a = tn.solve(term, tn.Dopri5(), 0.0, 2.0, y0, **kw)
+    assert taken
+    with monkeypatch.context() as m:
+        m.setattr(loop_module, "host_control", lambda loop: False)
+        with torch.no_grad():
+            b = tn.solve(term, tn.Dopri5(), 0.0, 2.0, y0, **kw)
+    expected = {
+        "max_steps": tn.Status.MAX_STEPS_REACHED,
+        "blow_up": tn.Status.DT_UNDERFLOW,
+        "dtmin": tn.Status.DT_UNDERFLOW,
+    }[case]
+    assert int(a.status) == int(b.status) == int(expected)
+    assert a.stats == b.stats
+    torch.testing.assert_close(a.ys, b.ys, equal_nan=True, rtol=0, atol=0)
+    assert float(a.ts[-1]) == float(b.ts[-1])
+
+
+def test_gradients_through_step_sizes_take_the_general_loop(monkeypatch):
+    # differentiate_steps=True (the default) needs the step sizes as tensors: no host path.
+    term, y0, w = _problem()
+    w.requires_grad_(True)
+    taken = []
+    real = adaptive.run_adaptive
+    monkeypatch.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
+    sol = tn.solve(term, tn.Dopri5(), 0.0, 1.0, y0, args=w)
+    sol.ys.sum().backward()
+    assert not taken
+
+
+def test_gradient_on_the_host_path_matches_finite_differences(monkeypatch):
+    # differentiate_steps=False: the step sizes are constants in both loops; the gradient is
+    # that of the solve on the mesh taken, checked against central differences on that mesh.
+    term, y0, w = _problem()
+    ctrl = tn.PIDController(rtol=1e-8, atol=1e-10, differentiate_steps=False)
+    taken = []
+    real = adaptive.run_adaptive
+    monkeypatch.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
+    w = w.clone().requires_grad_(True)
+    sol = tn.solve(term, tn.Dopri5(), 0.0, 1.0, y0, args=w, controller=ctrl)
+    (grad,) = torch.autograd.grad(sol.ys[-1].pow(2).sum(), w)
+    assert taken
+    steps = tn.solve(
+        term, tn.Dopri5(), 0.0, 1.0, y0, args=w.detach(), controller=ctrl,
+        saveat=tn.SaveAt(steps=True),
+    ).ts  # fmt: skip
+    fixed = tn.ConstantStepSize(step_ts=steps)
+
+    def loss(v):
+        return tn.solve(
+            term, tn.Dopri5(), 0.0, 1.0, y0, args=v, dt0=1.0, controller=fixed
+        ).ys[-1].pow(2).sum()  # fmt: skip
+
+    eps = 1e-6
+    fd = torch.zeros_like(w)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(3):
+                e = torch.zeros_like(w)
+                e[i, j] = eps
+                fd[i, j] = (loss(w + e) - loss(w - e)) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "pcoeff,icoeff,dcoeff", [(0.0, 1.0, 0.0), (0.4, 0.3, 0.0), (0.2, 0.4, 0.1)]
+)
+@pytest.mark.parametrize("dtmax", [None, 0.03])
+def test_host_adapt_is_the_tensor_controllers_arithmetic(pcoeff, icoeff, dcoeff, dtmax):
+    ctrl = tn.PIDController(pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, dtmax=dtmax)
+    g = torch.Generator().manual_seed(1)
+    y0 = torch.zeros(3, dtype=F64)
+    state_t = (torch.tensor(1.0, dtype=F64),) * 2 + (None,)
+    state_h = ctrl.host_state()
+    t0 = torch.tensor(0.3, dtype=F64)
+    for _ in range(40):
+        ratio = float(10 ** (4 * torch.rand((), generator=g, dtype=F64) - 2))
+        h = float(0.1 * torch.rand((), generator=g, dtype=F64)) + 1e-3
+        # An error estimate whose RMS ratio (rtol * |y| = 0) is `ratio`.
+        e = torch.full((3,), ratio * ctrl.atol, dtype=F64)
+        t1 = t0 + h
+        acc_t, nt0, nt1, _, state_t = ctrl.adapt(t0, t1, y0, y0, e, 5, state_t, None)
+        acc_h, h_next, state_h = ctrl.host_adapt(ratio, float(t1 - t0), 5.0, state_h)
+        assert bool(acc_t) == acc_h
+        assert math.isclose(float(nt1 - nt0), h_next, rel_tol=1e-12)
+        if bool(acc_t):
+            t0 = t1
