@@ -97,7 +97,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             return run_general(loop, y0)
         try:
             y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
-            ratio = controller.scaled_norm(y_error, y, y1, loop.norm)
+            ratio = controller.error_ratio(y, y1, y_error, loop.norm)
         except Exception as err:
             loop._explain(t, y, err)
             raise
@@ -107,6 +107,8 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             for key, v in more.items():
                 extra[key] = extra.get(key, 0) + v
         num_steps += 1
+        if ratio is None:  # a solver that gives no error estimate: the general loop explains
+            return run_general(loop, y0)
         r = float(ratio.detach())
         accept, h_next, cstate = controller.host_adapt(
             r if r == r else math.inf, tnext_host - t_host, k, cstate

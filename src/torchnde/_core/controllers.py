@@ -101,8 +101,9 @@ class AbstractStepSizeController(abc.ABC):
     def error_ratio(
         self, y0: torch.Tensor, y1: torch.Tensor, y_error: torch.Tensor | None, norm: Norm
     ) -> torch.Tensor | None:
-        """The error ratio a step is accepted by (``<= 1``), batch shape; used only to explain
-        a failed solve. ``None`` for controllers that measure no error."""
+        """The error ratio a step is accepted by (``<= 1``), batch shape; used to explain a
+        failed solve and by the host control (``_core/adaptive.py``). ``None`` for controllers
+        that measure no error."""
         return None
 
     def host_state(self) -> Any:
