@@ -13,9 +13,8 @@ outside the vector field.
 
 It runs when nothing it leaves out is asked for (``adaptive_plan``): joint stepping, a
 controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter, no
-compiled step, a solver with a constant error order, and no gradient through the step sizes
-(gradients off, or ``differentiate_steps=False`` with no time requiring a gradient: then the
-general loop's step sizes are constants too). The steps are those of the general loop up to
+compiled step, a solver with a constant error order, and autograd off (``torch.no_grad``:
+inference, and the forward pass of the adjoints that solve again backwards). The steps are those of the general loop up to
 the rounding of the control arithmetic (float64 on the host, the time dtype there): the same
 methods, the same error estimates, so the same accept/reject decisions but for a ratio within
 rounding of 1. Times are rounded to the time dtype as they are made, so the times the vector
@@ -58,13 +57,9 @@ def host_control(loop: Loop) -> bool:
         loop.solver.error_order, bool
     ):
         return False
-    if torch.is_grad_enabled():
-        if getattr(controller, "differentiate_steps", True):
-            return False
-        times = (loop.t0, loop.t1, loop.dt0, loop.ts)
-        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in times):
-            return False
-    return True
+    # Under autograd the general loop runs, whose step sizes are tensors (differentiated, or
+    # with `differentiate_steps=False` detached there, bit for bit the same forward values).
+    return not torch.is_grad_enabled()
 
 
 def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
