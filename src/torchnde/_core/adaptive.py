@@ -8,21 +8,26 @@ is transferred (the one synchronisation of a step, as in the general loop), and 
 the factor and the next step size are Python arithmetic (:meth:`host_adapt
 <torchnde._core.controllers.AbstractStepSizeController.host_adapt>`); an accepted step takes
 the new state, a rejected one keeps the old, by a Python branch. The tensor work of a step is
-then the solver's step and the error norm: at d=2 B=1 about a third of the general loop's time
-outside the vector field.
+the solver's step and the error norm.
 
-It runs when nothing it leaves out is asked for (``adaptive_plan``): joint stepping, a
-controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter, no
-compiled step, a solver with a constant error order, and autograd off (``torch.no_grad``:
-inference, and the forward pass of the adjoints that solve again backwards). The steps are those of the general loop up to
-the rounding of the control arithmetic (float64 on the host, the time dtype there): the same
-methods, the same error estimates, so the same accept/reject decisions but for a ratio within
-rounding of 1. Times are rounded to the time dtype as they are made, so the times the vector
-field sees, the saves and the host record are those of the steps taken.
+It runs when nothing it leaves out is asked for (:func:`host_control`): joint stepping, a
+controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter,
+no compiled step, a solver with a constant error order, and autograd off (``torch.no_grad``:
+inference, and the passes of the adjoints that solve under ``no_grad``). Under autograd the
+general loop runs: its step sizes are tensors, differentiated (``differentiate_steps=True``)
+or detached with forward values bit for bit those of the default.
+
+The steps are those of the general loop up to the rounding of the control arithmetic (float64
+on the host, the time dtype there): the same method, error estimates and decisions but for a
+ratio within rounding of 1. An ulp of a step end changes the rounding of the next error
+estimate (a small difference of stages) relatively by about eps over its size, so step ends
+agree to about 1e-12 in float64, not bit for bit. Times are rounded to the time dtype as they
+are made: the times the vector field sees, the saves and the host record are those of the
+steps taken.
 
 Anything abnormal (a step size below the floor, ``max_steps`` reached, a solver whose error
 order changes) hands the solve to the general loop from the start, which then reports it with
-its statuses and causes: failures cost one more solve, never a different answer.
+its statuses and causes: a failure costs one more solve, never a different answer.
 """
 
 from __future__ import annotations
