@@ -336,7 +336,8 @@ def _newton(block: ICNN, z: torch.Tensor, tol: float, max_iter: int) -> torch.Te
 
 
 def _lbfgs(block: ICNN, z: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
-    """L-BFGS on the sum over the batch of the separable objectives."""
+    """L-BFGS on the sum over the batch of the separable objectives, then Newton-CG steps
+    until the gradient residual is within ``tol``."""
     x = (z / block.convexity.detach()).clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [x], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0.0,
@@ -350,4 +351,18 @@ def _lbfgs(block: ICNN, z: torch.Tensor, tol: float, max_iter: int) -> torch.Ten
         return loss.detach()
 
     opt.step(closure)
-    return x.detach()
+    x = x.detach()
+    # L-BFGS's line search reads the objective, whose decrease near the solution (about
+    # |residual|^2 / alpha) falls below its rounding before the residual reaches a tight `tol`
+    # (float64: it stalls near 1e-9); Newton-CG steps (Hessian-vector products, conjugate
+    # gradients, the full step) read the residual itself and finish the job.
+    for _ in range(max_iter):
+        xg, g = _grad(block, x, True)
+        r = (g - z).detach()
+        if float(r.abs().max()) <= tol:
+            break
+        step = conjugate_gradient(
+            lambda u, g=g, xg=xg: _hvp(g, xg, u, False).detach(), r, tol=1e-3, max_iter=50
+        )
+        x = (x - step).detach()
+    return x
