@@ -20,6 +20,7 @@ z)^{-\top}$ in the backward pass, with the exact Jacobian at $z^*$.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "lu_factor",
     "lu_solve",
     "newton_solve",
+    "records_gradient",
     "simplified_newton",
     "stage_values",
 ]
@@ -184,6 +186,8 @@ def jacobian(
     with torch.enable_grad():
         zz = z if z.requires_grad else z.detach().requires_grad_(True)
         out = g(t, zz)  # (B, n)
+        if not out.requires_grad:  # the field does not depend on the state
+            return torch.zeros(*z.shape, z.shape[-1], dtype=z.dtype, device=z.device)
         # Cotangent i is e_i in every block: row i of each block's Jacobian.
         eye = torch.eye(n, dtype=out.dtype, device=out.device)[:, None, :].expand(n, *out.shape)
         try:
@@ -273,20 +277,27 @@ def newton_solve(
     *,
     kappa: float,
     max_iters: int,
+    g0: torch.Tensor | None = None,
 ) -> NewtonResult:
     """Simplified Newton for ``z = base + hg g(t, z)`` on the rows where ``active``.
 
     Converged rows are frozen (so a sample's result does not depend on its batch mates);
-    the host learns once per iteration whether any row is still iterating.
+    the host learns once per iteration whether any row is still iterating. ``g0``, if given,
+    is ``g(t, z0)`` already evaluated (and counted) by the caller.
     """
     hgc = hg[:, None]
+    first = [g0]
 
     def residual(z: torch.Tensor) -> torch.Tensor:
-        counts.num_fevals += 1
-        return z - base - hgc * g(t, z)
+        gz = first.pop() if first else None
+        if gz is None:
+            counts.num_fevals += 1
+            gz = g(t, z)
+        # The negated residual, base + hg g(z) - z, so the correction needs no negation.
+        return torch.addcmul(base - z, hgc, gz)
 
     def correction(r: torch.Tensor) -> torch.Tensor:
-        return lu_solve(LU, piv, -r)
+        return lu_solve(LU, piv, r)
 
     return simplified_newton(
         z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters
@@ -307,6 +318,10 @@ def simplified_newton(
     """The simplified Newton iteration ``z += correction(residual(z))`` on rows ``(B, m)``,
     with Hairer & Wanner's convergence test (module docstring); shared by the one-stage
     solves of diagonally implicit methods and the coupled stages of fully implicit ones."""
+    if z0.shape[0] == 1:
+        return _simplified_newton_one(
+            z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters
+        )
     eps = torch.finfo(z0.dtype).eps
     uround = max(eps, 1e-16)
     z = z0
@@ -341,6 +356,62 @@ def simplified_newton(
             break
     failed = failed | running
     return NewtonResult(z=z, failed=failed, theta=theta_max, eta=eta)
+
+
+def _simplified_newton_one(
+    z0: torch.Tensor,
+    residual: Callable[[torch.Tensor], torch.Tensor],
+    correction: Callable[[torch.Tensor], torch.Tensor],
+    scale_fn: Callable[[torch.Tensor], torch.Tensor],
+    eta_in: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    kappa: float,
+    max_iters: int,
+) -> NewtonResult:
+    """:func:`simplified_newton` for one row (``B = 1``: a joint solve with one full
+    Jacobian), the same decisions taken on host scalars: one transfer per iteration (the
+    batched version needs one too, to stop) instead of some twenty tensor operations on
+    ``(1,)``-shaped masks and rates."""
+    eps = float(torch.finfo(z0.dtype).eps)
+    uround = max(eps, 1e-16)
+    z = z0
+    theta_max = 0.0
+    eta = max(float(eta_in), uround) ** 0.8
+    failed = False
+    if bool(active):
+        dn_prev = 1.0
+        failed = True  # until it converges
+        for k in range(max_iters):
+            delta = correction(residual(z))
+            scale = scale_fn(z)
+            dn = math.sqrt(float((delta / scale).square().mean()))
+            if not math.isfinite(dn):
+                break
+            diverging = False
+            if k > 0:
+                theta = dn / dn_prev
+                diverging = theta >= 1.0
+                theta_c = min(theta, 0.999)
+                theta_max = max(theta_max, theta_c)
+                eta = theta_c / (1 - theta_c)
+            # As in the batched version: converged when the predicted remaining error is
+            # below kappa, or the correction is at the round-off of the state.
+            conv = eta * dn <= kappa or bool((delta.abs() <= 8 * eps * z.abs()).all())
+            if diverging and not conv:
+                break
+            z = z + delta
+            if conv:
+                failed = False
+                break
+            dn_prev = dn if dn > 0 else 1.0
+    like = eta_in
+    return NewtonResult(
+        z=z,
+        failed=torch.full_like(active, failed),
+        theta=torch.full_like(like, theta_max),
+        eta=torch.full_like(like, eta),
+    )
 
 
 class _ImplicitCorrection(torch.autograd.Function):
@@ -439,6 +510,24 @@ def attach_coupled_gradient(
         return W_star
     ts_d = [t.detach() for t in ts]
     return W_star + _CoupledCorrection.apply(r, g, ts_d, y0.detach(), W_star, hA.detach())
+
+
+def records_gradient(*objs: Any) -> bool:
+    """Whether autograd records and any tensor among ``objs`` (nested in tuples, lists and
+    dicts, as the user's ``args``) requires a gradient."""
+    if not torch.is_grad_enabled():
+        return False
+    stack = list(objs)
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.Tensor):
+            if o.requires_grad:
+                return True
+        elif isinstance(o, (tuple, list)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+    return False
 
 
 def unit_norm_floor(dtype: torch.dtype) -> float:
