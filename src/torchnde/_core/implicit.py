@@ -35,6 +35,7 @@ from .newton import (
     lu_factor,
     lu_solve,
     newton_solve,
+    records_gradient,
     simplified_newton,
     stage_values,
     unit_norm_floor,
@@ -42,6 +43,9 @@ from .newton import (
 from .runge_kutta import hermite
 from .solver import AbstractSolver
 from .terms import AbstractTerm
+
+#: Nodes of the ESDIRK stage predictor (see ``ESDIRKTableau.predictor``).
+PREDICTOR_NODES = 3
 
 __all__ = [
     "AbstractCollocation",
@@ -190,6 +194,30 @@ class ESDIRKTableau:
     def b(self) -> list[float]:
         return list(self.a[-1])
 
+    def predictor(self, order: int = PREDICTOR_NODES) -> list[list[float]]:
+        """``(s, s)`` weights of the stage predictor: ``k_i ≈ Σ_{j<i} P_ij k_j``, the Lagrange
+        polynomial in ``c`` through the (at most ``order``) earlier stages whose distinct nodes
+        lie nearest to ``c_i`` (the latest stage at a repeated node), evaluated at ``c_i``.
+        The first Newton iterate of stage ``i`` is then ``base_i + h γ Σ_j P_ij k_j``."""
+        s = self.num_stages
+        P = [[0.0] * s for _ in range(s)]
+        for i in range(1, s):
+            latest: dict[float, int] = {}
+            for j in range(i):
+                latest[self.c[j]] = j
+            ci = self.c[i]
+            if ci in latest:  # a stage at the same node: its derivative
+                P[i][latest[ci]] = 1.0
+                continue
+            nodes = sorted(latest, key=lambda c: (abs(c - ci), -latest[c]))[:order]
+            for cj in nodes:
+                w = 1.0
+                for cm in nodes:
+                    if cm != cj:
+                        w *= (ci - cm) / (cj - cm)
+                P[i][latest[cj]] = w
+        return P
+
     def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         key = (dtype, device)
         hit = self._cache.get(key)
@@ -197,6 +225,14 @@ class ESDIRKTableau:
             a = torch.tensor(self.full_a(), dtype=torch.float64)
             e = a[-1] - torch.tensor(self.b_embedded, dtype=torch.float64)
             hit = {"a": a.to(dtype=dtype, device=device), "e": e.to(dtype=dtype, device=device)}
+            # Row i of the explicit part as a (1, i) matrix, and of the first Newton guess
+            # (a plus gamma times the stage predictor): one product each per stage.
+            P = torch.tensor(self.predictor(), dtype=torch.float64)
+            guess = a.clone()
+            guess[:, :-1] += self.gamma * P[:, :-1]
+            s = self.num_stages
+            hit["rows"] = [a[i : i + 1, :i].to(dtype=dtype, device=device) for i in range(s)]
+            hit["guess"] = [guess[i : i + 1, :i].to(dtype=dtype, device=device) for i in range(s)]
             self._cache[key] = hit
         return hit
 
@@ -391,21 +427,32 @@ class AbstractESDIRK(AbstractNewtonSolver):
     def _stages(self, g, t0, t1, y0f, f0, h, hB, hg, LU, piv, eta, active, scale_fn, counts):
         """All stages of one step. Returns ``(hK (s, B, n), z_last, failed, theta, eta)``."""
         tab = self.tableau
-        a = tab.cast(y0f.dtype, y0f.device)["a"]
+        co = tab.cast(y0f.dtype, y0f.device)
+        rows, guess = co["rows"], co["guess"]
         gamma = tab.gamma
         s = tab.num_stages
+        B, n = g.B, g.n
         hK = [hB[:, None] * g.flat(f0)]
         failed = torch.zeros_like(active)
         theta = torch.zeros_like(hg)
-        grad = torch.is_grad_enabled()
+        # Whether the stages need the implicit-function correction (one evaluation each).
+        # Read from the inputs of the step: the carried vector field records a gradient when
+        # the field depends on parameters, as do the state, the times and the args. (A field
+        # that reaches a parameter only away from the step's start, through a Python branch,
+        # would be missed; tensor operations such as ``where`` are not.)
+        grad = records_gradient(y0f, f0, hB, t0, t1, g.args)
+        y0row = y0f.reshape(1, B * n)
+        times: dict[float, torch.Tensor] = {1.0: t1}
         z = y0f
         for i in range(1, s):
-            base = y0f
-            for j in range(i):
-                if tab.a[i - 1][j] != 0.0:
-                    base = base + a[i, j] * hK[j]
-            ti = t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * (t1 - t0)
-            z0 = base + gamma * hK[-1]
+            # base_i = y0 + Σ_{j<i} a_ij h k_j, one product over the stacked increments.
+            Ks = torch.stack(hK).view(i, B * n)
+            base = torch.addmm(y0row, rows[i], Ks).view(B, n)
+            ci = tab.c[i]
+            ti = times.get(ci)
+            if ti is None:
+                ti = times[ci] = t0 + ci * (t1 - t0)
+            z0 = torch.addmm(y0row, guess[i], Ks).view(B, n)
             with torch.no_grad():
                 res = newton_solve(
                     g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn, eta,
