@@ -579,9 +579,11 @@ class Loop:
         )
         self.events = EventHook(event, self) if event is not None else None
         self.compiled = compile_step
-        self.attempt = (
-            torch.compile(self._attempt, dynamic=False) if compile_step else self._attempt
-        )
+        self.attempt = self._attempt
+        if compile_step:  # compiled once per problem signature, kept where faster
+            from .compiled import CompiledAttempt
+
+            self.attempt = CompiledAttempt(self)
 
     # -- pieces -----------------------------------------------------------------------------
 

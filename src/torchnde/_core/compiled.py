@@ -1,0 +1,327 @@
+"""``compile_step=True``: the attempted step compiled once per problem signature, kept only
+where it measures faster.
+
+Why a module of its own (measured on the 2-core CPU machine of issue 20, torch 2.13):
+
+- ``torch.compile(loop._attempt)`` on a fresh ``Loop`` did *not* recompile on a second solve
+  (dynamo caches on the code object of ``Loop._attempt``, shared by every solve), but the first
+  solve compiled twice: the first trace fills the tableau's ``(dtype, device)`` cache, and the
+  guard on that dict's contents fails at the next step. Every signature also shared the one
+  code object, whose cache dynamo caps at ``recompile_limit`` (8) entries before it silently
+  runs eager, and whose guards it walks entry by entry on every call.
+- At d=32, B=256 the compiled step is slower than the eager one because inductor's generated
+  elementwise ``tanh`` costs about 5x ATen's per element on this CPU (66 vs 10 us on a
+  256 x 128 tensor, one thread), and every compiled call pays about 18 us of guard and wrapper
+  overhead; at d=2, B=1 the fused step wins. Which side wins is a property of the machine and
+  the problem, so it is measured.
+
+What this module does:
+
+- **A process-wide cache** (:data:`_CACHE`) of :class:`_Entry`, keyed by the problem
+  signature (:func:`signature`: the types and scalar configuration of the solver, controller
+  and terms, the vector field's identity, shapes, dtypes and device of the step's tensors, the
+  batch mode, the grad mode). Each entry compiles its own copy of a module-level function
+  (its own code object, so its own dynamo cache) that receives the loop as an argument: the
+  tensors it reads (state, times, ``args``, tolerances, parameters) become graph inputs, not
+  constants of a fresh object. The key decides only what is shared and measured; correctness
+  rests on dynamo's guards, which recompile if anything the trace read differs.
+- **An automatic choice**: the first attempts of a signature run eager and compiled
+  alternately (after one untimed eager attempt, which also fills the tableau cache, and the
+  untimed compiling call), timed with :data:`settings`' timer; then the faster one is kept
+  for the rest of the solve and for later solves of that signature. A compiled call that
+  raises while the eager one succeeds (no C++ compiler, an unsupported operation) makes the
+  signature eager too. The probe is spread over solves when a solve has fewer attempts.
+
+Limits: with gradients recorded only the forward attempt is timed (the compiled backward is
+not); on an accelerator the timer synchronises the device around the probed attempts only.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import statistics
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["CompiledAttempt", "cache_info", "clear_cache", "settings", "signature"]
+
+
+@dataclasses.dataclass
+class Settings:
+    """What the automatic choice measures.
+
+    Attributes:
+        probes: timed attempts of each kind (eager, compiled) before choosing.
+        ratio: the compiled step is kept when its median time is below ``ratio`` times the
+            eager one's.
+        timer: ``timer(device) -> seconds``, called before and after each probed attempt;
+            ``None``: process CPU time on CPU, wall time with a device synchronisation
+            elsewhere. Tests put a stub here; timings never decide a test.
+        max_entries: signatures kept (least recently used dropped first).
+    """
+
+    probes: int = 5
+    ratio: float = 1.0
+    timer: Callable[[torch.device], float] | None = None
+    max_entries: int = 64
+
+
+settings = Settings()
+
+
+def _default_timer(device: torch.device) -> float:
+    if device.type == "cpu":
+        return time.process_time()
+    sync = getattr(getattr(torch, device.type, None), "synchronize", None)
+    if sync is not None:
+        sync()
+    return time.perf_counter()
+
+
+def _call_attempt(loop, t, tnext, y, fstate, cstate, running):
+    # Compiled once per signature from a copy of this code object (see `_Entry.compiled`).
+    return type(loop)._attempt(loop, t, tnext, y, fstate, cstate, running)
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """One signature: its compiled function, the probe timings and the choice."""
+
+    key: Any
+    number: int
+    fn: Any = None  # the compiled callable, built on first use
+    code: types.CodeType | None = None
+    decision: str | None = None  # None while probing, then "compiled" or "eager"
+    attempts: int = 0  # attempts made through this entry (all solves)
+    eager_s: list[float] = dataclasses.field(default_factory=list)
+    compiled_s: list[float] = dataclasses.field(default_factory=list)
+    first_call_s: float | None = None  # wall time of the compiling call
+    error: str | None = None  # why compiled calls were given up, if they raised
+
+    def compiled(self) -> Any:
+        if self.fn is None:
+            # A fresh code object per signature: dynamo keeps its compiled graphs on the code
+            # object, so signatures neither share one cache (capped at recompile_limit) nor
+            # walk each other's guards.
+            self.code = _call_attempt.__code__.replace(co_name=f"_attempt_{self.number}")
+            fn = types.FunctionType(self.code, _call_attempt.__globals__, self.code.co_name)
+            self.fn = torch.compile(fn, dynamic=False)
+        return self.fn
+
+    @property
+    def num_compilations(self) -> int:
+        """Graphs dynamo compiled for this signature (0 before the first compiled call)."""
+        if self.code is None:
+            return 0
+        try:
+            from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+            return len(_debug_get_cache_entry_list(self.code))
+        except (ImportError, AttributeError):  # private API; the entry exists at least
+            return 1 if self.first_call_s is not None else 0
+
+
+_CACHE: collections.OrderedDict[Any, _Entry] = collections.OrderedDict()
+_COUNTER = [0]
+
+
+def clear_cache() -> None:
+    """Forget every signature (their compiled functions and choices)."""
+    _CACHE.clear()
+
+
+def cache_info() -> list[dict[str, Any]]:
+    """One dict per cached signature: ``decision``, ``num_compilations``, ``attempts``,
+    ``first_call_s``, the median probe times ``eager_s`` / ``compiled_s``, ``error``."""
+
+    def med(v: list[float]) -> float | None:
+        return statistics.median(v) if v else None
+
+    return [
+        {
+            "key": e.key,
+            "decision": e.decision,
+            "num_compilations": e.num_compilations,
+            "attempts": e.attempts,
+            "first_call_s": e.first_call_s,
+            "eager_s": med(e.eager_s),
+            "compiled_s": med(e.compiled_s),
+            "error": e.error,
+        }
+        for e in _CACHE.values()
+    ]
+
+
+# -- the signature ------------------------------------------------------------------------------
+
+
+def _tensor_sig(x: torch.Tensor) -> tuple:
+    return ("tensor", tuple(x.shape), x.dtype, x.device.type, x.device.index, x.requires_grad)
+
+
+def _callable_sig(f: Any) -> tuple:
+    """What dynamo's guards on a called function amount to: a plain function by its code and
+    the objects its closure holds (a new ``lambda`` around the same network per solve is the
+    same vector field); a bound method by its function and instance; anything else by id."""
+    if isinstance(f, types.MethodType):
+        return ("method", id(f.__func__), id(f.__self__))
+    if isinstance(f, types.FunctionType):
+        cells = tuple(_leaf_sig(c.cell_contents) for c in f.__closure__ or ())
+        return ("function", id(f.__code__), cells, id(f.__globals__))
+    return ("object", type(f), id(f))
+
+
+def _leaf_sig(x: Any) -> Any:
+    if x is None or isinstance(x, (bool, int, float, complex, str)):
+        return x if not (isinstance(x, float) and math.isnan(x)) else "nan"
+    if isinstance(x, torch.Tensor):
+        return _tensor_sig(x)
+    if isinstance(x, (torch.dtype, torch.device, type)):
+        return x
+    if isinstance(x, (tuple, list)) and len(x) <= 16:
+        return (type(x), tuple(_leaf_sig(v) for v in x))
+    if isinstance(x, dict) and len(x) <= 16:
+        return (dict, tuple((k, _leaf_sig(v)) for k, v in x.items() if isinstance(k, str)))
+    if callable(x) and not isinstance(x, torch.nn.Module):
+        return _callable_sig(x)
+    return ("object", type(x), id(x))
+
+
+def _object_sig(obj: Any, depth: int = 2) -> Any:
+    """An object's type and configuration: its attributes, scalars by value, tensors by
+    metadata, functions by identity, nested objects (terms inside wrapper terms, the
+    tableau) to ``depth`` levels, anything deeper or mutable-looking (dicts: caches) by id."""
+    if depth <= 0 or isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
+        return _leaf_sig(obj)
+    if isinstance(obj, (types.FunctionType, types.MethodType)):
+        return _callable_sig(obj)
+    items = []
+    for name, v in vars(obj).items():
+        if isinstance(v, dict):
+            items.append((name, ("dict", id(v))))
+        elif hasattr(v, "__dict__") and not isinstance(v, (torch.Tensor, type)):
+            items.append((name, _object_sig(v, depth - 1)))
+        elif isinstance(v, (tuple, list)) and v and all(hasattr(u, "__dict__") for u in v):
+            items.append((name, tuple(_object_sig(u, depth - 1) for u in v)))
+        else:
+            items.append((name, _leaf_sig(v)))
+    return (type(obj), tuple(items))
+
+
+def _tree_sig(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return _tensor_sig(x)
+    if isinstance(x, (tuple, list)):
+        return (type(x), tuple(_tree_sig(v) for v in x))
+    if isinstance(x, dict):
+        return (dict, tuple((k, _tree_sig(v)) for k, v in x.items()))
+    return _leaf_sig(x)
+
+
+def signature(loop: Any, arguments: tuple) -> Any:
+    """The problem signature of one loop's attempts with these arguments ``(t, tnext, y,
+    fstate, cstate, running)``: hashable, equal for two solves of the same problem."""
+    return (
+        _object_sig(loop.solver),
+        _object_sig(loop.controller),
+        _object_sig(loop.terms, depth=4),
+        _leaf_sig(loop.norm),
+        _tree_sig(loop.args),
+        _tensor_sig(loop.t1),
+        loop.per_sample,
+        loop.adaptive,
+        _tree_sig(arguments),
+        torch.is_grad_enabled(),
+    )
+
+
+def _lookup(key: Any) -> _Entry:
+    try:
+        entry = _CACHE[key]
+        _CACHE.move_to_end(key)
+        return entry
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable piece: a signature of its own, not cached
+        _COUNTER[0] += 1
+        return _Entry(key=None, number=_COUNTER[0])
+    _COUNTER[0] += 1
+    entry = _CACHE[key] = _Entry(key=key, number=_COUNTER[0])
+    while len(_CACHE) > max(1, settings.max_entries):
+        _CACHE.popitem(last=False)
+    return entry
+
+
+# -- the attempt --------------------------------------------------------------------------------
+
+
+class CompiledAttempt:
+    """``Loop.attempt`` for ``compile_step=True``: ``Loop._attempt``, compiled per signature
+    and used where it measures faster (see the module docstring)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.entry: _Entry | None = None
+
+    def __call__(self, t, tnext, y, fstate, cstate, running):
+        loop = self.loop
+        arguments = (t, tnext, y, fstate, cstate, running)
+        entry = self.entry
+        if entry is None:
+            entry = self.entry = _lookup(signature(loop, arguments))
+        entry.attempts += 1
+        if entry.decision == "eager":
+            return loop._attempt(*arguments)
+        if entry.decision == "compiled":
+            return entry.compiled()(loop, *arguments)
+        return self._probe(entry, arguments)
+
+    def _probe(self, entry: _Entry, arguments: tuple) -> Any:
+        loop = self.loop
+        if entry.attempts == 1:
+            # Untimed: warms the eager path (and fills the tableau's dtype cache, which the
+            # compiled trace would otherwise guard on and recompile for).
+            return loop._attempt(*arguments)
+        timer = settings.timer or _default_timer
+        device = arguments[2].device
+        if entry.first_call_s is None:
+            start = time.perf_counter()
+            try:
+                out = entry.compiled()(loop, *arguments)
+            except Exception as err:
+                return self._give_up(entry, arguments, err)
+            entry.first_call_s = time.perf_counter() - start
+            return out
+        compiled_turn = len(entry.compiled_s) < len(entry.eager_s)
+        start = timer(device)
+        if compiled_turn:
+            try:
+                out = entry.compiled()(loop, *arguments)
+            except Exception as err:
+                return self._give_up(entry, arguments, err)
+            entry.compiled_s.append(timer(device) - start)
+        else:
+            out = loop._attempt(*arguments)
+            entry.eager_s.append(timer(device) - start)
+        n = max(1, settings.probes)
+        if len(entry.compiled_s) >= n and len(entry.eager_s) >= n:
+            faster = statistics.median(entry.compiled_s) < settings.ratio * statistics.median(
+                entry.eager_s
+            )
+            entry.decision = "compiled" if faster else "eager"
+        return out
+
+    def _give_up(self, entry: _Entry, arguments: tuple, err: Exception) -> Any:
+        """A compiled call raised: if the eager attempt raises too, that error is the user's
+        (the loop explains it); otherwise compilation is at fault and the signature goes
+        eager."""
+        out = self.loop._attempt(*arguments)
+        entry.decision = "eager"
+        entry.error = f"{type(err).__name__}: {err}"[:500]
+        return out
