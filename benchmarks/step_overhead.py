@@ -44,6 +44,7 @@ from _common import (
 # isort: split
 import numpy as np
 import torch
+
 from many_systems import Lorenz, make_problem
 from speed import load_baseline
 
@@ -153,7 +154,7 @@ def main() -> None:
                     "method": method,
                     "field_us": res["field"] * 1e6,
                 }
-                for lib, mod in libs.items():
+                for lib in libs:
                     row[f"{lib}_us"] = res[lib] * 1e6
                     row[f"{lib}_evals"] = res[lib] / res["field"]
                     if a.solve:
