@@ -104,7 +104,9 @@ def real_solve(tn: Any, method: str, field: Any, y0: torch.Tensor, per_sample: b
     ts = torch.linspace(0, t1, 10, dtype=y0.dtype)
     if per_sample:
         ts = ts.expand(y0.shape[0], -1)
-    sol = tn.solve(term, getattr(tn, method)(), 0.0, t1, y0, saveat=tn.SaveAt(ts=ts), controller=ctrl)
+    sol = tn.solve(
+        term, getattr(tn, method)(), 0.0, t1, y0, saveat=tn.SaveAt(ts=ts), controller=ctrl
+    )
     return sol.ys
 
 
@@ -188,8 +190,13 @@ def main() -> None:
                     d = (ys["now"] - ys["base"]).abs().max().item()
                     scale = ys["base"].abs().max().item()
                     diffs.append(
-                        {"case": name, "mode": "per-sample" if ps else "joint", "method": method,
-                         "max_abs_diff": d, "max_abs": scale}  # fmt: skip
+                        {
+                            "case": name,
+                            "mode": "per-sample" if ps else "joint",
+                            "method": method,
+                            "max_abs_diff": d,
+                            "max_abs": scale,
+                        }  # fmt: skip
                     )
                     print(diffs[-1], flush=True)
     cols = [("workload", "workload", "s"), ("mode", "mode", "s"), ("method", "method", "s"),
