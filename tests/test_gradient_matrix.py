@@ -438,13 +438,10 @@ def test_approximate_adjoints_converge(adjoint_cls):
 
 # -- event times --------------------------------------------------------------------------
 #: Found by this matrix, not fixed yet (strict: a fix makes them fail until removed here).
-KNOWN_EVENT_BUGS = {
-    tn.Rodas5: pytest.mark.xfail(
-        strict=True,
-        reason="Rodas5 + terminal event: the located event state is not a smooth function of "
-        "the parameters (central differences at eps 1e-5 and 1e-7 disagree by 2e-3; "
-        "without the event, and with Rodas4, they agree to 1e-9): the gradient is off by 1e-4",
-    ),
+KNOWN_EVENT_BUGS: dict = {
+    # Rodas5 + terminal event (the located state was not smooth in the parameters, gradient
+    # off by 1e-4) passes since the Rosenbrock rework of issue 20 (one product per stage,
+    # the vectorised fd Jacobian): removed from here.
 }
 
 
