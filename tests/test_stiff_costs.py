@@ -140,7 +140,9 @@ def test_esdirk_spends_no_evaluation_on_gradients_it_does_not_need() -> None:
         plain = run()
     assert recording.stats["num_fevals"] == plain.stats["num_fevals"]
     assert recording.stats["num_steps"] == plain.stats["num_steps"]
-    torch.testing.assert_close(recording.ys, plain.ys, rtol=0, atol=0)
+    # The no-grad solve takes the host-control path (`_core/adaptive.py`): the same steps, to
+    # the rounding of the control arithmetic.
+    torch.testing.assert_close(recording.ys, plain.ys, rtol=1e-12, atol=1e-12)
     assert not recording.ys.requires_grad
 
 
