@@ -216,3 +216,46 @@ def test_host_adapt_is_the_tensor_controllers_arithmetic(pcoeff, icoeff, dcoeff,
         assert math.isclose(float(nt1 - nt0), h_next, rel_tol=1e-12)
         if bool(acc_t):
             t0 = t1
+
+
+class _LowOrderDopri5(tn.Dopri5):
+    """Dopri5 whose step control reads an error order of 2 from ``error_order_of`` (a stand-in
+    for a variable-order method), declared with ``constant_error_order = False``."""
+
+    constant_error_order = False
+
+    def error_order_of(self, state):
+        return 2
+
+
+def test_declared_varying_error_order_is_read_every_step(monkeypatch):
+    term, y0, w = _problem()
+    kw = dict(args=w, controller=tn.PIDController(rtol=1e-6, atol=1e-8))
+    kw["saveat"] = tn.SaveAt(ts=torch.linspace(0, 2, 5, dtype=F64))
+    # No host control for a solver that declares its order varies: the general loop runs...
+    low = _solve(True, monkeypatch, term, _LowOrderDopri5(), 0.0, 2.0, y0, **kw)
+    taken = []
+    with monkeypatch.context() as m:
+        real = adaptive.run_adaptive
+        m.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
+        with torch.no_grad():
+            again = tn.solve(term, _LowOrderDopri5(), 0.0, 2.0, y0, **kw)
+    assert not taken
+    assert again.stats == low.stats
+    # ...and steps by the order of each step (2), not the declared `error_order` (5): the
+    # step-size factor error^(-1/2) takes other steps than error^(-1/5).
+    five = _solve(False, monkeypatch, term, tn.Dopri5(), 0.0, 2.0, y0, **kw)
+    assert low.stats["num_steps"] != five.stats["num_steps"]
+    torch.testing.assert_close(low.ys, five.ys, rtol=1e-5, atol=1e-6)
+
+
+def test_adams_takes_the_general_loop_without_grad(monkeypatch):
+    term, y0, w = _problem()
+    kw = dict(args=w, controller=tn.PIDController(rtol=1e-6, atol=1e-8))
+    taken = []
+    with monkeypatch.context() as m:
+        real = adaptive.run_adaptive
+        m.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
+        with torch.no_grad():
+            tn.solve(term, tn.Adams(), 0.0, 1.0, y0, **kw)
+    assert not taken

@@ -12,7 +12,8 @@ the solver's step and the error norm.
 
 It runs when nothing it leaves out is asked for (:func:`host_control`): joint stepping, a
 controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter,
-no compiled step, a solver with a constant error order, and autograd off (``torch.no_grad``:
+no compiled step, a solver that declares a constant error order (``constant_error_order``,
+read once per solve), and autograd off (``torch.no_grad``:
 inference, and the passes of the adjoints that solve under ``no_grad``). Under autograd the
 general loop runs: its step sizes are tensors, differentiated (``differentiate_steps=True``)
 or detached with forward values bit for bit those of the default.
@@ -25,9 +26,9 @@ agree to about 1e-12 in float64, not bit for bit. Times are rounded to the time 
 are made: the times the vector field sees, the saves and the host record are those of the
 steps taken.
 
-Anything abnormal (a step size below the floor, ``max_steps`` reached, a solver whose error
-order changes) hands the solve to the general loop from the start, which then reports it with
-its statuses and causes: a failure costs one more solve, never a different answer.
+Anything abnormal (a step size below the floor, ``max_steps`` reached) hands the solve to
+the general loop from the start, which then reports it with its statuses and causes: a
+failure costs one more solve, never a different answer.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def host_control(loop: Loop) -> bool:
         or loop.compiled
     ):
         return False
-    if not isinstance(loop.solver.error_order, (int, float)) or isinstance(
-        loop.solver.error_order, bool
-    ):
+    # The order is read once, here and in `run_adaptive`: a method declaring that it changes
+    # from step to step (`constant_error_order = False`, e.g. Adams) takes the general loop.
+    solver = loop.solver
+    k = solver.error_order
+    if not solver.constant_error_order or not isinstance(k, (int, float)) or isinstance(k, bool):
         return False
     # Under autograd the general loop runs, whose step sizes are tensors (differentiated, or
     # with `differentiate_steps=False` detached there, bit for bit the same forward values).
@@ -82,7 +85,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     ts_host, max_steps = loop.ts_host, loop.max_steps
     save_dense, save_steps = loop.save_dense, loop.save_steps
     step_fevals = solver.num_fevals_step
-    k = float(solver.error_order_of(st.fstate))
+    k = float(solver.error_order)  # constant: declared (`host_control`)
     t, y, fstate = st.t, st.y, st.fstate
     tnext_host = float(st.tnext)
     tnext = st.tnext
@@ -137,8 +140,6 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             end = t1_host
         if not accept and end - t_host < floor:
             return run_general(loop, y0)  # a step-size underflow: the general loop says why
-        if isinstance(solver.error_order_of(fstate), torch.Tensor):
-            return run_general(loop, y0)
         tnext = loop.t1 if end == t1_host else torch.tensor(end, dtype=tdt, device=dev)
         tnext_host = float(tnext)
         emits.append(emit)

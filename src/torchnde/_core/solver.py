@@ -41,6 +41,9 @@ class AbstractSolver(abc.ABC):
        default, ``with_tolerances`` told a PID controller's tolerances, which implicit methods
        use for their Newton iterations; Adams measures its candidate error estimates in the
        controller's norm); ``rejected_state`` what to carry after a rejected step.
+    7. ``constant_error_order`` declares that ``error_order_of`` is ``error_order`` at every
+       step; a method whose order changes from step to step (``Adams``) sets it ``False``,
+       and its solves then take the general loop, which reads the order of every step.
     """
 
     order: ClassVar[int]
@@ -48,6 +51,9 @@ class AbstractSolver(abc.ABC):
     dense_order: ClassVar[int]
     num_fevals_init: ClassVar[int] = 1
     num_fevals_step: ClassVar[int] = 1
+    #: whether the error order is ``error_order`` at every step (read once per solve by the
+    #: host control, ``_core/adaptive.py``, instead of asking ``error_order_of`` every step)
+    constant_error_order: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any: ...

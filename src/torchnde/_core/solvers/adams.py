@@ -58,6 +58,8 @@ class Adams(AbstractSolver):
 
     # The order it starts at (used for the initial step size); it rises with the solve.
     order: ClassVar[int] = 1
+    # The order changes from step to step (`error_order_of`).
+    constant_error_order: ClassVar[bool] = False
     error_order: ClassVar[int | None] = 2
     dense_order: ClassVar[int] = 2
     num_fevals_init: ClassVar[int] = 1
