@@ -85,7 +85,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     ts_host, max_steps = loop.ts_host, loop.max_steps
     save_dense, save_steps = loop.save_dense, loop.save_steps
     step_fevals = solver.num_fevals_step
-    k = float(solver.error_order)  # constant: declared (`host_control`)
+    k = float(solver.error_order or 0)  # constant, declared; a number (`host_control`)
     t, y, fstate = st.t, st.y, st.fstate
     tnext_host = float(st.tnext)
     tnext = st.tnext
@@ -140,7 +140,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             end = t1_host
         if not accept and end - t_host < floor:
             return run_general(loop, y0)  # a step-size underflow: the general loop says why
-        tnext = loop.t1 if end == t1_host else torch.tensor(end, dtype=tdt, device=dev)
+        tnext = loop.t1 if end == t1_host else torch.scalar_tensor(end, dtype=tdt, device=dev)
         tnext_host = float(tnext)
         emits.append(emit)
         tape.append(

@@ -193,7 +193,23 @@ class AbstractAdaptiveController(AbstractStepSizeController):
         per_sample = self.per_sample
         n = e[0].numel() if per_sample else e.numel()
         root = math.sqrt(max(n, 1))
-        x = e / (scale * (self.rtol * root) + self.atol * root)
+        rtol, atol = self.rtol, self.atol
+        if isinstance(rtol, float) and isinstance(atol, float) and not torch.is_grad_enabled():
+            # The same `scale * (rtol root) + atol root`, in place on the fresh `scale`, with
+            # the two factors as cached 0-dim tensors of its dtype (a Python number is rounded
+            # to that dtype too, so the values are bit for bit the same): no scalar wrapping,
+            # one allocation fewer.
+            key = (scale.dtype, scale.device, n)
+            cache = self.__dict__.setdefault("_tolerance_tensors", {})
+            tt = cache.get(key)
+            if tt is None:
+                tt = cache[key] = (
+                    torch.tensor(rtol * root, dtype=scale.dtype, device=scale.device),
+                    torch.tensor(atol * root, dtype=scale.dtype, device=scale.device),
+                )
+            x = e / scale.mul_(tt[0]).add_(tt[1])
+        else:
+            x = e / (scale * (rtol * root) + atol * root)
         if per_sample:
             return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
         return torch.linalg.vector_norm(x)

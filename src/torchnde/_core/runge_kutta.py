@@ -25,9 +25,11 @@ import torch.utils._pytree as pytree
 
 from .solver import AbstractSolver
 from .tableau import ButcherTableau
-from .terms import AbstractTerm, broadcast_time
+from .terms import AbstractTerm, ODETerm, broadcast_time
 
 __all__ = ["AbstractRungeKutta", "ExplicitRungeKutta", "HermiteDense", "PolynomialDense"]
+
+_ODE_PROD_INTO = ODETerm.prod_into
 
 
 class PolynomialDense(NamedTuple):
@@ -168,11 +170,15 @@ class AbstractRungeKutta(AbstractSolver):
         c = tab.c
         s = tab.num_stages
         control = terms.contr(t0, t1)
-        # Stage times in one op: (stages, *batch) then unbound into views.
-        c_t = coeffs["c_time"].get(t0.dtype)
+        # Stage times in one op, (stages, *batch), with the column of c cached per time dtype
+        # and batch rank; a stage takes its row when it needs it (a view each: cheaper than
+        # unbinding all of them, and the stages at t1 take t1 itself).
+        key = (t0.dtype, t0.ndim)
+        c_t = coeffs["c_time"].get(key)
         if c_t is None:
-            c_t = coeffs["c_time"][t0.dtype] = coeffs["c"].to(t0.dtype)
-        t_stage = torch.addcmul(t0, c_t.reshape((s,) + (1,) * t0.ndim), t1 - t0).unbind(0)
+            c_t = coeffs["c"].to(t0.dtype).reshape((s,) + (1,) * t0.ndim)
+            coeffs["c_time"][key] = c_t
+        t_stage = torch.addcmul(t0, c_t, t1 - t0)
         # Every row of K is written before it is read (stage i reads rows < i through its
         # cut row of `a`, one (1, i) x (i, N) product), so K is not zero-filled: at large
         # batches the fill and the padded products were ~15% of a step outside the field.
@@ -185,13 +191,22 @@ class AbstractRungeKutta(AbstractSolver):
         deferred = self._defer_first_stage
         if deferred and _is_placeholder(state):  # constant steps, not FSAL: see module doc
             state = terms.vf(t0, y0, args)
-        terms.prod_into(state, control, K[0] if slots is None else slots[0])
+        # An ODE without autograd and with joint steps (a 0-dim control): `prod_into` is
+        # `torch.mul(vf, h, out=slot)`, made here without the call.
+        fast = slots is not None and control.ndim == 0 and type(terms).prod_into is _ODE_PROD_INTO
+        if fast:
+            torch.mul(state, control, out=slots[0])  # type: ignore[index]
+        else:
+            terms.prod_into(state, control, K[0] if slots is None else slots[0])
         vf = state
         yi = y0
         for i in range(1, s):
             yi = torch.addmm(y0f, a_low[i], Kf[:i]).view_as(y0)
             vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
-            terms.prod_into(vf, control, K[i] if slots is None else slots[i])
+            if fast:
+                torch.mul(vf, control, out=slots[i])  # type: ignore[index]
+            else:
+                terms.prod_into(vf, control, K[i] if slots is None else slots[i])
         y_error = self._error_estimate(coeffs, Kf, y0)
         if tab.fsal:
             y1 = yi
@@ -262,11 +277,16 @@ class AbstractRungeKutta(AbstractSolver):
     def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
         if self.dense_output == "polynomial":
             y0, K = dense_info
-            P = self._tab().cast(y0.dtype, y0.device)["dense"]  # (s, m)
+            coeffs = self._tab().cast(y0.dtype, y0.device)
+            P = coeffs["dense"]  # (s, m)
             m = P.shape[1]
-            powers = theta.unsqueeze(-1) ** torch.arange(
-                1, m + 1, device=theta.device, dtype=theta.dtype
-            )
+            # The exponents 1..m, cached with the tableau's tensors per theta dtype.
+            cached = coeffs.setdefault("powers", {})
+            exps = cached.get((theta.dtype, theta.device))
+            if exps is None:
+                exps = torch.arange(1, m + 1, device=theta.device, dtype=theta.dtype)
+                cached[(theta.dtype, theta.device)] = exps
+            powers = theta.unsqueeze(-1) ** exps
             w = powers.to(P.dtype) @ P.T  # (..., s)
             if per_sample:
                 return y0 + torch.einsum("bs,sb...->b...", w, K)
