@@ -259,3 +259,33 @@ def test_adams_takes_the_general_loop_without_grad(monkeypatch):
         with torch.no_grad():
             tn.solve(term, tn.Adams(), 0.0, 1.0, y0, **kw)
     assert not taken
+
+
+@pytest.mark.parametrize("solver", [tn.Dopri5(), tn.Tsit5()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("field", ["mlp", "identity", "constant"])
+def test_reused_stage_buffers_give_the_steps_of_fresh_ones(solver, dtype, field, monkeypatch):
+    # The host path's stepper reuses its stage increments across steps (`host_stepper`); a
+    # solve with it is bit for bit one that allocates every step (`step`), rejected steps,
+    # saves and all, also for a field that returns its input or always the same tensor.
+    term, y0, w = _problem(dtype)
+    if field == "identity":
+        term = tn.ODETerm(lambda t, y, args: y)
+    elif field == "constant":
+        c = torch.randn(y0.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        term = tn.ODETerm(lambda t, y, args: c)
+    kw = dict(args=w, controller=tn.PIDController(rtol=1e-6, atol=1e-8))
+    kw["saveat"] = tn.SaveAt(ts=torch.linspace(0, 2, 9, dtype=dtype))
+    used = []
+    real = type(solver).host_stepper
+    with monkeypatch.context() as m:
+        m.setattr(type(solver), "host_stepper", lambda *a: used.append(1) or real(*a))
+        a = _solve(False, monkeypatch, term, solver, 0.0, 2.0, y0, **kw)
+    assert used
+    with monkeypatch.context() as m:
+        m.setattr(type(solver), "host_stepper", lambda *a: None)
+        b = _solve(False, monkeypatch, term, solver, 0.0, 2.0, y0, **kw)
+    assert a.stats == b.stats
+    if field == "mlp":
+        assert a.stats["num_rejected_steps"] > 0
+    assert torch.equal(a.ys, b.ys)

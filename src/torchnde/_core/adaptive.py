@@ -95,11 +95,16 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     emits: list = []
     extra: dict[str, int] = {}
     y1 = y
+    # Buffers reused across steps when nothing keeps a step's tensors (dense or step output).
+    stepper = None if save_dense or save_steps else solver.host_stepper(terms, y0, args)
     while t_host < t1_host:
         if num_steps >= max_steps:
             return run_general(loop, y0)
         try:
-            y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+            if stepper is None:
+                y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+            else:
+                y1, y_error, dense_info, fnew = stepper(t, tnext, y, fstate)
             ratio = controller.error_ratio(y, y1, y_error, loop.norm)
         except Exception as err:
             loop._explain(t, y, err)

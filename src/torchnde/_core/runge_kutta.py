@@ -225,6 +225,65 @@ class AbstractRungeKutta(AbstractSolver):
             dense_info = HermiteDense(y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
+    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> Any:
+        """:meth:`step` for the host-controlled adaptive loop (``_core/adaptive.py``: no
+        autograd, joint steps, no dense or step output kept past a step), with the stage
+        increments ``K``, their views and the error estimate's buffer made once per solve
+        and reused by every step (written with ``out=``): a step makes no view of them and
+        allocates only the stage states. Those, and so every tensor the vector field sees
+        or the loop keeps, are new at every step as in :meth:`step`; ``K`` and the error
+        estimate are read only before the next step. The same operations in the same order
+        as :meth:`step`: the same values bit for bit.
+
+        ``None`` (use :meth:`step`) unless the method is this engine's, first-same-as-last,
+        with its own interpolant, the term an ODE and the state a tensor."""
+        tab = self._tab()
+        if (
+            type(self).step is not AbstractRungeKutta.step
+            or type(self)._error_estimate is not AbstractRungeKutta._error_estimate
+            or self.dense_output != "polynomial"
+            or not tab.fsal
+            or not tab.is_adaptive
+            or self._defer_first_stage
+            or terms.control_scale() != 1.0
+            or type(terms).prod_into is not _ODE_PROD_INTO
+            or not isinstance(y0, torch.Tensor)
+            or torch.is_grad_enabled()
+        ):
+            return None
+        coeffs = tab.cast(y0.dtype, y0.device)
+        a_low, e_row, c = coeffs["a_low"], coeffs["e_row"], tab.c
+        s = tab.num_stages
+        shape = y0.shape
+        K = y0.new_empty((s,) + shape)
+        Kf = K.view(s, -1)
+        slots = K.unbind(0)
+        prefix = [Kf[:i] for i in range(s)]
+        E = y0.new_empty((1, y0.numel()))
+        E_v = E.view(shape)
+        vector_field = terms.vf
+        c_cache: dict = coeffs["c_time"]
+
+        def step(t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
+            control = t1 - t0
+            key = (t0.dtype, t0.ndim)
+            c_t = c_cache.get(key)
+            if c_t is None:
+                c_t = c_cache[key] = coeffs["c"].to(t0.dtype).reshape((s,) + (1,) * t0.ndim)
+            t_stage = torch.addcmul(t0, c_t, control)
+            yf = y.reshape(1, -1)
+            torch.mul(state, control, out=slots[0])
+            vf = state
+            yi = y
+            for i in range(1, s):
+                yi = torch.addmm(yf, a_low[i], prefix[i]).view_as(y)
+                vf = vector_field(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+                torch.mul(vf, control, out=slots[i])
+            torch.mm(e_row, Kf, out=E)
+            return yi, E_v, PolynomialDense(y, K), vf
+
+        return step
+
     def fixed_step(
         self,
         terms: AbstractTerm,

@@ -94,6 +94,13 @@ class AbstractSolver(abc.ABC):
         ``None``. Methods may use it to save tensor operations; by default this is ``step``."""
         return self.step(terms, t0, t1, y0, args, state)
 
+    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> Any:
+        """Optional: ``step(t0, t1, y, state) -> (y1, y_error, dense_info, new_state)`` for
+        one solve on the host-controlled adaptive loop (``_core/adaptive.py``: no autograd,
+        joint steps, nothing of a step kept past the next), which may reuse buffers across
+        steps; ``None`` (the default) makes that loop call :meth:`step`."""
+        return None
+
     def take_dense_fevals(self, dense_info: Any) -> int:
         """Vector-field evaluations the dense output of a step made since last asked (for
         stats; only methods whose interpolant needs extra stages make any)."""
