@@ -263,6 +263,10 @@ class AbstractRungeKutta(AbstractSolver):
         E_v = E.view(shape)
         vector_field = terms.vf
         c_cache: dict = coeffs["c_time"]
+        # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
+        # time (None: t1).
+        plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
+        slot0 = slots[0]
 
         def step(t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
             control = t1 - t0
@@ -272,13 +276,13 @@ class AbstractRungeKutta(AbstractSolver):
                 c_t = c_cache[key] = coeffs["c"].to(t0.dtype).reshape((s,) + (1,) * t0.ndim)
             t_stage = torch.addcmul(t0, c_t, control)
             yf = y.reshape(1, -1)
-            torch.mul(state, control, out=slots[0])
+            torch.mul(state, control, out=slot0)
             vf = state
             yi = y
-            for i in range(1, s):
-                yi = torch.addmm(yf, a_low[i], prefix[i]).view_as(y)
-                vf = vector_field(t1 if c[i] == 1.0 else t_stage[i], yi, args)
-                torch.mul(vf, control, out=slots[i])
+            for a_i, k_i, slot, ti in plan:
+                yi = torch.addmm(yf, a_i, k_i).view_as(y)
+                vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
+                torch.mul(vf, control, out=slot)
             torch.mm(e_row, Kf, out=E)
             return yi, E_v, PolynomialDense(y, K), vf
 
