@@ -371,3 +371,29 @@ def test_per_sample_times_are_checked_against_each_samples_own_interval():
         X.evaluate(t[0])  # one time for both: before sample 1's first observation
     with pytest.raises(ValueError, match="of sample 0"):
         X.derivative(torch.stack([t[-1] + 0.1, t[-1]]))
+
+
+def test_float32_natural_cubic_on_a_long_grid_matches_float64_and_holds_no_subnormals():
+    # The shared system's inverse decays geometrically off the diagonal: in float32 its far
+    # entries would be subnormal (slow to multiply); they are flushed to zero, which changes
+    # the coefficients by far less than float32 rounding.
+    from torchnde._cde.cubic import _flush_subnormal, _shared_system
+
+    t = torch.arange(100, dtype=torch.float32)
+    g, _ = _shared_system(t)
+    g32 = _flush_subnormal(g.to(torch.float32))
+    tiny = torch.finfo(torch.float32).tiny
+    assert not bool(((g32 != 0) & (g32.abs() < tiny)).any())
+    kept = g.to(torch.float32).abs() >= tiny
+    assert torch.equal(g32[kept], g.to(torch.float32)[kept])
+    x = _series(4, 100, 3, seed=5)
+    got = tn.natural_cubic_coeffs(x.float(), t)
+    want = tn.natural_cubic_coeffs(x, t.double())
+    scale = want.abs().amax(dim=-2, keepdim=True)
+    assert float(((got.double() - want).abs() / scale).max()) < 1e-5
+    x_s, t_s = x[0, :, 0].numpy(), t.double().numpy()
+    spline = scipy_interp.CubicSpline(t_s, x_s, bc_type="natural")
+    path = tn.CubicSpline(got, t)
+    for s in (3.3, 50.5, 98.9):
+        value = float(path.evaluate(torch.tensor(s))[0, 0])
+        assert abs(value - float(spline(s))) < 2e-5 * np.abs(x_s).max()

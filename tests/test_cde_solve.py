@@ -444,3 +444,51 @@ def test_the_interval_is_checked_once_per_solve_not_at_every_stage(monkeypatch):
         )
         assert sol.stats["num_steps"] > 5
         assert [c["what"] for c in calls] == ["`t0`", "`t1`"]
+
+
+def test_rk4_locates_the_path_twice_a_step_and_stays_exact():
+    # The two midpoint stages share one time, and a step's end is the next step's start:
+    # the control slope is looked up once per distinct time (see CDETerm._control_slope).
+    x, t = _data()
+    X = _path("natural", x, t)
+    located = []
+    inner = X._derivative
+    X._derivative = lambda tt, side: located.append(float(tt)) or inner(tt, side)
+    A = torch.tensor([[1.0, -2.0], [0.5, 0.25], [0.0, 3.0]], dtype=F64)
+    z0 = torch.randn(3, 3, dtype=F64)
+    term = tn.CDETerm(lambda tt, z, args: A.expand(3, 3, 2), X)
+    controller = tn.ConstantStepSize(step_ts=t)
+    sol = tn.solve(term, tn.RK4(), t[0], t[-1], z0, dt0=0.3, controller=controller)
+    steps = sol.stats["num_steps"]
+    assert steps > t.numel()
+    assert len(located) == 2 * steps + 1
+    assert len(set(located)) == len(located)  # each distinct time once
+    zs = sol.ys
+    # Simpson's rule is exact on the quadratic slope of each cubic piece.
+    want = z0 + (X.evaluate(t[-1]) - X.evaluate(t[0])) @ A.T
+    torch.testing.assert_close(zs[-1], want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_slope_memo_follows_in_place_time_changes_and_the_grad_mode():
+    x, t = _data()
+    coeffs = tn.natural_cubic_coeffs(x, t).requires_grad_(True)
+    X = tn.CubicSpline(coeffs, t)
+    term = tn.CDETerm(lambda tt, z, args: torch.ones(3, 3, 2, dtype=F64), X)
+    z = torch.zeros(3, 3, dtype=F64)
+    s = t[1].clone() + 0.1
+    with torch.no_grad():
+        term.vf(s, z, None)
+    # The same tensor, now with a graph recorded: the slope must carry the coefficients.
+    out = term.vf(s, z, None)
+    assert out.requires_grad
+    torch.testing.assert_close(out, X.derivative(s).sum(-1, keepdim=True).expand(3, 3))
+    # An in-place change of the time is a new time.
+    with torch.no_grad():
+        s.add_(0.7)
+        moved = term.vf(s, z, None)
+        torch.testing.assert_close(moved, X.derivative(s).sum(-1, keepdim=True).expand(3, 3))
+    with torch.inference_mode():
+        u = t[2] + 0.2
+        torch.testing.assert_close(
+            term.vf(u, z, None), X.derivative(u).sum(-1, keepdim=True).expand(3, 3)
+        )

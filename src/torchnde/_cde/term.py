@@ -62,6 +62,8 @@ class CDETerm(ODETerm):
         self.path = path
         self.side = side
         self._checked = False
+        # The last (time, grad mode, time's version, derivative): see `_control_slope`.
+        self._memo: tuple | None = None
         if isinstance(path, AbstractInterpolation):
             # Unchecked: solve checks the interval once (check_times), not at every stage.
             self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path._derivative(
@@ -73,17 +75,38 @@ class CDETerm(ODETerm):
         super().__init__(self._fused)
 
     def check_times(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        self._memo = None  # once per solve: a memo never outlives the solve that made it
         if isinstance(self.path, AbstractPath):
             self.path.check_times(t0, t1)
 
     def _fused(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
         g = self.func(t, z, args)
-        dx = self._derivative(t)
+        dx = self._control_slope(t)
         if not self._checked:
             self._check(g, dx, z)
         if g.dtype != dx.dtype:
             dx = dx.to(g.dtype)
         return torch.matmul(g, dx.unsqueeze(-1)).squeeze(-1)
+
+    def _control_slope(self, t: torch.Tensor) -> torch.Tensor:
+        """``dX/dt`` at ``t``, remembered for the last time tensor asked for.
+
+        Solvers evaluate several stages at one time, with one tensor: RK4's two midpoint
+        stages share theirs, and a step's end is the next step's start (the same tensor on
+        a fixed grid), so RK4 locates the path twice a step instead of four times. The
+        memo is keyed on the tensor itself (held, so its id is not reused), its version
+        counter (an in-place change of the time is a new time) and the grad mode (a slope
+        made without a graph is never reused where one is recorded); each solve starts
+        without one (:meth:`check_times`)."""
+        if not isinstance(t, torch.Tensor) or t.is_inference():
+            return self._derivative(t)
+        grad = torch.is_grad_enabled()
+        memo = self._memo
+        if memo is not None and memo[0] is t and memo[1] == grad and memo[2] == t._version:
+            return memo[3]
+        dx = self._derivative(t)
+        self._memo = (t, grad, t._version, dx)
+        return dx
 
     def _check(self, g: Any, dx: torch.Tensor, z: Any) -> None:
         if not isinstance(g, torch.Tensor):
