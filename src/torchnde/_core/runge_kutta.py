@@ -193,7 +193,12 @@ class AbstractRungeKutta(AbstractSolver):
             state = terms.vf(t0, y0, args)
         # An ODE without autograd and with joint steps (a 0-dim control): `prod_into` is
         # `torch.mul(vf, h, out=slot)`, made here without the call.
-        fast = slots is not None and control.ndim == 0 and type(terms).prod_into is _ODE_PROD_INTO
+        fast = (
+            slots is not None
+            and type(terms).prod_into is _ODE_PROD_INTO
+            and isinstance(control, torch.Tensor)
+            and control.ndim == 0
+        )
         if fast:
             torch.mul(state, control, out=slots[0])  # type: ignore[index]
         else:
