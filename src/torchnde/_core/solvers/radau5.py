@@ -92,6 +92,9 @@ def _coefficients(dtype: torch.dtype, device: torch.device) -> dict[str, torch.T
             "T": torch.tensor(_T, dtype=f64).to(dtype=dtype, device=device),
             "TI": torch.tensor(_TI, dtype=f64).to(dtype=dtype, device=device),
             "E": torch.tensor(_E, dtype=f64).to(dtype=dtype, device=device),
+            "LAM": torch.tensor(
+                [[_GAMMA, 0.0, 0.0], [0.0, _ALPHA, _BETA], [0.0, -_BETA, _ALPHA]], dtype=f64
+            ).to(dtype=dtype, device=device),
         }
         hit.update(RadauIIA5.tableau.cast(dtype, device))
         _CACHE[key] = hit
@@ -124,8 +127,9 @@ class Radau5(AbstractNewtonSolver):
             \min(0.03, \sqrt{\text{rtol}}))$ of the controller's ``rtol``; 0.05 with
             constant steps.
         max_newton_iters: iterations before a step counts as failed.
-        jacobian_theta: a contraction rate above this makes the next step recompute the
-            Jacobian.
+        jacobian_theta: the next step recomputes the Jacobian when Newton took more than
+            two iterations and its last contraction rate was above this (SciPy's rule, with
+            Hairer's threshold).
         lu_ratio: the two factorisations are redone when the step size changed by more than
             this fraction since they were made.
 
@@ -232,7 +236,7 @@ class Radau5(AbstractNewtonSolver):
         fresh = fresh & redo
         rtol, atol, kappa = self._tolerances(y0.dtype)
         cdtype = _complex_dtype(y0.dtype)
-        T, TI = co["T"], co["TI"]
+        T, TI, LAM = co["T"], co["TI"], co["LAM"]
 
         with torch.no_grad():
             # First guess: the last accepted step's collocation polynomial continued to this
@@ -242,11 +246,12 @@ class Radau5(AbstractNewtonSolver):
             theta = 1 + co["c"][None, :] * r[:, None]  # (B, 3)
             powers = theta[..., None] ** torch.arange(1, 4, device=y0.device).to(y0.dtype)
             L = powers @ co["dense"].T  # (B, stage i, basis j)
-            extrap = torch.einsum("bij,bjn->bin", L, Z_prev) - Z_prev[:, 2:3]
+            extrap = torch.matmul(L, Z_prev) - Z_prev[:, 2:3]
             Z0 = torch.where(have[:, None, None], extrap, torch.zeros_like(extrap))
-            W0 = torch.einsum("ij,bjn->bin", TI, Z0)
+            W0 = torch.matmul(TI, Z0)
 
-        scale = (atol + rtol * y0d.abs()).repeat(1, 3)
+        # (In the state's shape first: tolerances may be tensors of that shape.)
+        scale = g.flat(atol + rtol * y0.detach().abs()).repeat(1, 3)
 
         def scale_fn(z: torch.Tensor) -> torch.Tensor:
             return scale
@@ -284,8 +289,8 @@ class Radau5(AbstractNewtonSolver):
             # the right-hand side by q = h_lu / h makes the correction that of the matrix
             # gamma / h_lu - J applied to the residual of the current h.
             q = torch.where(hd != 0, h_lu / torch.where(hd != 0, hd, torch.ones_like(hd)), 1.0)
-            qc = q[:, None]
-            hc = hd[:, None]
+            qc3 = q[:, None, None]
+            hc3 = hd[:, None, None]
 
             def residual(w: torch.Tensor) -> torch.Tensor:
                 # Count each row's iterations: its iterate changes once per iteration it
@@ -296,14 +301,12 @@ class Radau5(AbstractNewtonSolver):
                 else:
                     track.append(w)
                 Wz = w.view(B, 3, n)
-                Z = torch.einsum("ij,bjn->bin", T, Wz)
+                Z = torch.matmul(T, Wz)
                 counts.num_fevals += 3
                 F = stage_values(g, tsd, y0d, Z)
-                TF = torch.einsum("ij,bjn->bin", TI, F)
-                r0 = qc * (hc * TF[:, 0] - _GAMMA * Wz[:, 0])
-                r1 = qc * (hc * TF[:, 1] - _ALPHA * Wz[:, 1] - _BETA * Wz[:, 2])
-                r2 = qc * (hc * TF[:, 2] + _BETA * Wz[:, 1] - _ALPHA * Wz[:, 2])
-                return torch.stack([r0, r1, r2], 1).reshape(B, 3 * n)
+                # q (h T^{-1} F - Λ W), Λ = T^{-1} A^{-1} T block diagonal.
+                r = torch.matmul(TI, F).mul_(hc3).sub_(torch.matmul(LAM, Wz)).mul_(qc3)
+                return r.reshape(B, 3 * n)
 
             def correction(res: torch.Tensor) -> torch.Tensor:
                 rr = res.view(B, 3, n)
@@ -340,7 +343,7 @@ class Radau5(AbstractNewtonSolver):
             res.theta = torch.where(retry, again.theta, res.theta)
             res.eta = torch.where(retry, again.eta, res.eta)
         failed = res.failed
-        Z = torch.einsum("ij,bjn->bin", T, res.z.view(B, 3, n))
+        Z = torch.matmul(T, res.z.view(B, 3, n))
         hA = hB[:, None, None] * co["a"]
         if torch.is_grad_enabled():
             Z = attach_coupled_gradient(g, ts, y0f, Z, hA)
@@ -349,7 +352,7 @@ class Radau5(AbstractNewtonSolver):
 
         # The error estimate, through the real factorisation (module docstring).
         q = torch.where(hd != 0, h_lu / torch.where(hd != 0, hd, torch.ones_like(hd)), 1.0)
-        ZE = torch.einsum("s,bsn->bn", co["E"], Z)
+        ZE = torch.matmul(co["E"], Z)
         qc = q[:, None]
 
         def filtered(f: torch.Tensor) -> torch.Tensor:
@@ -359,7 +362,8 @@ class Radau5(AbstractNewtonSolver):
         err = filtered(f0f)
         if self._rtol is not None:
             with torch.no_grad():
-                sc = self._atol + self._rtol * torch.maximum(y0d.abs(), y1f.detach().abs())
+                big_y = g.unflat(torch.maximum(y0d.abs(), y1f.detach().abs()))
+                sc = g.flat(self._atol + self._rtol * big_y)
                 big = (err.detach() / sc).square().mean(1).sqrt() > 1
             refine = redo & big & ~failed
             if bool(refine.any()):
