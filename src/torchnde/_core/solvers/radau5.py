@@ -50,6 +50,7 @@ from ..implicit import AbstractNewtonSolver
 from ..newton import (
     Counts,
     attach_coupled_gradient,
+    records_gradient,
     simplified_newton,
     stage_values,
     unit_norm_floor,
@@ -343,9 +344,12 @@ class Radau5(AbstractNewtonSolver):
             res.theta = torch.where(retry, again.theta, res.theta)
             res.eta = torch.where(retry, again.eta, res.eta)
         failed = res.failed
+        counts.extra["num_newton_failures"] = int(failed.sum())
         Z = torch.matmul(T, res.z.view(B, 3, n))
         hA = hB[:, None, None] * co["a"]
-        if torch.is_grad_enabled():
+        # Only when something records a gradient (as in the ESDIRK engine: the carried field
+        # records one when the field depends on parameters): the check costs 3 evaluations.
+        if records_gradient(y0f, f0f, hB, t0, t1, g.args):
             Z = attach_coupled_gradient(g, ts, y0f, Z, hA)
             counts.num_fevals += 3
         y1f = y0f + Z[:, 2]
