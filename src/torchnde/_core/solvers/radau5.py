@@ -209,8 +209,12 @@ class Radau5(AbstractNewtonSolver):
         # The retry starts from the same point: keep the Jacobian and factorisations the
         # rejected attempt made there (and whether the Jacobian is fresh), the previous
         # accepted step's polynomial for the first guess, and refine the error estimate.
+        # A Jacobian computed at this point is as good as it gets here: not recomputed.
         redo = torch.ones_like(state[12])
-        return tuple(state[:3]) + tuple(new_state[3:12]) + (redo,)
+        jac_ok = new_state[9] | new_state[10]
+        return (
+            tuple(state[:3]) + tuple(new_state[3:9]) + (jac_ok,) + tuple(new_state[10:12]) + (redo,)
+        )
 
     def step(
         self,
@@ -364,7 +368,7 @@ class Radau5(AbstractNewtonSolver):
             return torch.linalg.lu_solve(LUr, pivr, rhs[..., None]).squeeze(-1)
 
         err = filtered(f0f)
-        if self._rtol is not None:
+        if self._rtol is not None and bool(redo.any()):
             with torch.no_grad():
                 big_y = g.unflat(torch.maximum(y0d.abs(), y1f.detach().abs()))
                 sc = g.flat(self._atol + self._rtol * big_y)
