@@ -20,6 +20,7 @@ from scipy.integrate import solve_ivp
 
 import torchnde as tn
 from problems.stiff import STIFF
+from torchnde._core.solvers import radau5
 
 
 def _scipy(name: str, ts: np.ndarray) -> np.ndarray:
@@ -52,7 +53,6 @@ CASES = [
 ]
 
 
-@pytest.mark.slow  # about 3 s each
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
 def test_stiff_references_match_scipy_radau(case) -> None:
     name, ts, rtol, atol, bound, floor = case
@@ -60,6 +60,17 @@ def test_stiff_references_match_scipy_radau(case) -> None:
     ref = _scipy(name, ts)
     ys = sol.ys.numpy()
     assert np.allclose(ys, ref, rtol=bound, atol=floor), np.abs(ys - ref).max(0)
+
+
+def test_both_linear_algebra_paths_give_the_same_solve(monkeypatch) -> None:
+    ts = np.array([1.0, 100.0, 1e5])
+    a = _solve("robertson", tn.Radau5(), ts, 1e-6, 1e-10)
+    monkeypatch.setattr(radau5, "COMBINED_MAX_N", 0)
+    b = _solve("robertson", tn.Radau5(), ts, 1e-6, 1e-10)
+    assert a.stats["num_steps"] == b.stats["num_steps"]
+    # The complex path counts its two factorisations separately.
+    assert b.stats["num_lu_factorisations"] == 2 * a.stats["num_lu_factorisations"]
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-9, atol=1e-15)
 
 
 def test_robertson_moderate_tolerance_matches_scipy_within_tolerance_budget() -> None:
@@ -71,9 +82,18 @@ def test_robertson_moderate_tolerance_matches_scipy_within_tolerance_budget() ->
     # A stiff solve: a few hundred steps, not the tens of thousands of an explicit method.
     assert sol.stats["num_steps"] < 400, sol.stats
     assert 0 < sol.stats["num_jacobians"] <= sol.stats["num_steps"]
-    assert sol.stats["num_lu_factorisations"] % 2 == 0  # real and complex, in pairs
 
 
+# Small states solve the real and complex systems as one real block-diagonal system of size
+# 3n; larger ones factorise a real and a complex matrix. Both paths, on the same problems.
+@pytest.fixture(params=["combined", "real+complex"])
+def linear_algebra(request, monkeypatch):
+    if request.param == "real+complex":
+        monkeypatch.setattr(radau5, "COMBINED_MAX_N", 0)
+    return request.param
+
+
+@pytest.mark.usefixtures("linear_algebra")
 def test_linear_stiff_system_matches_matrix_exponential() -> None:
     # y' = M y with eigenvalues -1, -1e3, -1e5 (non-normal: M = V D V^{-1}).
     V = torch.tensor([[1.0, 0.5, 0.1], [0.0, 1.0, 0.3], [0.2, 0.0, 1.0]], dtype=torch.float64)
@@ -178,6 +198,7 @@ def _grad_problem(k: torch.Tensor, y0: torch.Tensor, adaptive: bool) -> torch.Te
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["constant", "adaptive"])
+@pytest.mark.usefixtures("linear_algebra")
 def test_direct_gradient_matches_central_differences(adaptive: bool) -> None:
     k = torch.tensor([2.0, 5.0], dtype=torch.float64, requires_grad=True)
     y0 = torch.tensor([1.0, 0.2], dtype=torch.float64, requires_grad=True)
@@ -205,6 +226,7 @@ def _robertson_k(t, y, k3):
     return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - r, r], -1)
 
 
+@pytest.mark.usefixtures("linear_algebra")
 def test_per_sample_steps_match_solving_each_sample_alone() -> None:
     k3 = torch.tensor([1e5, 3e7, 1e6], dtype=torch.float64)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).expand(3, 3).contiguous()
