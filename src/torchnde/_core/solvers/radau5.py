@@ -292,9 +292,11 @@ class Radau5(AbstractNewtonSolver):
         def refresh(J, LUr, pivr, LUc, pivc, h_lu, fresh, need_jac):
             if bool(need_jac.any()):
                 with torch.no_grad():
-                    Jn = g.jacobian(t0.detach(), y0d)
+                    # The carried f0 is f(t0, y0) itself (evaluated at the last step's end, not
+                    # recovered from the stages): the finite difference's base point.
+                    Jn = g.jacobian(t0.detach(), y0d, f0f.detach())
                 if self.jacobian == "finite_difference":
-                    counts.num_fevals += n + 1
+                    counts.num_fevals += n
                 counts.num_jacobians += 1
                 J = torch.where(need_jac[:, None, None], Jn, J)
                 fresh = fresh | need_jac
