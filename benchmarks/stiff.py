@@ -4,11 +4,16 @@ Robertson systems with per-sample rate constants (SciPy looped per sample, torch
 with per-sample stepping), with and without gradients.
 
 Reported per row: median wall time over ``--repeats`` interleaved runs, steps, Jacobian
-evaluations, and the max relative error at t1 against SciPy Radau at rtol = 1e-10 with the
+evaluations, LU factorisations (Radau5 and SciPy Radau count the real and the complex one
+separately), and the max relative error at t1 against SciPy Radau at rtol = 1e-10 with the
 analytic Jacobian. SciPy runs with its default finite-difference Jacobians (as torchnde's
 ``jacobian="finite_difference"`` rows do).
 
-Run: ``.venv/bin/python benchmarks/stiff.py`` (about 2-4 minutes on one core).
+A second table gives process CPU time over SciPy Radau's, measured side by side in ABBA
+order (``cpu_ratios``).
+
+Run: ``.venv/bin/python benchmarks/stiff.py`` (about 2-4 minutes on one core;
+``--small-only`` skips the batched section).
 """
 
 from __future__ import annotations
@@ -98,13 +103,15 @@ def _small_one(name: str, repeats: int) -> list[dict[str, Any]]:
         rows.append(
             {"problem": name, "solver": f"scipy {method}", "time_s": wall,
              "steps": int(sol.t.size - 1), "jacobians": int(sol.njev),
-             "fevals": int(sol.nfev), "error": rel(sol.y[:, -1])}
+             "lus": int(sol.nlu), "fevals": int(sol.nfev), "error": rel(sol.y[:, -1])}
         )  # fmt: skip
     y0t = torch.tensor(y0, dtype=torch.float64)
     solvers = {
         "Rodas5 (fd)": tn.Rodas5(jacobian="finite_difference"),
         "Rodas5 (autograd)": tn.Rodas5(),
         "Kvaerno5 (fd)": tn.Kvaerno5(jacobian="finite_difference"),
+        "Radau5 (fd)": tn.Radau5(jacobian="finite_difference"),
+        "Radau5 (autograd)": tn.Radau5(),
         "Kvaerno3 (fd)": tn.Kvaerno3(jacobian="finite_difference"),
         "AutoSwitch(Tsit5, Rodas5 fd)": tn.AutoSwitch(
             tn.Tsit5(), tn.Rodas5(jacobian="finite_difference")
@@ -123,7 +130,54 @@ def _small_one(name: str, repeats: int) -> list[dict[str, Any]]:
             {"problem": name, "solver": f"torchnde {label}", "time_s": wall,
              "steps": int(sol.stats["num_steps"]),
              "jacobians": int(sol.stats.get("num_jacobians", 0)),
+             "lus": int(sol.stats.get("num_lu_factorisations", 0)),
              "fevals": int(sol.stats["num_fevals"]), "error": rel(sol.ys[-1].numpy())}
+        )  # fmt: skip
+    return rows
+
+
+def cpu_ratios(repeats: int) -> list[dict[str, Any]]:
+    """Process CPU time of each torchnde solver over SciPy Radau's, on each problem, measured
+    side by side in this process in ABBA order (``repeats`` rounds of four solves)."""
+    rows: list[dict[str, Any]] = []
+    for name in PROBLEMS:
+        rows += _ratios_one(name, repeats)
+    return rows
+
+
+def _ratios_one(name: str, repeats: int) -> list[dict[str, Any]]:
+    f, _, y0, t1, rtol, atol = PROBLEMS[name]
+    y0t = torch.tensor(y0, dtype=torch.float64)
+    rows = []
+
+    def scipy_radau() -> Any:
+        return solve_ivp(f, (0, t1), y0, method="Radau", rtol=rtol, atol=atol)
+
+    for label, solver in (
+        ("Radau5 (fd)", tn.Radau5(jacobian="finite_difference")),
+        ("Radau5 (autograd)", tn.Radau5()),
+        ("Rodas5 (fd)", tn.Rodas5(jacobian="finite_difference")),
+        ("Kvaerno5 (fd)", tn.Kvaerno5(jacobian="finite_difference")),
+    ):
+
+        def ours(solver: Any = solver) -> Any:
+            return tn.solve(
+                tn.ODETerm(lambda t, y, a: f(t, y)), solver, 0.0, t1, y0t,
+                controller=tn.PIDController(rtol=rtol, atol=atol),
+            )  # fmt: skip
+
+        ours()
+        scipy_radau()  # warm-up
+        cpu = {"a": 0.0, "b": 0.0}
+        for _ in range(repeats):
+            for who in ("a", "b", "b", "a"):
+                start = time.process_time()
+                (scipy_radau if who == "a" else ours)()
+                cpu[who] += time.process_time() - start
+        rows.append(
+            {"problem": name, "solver": f"torchnde {label}",
+             "cpu_s": cpu["b"] / (2 * repeats), "scipy_cpu_s": cpu["a"] / (2 * repeats),
+             "ratio": cpu["b"] / cpu["a"]}
         )  # fmt: skip
     return rows
 
@@ -166,6 +220,7 @@ def batched(batch: int, repeats: int) -> list[dict[str, Any]]:
         ("Rodas5 (fd)", tn.Rodas5(jacobian="finite_difference")),
         ("Rodas5 (autograd)", tn.Rodas5()),
         ("Kvaerno5 (fd)", tn.Kvaerno5(jacobian="finite_difference")),
+        ("Radau5 (fd)", tn.Radau5(jacobian="finite_difference")),
     ):
         for mode in ("forward", "forward+backward"):
 
@@ -196,16 +251,29 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--small-only", action="store_true", help="skip the batched section")
     args = ap.parse_args()
     small = small_systems(args.repeats)
     print(
         markdown_table(
             small,
             [("problem", "problem", "s"), ("solver", "solver", "s"), ("time_s", "time (s)", "g"),
-             ("steps", "steps", "d"), ("jacobians", "Jacobians", "d"), ("fevals", "f evals", "d"),
-             ("error", "rel. error", "e")],
+             ("steps", "steps", "d"), ("jacobians", "Jacobians", "d"), ("lus", "LUs", "d"),
+             ("fevals", "f evals", "d"), ("error", "rel. error", "e")],
         )
     )  # fmt: skip
+    ratios = cpu_ratios(args.repeats)
+    print()
+    print(
+        markdown_table(
+            ratios,
+            [("problem", "problem", "s"), ("solver", "solver", "s"),
+             ("cpu_s", "CPU (s)", "g"), ("scipy_cpu_s", "SciPy Radau CPU (s)", "g"),
+             ("ratio", "CPU ratio vs SciPy Radau", "g")],
+        )
+    )  # fmt: skip
+    if args.small_only:
+        return
     big = batched(args.batch, max(1, args.repeats - 2))
     print()
     print(
@@ -217,7 +285,13 @@ def main() -> None:
     )  # fmt: skip
     path = write_json(
         "stiff",
-        {"machine": machine_info(), "small": small, "batch": args.batch, "batched": big},
+        {
+            "machine": machine_info(),
+            "small": small,
+            "cpu_ratios": ratios,
+            "batch": args.batch,
+            "batched": big,
+        },
         args.out,
     )
     print(f"\nwrote {path}")

@@ -47,7 +47,7 @@ class Solver:
     #: in the default test run (a few per kind); the rest run with ``-m slow``
     representative: bool = False
     #: the engine within a kind (implicit: "esdirk", "diagonal", "collocation",
-    #: "rosenbrock"), for the test files of one engine
+    #: "rosenbrock", "radau5"), for the test files of one engine
     family: str | None = None
     kwargs: dict = field(default_factory=dict)
     #: extra constructor arguments under which DirectAdjoint differentiates the computed
@@ -105,6 +105,9 @@ SOLVERS: list[Solver] = [
     Solver(tn.GaussLegendre6, IMP, adaptive=False, **NEWTON, **COLL),
     Solver(tn.RadauIIA3, IMP, adaptive=False, **NEWTON, **COLL),
     Solver(tn.RadauIIA5, IMP, adaptive=False, **NEWTON, **COLL),
+    Solver(tn.Radau5, IMP, adaptive=True, family="radau5",
+           exact_gradient_kwargs=dict(newton_rtol=1e-14, newton_atol=1e-14,
+                                      max_newton_iters=30)),
     Solver(tn.Ros3p, IMP, adaptive=True, **ROS),
     Solver(tn.Rodas4, IMP, adaptive=True, **ROS),
     Solver(tn.Rodas5, IMP, adaptive=True, **ROS),

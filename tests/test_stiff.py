@@ -386,7 +386,7 @@ def test_autoswitch_rejects_unsuitable_methods() -> None:
 @pytest.mark.parametrize(
     "method",
     ["implicit_euler", "trapezoid", "kvaerno3", "kvaerno4", "kvaerno5", "ros3p", "rodas4",
-     "rodas5", "auto_switch"],
+     "rodas5", "radau5", "auto_switch"],
 )  # fmt: skip
 def test_odeint_method_strings(method: str) -> None:
     t = torch.linspace(0, 1, 3, dtype=torch.float64)

@@ -82,6 +82,7 @@ from ._core.solvers import Kvaerno5 as Kvaerno5
 from ._core.solvers import Leapfrog as Leapfrog
 from ._core.solvers import LogODEMidpoint as LogODEMidpoint
 from ._core.solvers import Midpoint as Midpoint
+from ._core.solvers import Radau5 as Radau5
 from ._core.solvers import RadauIIA3 as RadauIIA3
 from ._core.solvers import RadauIIA5 as RadauIIA5
 from ._core.solvers import Ralston as Ralston

@@ -59,6 +59,7 @@ METHODS: dict[str, Callable[[], AbstractSolver]] = {
     "ros3p": solvers.Ros3p,
     "rodas4": solvers.Rodas4,
     "rodas5": solvers.Rodas5,
+    "radau5": solvers.Radau5,
     "auto_switch": solvers.AutoSwitch,
 }
 

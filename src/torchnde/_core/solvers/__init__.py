@@ -23,6 +23,7 @@ from .kvaerno5 import Kvaerno5 as Kvaerno5
 from .leapfrog import Leapfrog as Leapfrog
 from .log_ode_midpoint import LogODEMidpoint as LogODEMidpoint
 from .midpoint import Midpoint as Midpoint
+from .radau5 import Radau5 as Radau5
 from .radau_iia3 import RadauIIA3 as RadauIIA3
 from .radau_iia5 import RadauIIA5 as RadauIIA5
 from .ralston import Ralston as Ralston
