@@ -126,3 +126,26 @@ def test_step_ts_grid_matches_general_loop(dtype, monkeypatch):
     assert a.stats == b.stats
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(a.ys, b.ys, rtol=tol, atol=tol)
+
+
+def test_nan_in_one_component_mid_block_found_by_last_state_check(monkeypatch):
+    # RK4 declares `nonfinite_persists`: the fast path looks only at each block's last state.
+    # A NaN entering one component inside a block stays in it, so the block is replayed and
+    # the solve stops where the general loop stops.
+    assert tn.RK4.nonfinite_persists
+
+    def field(t, y, args):
+        bad = torch.where(t > 0.405, torch.nan, 0.0)
+        return -y + torch.stack([bad, torch.zeros_like(bad)]).to(y.dtype)
+
+    y0 = torch.ones(2, dtype=torch.float64)
+    kw = dict(dt0=0.01, controller=tn.ConstantStepSize(), throw=False)
+    kw["saveat"] = tn.SaveAt(ts=torch.linspace(0, 1, 6, dtype=torch.float64))
+    a = _solve(False, monkeypatch, tn.ODETerm(field), tn.RK4(), 0.0, 1.0, y0, **kw)
+    b = _solve(True, monkeypatch, tn.ODETerm(field), tn.RK4(), 0.0, 1.0, y0, **kw)
+    assert int(a.status) == int(b.status) == int(tn.Status.NONFINITE)
+    assert a.stats == b.stats
+    assert fixed.CHECK_EVERY < a.stats["num_steps"] < 2 * fixed.CHECK_EVERY
+    torch.testing.assert_close(a.ys, b.ys, equal_nan=True)
+    exact = torch.exp(-torch.linspace(0, 0.4, 3, dtype=torch.float64))[:, None].expand(3, 2)
+    torch.testing.assert_close(a.ys[:3], exact, rtol=1e-8, atol=1e-8)

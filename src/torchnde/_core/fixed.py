@@ -117,6 +117,11 @@ def run_fixed(
     slots = sums.unbind(0)
     dims = tuple(range(y0.ndim))
     extra: dict[str, int] = {}
+    # A solver whose step is ``y1 = y0 + g`` keeps a non-finite component non-finite (NaN
+    # stays NaN, inf stays inf or becomes NaN), so the block's last state alone tells whether
+    # any state of the block was: one sum per block instead of one per step. Declared by the
+    # solver class (``nonfinite_persists``); others are summed step by step.
+    persists = bool(getattr(type(solver), "nonfinite_persists", False))
     fixed_step, take_stats, take_dense = solver.fixed_step, solver.take_stats, None
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals
@@ -141,8 +146,8 @@ def run_fixed(
             if exact:
                 if not bool(torch.isfinite(y1.detach().sum())):
                     return i, t, y, fstate, saved, saves, dense_fevals, True
-            else:
-                torch.sum(y1.detach(), dims, out=slots[i - i0])
+            elif not persists or i == stop - 1:
+                torch.sum(y1.detach(), dims, out=slots[0 if persists else i - i0])
             num = counts[i]
             if num > saved:
                 if on_end[i] and num - saved == 1:
@@ -164,7 +169,7 @@ def run_fixed(
         stop = min(i + CHECK_EVERY, n)
         extra_before = dict(extra)
         j, t1, y1, f1, saved1, saves, dfe, _ = take(i, t, y, fstate, saved, stop, False)
-        if not bool(torch.isfinite(sums[: stop - i]).all()):
+        if not bool(torch.isfinite(sums[: 1 if persists else stop - i]).all()):
             extra.clear()
             extra.update(extra_before)
             j, t1, y1, f1, saved1, saves, dfe, failed = take(i, t, y, fstate, saved, stop, True)

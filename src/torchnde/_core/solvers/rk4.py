@@ -36,3 +36,6 @@ class RK4(AbstractRungeKutta):
     """
 
     tableau: ClassVar[ButcherTableau] = _RK4_TABLEAU
+    # Each step is y0 + (combination of stages): a non-finite state stays non-finite, so a
+    # fixed-step solve checks finiteness once per block of steps (``_core/fixed.py``).
+    nonfinite_persists: ClassVar[bool] = True
