@@ -492,3 +492,27 @@ def test_the_slope_memo_follows_in_place_time_changes_and_the_grad_mode():
         torch.testing.assert_close(
             term.vf(u, z, None), X.derivative(u).sum(-1, keepdim=True).expand(3, 3)
         )
+
+
+@pytest.mark.parametrize("differentiate", [False, True])
+def test_cdeint_differentiates_step_sizes_only_when_asked(differentiate):
+    # Like torchcde (torchdiffeq picks its steps under no_grad), the default gradient is that
+    # of the solve on the mesh it took: the times the field sees carry no gradient (after
+    # the initial step's trial evaluation, whose step is then detached).
+    x, t = _data()
+    X = _path("natural", x, t)
+    f = Field()
+    seen = []
+
+    def field(tt, z):
+        seen.append(tt.requires_grad)
+        return f(tt, z)
+
+    z0 = torch.randn(3, 3, dtype=F64, requires_grad=True)
+    kwargs = {} if not differentiate else {"differentiate_steps": True}
+    zs = tn.cdeint(X, field, z0, t[[0, -1]], solver="dopri5", rtol=1e-6, **kwargs)
+    zs[-1].sum().backward()
+    assert z0.grad is not None and bool(torch.isfinite(z0.grad).all())
+    assert any(seen[2:]) == differentiate
+    with pytest.raises(TypeError, match="differentiate_steps"):
+        tn.cdeint(X, field, z0, t[[0, -1]], differentiate_steps="no")

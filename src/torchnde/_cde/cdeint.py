@@ -67,6 +67,7 @@ def cdeint(
     throw: bool = True,
     progress: bool = False,
     step_to_knots: bool | None = None,
+    differentiate_steps: bool = False,
 ) -> torch.Tensor:
     r"""Solve the controlled differential equation $dz = f(t, z)\,dX(t)$, $z(t_0) = z_0$.
 
@@ -99,6 +100,13 @@ def cdeint(
             denser than the dynamics; inaccurate for linear paths unless the steps are
             small; with ``DirectAdjoint`` and adaptive steps the gradient through the step
             sizes can then be far off, as the error estimate is not smooth across a knot).
+        differentiate_steps: let gradients flow through the adaptive step-size choices
+            (:class:`~torchnde.PIDController`'s option). Off by default, as in
+            :class:`~torchnde.models.NeuralCDE` and torchcde (torchdiffeq chooses its steps
+            under ``no_grad``): the gradient is that of the solve on the mesh it took, which
+            on torchcde's spiral example agrees with the continuous adjoint to 1.3e-3 where
+            the step-size-differentiated one is 82 times off; and a backward pass costs about
+            three quarters of one with the step sizes differentiated.
 
     Returns:
         The states at ``t``, time first: shape ``(len(t), *z0.shape)``.
@@ -155,7 +163,13 @@ def cdeint(
         # the segment the solve moves into, so start one ulp inside it.
         start = torch.nextafter(t0.detach(), t1.detach()) + (t0 - t0.detach())
     if solver_.is_adaptive:
-        controller: Any = PIDController(rtol=rtol, atol=atol, **grid)
+        if not isinstance(differentiate_steps, bool):
+            raise TypeError(
+                f"cdeint: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
+            )
+        controller: Any = PIDController(
+            rtol=rtol, atol=atol, differentiate_steps=differentiate_steps, **grid
+        )
     else:
         controller = ConstantStepSize(**grid)
         if dt0 is None:

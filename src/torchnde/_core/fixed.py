@@ -121,7 +121,7 @@ def run_fixed(
     # stays NaN, inf stays inf or becomes NaN), so the block's last state alone tells whether
     # any state of the block was: one sum per block instead of one per step. Declared by the
     # solver class (``nonfinite_persists``); others are summed step by step.
-    persists = bool(getattr(type(solver), "nonfinite_persists", False))
+    persists = solver.nonfinite_persists
     fixed_step, take_stats, take_dense = solver.fixed_step, solver.take_stats, None
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals

@@ -44,6 +44,10 @@ class AbstractSolver(abc.ABC):
     7. ``constant_error_order`` declares that ``error_order_of`` is ``error_order`` at every
        step; a method whose order changes from step to step (``Adams``) sets it ``False``,
        and its solves then take the general loop, which reads the order of every step.
+    8. ``nonfinite_persists`` declares that a step's new state is the old one plus an
+       increment (``y1 = y0 + g``), so a non-finite component stays non-finite in every later
+       state: the fixed-grid path then checks finiteness on the last state of a block of
+       steps only (``_core/fixed.py``).
     """
 
     order: ClassVar[int]
@@ -54,6 +58,8 @@ class AbstractSolver(abc.ABC):
     #: whether the error order is ``error_order`` at every step (read once per solve by the
     #: host control, ``_core/adaptive.py``, instead of asking ``error_order_of`` every step)
     constant_error_order: ClassVar[bool] = True
+    #: whether a non-finite state stays non-finite in every later state (see 8. above)
+    nonfinite_persists: ClassVar[bool] = False
 
     @abc.abstractmethod
     def init(self, terms: AbstractTerm, t0: torch.Tensor, y0: torch.Tensor, args: Any) -> Any: ...
