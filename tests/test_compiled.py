@@ -178,3 +178,30 @@ def test_compiled_matches_eager_and_compiles_once(fresh, monkeypatch):
         torch.testing.assert_close(ys, ys0, rtol=1e-10, atol=1e-12)
         for a, b in zip(g, g0):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_a_field_that_recompiles_at_every_attempt_goes_eager_at_once(fresh):
+    """A Python counter on the vector field changes a dynamo guard at every call: the probe
+    sees a second compilation and keeps eager, instead of compiling at every attempt."""
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, y):
+            self.calls += 1
+            return -y
+
+    field = Counting()
+    y0 = torch.ones(3, dtype=torch.float64)
+    sol = tn.solve(
+        tn.ODETerm(lambda t, y, args: field(y)), tn.Tsit5(), 0.0, 1.0, y0,
+        controller=tn.PIDController(rtol=1e-8, atol=1e-8), compile_step=True,
+    )  # fmt: skip
+    (info,) = C.cache_info()
+    assert info["decision"] == "eager"
+    assert info["num_compilations"] <= 2
+    assert "recompiled" in info["error"]
+    torch.testing.assert_close(sol.ys[-1], y0 * math.exp(-1.0), rtol=1e-7, atol=1e-8)

@@ -306,6 +306,15 @@ class CompiledAttempt:
             except Exception as err:
                 return self._give_up(entry, arguments, err)
             entry.compiled_s.append(timer(device) - start)
+            if entry.num_compilations > 1:
+                # A guard changed between two attempts of one signature (e.g. a Python
+                # counter on the vector field): every attempt would compile again.
+                entry.decision = "eager"
+                entry.error = (
+                    "recompiled between attempts (a guard on the vector field or its "
+                    "arguments changes at every call, e.g. a Python counter): kept eager"
+                )
+                return out
         else:
             out = loop._attempt(*arguments)
             entry.eager_s.append(timer(device) - start)
