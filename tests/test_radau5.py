@@ -180,7 +180,9 @@ def test_dense_output_matches_exact_solution_between_steps() -> None:
     assert np.abs(ys - exact).max() < 1e-6
 
 
-def _grad_problem(k: torch.Tensor, y0: torch.Tensor, adaptive: bool) -> torch.Tensor:
+def _grad_problem(
+    k: torch.Tensor, y0: torch.Tensor, adaptive: bool, adjoint: object = None
+) -> torch.Tensor:
     def vf(t, y, args):
         a, b = args[0], args[1]
         return torch.stack([-a * y[0] + b * y[1] * y[1], a * y[0] - 30.0 * y[1] - b * y[1] ** 2])
@@ -192,7 +194,7 @@ def _grad_problem(k: torch.Tensor, y0: torch.Tensor, adaptive: bool) -> torch.Te
     )
     sol = tn.solve(
         tn.ODETerm(vf), _tight(), 0.0, 1.0, y0, k,
-        saveat=tn.SaveAt(ts=[0.3, 1.0]), adjoint=tn.DirectAdjoint(), **kw,
+        saveat=tn.SaveAt(ts=[0.3, 1.0]), adjoint=adjoint or tn.DirectAdjoint(), **kw,
     )  # fmt: skip
     return (sol.ys * torch.tensor([[1.0, 2.0], [-0.5, 1.5]], dtype=torch.float64)).sum()
 
@@ -218,6 +220,23 @@ def test_direct_gradient_matches_central_differences(adaptive: bool) -> None:
         # Central differences at eps = 1e-6 in float64: truncation ~1e-12, rounding ~1e-10
         # (the solve is accurate to its 1e-10 tolerance, smooth in the inputs).
         torch.testing.assert_close(g, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_continuous_adjoints_match_central_differences() -> None:
+    # The backward solves (also Radau5) at the forward's tolerance: the gradient of the
+    # exact solution, which the forward's central differences give to ~1e-8.
+    k = torch.tensor([2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([1.0, 0.2], dtype=torch.float64)
+    eps = 1e-6
+    fd = torch.zeros(2, dtype=torch.float64)
+    for i in range(2):
+        e = torch.zeros(2, dtype=torch.float64)
+        e[i] = eps
+        with torch.no_grad():
+            fd[i] = (_grad_problem(k + e, y0, True) - _grad_problem(k - e, y0, True)) / (2 * eps)
+    for adjoint in (tn.BacksolveAdjoint(), tn.InterpolatedAdjoint()):
+        (g,) = torch.autograd.grad(_grad_problem(k, y0, True, adjoint), (k,))
+        torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-7)
 
 
 def _robertson_k(t, y, k3):
