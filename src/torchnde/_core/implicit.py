@@ -275,6 +275,23 @@ class AbstractNewtonSolver(AbstractImplicitSolver):
         self.kappa, self.max_newton_iters = float(kappa), max_newton_iters
         self.jacobian_theta, self.lu_ratio = float(jacobian_theta), float(lu_ratio)
 
+    # the step-size controller's tolerances, set by with_tolerances on a copy
+    _rtol: Any = None
+    _atol: Any = None
+
+    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
+        new = copy.copy(self)
+        new._rtol, new._atol = rtol, atol
+        return new
+
+    def _newton_tolerances(self, dtype: torch.dtype) -> tuple[Any, Any]:
+        """The Newton iteration's ``(rtol, atol)``: ``newton_rtol`` / ``newton_atol``, else
+        the controller's (:meth:`with_tolerances`), else the dtype's floor."""
+        rtol = self.newton_rtol if self.newton_rtol is not None else self._rtol
+        atol = self.newton_atol if self.newton_atol is not None else self._atol
+        floor = unit_norm_floor(dtype)
+        return (floor if rtol is None else rtol), (floor if atol is None else atol)
+
 
 class AbstractESDIRK(AbstractNewtonSolver):
     """ESDIRK methods with a shared batched Newton solver; subclasses set ``tableau``.
@@ -296,21 +313,8 @@ class AbstractESDIRK(AbstractNewtonSolver):
 
     tableau: ClassVar[ESDIRKTableau]
 
-    # the step-size controller's tolerances, set by with_tolerances on a copy
-    _rtol: Any = None
-    _atol: Any = None
-
-    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
-        new = copy.copy(self)
-        new._rtol, new._atol = rtol, atol
-        return new
-
     def _scale_fn(self, g: FlatODE, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-        rtol = self.newton_rtol if self.newton_rtol is not None else self._rtol
-        atol = self.newton_atol if self.newton_atol is not None else self._atol
-        floor = unit_norm_floor(dtype)
-        rtol = floor if rtol is None else rtol
-        atol = floor if atol is None else atol
+        rtol, atol = self._newton_tolerances(dtype)
 
         def scale(z: torch.Tensor) -> torch.Tensor:
             s = atol + rtol * g.unflat(z).abs()

@@ -173,12 +173,7 @@ class AbstractRungeKutta(AbstractSolver):
         # Stage times in one op, (stages, *batch), with the column of c cached per time dtype
         # and batch rank; a stage takes its row when it needs it (a view each: cheaper than
         # unbinding all of them, and the stages at t1 take t1 itself).
-        key = (t0.dtype, t0.ndim)
-        c_t = coeffs["c_time"].get(key)
-        if c_t is None:
-            c_t = coeffs["c"].to(t0.dtype).reshape((s,) + (1,) * t0.ndim)
-            coeffs["c_time"][key] = c_t
-        t_stage = torch.addcmul(t0, c_t, t1 - t0)
+        t_stage = torch.addcmul(t0, _c_column(coeffs, t0), t1 - t0)
         # Every row of K is written before it is read (stage i reads rows < i through its
         # cut row of `a`, one (1, i) x (i, N) product), so K is not zero-filled: at large
         # batches the fill and the padded products were ~15% of a step outside the field.
@@ -267,7 +262,7 @@ class AbstractRungeKutta(AbstractSolver):
         E = y0.new_empty((1, y0.numel()))
         E_v = E.view(shape)
         vector_field = terms.vf
-        c_cache: dict = coeffs["c_time"]
+        c_column: list = []  # the column of c for the solve's time dtype, on the first step
         # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
         # time (None: t1).
         plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
@@ -275,11 +270,9 @@ class AbstractRungeKutta(AbstractSolver):
 
         def step(t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
             control = t1 - t0
-            key = (t0.dtype, t0.ndim)
-            c_t = c_cache.get(key)
-            if c_t is None:
-                c_t = c_cache[key] = coeffs["c"].to(t0.dtype).reshape((s,) + (1,) * t0.ndim)
-            t_stage = torch.addcmul(t0, c_t, control)
+            if not c_column:
+                c_column.append(_c_column(coeffs, t0))
+            t_stage = torch.addcmul(t0, c_column[0], control)
             yf = y.reshape(1, -1)
             torch.mul(state, control, out=slot0)
             vf = state
@@ -372,6 +365,17 @@ class AbstractRungeKutta(AbstractSolver):
                 return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
             k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
+
+
+def _c_column(coeffs: dict[str, Any], t0: torch.Tensor) -> torch.Tensor:
+    """The nodes ``c`` as a column ``(stages, 1, ...)`` against times like ``t0``, cached with
+    the tableau's tensors per time dtype and batch rank."""
+    key = (t0.dtype, t0.ndim)
+    column = coeffs["c_time"].get(key)
+    if column is None:
+        c = coeffs["c"]
+        column = coeffs["c_time"][key] = c.to(t0.dtype).reshape((c.numel(),) + (1,) * t0.ndim)
+    return column
 
 
 def _dense_output(tab: ButcherTableau) -> str:

@@ -39,7 +39,6 @@ stage equations (as for :class:`~torchnde.RadauIIA5`), not from the iterations.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -53,9 +52,7 @@ from ..newton import (
     records_gradient,
     simplified_newton,
     stage_values,
-    unit_norm_floor,
 )
-from ..solver import AbstractSolver
 from ..terms import AbstractTerm
 from .radau_iia5 import RadauIIA5
 
@@ -160,9 +157,6 @@ class Radau5(AbstractNewtonSolver):
     error_order: ClassVar[int | None] = 4
     dense_order: ClassVar[int] = 3
 
-    _rtol: Any = None
-    _atol: Any = None
-
     def __init__(
         self,
         *,
@@ -183,17 +177,8 @@ class Radau5(AbstractNewtonSolver):
         )  # fmt: skip
         self._kappa_given = kappa is not None
 
-    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
-        new = copy.copy(self)
-        new._rtol, new._atol = rtol, atol
-        return new
-
     def _tolerances(self, dtype: torch.dtype) -> tuple[Any, Any, float]:
-        floor = unit_norm_floor(dtype)
-        rtol = self.newton_rtol if self.newton_rtol is not None else self._rtol
-        atol = self.newton_atol if self.newton_atol is not None else self._atol
-        rtol = floor if rtol is None else rtol
-        atol = floor if atol is None else atol
+        rtol, atol = self._newton_tolerances(dtype)
         if self._kappa_given or self._rtol is None:
             # (Constant steps: no controller tolerance for Hairer's formula.)
             kappa = self.kappa
