@@ -11,15 +11,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
 
 import torchnde as tn
-from problems.stiff import STIFF
+from problems.stiff import CONV_T as T
+from problems.stiff import STIFF, conv_exact, conv_vf
 from torchnde._core.solvers import radau5
 
 
@@ -112,21 +111,6 @@ def test_linear_stiff_system_matches_matrix_exponential() -> None:
     assert sol.stats["num_steps"] < 1000, sol.stats
 
 
-# A nonlinear, non-autonomous problem with the closed-form solution (1/(1+t), e^{sin t})
-# (as in tests/test_stiff.py).
-T = 2.0
-
-
-def _conv_vf(t: torch.Tensor, y: torch.Tensor, args: object) -> torch.Tensor:
-    y1, y2 = y[..., 0], y[..., 1]
-    c = y1 * y2 - y2 / (1 + t)
-    return torch.stack([-y1 * y1 + c, y2 * torch.cos(t) - 0.5 * c], -1)
-
-
-def _conv_exact(t: float) -> np.ndarray:
-    return np.array([1 / (1 + t), math.exp(math.sin(t))])
-
-
 def _tight() -> tn.Radau5:
     # Newton converged to rounding (more iterations than the 7 that suffice at the
     # controller's tolerances).
@@ -137,11 +121,11 @@ def test_global_error_is_fifth_order_with_constant_steps() -> None:
     errs, hs = [], []
     for n in (8, 16, 32):
         sol = tn.solve(
-            tn.ODETerm(_conv_vf), _tight(), 0.0, T,
+            tn.ODETerm(conv_vf), _tight(), 0.0, T,
             torch.tensor([1.0, 1.0], dtype=torch.float64), dt0=T / n,
             controller=tn.ConstantStepSize(),
         )  # fmt: skip
-        errs.append(float(np.abs(sol.ys[-1].numpy() - _conv_exact(T)).max()))
+        errs.append(float(np.abs(sol.ys[-1].numpy() - conv_exact(T)).max()))
         hs.append(T / n)
     e = np.array(errs)
     assert e.min() > 1e-13 and e.max() < 1e-2, e
@@ -154,11 +138,11 @@ def test_adaptive_error_is_proportional_to_tolerance() -> None:
     tols = [1e-5, 1e-7, 1e-9]
     for tol in tols:
         sol = tn.solve(
-            tn.ODETerm(_conv_vf), tn.Radau5(), 0.0, T,
+            tn.ODETerm(conv_vf), tn.Radau5(), 0.0, T,
             torch.tensor([1.0, 1.0], dtype=torch.float64),
             controller=tn.PIDController(rtol=tol, atol=tol),
         )  # fmt: skip
-        errs.append(float(np.abs(sol.ys[-1].numpy() - _conv_exact(T)).max()))
+        errs.append(float(np.abs(sol.ys[-1].numpy() - conv_exact(T)).max()))
     slope = float(np.polyfit(np.log(tols), np.log(errs), 1)[0])
     # Tolerance proportionality: the controller holds the local error estimate, O(h^4), at
     # the tolerance, so h ~ tol^(1/4) and the order-5 global error ~ tol^(5/4) (Hairer's
@@ -170,13 +154,13 @@ def test_adaptive_error_is_proportional_to_tolerance() -> None:
 
 def test_dense_output_matches_exact_solution_between_steps() -> None:
     sol = tn.solve(
-        tn.ODETerm(_conv_vf), tn.Radau5(), 0.0, T,
+        tn.ODETerm(conv_vf), tn.Radau5(), 0.0, T,
         torch.tensor([1.0, 1.0], dtype=torch.float64),
         controller=tn.PIDController(rtol=1e-9, atol=1e-9), saveat=tn.SaveAt(dense=True),
     )  # fmt: skip
     tq = np.linspace(0.013, T - 0.01, 37)
     ys = sol.evaluate(torch.tensor(tq)).numpy()
-    exact = np.stack([_conv_exact(t) for t in tq])
+    exact = np.stack([conv_exact(t) for t in tq])
     assert np.abs(ys - exact).max() < 1e-6
 
 

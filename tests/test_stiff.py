@@ -20,7 +20,8 @@ from torch.autograd import gradcheck
 
 import catalogue
 import torchnde as tn
-from problems.stiff import STIFF, radau_reference
+from problems.stiff import CONV_T as T
+from problems.stiff import STIFF, conv_exact, conv_vf, radau_reference
 from test_tableaux import density, stage_weights, trees
 
 # From the central catalogue (tests/catalogue.py).
@@ -78,21 +79,6 @@ def test_esdirk_methods_are_l_stable(solver_cls: type) -> None:
 
 # --- convergence ------------------------------------------------------------------------------
 
-# A nonlinear, non-autonomous problem with a closed-form solution, y = (1/(1+t), e^{sin t}):
-# y1' = -y1² + c, y2' = y2 cos t - c/2, with a coupling c = y1 y2 - y2/(1+t) that vanishes on
-# the solution but makes the Jacobian full.
-T = 2.0
-
-
-def _conv_vf(t: torch.Tensor, y: torch.Tensor, args: object) -> torch.Tensor:
-    y1, y2 = y[..., 0], y[..., 1]
-    c = y1 * y2 - y2 / (1 + t)
-    return torch.stack([-y1 * y1 + c, y2 * torch.cos(t) - 0.5 * c], -1)
-
-
-def _conv_exact(t: float) -> np.ndarray:
-    return np.array([1 / (1 + t), math.exp(math.sin(t))])
-
 
 CONV_STEPS = {
     tn.ImplicitEuler: 128,
@@ -112,11 +98,11 @@ def test_global_error_order(solver_cls: type) -> None:
     errs, hs = [], []
     for n in (n0, 2 * n0, 4 * n0):
         sol = tn.solve(
-            tn.ODETerm(_conv_vf), _tight(solver_cls), 0.0, T,
+            tn.ODETerm(conv_vf), _tight(solver_cls), 0.0, T,
             torch.tensor([1.0, 1.0], dtype=torch.float64), dt0=T / n,
             controller=tn.ConstantStepSize(),
         )  # fmt: skip
-        errs.append(float(np.abs(sol.ys[-1].numpy() - _conv_exact(T)).max()))
+        errs.append(float(np.abs(sol.ys[-1].numpy() - conv_exact(T)).max()))
         hs.append(T / n)
     errs_a = np.array(errs)
     assert errs_a.min() > 1e-12 and errs_a.max() < 0.1, errs_a
@@ -130,13 +116,13 @@ def test_dense_output_is_third_order_hermite(solver_cls: type) -> None:
     errs = []
     for n in (16, 32):
         sol = tn.solve(
-            tn.ODETerm(_conv_vf), solver_cls(), 0.0, T,
+            tn.ODETerm(conv_vf), solver_cls(), 0.0, T,
             torch.tensor([1.0, 1.0], dtype=torch.float64), dt0=T / n,
             controller=tn.ConstantStepSize(), saveat=tn.SaveAt(dense=True),
         )  # fmt: skip
         tq = (np.arange(n) + 0.37) * T / n
         ys = sol.evaluate(torch.tensor(tq)).numpy()
-        errs.append(max(np.abs(ys[i] - _conv_exact(t)).max() for i, t in enumerate(tq)))
+        errs.append(max(np.abs(ys[i] - conv_exact(t)).max() for i, t in enumerate(tq)))
     assert math.log2(errs[0] / errs[1]) > 3.5, errs
 
 
@@ -347,13 +333,13 @@ def test_autoswitch_switches_to_stiff_on_robertson_and_is_correct() -> None:
 
 def test_autoswitch_stays_explicit_on_a_nonstiff_problem() -> None:
     sol = tn.solve(
-        tn.ODETerm(_conv_vf), tn.AutoSwitch(), 0.0, T,
+        tn.ODETerm(conv_vf), tn.AutoSwitch(), 0.0, T,
         torch.tensor([1.0, 1.0], dtype=torch.float64),
         controller=tn.PIDController(rtol=1e-8, atol=1e-8),
     )  # fmt: skip
     assert sol.stats["num_stiff_switches"] == 0
     assert "num_jacobians" not in sol.stats
-    assert np.allclose(sol.ys[-1].numpy(), _conv_exact(T), rtol=1e-6)
+    assert np.allclose(sol.ys[-1].numpy(), conv_exact(T), rtol=1e-6)
 
 
 def test_autoswitch_switches_back_when_stiffness_ends() -> None:

@@ -17,6 +17,7 @@ with the analytic Jacobian, cached per process.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STIFF", "StiffProblem", "radau_reference"]
+__all__ = ["CONV_T", "STIFF", "StiffProblem", "conv_exact", "conv_vf", "radau_reference"]
 
 
 def _xp(y: Any) -> Any:
@@ -134,3 +135,19 @@ def radau_reference(name: str) -> np.ndarray:
     if not sol.success:
         raise RuntimeError(f"reference solve of {name} failed: {sol.message}")
     return sol.y[:, -1]
+
+
+# A nonlinear, non-autonomous problem with a closed-form solution, y = (1/(1+t), e^{sin t}):
+# y1' = -y1² + c, y2' = y2 cos t - c/2, with a coupling c = y1 y2 - y2/(1+t) that vanishes on
+# the solution but makes the Jacobian full (for convergence orders of the stiff solvers).
+CONV_T = 2.0
+
+
+def conv_vf(t: torch.Tensor, y: torch.Tensor, args: object) -> torch.Tensor:
+    y1, y2 = y[..., 0], y[..., 1]
+    c = y1 * y2 - y2 / (1 + t)
+    return torch.stack([-y1 * y1 + c, y2 * torch.cos(t) - 0.5 * c], -1)
+
+
+def conv_exact(t: float) -> np.ndarray:
+    return np.array([1 / (1 + t), math.exp(math.sin(t))])
