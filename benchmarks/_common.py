@@ -179,17 +179,19 @@ def torch_mlp(weights: list[np.ndarray], dtype: Any = None) -> Any:
     return net if dtype is None else net.to(dtype)
 
 
-def numpy_mlp(weights: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """float64 numpy version of the same MLP, ``y: (..., d)``."""
-    ws = [w.astype(np.float64) for w in weights]
+def numpy_mlp(weights: list[np.ndarray], xp: Any = None) -> Callable[[Any], Any]:
+    """float64 numpy version of the same MLP, ``y: (..., d)``; with ``xp`` (e.g.
+    ``jax.numpy``) the same in that array module, on ``xp.asarray`` of the weights."""
+    ws = [w.astype(np.float64) for w in weights] if xp is None else [xp.asarray(w) for w in weights]
+    tanh = np.tanh if xp is None else xp.tanh
     n = len(ws) // 2
 
-    def f(y: np.ndarray) -> np.ndarray:
+    def f(y: Any) -> Any:
         h = y
         for i in range(n):
             h = h @ ws[2 * i].T + ws[2 * i + 1]
             if i < n - 1:
-                h = np.tanh(h)
+                h = tanh(h)
         return h
 
     return f

@@ -72,6 +72,7 @@ from _common import (  # noqa: E402
     make_counting,
     make_mlp_weights,
     markdown_table,
+    numpy_mlp,
     scipy_reference,
     set_threads,
     torch_mlp,
@@ -94,18 +95,7 @@ def jax_mlp(weights: list[np.ndarray]) -> Any:
     """The MLP of ``_common.torch_mlp`` in jax.numpy: ``y: (B, d) -> (B, d)``."""
     import jax.numpy as jnp
 
-    ws = [jnp.asarray(w) for w in weights]
-    n = len(ws) // 2
-
-    def f(y: Any) -> Any:
-        h = y
-        for i in range(n):
-            h = h @ ws[2 * i].T + ws[2 * i + 1]
-            if i < n - 1:
-                h = jnp.tanh(h)
-        return h
-
-    return f
+    return numpy_mlp(weights, xp=jnp)
 
 
 def diffrax_fns(weights: list[np.ndarray], y0: np.ndarray, ts: np.ndarray, method: str) -> dict:
