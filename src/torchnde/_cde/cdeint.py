@@ -118,6 +118,10 @@ def cdeint(
         >>> zs[-1]                                       # (batch, hidden)
     """
     who = "cdeint"
+    if not isinstance(differentiate_steps, bool):
+        raise TypeError(
+            f"{who}: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
+        )
     if not callable(getattr(X, "derivative", None)):
         raise TypeError(
             f"{who}: `X` must be a path with a derivative(t) method (CubicSpline, "
@@ -163,10 +167,6 @@ def cdeint(
         # the segment the solve moves into, so start one ulp inside it.
         start = torch.nextafter(t0.detach(), t1.detach()) + (t0 - t0.detach())
     if solver_.is_adaptive:
-        if not isinstance(differentiate_steps, bool):
-            raise TypeError(
-                f"cdeint: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
-            )
         controller: Any = PIDController(
             rtol=rtol, atol=atol, differentiate_steps=differentiate_steps, **grid
         )
