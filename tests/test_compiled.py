@@ -143,14 +143,10 @@ def test_the_slower_path_is_dropped(fresh, monkeypatch, cost, decision):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, not yet found: with gradients the second solve recompiles once "
-    "(num_compilations 2); the no-grad solves of the probe script compile once",
-)
 def test_compiled_matches_eager_and_compiles_once(fresh, monkeypatch):
     """Really compiled (decision forced to compiled after the probe): the same solution to
-    rounding, the same gradients, and one compilation for two solves."""
+    rounding, the same gradients, and one compilation for two solves with gradients (each
+    solve's first attempt, from a ``t0`` without a gradient, runs eager)."""
     monkeypatch.setattr(C.settings, "ratio", math.inf)  # keep the compiled step
     monkeypatch.setattr(C.settings, "probes", 1)
     torch.manual_seed(0)

@@ -102,6 +102,7 @@ class _Entry:
     eager_s: list[float] = dataclasses.field(default_factory=list)
     compiled_s: list[float] = dataclasses.field(default_factory=list)
     first_call_s: float | None = None  # wall time of the compiling call
+    pattern: tuple | None = None  # which arguments carried a gradient at the compiling call
     error: str | None = None  # why compiled calls were given up, if they raised
 
     def compiled(self) -> Any:
@@ -261,6 +262,24 @@ def _lookup(key: Any) -> _Entry:
 # -- the attempt --------------------------------------------------------------------------------
 
 
+def _grad_pattern(arguments: tuple) -> tuple:
+    """Which tensors of an attempt's arguments (one level of tuples deep) carry a gradient.
+
+    Within one solve with gradients this changes: the first attempt starts at ``t0``, a leaf
+    without a gradient, the later ones at a time computed from the previous step sizes. A
+    graph traced on one pattern fails dynamo's ``requires_grad`` guard on the other and would
+    be compiled again, so attempts whose pattern differs from the compiled one run eager."""
+    flags = []
+    for a in arguments:
+        if isinstance(a, torch.Tensor):
+            flags.append(a.requires_grad)
+        elif isinstance(a, tuple):
+            flags.extend(isinstance(b, torch.Tensor) and b.requires_grad for b in a)
+        else:
+            flags.append(None)
+    return tuple(flags)
+
+
 class CompiledAttempt:
     """``Loop.attempt`` for ``compile_step=True``: ``Loop._attempt``, compiled per signature
     and used where it measures faster (see the module docstring)."""
@@ -278,6 +297,10 @@ class CompiledAttempt:
         entry.attempts += 1
         if entry.decision == "eager":
             return loop._attempt(*arguments)
+        if entry.pattern is not None and (
+            torch.is_grad_enabled() and _grad_pattern(arguments) != entry.pattern
+        ):
+            return loop._attempt(*arguments)  # another graph's worth: see `_grad_pattern`
         if entry.decision == "compiled":
             return entry.compiled()(loop, *arguments)
         return self._probe(entry, arguments)
@@ -291,12 +314,18 @@ class CompiledAttempt:
         timer = settings.timer or _default_timer
         device = arguments[2].device
         if entry.first_call_s is None:
+            t, tnext = arguments[0], arguments[1]
+            if torch.is_grad_enabled() and t.requires_grad is not tnext.requires_grad:
+                # An attempt from ``t0`` (after a rejected first step): its pattern is not the
+                # one of the solve's later attempts, which the graph should be traced for.
+                return loop._attempt(*arguments)
             start = time.perf_counter()
             try:
                 out = entry.compiled()(loop, *arguments)
             except Exception as err:
                 return self._give_up(entry, arguments, err)
             entry.first_call_s = time.perf_counter() - start
+            entry.pattern = _grad_pattern(arguments)
             return out
         compiled_turn = len(entry.compiled_s) < len(entry.eager_s)
         start = timer(device)
