@@ -269,7 +269,7 @@ def _grad_pattern(arguments: tuple) -> tuple:
     without a gradient, the later ones at a time computed from the previous step sizes. A
     graph traced on one pattern fails dynamo's ``requires_grad`` guard on the other and would
     be compiled again, so attempts whose pattern differs from the compiled one run eager."""
-    flags = []
+    flags: list[bool | None] = []
     for a in arguments:
         if isinstance(a, torch.Tensor):
             flags.append(a.requires_grad)
