@@ -297,9 +297,8 @@ class CompiledAttempt:
         entry.attempts += 1
         if entry.decision == "eager":
             return loop._attempt(*arguments)
-        if entry.pattern is not None and (
-            torch.is_grad_enabled() and _grad_pattern(arguments) != entry.pattern
-        ):
+        grad = entry.pattern is not None and torch.is_grad_enabled()
+        if grad and _grad_pattern(arguments) != entry.pattern:
             return loop._attempt(*arguments)  # another graph's worth: see `_grad_pattern`
         if entry.decision == "compiled":
             return entry.compiled()(loop, *arguments)
