@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--rows", default="all", help="comma-separated row prefixes, or all")
     p.add_argument("--target-s", type=float, default=0.6)
     p.add_argument("--min-rounds", type=int, default=7)
+    p.add_argument("--compile", action="store_true", help="add compile_step=True to rk4 rows")
     a = p.parse_args()
     set_threads(a.threads)
     import torchdiffeq
@@ -167,6 +168,29 @@ def main() -> None:
                 return ys[-1].detach()
 
             fns[f"torchnde {label}"] = run
+        stats: dict = {}
+        if a.compile:
+            # An uncounted field: dynamo would guard on the counter and recompile each call.
+            cterm = tn.ODETerm(lambda s, y, args: net(y))
+
+            def run_c() -> Any:
+                with torch.set_grad_enabled(train):
+                    sol = tn.solve(cterm, tn.RK4(), 0.0, 1.0, y0, dt0=0.01, saveat=tn.SaveAt(ts=t),
+                                   controller=tn.ConstantStepSize(), compile_step=True)  # fmt: skip
+                    if train:
+                        sol.ys.pow(2).mean().backward()
+                stats.update(sol.stats)
+                return sol.ys[-1].detach()
+
+            import time
+
+            from torchnde._core.compiled import clear_cache
+
+            clear_cache()  # this row's signatures only, in the report below
+            start = time.perf_counter()
+            run_c()
+            print(f"{name}: compile_step first call {time.perf_counter() - start:.1f} s")
+            fns["torchnde compile_step"] = run_c
 
         def run_tdq() -> Any:
             with torch.set_grad_enabled(train):
@@ -180,8 +204,15 @@ def main() -> None:
         for k, fn in fns.items():
             f.reset()
             outs[k] = fn()
-            nfe[k] = f.nfe
+            nfe[k] = f.nfe if k != "torchnde compile_step" else stats["num_fevals"]
         record(name, fns, nfe, outs, ref)
+        if a.compile:
+            from torchnde._core.compiled import cache_info
+
+            for e in cache_info():
+                if e["key"] is not None and e["key"][0] == "block":
+                    print(f"{name}: blocks {e['decision']}, {e['num_compilations']} graph(s), "
+                          f"eager {e['eager_s']}, compiled {e['compiled_s']}")  # fmt: skip
 
     for d, B in ((2, 1), (32, 1024)):
         for train in (False, True):

@@ -43,8 +43,8 @@ def _eager_everywhere(monkeypatch):
     """Make every signature choose eager without compiling: the decision is preset."""
     real = C._lookup
 
-    def lookup(key):
-        entry = real(key)
+    def lookup(key, *rest):
+        entry = real(key, *rest)
         if entry.decision is None:
             entry.decision = "eager"
         return entry
@@ -168,7 +168,7 @@ def test_compiled_matches_eager_and_compiles_once(fresh, monkeypatch):
     ys1, g1 = run(True)
     ys2, g2 = run(True)
     (info,) = C.cache_info()
-    assert info["decision"] == "compiled"
+    assert info["decision"] == "compiled", info["error"]
     assert info["num_compilations"] == 1
     for ys, g in ((ys1, g1), (ys2, g2)):
         torch.testing.assert_close(ys, ys0, rtol=1e-10, atol=1e-12)
@@ -201,3 +201,179 @@ def test_a_field_that_recompiles_at_every_attempt_goes_eager_at_once(fresh):
     assert info["num_compilations"] <= 2
     assert "recompiled" in info["error"]
     torch.testing.assert_close(sol.ys[-1], y0 * math.exp(-1.0), rtol=1e-7, atol=1e-8)
+
+
+# -- compiled fixed-step blocks (the fixed-grid path) ---------------------------------------
+
+
+def _force(monkeypatch, decision: str, compile_stub: bool = True) -> list:
+    """Probe once per side with a clock that charges 1 per call, keeping the compiled side
+    (``ratio`` inf) or the eager one (``ratio`` 0); with ``compile_stub`` torch.compile is
+    replaced by the plain function (the block's code runs uncompiled). Returns a list that
+    gets one entry per compiled-side block call."""
+    clock = {"now": 0.0}
+
+    def tick(device):
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(C.settings, "timer", tick)
+    monkeypatch.setattr(C.settings, "probes", 1)
+    monkeypatch.setattr(C.settings, "ratio", math.inf if decision == "compiled" else 0.0)
+    calls: list = []
+    if compile_stub:
+
+        def stub(fn, **kw):
+            return lambda *a: calls.append(1) or fn(*a)
+
+        monkeypatch.setattr(torch, "compile", stub)
+    return calls
+
+
+def _field(t, y, args):
+    return torch.tanh(y @ args) + torch.sin(3 * t)
+
+
+def _fixed_solve(compile_step: bool, solver, y0, w, ts, **kw):
+    kw.setdefault("dt0", 0.02)
+    return tn.solve(
+        tn.ODETerm(_field), solver, 0.0, 1.0, y0, w, saveat=tn.SaveAt(ts=ts),
+        controller=tn.ConstantStepSize(), compile_step=compile_step, **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("solver", [tn.RK4(), tn.Midpoint()])
+def test_fixed_step_blocks_take_the_eager_steps(fresh, monkeypatch, solver):
+    """Blocks of ``block_steps`` steps on the fixed grid: the same steps, statuses, counts and
+    values as the eager solve (to the rounding of the grid's step sizes), saves on step ends
+    taken from the block and saves inside steps (0.33, 0.71) and the last, shortened step
+    (dt0 = 0.03 does not divide 1) taken eagerly. RK4 declares ``nonfinite_persists``
+    (finiteness read on a block's last state), Midpoint does not (every state summed)."""
+    calls = _force(monkeypatch, "compiled")
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, dtype=torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.3, 0.33, 0.6, 0.71, 1.0], dtype=torch.float64)
+    a = _fixed_solve(True, solver, y0, w, ts, dt0=0.03)
+    b = _fixed_solve(False, solver, y0, w, ts, dt0=0.03)
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-12, atol=1e-12)
+    assert a.stats == b.stats and int(a.status) == int(b.status) == 0
+    (info,) = C.cache_info()
+    assert info["key"][0] == "block" and info["decision"] == "compiled"
+    size = C.settings.block_steps
+    # All but the first block, the probe's eager one and the steps that cannot be blocked
+    # (around the two interior saves and the last step) went through the compiled function.
+    assert len(calls) >= (a.stats["num_steps"] - 6 * size) // size
+    # A second solve of the signature: no new probe (its first block, whose solver state
+    # is the initial evaluation, not a placeholder, runs eager).
+    first = len(calls)
+    c = _fixed_solve(True, solver, y0 + 0.5, w, ts, dt0=0.03)
+    torch.testing.assert_close(c.ys, _fixed_solve(False, solver, y0 + 0.5, w, ts, dt0=0.03).ys)
+    assert len(calls) - first >= first
+
+
+def test_fixed_step_blocks_eager_decision_is_the_eager_solve_exactly(fresh, monkeypatch):
+    calls = _force(monkeypatch, "eager")
+    w = torch.randn(3, 3, dtype=torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    ts = torch.linspace(0, 1, 6, dtype=torch.float64)
+    a = _fixed_solve(True, tn.RK4(), y0, w, ts)
+    b = _fixed_solve(False, tn.RK4(), y0, w, ts)
+    # The probe's compiled blocks (the compiling call and one timed) take steps of dt0, not
+    # the grid's rounded differences; the later ones are the eager steps.
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-14, atol=1e-15)
+    assert C.cache_info()[0]["decision"] == "eager" and len(calls) == 2
+    a = _fixed_solve(True, tn.RK4(), y0, w, ts)
+    torch.testing.assert_close(a.ys, b.ys, rtol=0, atol=0)
+    assert len(calls) == 2
+
+
+def test_blow_up_inside_compiled_blocks_matches_the_eager_solve(fresh, monkeypatch):
+    """y' = y^2 from 1 blows up at t = 1: the block whose check is non-finite is replayed
+    step by step, so status, counts and the saves are those of the eager solve."""
+    _force(monkeypatch, "compiled")
+    y0 = torch.ones(2, dtype=torch.float64)
+    ts = torch.linspace(0, 2, 11, dtype=torch.float64)
+    term = tn.ODETerm(lambda t, y, args: y * y)
+    sols = [
+        tn.solve(
+            term,
+            tn.RK4(),
+            0.0,
+            2.0,
+            y0,
+            dt0=0.01,
+            controller=tn.ConstantStepSize(),
+            saveat=tn.SaveAt(ts=ts),
+            throw=False,
+            compile_step=c,
+        )  # fmt: skip
+        for c in (True, False)
+    ]
+    a, b = sols
+    assert int(a.status) == int(b.status) == int(tn.Status.NONFINITE)
+    assert a.stats == b.stats
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-12, atol=0, equal_nan=True)
+    assert C.cache_info()[0]["decision"] == "compiled"
+
+
+def test_user_error_inside_a_block_is_not_swallowed(fresh, monkeypatch):
+    _force(monkeypatch, "compiled")
+
+    def bad(t, y, args):
+        if float(t) > 0.5:
+            raise ZeroDivisionError("vector field failed")
+        return -y
+
+    with pytest.raises(ZeroDivisionError, match="vector field failed"):
+        tn.solve(
+            tn.ODETerm(bad), tn.RK4(), 0.0, 1.0, torch.ones(3), dt0=0.01,
+            controller=tn.ConstantStepSize(), compile_step=True,
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_finite_differences(fresh, monkeypatch):
+    """Really compiled: one compilation for two solves with gradients, the eager solution
+    to rounding, and gradients equal to the eager ones and to float64 central finite
+    differences along a random direction of the weights."""
+    _force(monkeypatch, "compiled", compile_stub=False)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    net = net.double()
+    params = list(net.parameters())
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    ts = torch.linspace(0, 1, 5, dtype=torch.float64)
+
+    def loss(compile_step):
+        term = tn.ODETerm(lambda t, y, args: net(y))
+        sol = tn.solve(
+            term, tn.RK4(), 0.0, 1.0, y0, dt0=0.025, controller=tn.ConstantStepSize(),
+            saveat=tn.SaveAt(ts=ts), compile_step=compile_step,
+        )  # fmt: skip
+        return sol.ys.pow(2).sum()
+
+    l0 = loss(False)
+    g0 = torch.autograd.grad(l0, params)
+    for _ in range(2):
+        l1 = loss(True)
+        g1 = torch.autograd.grad(l1, params)
+        torch.testing.assert_close(l1, l0, rtol=1e-12, atol=0)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    (info,) = C.cache_info()
+    assert info["decision"] == "compiled" and info["num_compilations"] == 1
+    direction = [torch.randn_like(p) for p in params]
+    eps = 1e-6
+    with torch.no_grad():
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=eps)
+        up = loss(True)
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=-2 * eps)
+        down = loss(True)
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=eps)
+    fd = (up - down) / (2 * eps)
+    ad = sum((g * v).sum() for g, v in zip(g1, direction))
+    torch.testing.assert_close(ad, fd, rtol=1e-7, atol=1e-9)

@@ -1,5 +1,6 @@
-"""``compile_step=True``: the attempted step compiled once per problem signature, kept only
-where it measures faster.
+"""``compile_step=True``: the attempted step (the general and adaptive loops), or a block of
+steps (the fixed-grid path, :class:`CompiledBlocks`), compiled once per problem signature and
+kept only where it measures faster.
 
 Why a module of its own (measured on the 2-core CPU machine of issue 20, torch 2.13):
 
@@ -31,9 +32,16 @@ What this module does:
   for the rest of the solve and for later solves of that signature. A compiled call that
   raises while the eager one succeeds (no C++ compiler, an unsupported operation) makes the
   signature eager too. The probe is spread over solves when a solve has fewer attempts.
+  With gradients recorded, a probe times the call's forward and a backward pass to its input
+  state (on a replica: see :func:`_run`), so a training step's compiled backward counts.
+- **Fixed-step blocks**: on a grid decided in advance (``_core/fixed.py``) the per-call
+  overhead of one compiled attempt (guards, wrapper: ~18 us) is paid once per
+  ``settings.block_steps`` steps, the vector field inlined; one step size ``dt0`` for every
+  block (the grid's host differences differ in their last bits, and each would be a
+  constant of its own graph), so one graph per signature.
 
-Limits: with gradients recorded only the forward attempt is timed (the compiled backward is
-not); on an accelerator the timer synchronises the device around the probed attempts only.
+Limits: on an accelerator the timer synchronises the device around the probed calls only;
+parameters' gradients are not part of the probe's backward pass.
 """
 
 from __future__ import annotations
@@ -49,7 +57,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompiledAttempt", "cache_info", "clear_cache", "settings", "signature"]
+__all__ = [
+    "CompiledAttempt",
+    "CompiledBlocks",
+    "cache_info",
+    "clear_cache",
+    "settings",
+    "signature",
+]
 
 
 @dataclasses.dataclass
@@ -64,12 +79,16 @@ class Settings:
             ``None``: process CPU time on CPU, wall time with a device synchronisation
             elsewhere. Tests put a stub here; timings never decide a test.
         max_entries: signatures kept (least recently used dropped first).
+        block_steps: steps of a compiled fixed-step block (the fixed-step path): more
+            steps per graph cut the per-call overhead but lengthen the first compilation
+            (d=2 MLP, RK4, 2-core CPU: about 2 s cold at 2 steps, 4-12 s at 4, 14 s at 10).
     """
 
     probes: int = 5
     ratio: float = 1.0
     timer: Callable[[torch.device], float] | None = None
     max_entries: int = 64
+    block_steps: int = 4
 
 
 settings = Settings()
@@ -89,12 +108,26 @@ def _call_attempt(loop, t, tnext, y, fstate, cstate, running):
     return type(loop)._attempt(loop, t, tnext, y, fstate, cstate, running)
 
 
+def _call_block(solver, terms, args, times, h, y, fstate, persists):
+    # K fixed steps of size `h` between `times` (K + 1 of them) as one graph; returns the K
+    # states, the last solver state and the finiteness check (the last state's sum where a
+    # non-finite state persists, else the sum of every state's sum).
+    ys, sums = [], []
+    for k in range(len(times) - 1):
+        y, _, _, fstate = solver.fixed_step(terms, times[k], times[k + 1], h, y, args, fstate)
+        ys.append(y)
+        if not persists:
+            sums.append(y.sum())
+    return tuple(ys), fstate, y.sum() if persists else torch.stack(sums).sum()
+
+
 @dataclasses.dataclass(eq=False)
 class _Entry:
     """One signature: its compiled function, the probe timings and the choice."""
 
     key: Any
     number: int
+    source: Callable = _call_attempt  # the function compiled (a copy of its code object)
     fn: Any = None  # the compiled callable, built on first use
     code: types.CodeType | None = None
     decision: str | None = None  # None while probing, then "compiled" or "eager"
@@ -102,7 +135,7 @@ class _Entry:
     eager_s: list[float] = dataclasses.field(default_factory=list)
     compiled_s: list[float] = dataclasses.field(default_factory=list)
     first_call_s: float | None = None  # wall time of the compiling call
-    pattern: tuple | None = None  # which arguments carried a gradient at the compiling call
+    pattern: tuple | None = None  # the arguments' `_pattern` at the compiling call
     error: str | None = None  # why compiled calls were given up, if they raised
 
     def compiled(self) -> Any:
@@ -110,8 +143,9 @@ class _Entry:
             # A fresh code object per signature: dynamo keeps its compiled graphs on the code
             # object, so signatures neither share one cache (capped at recompile_limit) nor
             # walk each other's guards.
-            self.code = _call_attempt.__code__.replace(co_name=f"_attempt_{self.number}")
-            fn = types.FunctionType(self.code, _call_attempt.__globals__, self.code.co_name)
+            code = self.source.__code__
+            self.code = code.replace(co_name=f"{code.co_name}_{self.number}")
+            fn = types.FunctionType(self.code, self.source.__globals__, self.code.co_name)
             self.fn = torch.compile(fn, dynamic=False)
         return self.fn
 
@@ -242,7 +276,7 @@ def signature(loop: Any, arguments: tuple) -> Any:
     )
 
 
-def _lookup(key: Any) -> _Entry:
+def _lookup(key: Any, source: Callable = _call_attempt) -> _Entry:
     try:
         entry = _CACHE[key]
         _CACHE.move_to_end(key)
@@ -251,9 +285,9 @@ def _lookup(key: Any) -> _Entry:
         pass
     except TypeError:  # an unhashable piece: a signature of its own, not cached
         _COUNTER[0] += 1
-        return _Entry(key=None, number=_COUNTER[0])
+        return _Entry(key=None, number=_COUNTER[0], source=source)
     _COUNTER[0] += 1
-    entry = _CACHE[key] = _Entry(key=key, number=_COUNTER[0])
+    entry = _CACHE[key] = _Entry(key=key, number=_COUNTER[0], source=source)
     while len(_CACHE) > max(1, settings.max_entries):
         _CACHE.popitem(last=False)
     return entry
@@ -262,22 +296,121 @@ def _lookup(key: Any) -> _Entry:
 # -- the attempt --------------------------------------------------------------------------------
 
 
-def _grad_pattern(arguments: tuple) -> tuple:
-    """Which tensors of an attempt's arguments (one level of tuples deep) carry a gradient.
+def _pattern(arguments: tuple) -> tuple:
+    """Which tensors of a call's arguments (one level of tuples deep) carry a gradient, and
+    their shapes.
 
-    Within one solve with gradients this changes: the first attempt starts at ``t0``, a leaf
-    without a gradient, the later ones at a time computed from the previous step sizes. A
-    graph traced on one pattern fails dynamo's ``requires_grad`` guard on the other and would
-    be compiled again, so attempts whose pattern differs from the compiled one run eager."""
-    flags: list[bool | None] = []
+    Within one solve these change while the signature (taken at its first call) does not: a
+    solve with gradients starts at ``t0``, a leaf without one, and its later attempts at
+    times computed from the previous step sizes; a constant-step Runge-Kutta solve's first
+    step receives the initial evaluation, the later ones an empty placeholder. A graph traced
+    on one pattern fails dynamo's guards on the other and would be compiled again, so calls
+    whose pattern differs from the compiled one run eager."""
+    flags: list[tuple | None] = []
     for a in arguments:
         if isinstance(a, torch.Tensor):
-            flags.append(a.requires_grad)
+            flags.append((a.requires_grad, a.shape))
         elif isinstance(a, tuple):
-            flags.extend(isinstance(b, torch.Tensor) and b.requires_grad for b in a)
+            flags.extend(
+                (b.requires_grad, b.shape) if isinstance(b, torch.Tensor) else None for b in a
+            )
         else:
             flags.append(None)
     return tuple(flags)
+
+
+def _run(
+    entry: _Entry,
+    arguments: tuple,
+    eager: Callable[[tuple], Any],
+    compiled: Callable[[tuple], Any],
+    traceable: bool = True,
+    state_of: Callable[[Any], torch.Tensor] | None = None,
+) -> Any:
+    """One call through ``entry``: ``eager(arguments)`` or ``compiled(arguments)`` (the same
+    work, the same outputs) as decided, or, while probing, alternately and timed.
+    ``traceable=False``: these arguments are not the ones the graph should be traced for (the
+    compiling call waits). ``arguments[2]`` is the state; ``state_of(out)`` the new state.
+
+    With gradients recorded (and a state that carries one), a probe times a replica of the
+    call on a detached copy of the state followed by its backward pass to that copy (a
+    training step pays for the compiled backward too), then makes the call itself untimed;
+    the compiling call runs the replica once too (which compiles the backward). Parameters'
+    gradients are not asked for: an eager backward then skips their products, a compiled
+    one does not, so the probe leans to eager."""
+    entry.attempts += 1
+    if entry.decision == "eager":
+        return eager(arguments)
+    if entry.pattern is not None and _pattern(arguments) != entry.pattern:
+        return eager(arguments)  # another graph's worth: see `_pattern`
+    if entry.decision == "compiled":
+        return compiled(arguments)
+    if entry.attempts == 1:
+        # Untimed: warms the eager path (and fills the tableau's dtype cache, which the
+        # compiled trace would otherwise guard on and recompile for).
+        return eager(arguments)
+    y = arguments[2]
+    replica = None
+    if state_of is not None and torch.is_grad_enabled() and y.requires_grad:
+        replica = arguments[:2] + (y.detach().requires_grad_(),) + arguments[3:]
+
+    timer = settings.timer or _default_timer
+    if entry.first_call_s is None:
+        if not traceable:
+            return eager(arguments)
+        start = time.perf_counter()
+        try:
+            if replica is not None:  # compiles the backward too
+                new = state_of(compiled(replica))  # type: ignore[misc]
+                torch.autograd.grad(new.sum(), replica[2], allow_unused=True)
+            out = compiled(arguments)
+        except Exception as err:
+            return _give_up(entry, eager, arguments, err)
+        entry.first_call_s = time.perf_counter() - start
+        entry.pattern = _pattern(arguments)
+        return out
+    compiled_turn = len(entry.compiled_s) < len(entry.eager_s)
+    fn = compiled if compiled_turn else eager
+    try:
+        start = timer(y.device)
+        if replica is None:
+            out = fn(arguments)
+            seconds = timer(y.device) - start
+        else:
+            new = state_of(fn(replica))  # type: ignore[misc]
+            torch.autograd.grad(new.sum(), replica[2], allow_unused=True)
+            seconds = timer(y.device) - start
+            out = fn(arguments)
+    except Exception as err:
+        if not compiled_turn:
+            raise
+        return _give_up(entry, eager, arguments, err)
+    (entry.compiled_s if compiled_turn else entry.eager_s).append(seconds)
+    if compiled_turn and entry.num_compilations > 1:
+        # A guard changed between two calls of one signature (e.g. a Python counter on the
+        # vector field): every call would compile again.
+        entry.decision = "eager"
+        entry.error = (
+            "recompiled between attempts (a guard on the vector field or its "
+            "arguments changes at every call, e.g. a Python counter): kept eager"
+        )
+        return out
+    n = max(1, settings.probes)
+    if len(entry.compiled_s) >= n and len(entry.eager_s) >= n:
+        faster = statistics.median(entry.compiled_s) < settings.ratio * statistics.median(
+            entry.eager_s
+        )
+        entry.decision = "compiled" if faster else "eager"
+    return out
+
+
+def _give_up(entry: _Entry, eager: Callable[[tuple], Any], arguments: tuple, err: Exception) -> Any:
+    """A compiled call raised: if the eager one raises too, that error is the user's (the
+    loop explains it); otherwise compilation is at fault and the signature goes eager."""
+    out = eager(arguments)
+    entry.decision = "eager"
+    entry.error = f"{type(err).__name__}: {err}"[:500]
+    return out
 
 
 class CompiledAttempt:
@@ -294,71 +427,47 @@ class CompiledAttempt:
         entry = self.entry
         if entry is None:
             entry = self.entry = _lookup(signature(loop, arguments))
-        entry.attempts += 1
         if entry.decision == "eager":
+            entry.attempts += 1
             return loop._attempt(*arguments)
-        grad = entry.pattern is not None and torch.is_grad_enabled()
-        if grad and _grad_pattern(arguments) != entry.pattern:
-            return loop._attempt(*arguments)  # another graph's worth: see `_grad_pattern`
-        if entry.decision == "compiled":
-            return entry.compiled()(loop, *arguments)
-        return self._probe(entry, arguments)
+        # An attempt from ``t0`` (after a rejected first step) under grad: its pattern is not
+        # the one of the solve's later attempts, which the graph should be traced for.
+        traceable = not (torch.is_grad_enabled() and t.requires_grad is not tnext.requires_grad)
+        return _run(
+            entry, arguments, lambda a: loop._attempt(*a),
+            lambda a: entry.compiled()(loop, *a), traceable, lambda out: out[0],
+        )  # fmt: skip
 
-    def _probe(self, entry: _Entry, arguments: tuple) -> Any:
-        loop = self.loop
-        if entry.attempts == 1:
-            # Untimed: warms the eager path (and fills the tableau's dtype cache, which the
-            # compiled trace would otherwise guard on and recompile for).
-            return loop._attempt(*arguments)
-        timer = settings.timer or _default_timer
-        device = arguments[2].device
-        if entry.first_call_s is None:
-            t, tnext = arguments[0], arguments[1]
-            if torch.is_grad_enabled() and t.requires_grad is not tnext.requires_grad:
-                # An attempt from ``t0`` (after a rejected first step): its pattern is not the
-                # one of the solve's later attempts, which the graph should be traced for.
-                return loop._attempt(*arguments)
-            start = time.perf_counter()
-            try:
-                out = entry.compiled()(loop, *arguments)
-            except Exception as err:
-                return self._give_up(entry, arguments, err)
-            entry.first_call_s = time.perf_counter() - start
-            entry.pattern = _grad_pattern(arguments)
-            return out
-        compiled_turn = len(entry.compiled_s) < len(entry.eager_s)
-        start = timer(device)
-        if compiled_turn:
-            try:
-                out = entry.compiled()(loop, *arguments)
-            except Exception as err:
-                return self._give_up(entry, arguments, err)
-            entry.compiled_s.append(timer(device) - start)
-            if entry.num_compilations > 1:
-                # A guard changed between two attempts of one signature (e.g. a Python
-                # counter on the vector field): every attempt would compile again.
-                entry.decision = "eager"
-                entry.error = (
-                    "recompiled between attempts (a guard on the vector field or its "
-                    "arguments changes at every call, e.g. a Python counter): kept eager"
-                )
-                return out
-        else:
-            out = loop._attempt(*arguments)
-            entry.eager_s.append(timer(device) - start)
-        n = max(1, settings.probes)
-        if len(entry.compiled_s) >= n and len(entry.eager_s) >= n:
-            faster = statistics.median(entry.compiled_s) < settings.ratio * statistics.median(
-                entry.eager_s
-            )
-            entry.decision = "compiled" if faster else "eager"
-        return out
 
-    def _give_up(self, entry: _Entry, arguments: tuple, err: Exception) -> Any:
-        """A compiled call raised: if the eager attempt raises too, that error is the user's
-        (the loop explains it); otherwise compilation is at fault and the signature goes
-        eager."""
-        out = self.loop._attempt(*arguments)
-        entry.decision = "eager"
-        entry.error = f"{type(err).__name__}: {err}"[:500]
-        return out
+class CompiledBlocks:
+    """The fixed-step path's blocks of :data:`settings` ``.block_steps`` steps for
+    ``compile_step=True`` (``_core/fixed.py``): the steps of a block, the vector field
+    inside, compiled as one graph per signature (one step size for every block, so one
+    graph), and used where that measures faster than the eager steps."""
+
+    def __init__(self, loop: Any, h: float) -> None:
+        self.loop, self.h = loop, h
+        self.size = max(1, settings.block_steps)
+        self.entry: _Entry | None = None
+
+    @property
+    def eager(self) -> bool:
+        """Whether this signature is known to run eager (then no blocks are formed)."""
+        return self.entry is not None and self.entry.decision == "eager"
+
+    def __call__(self, times: tuple, y, fstate, eager: Callable[[Any, Any], Any]) -> Any:
+        """The block's ``(states, last solver state, finiteness check)``; ``eager(y, fstate)``
+        is the same from the eager steps."""
+        loop, h = self.loop, self.h
+        persists = loop.solver.nonfinite_persists
+        arguments = (times, h, y, fstate, persists)
+        entry = self.entry
+        if entry is None:
+            entry = self.entry = _lookup(("block", signature(loop, arguments)), _call_block)
+
+        def compiled(a: tuple) -> Any:
+            return entry.compiled()(loop.solver, loop.terms, loop.args, *a)
+
+        return _run(
+            entry, arguments, lambda a: eager(a[2], a[3]), compiled, True, lambda out: out[0][-1]
+        )

@@ -53,7 +53,6 @@ def fixed_grid(loop: Loop) -> tuple[torch.Tensor, list[float]] | None:
         or loop.progress is not None
         or loop.save_dense
         or loop.save_steps
-        or loop.compiled
         or loop.dt0 is None
     ):
         return None
@@ -126,13 +125,48 @@ def run_fixed(
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals
 
+    blocks, block_ok = _compiled_blocks(loop, steps_h, counts, on_end, host0.save_num, ends_host)
+    size = 0 if blocks is None else blocks.size
+
+    def eager_block(i: int, t: Any, y: Any, fstate: Any) -> tuple:
+        """Steps ``i .. i+size-1`` eagerly, as :func:`torchnde._core.compiled._call_block`
+        returns them (the eager side of the compiled blocks)."""
+        ys, check = [], []
+        for k in range(i, i + size):
+            try:
+                y, _, _, fstate = fixed_step(terms, t, times[k], steps_h[k], y, args, fstate)
+            except Exception as err:
+                loop._explain(t, y, err)
+                raise
+            ys.append(y)
+            check.append(y.detach().sum())
+            t = times[k]
+        return tuple(ys), fstate, check[-1] if persists else torch.stack(check).sum()
+
     def take(i0: int, t: Any, y: Any, fstate: Any, saved: int, stop: int, exact: bool) -> tuple:
         """Steps ``i0 .. stop-1``; with ``exact``, check each state and stop at the first that
         is not finite. Returns (last step index + 1, t, y, fstate, saved, saves, dense
         fevals, failed)."""
         saves: list = []
         dense_fevals = 0
-        for i in range(i0, stop):
+        i = i0
+        while i < stop:
+            if size and not exact and i + size <= stop and block_ok[i] and not blocks.eager:  # type: ignore[union-attr]
+                ys, fstate, check = blocks(  # type: ignore[misc]
+                    (t,) + times[i : i + size], y, fstate,
+                    lambda y, fstate, i=i, t=t: eager_block(i, t, y, fstate),
+                )  # fmt: skip
+                if not persists:
+                    sums[i - i0 : i - i0 + size].fill_(check.detach())
+                elif i + size == stop:
+                    slots[0].copy_(check.detach())
+                for j in range(size):  # the saves of a block fall on step ends
+                    if counts[i + j] > saved:
+                        saves.append((saved, counts[i + j], ys[j].unsqueeze(0)))
+                        saved = counts[i + j]
+                i += size
+                t, y = times[i - 1], ys[-1]
+                continue
             tb = times[i]
             try:
                 y1, _, dense_info, fnew = fixed_step(terms, t, tb, steps_h[i], y, args, fstate)
@@ -161,6 +195,7 @@ def run_fixed(
             if take_dense is not None:
                 dense_fevals += take_dense(dense_info)
             t, y, fstate = tb, y1, fnew
+            i += 1
         return stop, t, y, fstate, saved, saves, dense_fevals, False
 
     t, y, fstate, saved = st.t, st.y, st.fstate, host0.save_num
@@ -198,3 +233,36 @@ def run_fixed(
     last = st.copy()
     last.t, last.y, last.fstate, last.y1 = t, y, fstate, y
     return loop.finish(last, tape[-1], num_steps, nfe, out, []), tape
+
+
+def _compiled_blocks(
+    loop: Loop, steps_h: list, counts: list, on_end: list, saved0: int, ends: list[float]
+) -> tuple[Any, list[bool]]:
+    """For ``compile_step=True``: the :class:`~torchnde._core.compiled.CompiledBlocks` of the
+    solve and, per step, whether a block may start there; ``(None, [])`` when no block can be
+    formed. A block's steps are all of the nominal size ``dt0`` (a step that the end of the
+    interval or a ``step_ts`` point shortens is taken eagerly; the others differ from it only
+    by the grid's rounding), and its saves fall on step ends (no interpolation, which reads a
+    step's dense output). Only ODEs on a constant grid (``control_scale``), whose steps keep
+    no counts beyond evaluations: a Brownian or control path is read on the host."""
+    if (
+        not loop.compiled
+        or loop.dt0 is None
+        or not steps_h
+        or steps_h[0] is None
+        or loop.terms.control_scale() is None
+        or not loop.solver.traceable_fixed_step
+    ):
+        return None, []
+    from .compiled import CompiledBlocks
+
+    h = float(loop.dt0.detach())
+    blocks = CompiledBlocks(loop, h)
+    tol = 16 * torch.finfo(loop.t1.dtype).eps
+    run, ok = 0, [False] * len(steps_h)
+    for i in reversed(range(len(steps_h))):
+        new = counts[i] - (counts[i - 1] if i else saved0)
+        full = abs(steps_h[i] - h) <= tol * max(abs(ends[i]), h)
+        run = run + 1 if full and (new == 0 or (new == 1 and on_end[i])) else 0
+        ok[i] = run >= blocks.size
+    return blocks, ok

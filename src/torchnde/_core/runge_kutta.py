@@ -94,6 +94,7 @@ class AbstractRungeKutta(AbstractSolver):
 
     tableau: ClassVar[ButcherTableau]
     dense_output: ClassVar[str] = "hermite"
+    traceable_fixed_step: ClassVar[bool] = True
     # Set on the copy a constant-step loop uses (see the module docstring): the state after a
     # step is None and the next step evaluates its first stage itself.
     _defer_first_stage: bool = False
