@@ -377,3 +377,50 @@ def test_compiled_blocks_match_eager_and_finite_differences(fresh, monkeypatch):
     fd = (up - down) / (2 * eps)
     ad = sum((g * v).sum() for g, v in zip(g1, direction))
     torch.testing.assert_close(ad, fd, rtol=1e-7, atol=1e-9)
+
+
+# -- the host control's compiled step (adaptive joint solves without gradients) ------------
+
+
+def _adaptive_solve(compile_step: bool, y0, w, solver=None):
+    return tn.solve(
+        tn.ODETerm(_field), solver or tn.Dopri5(), 0.0, 2.0, y0, w,
+        saveat=tn.SaveAt(ts=torch.linspace(0, 2, 7, dtype=y0.dtype)),
+        controller=tn.PIDController(rtol=1e-9, atol=1e-9), compile_step=compile_step,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("solver", [tn.Dopri5(), tn.Tsit5()])
+def test_host_control_compiled_step_takes_the_eager_steps(fresh, monkeypatch, solver):
+    calls = _force(monkeypatch, "compiled")
+    torch.manual_seed(1)
+    w = 3 * torch.randn(3, 3, dtype=torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        a = _adaptive_solve(True, y0, w, solver)
+        b = _adaptive_solve(False, y0, w, solver)
+    assert a.stats == b.stats and a.stats["num_rejected_steps"] > 0
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-12, atol=1e-12)
+    (info,) = C.cache_info()
+    assert info["key"][0] == "host" and info["decision"] == "compiled"
+    # all attempts but the first and the probe's timed eager one
+    assert len(calls) == a.stats["num_steps"] - 2
+
+
+@pytest.mark.slow
+def test_host_control_compiled_step_compiles_once(fresh, monkeypatch):
+    """Really compiled, two solves without gradients: one compilation (the second solve's
+    first, eager attempt fills the controller's tolerance tensors before any compiled call),
+    and the steps and values of the eager solve to rounding."""
+    _force(monkeypatch, "compiled", compile_stub=False)
+    torch.manual_seed(1)
+    w = 3 * torch.randn(3, 3, dtype=torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        b = _adaptive_solve(False, y0, w)
+        for _ in range(2):
+            a = _adaptive_solve(True, y0, w)
+            assert a.stats == b.stats
+            torch.testing.assert_close(a.ys, b.ys, rtol=1e-10, atol=1e-12)
+    (info,) = C.cache_info()
+    assert info["decision"] == "compiled" and info["num_compilations"] == 1

@@ -11,8 +11,8 @@ the new state, a rejected one keeps the old, by a Python branch. The tensor work
 the solver's step and the error norm.
 
 It runs when nothing it leaves out is asked for (:func:`host_control`): joint stepping, a
-controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter,
-no compiled step, a solver that declares a constant error order (``constant_error_order``,
+controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter, a
+solver that declares a constant error order (``constant_error_order``,
 read once per solve), and autograd off (``torch.no_grad``:
 inference, and the passes of the adjoints that solve under ``no_grad``). Under autograd the
 general loop runs: its step sizes are tensors, differentiated (``differentiate_steps=True``)
@@ -56,7 +56,6 @@ def host_control(loop: Loop) -> bool:
         or controller.step_ts is not None
         or loop.events is not None
         or loop.progress is not None
-        or loop.compiled
     ):
         return False
     # The order is read once, here and in `run_adaptive`: a method declaring that it changes
@@ -97,15 +96,28 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     y1 = y
     # Buffers reused across steps when nothing keeps a step's tensors (dense or step output).
     stepper = None if save_dense or save_steps else solver.host_stepper(terms, y0, args)
+    compiled = None
+    if loop.compiled:  # the step and its error ratio as one graph, where that is faster
+        from .compiled import CompiledHostStep
+
+        compiled = CompiledHostStep(loop)
+
+    def eager_step(a: tuple) -> tuple:
+        t, tnext, y, fstate = a
+        if stepper is None:
+            y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+        else:
+            y1, y_error, dense_info, fnew = stepper(t, tnext, y, fstate)
+        return y1, y_error, dense_info, fnew, controller.error_ratio(y, y1, y_error, loop.norm)
+
     while t_host < t1_host:
         if num_steps >= max_steps:
             return run_general(loop, y0)
         try:
-            if stepper is None:
-                y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+            if compiled is None:
+                y1, y_error, dense_info, fnew, ratio = eager_step((t, tnext, y, fstate))
             else:
-                y1, y_error, dense_info, fnew = stepper(t, tnext, y, fstate)
-            ratio = controller.error_ratio(y, y1, y_error, loop.norm)
+                y1, y_error, dense_info, fnew, ratio = compiled(t, tnext, y, fstate, eager_step)
         except Exception as err:
             loop._explain(t, y, err)
             raise

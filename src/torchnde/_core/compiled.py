@@ -27,11 +27,13 @@ What this module does:
   constants of a fresh object. The key decides only what is shared and measured; correctness
   rests on dynamo's guards, which recompile if anything the trace read differs.
 - **An automatic choice**: the first attempts of a signature run eager and compiled
-  alternately (after one untimed eager attempt, which also fills the tableau cache, and the
-  untimed compiling call), timed with :data:`settings`' timer; then the faster one is kept
-  for the rest of the solve and for later solves of that signature. A compiled call that
+  alternately (after the untimed compiling call), timed with :data:`settings`' timer; then
+  the faster one is kept for the rest of the solve and for later solves of that signature. A compiled call that
   raises while the eager one succeeds (no C++ compiler, an unsupported operation) makes the
   signature eager too. The probe is spread over solves when a solve has fewer attempts.
+  The first call of every solve runs eager, untimed: it fills the caches of the solve's
+  objects (tableau coefficients per dtype, the controller's tolerance tensors), which a
+  trace guards on (it compiled twice when they appeared after it).
   With gradients recorded, a probe times the call's forward and a backward pass to its input
   state (on a replica: see :func:`_run`), so a training step's compiled backward counts.
 - **Fixed-step blocks**: on a grid decided in advance (``_core/fixed.py``) the per-call
@@ -106,6 +108,12 @@ def _default_timer(device: torch.device) -> float:
 def _call_attempt(loop, t, tnext, y, fstate, cstate, running):
     # Compiled once per signature from a copy of this code object (see `_Entry.compiled`).
     return type(loop)._attempt(loop, t, tnext, y, fstate, cstate, running)
+
+
+def _call_host_step(solver, terms, args, controller, norm, t, tnext, y, fstate):
+    # One attempted step and its error ratio, for the host control (`_core/adaptive.py`).
+    y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
+    return y1, y_error, dense_info, fnew, controller.error_ratio(y, y1, y_error, norm)
 
 
 def _call_block(solver, terms, args, times, h, y, fstate, persists):
@@ -324,11 +332,15 @@ def _run(
     arguments: tuple,
     eager: Callable[[tuple], Any],
     compiled: Callable[[tuple], Any],
+    first: bool,
     traceable: bool = True,
     state_of: Callable[[Any], torch.Tensor] | None = None,
 ) -> Any:
     """One call through ``entry``: ``eager(arguments)`` or ``compiled(arguments)`` (the same
     work, the same outputs) as decided, or, while probing, alternately and timed.
+    ``first``: the first call of a solve, eager and untimed: it fills the caches a solve's
+    objects keep (the tableau's per-dtype coefficients, the controller's tolerance tensors),
+    which a trace would guard on and recompile for when they appear.
     ``traceable=False``: these arguments are not the ones the graph should be traced for (the
     compiling call waits). ``arguments[2]`` is the state; ``state_of(out)`` the new state.
 
@@ -339,16 +351,12 @@ def _run(
     gradients are not asked for: an eager backward then skips their products, a compiled
     one does not, so the probe leans to eager."""
     entry.attempts += 1
-    if entry.decision == "eager":
+    if first or entry.decision == "eager":
         return eager(arguments)
     if entry.pattern is not None and _pattern(arguments) != entry.pattern:
         return eager(arguments)  # another graph's worth: see `_pattern`
     if entry.decision == "compiled":
         return compiled(arguments)
-    if entry.attempts == 1:
-        # Untimed: warms the eager path (and fills the tableau's dtype cache, which the
-        # compiled trace would otherwise guard on and recompile for).
-        return eager(arguments)
     y = arguments[2]
     replica = None
     if state_of is not None and torch.is_grad_enabled() and y.requires_grad:
@@ -420,6 +428,7 @@ class CompiledAttempt:
     def __init__(self, loop: Any) -> None:
         self.loop = loop
         self.entry: _Entry | None = None
+        self.calls = 0
 
     def __call__(self, t, tnext, y, fstate, cstate, running):
         loop = self.loop
@@ -433,9 +442,10 @@ class CompiledAttempt:
         # An attempt from ``t0`` (after a rejected first step) under grad: its pattern is not
         # the one of the solve's later attempts, which the graph should be traced for.
         traceable = not (torch.is_grad_enabled() and t.requires_grad is not tnext.requires_grad)
+        self.calls += 1
         return _run(
             entry, arguments, lambda a: loop._attempt(*a),
-            lambda a: entry.compiled()(loop, *a), traceable, lambda out: out[0],
+            lambda a: entry.compiled()(loop, *a), self.calls == 1, traceable, lambda out: out[0],
         )  # fmt: skip
 
 
@@ -449,6 +459,7 @@ class CompiledBlocks:
         self.loop, self.h = loop, h
         self.size = max(1, settings.block_steps)
         self.entry: _Entry | None = None
+        self.calls = 0
 
     @property
     def eager(self) -> bool:
@@ -468,6 +479,38 @@ class CompiledBlocks:
         def compiled(a: tuple) -> Any:
             return entry.compiled()(loop.solver, loop.terms, loop.args, *a)
 
+        self.calls += 1
         return _run(
-            entry, arguments, lambda a: eager(a[2], a[3]), compiled, True, lambda out: out[0][-1]
-        )
+            entry, arguments, lambda a: eager(a[2], a[3]), compiled, self.calls == 1, True,
+            lambda out: out[0][-1],
+        )  # fmt: skip
+
+
+class CompiledHostStep:
+    """The host control's step (``_core/adaptive.py``) for ``compile_step=True``: the
+    attempted step and its error ratio compiled as one graph per signature (the decision and
+    the next step size stay host arithmetic), used where that measures faster."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.entry: _Entry | None = None
+        self.calls = 0
+
+    def __call__(self, t, tnext, y, fstate, eager: Callable[[tuple], Any]) -> Any:
+        """``(y1, y_error, dense_info, new solver state, error ratio)``; ``eager(arguments)``
+        the same from the eager step."""
+        loop = self.loop
+        arguments = (t, tnext, y, fstate)
+        entry = self.entry
+        if entry is None:
+            entry = self.entry = _lookup(("host", signature(loop, arguments)), _call_host_step)
+        if entry.decision == "eager":
+            entry.attempts += 1
+            return eager(arguments)
+
+        def compiled(a: tuple) -> Any:
+            fn = entry.compiled()
+            return fn(loop.solver, loop.terms, loop.args, loop.controller, loop.norm, *a)
+
+        self.calls += 1
+        return _run(entry, arguments, eager, compiled, self.calls == 1)
