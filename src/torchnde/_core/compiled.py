@@ -30,7 +30,8 @@ What this module does:
   alternately (after the untimed compiling call), timed with :data:`settings`' timer; then
   the faster one is kept for the rest of the solve and for later solves of that signature.
   A compiled call that raises while the eager one succeeds (no C++ compiler, an unsupported
-  operation) makes the signature eager too. The probe is spread over solves when a solve has fewer attempts.
+  operation) makes the signature eager too. The probe is spread over solves when a solve
+  has fewer attempts.
   The first call of every solve runs eager, untimed: it fills the caches of the solve's
   objects (tableau coefficients per dtype, the controller's tolerance tensors), which a
   trace guards on (it compiled twice when they appeared after it).
