@@ -515,9 +515,11 @@ def solve(
         throw: raise :class:`SolveError` when a sample fails; ``False`` returns the partial
             solution with per-sample ``status``.
         progress: show a progress bar (needs tqdm).
-        compile_step: compile the step (all solver stages and the controller) with
-            ``torch.compile`` into one graph. Pays off for small, launch-bound problems that are
-            solved many times with the same shapes; the first solve pays the compilation.
+        compile_step: compile the step (all solver stages and the controller; on a fixed
+            grid, blocks of steps) with ``torch.compile`` into one graph per problem
+            signature, kept only where it measures faster than eager (forward and backward
+            under autograd). Pays off for small, launch-bound problems that are solved many
+            times with the same shapes; the first solve pays the compilation (seconds).
         integral: a running cost ``l(t, y, args)``; ``Solution.integral`` then holds
             $\int_{t_0}^{t} l(s, y(s), \mathrm{args})\,ds$ at the saved times (time first),
             solved with the state (same solver, tolerances and adjoint), e.g. for kinetic-energy
