@@ -26,7 +26,11 @@ MLP (same weights). Modes:
                backprop_nodt    AutoDiffAdjoint(backprop_through_step_size_control=False)
                backsolve        BacksolveAdjoint (per-sample vmap'd adjoint)
                joint_backsolve  JointBacksolveAdjoint (one adjoint solve for the batch)
-  torchnde     direct           DirectAdjoint (autograd through the solver)
+  torchnde     direct           DirectAdjoint (autograd through the solver, and through the
+                                step-size choices: the exact derivative of the solution)
+               direct_nodt      DirectAdjoint with PIDController(differentiate_steps=False):
+                                the step sizes as constants, the peers' backprop convention
+                                (its counterpart in the speed ratios when run)
                backsolve        BacksolveAdjoint            (when torchnde has it)
                interpolated     InterpolatedAdjoint         (when torchnde has it)
                checkpoint       CheckpointAdjoint           (when torchnde has it)
@@ -102,12 +106,12 @@ def _finish(f, ys, info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def prep_torchnde(f, y0, t, tol, adjoint) -> Step:
+def prep_torchnde(f, y0, t, tol, adjoint, differentiate_steps: bool = True) -> Step:
     import torchnde
 
     term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
     solver = torchnde.Dopri5()
-    ctrl = torchnde.PIDController(rtol=tol, atol=tol)
+    ctrl = torchnde.PIDController(rtol=tol, atol=tol, differentiate_steps=differentiate_steps)
     saveat = torchnde.SaveAt(ts=t)
     t0, t1 = float(t[0]), float(t[-1])
 
@@ -313,6 +317,10 @@ def select_modes(libs: list[str], modes_arg: str | None, checkpoints) -> tuple[l
         for name, cls in have.items():
             if keep("torchnde", name):
                 plan.append(("torchnde", name, kinds[name], cls))
+        # DirectAdjoint with the step sizes chosen as constants (differentiate_steps=False):
+        # the peers' backprop convention, so the same work as theirs.
+        if "direct" in have and keep("torchnde", "direct_nodt"):
+            plan.append(("torchnde", "direct_nodt", kinds["direct"], have["direct"]))
     for lib in libs:
         if lib == "torchnde":
             continue
@@ -402,9 +410,10 @@ def run_cell(cell, plan, weights, y0, t, g_ref, args) -> list[dict[str, Any]]:
         params = list(f.parameters())
         try:
             if lib == "torchnde":
-                adjoint = make_torchnde_adjoint(mode, cls, args.checkpoints, params)
+                base_mode = "direct" if mode == "direct_nodt" else mode
+                adjoint = make_torchnde_adjoint(base_mode, cls, args.checkpoints, params)
                 row["adjoint"] = repr(adjoint)
-                step = prep_torchnde(f, y0, t, tol, adjoint)
+                step = prep_torchnde(f, y0, t, tol, adjoint, mode != "direct_nodt")
             elif lib == "torchdiffeq":
                 step = prep_torchdiffeq(f, y0, t, tol, mode)
             else:
@@ -454,7 +463,10 @@ def run_cell(cell, plan, weights, y0, t, g_ref, args) -> list[dict[str, Any]]:
     for row in rows.values():
         if row["lib"] == "torchnde" or "time_s" not in row:
             continue
-        base = rows.get(f"torchnde/{COUNTERPART.get(row['kind'], '')}")
+        mode = COUNTERPART.get(row["kind"], "")
+        if mode == "direct" and "torchnde/direct_nodt" in rows:
+            mode = "direct_nodt"  # the same convention as the peers' backprop
+        base = rows.get(f"torchnde/{mode}")
         if base and "time_s" in base:
             row["vs"] = f"torchnde/{base['mode']}"
             row["ratio_vs_torchnde"] = row["time_s"] / base["time_s"]

@@ -142,18 +142,79 @@ def test_failures_are_those_of_the_general_loop(case, monkeypatch):
     assert float(a.ts[-1]) == float(b.ts[-1])
 
 
-def test_solves_under_autograd_take_the_general_loop(monkeypatch):
-    # The general loop's step sizes are tensors: differentiated by default, detached with
-    # differentiate_steps=False, the forward values then bit for bit those of the default.
+def test_solves_with_differentiated_steps_or_times_take_the_general_loop(monkeypatch):
+    # Step sizes that carry gradients (the default), or times that do, are tensors of the
+    # general loop.
     term, y0, w = _problem()
     w.requires_grad_(True)
     taken = []
     real = adaptive.run_adaptive
     monkeypatch.setattr(loop_module, "run_adaptive", lambda *a: taken.append(1) or real(*a))
-    for ctrl in (tn.PIDController(), tn.PIDController(differentiate_steps=False)):
-        sol = tn.solve(term, tn.Dopri5(), 0.0, 1.0, y0, args=w, controller=ctrl)
+    t1 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    for ctrl, end in ((tn.PIDController(), 1.0), (tn.PIDController(differentiate_steps=False), t1)):
+        sol = tn.solve(term, tn.Dopri5(), 0.0, end, y0, args=w, controller=ctrl)
         sol.ys.sum().backward()
     assert not taken
+
+
+def _mesh_loss(term, y0, w, mesh, ts):
+    """The loss of a Dopri5 solve on the given step ends (no adaptivity: one step between
+    two consecutive points), the function whose derivative a solve with steps chosen as
+    constants gives."""
+    sol = tn.solve(
+        term, tn.Dopri5(), 0.0, 2.0, y0, args=w, dt0=10.0, saveat=tn.SaveAt(ts=ts),
+        controller=tn.ConstantStepSize(step_ts=mesh),
+    )  # fmt: skip
+    return sol.ys.pow(2).sum(), sol
+
+
+def test_steps_chosen_as_constants_are_differentiated_on_the_host_path(monkeypatch):
+    """``differentiate_steps=False`` under autograd takes the host path (rejected attempts out
+    of the graph): the steps of the general loop, its gradients to rounding, and the
+    derivative of the solve on that fixed mesh (float64 central differences)."""
+    term, y0, w = _problem()
+    ts = torch.linspace(0, 2, 5, dtype=F64)
+    ctrl = tn.PIDController(rtol=1e-6, atol=1e-6, differentiate_steps=False)
+    results = []
+    for general in (False, True):
+        taken = []
+        with monkeypatch.context() as m:
+            real = adaptive.run_adaptive
+            spy = lambda *a, taken=taken, real=real: taken.append(1) or real(*a)
+            m.setattr(loop_module, "run_adaptive", spy)
+            if general:
+                m.setattr(loop_module, "host_control", lambda loop: False)
+            wg, yg = w.clone().requires_grad_(True), y0.clone().requires_grad_(True)
+            sol = tn.solve(term, tn.Dopri5(), 0.0, 2.0, yg, args=wg, controller=ctrl,
+                           saveat=tn.SaveAt(ts=ts))  # fmt: skip
+            grads = torch.autograd.grad(sol.ys.pow(2).sum(), (yg, wg))
+        assert bool(taken) != general
+        results.append((sol, grads))
+    (a, ga), (b, gb) = results
+    assert a.stats == b.stats and a.stats["num_rejected_steps"] > 0
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-11, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
+    # The mesh the solve took (the same steps with per-step output, under no_grad).
+    with torch.no_grad():
+        steps = tn.solve(term, tn.Dopri5(), 0.0, 2.0, y0, args=w, controller=ctrl,
+                         saveat=tn.SaveAt(steps=True))  # fmt: skip
+    mesh = steps.ts[:-1].clone()
+    loss0, fixed = _mesh_loss(term, y0, w, mesh, ts)
+    assert fixed.stats["num_steps"] == a.stats["num_accepted_steps"]
+    torch.testing.assert_close(fixed.ys, a.ys, rtol=1e-10, atol=1e-11)
+    g = torch.Generator().manual_seed(5)
+    dw, dy = (
+        torch.randn(w.shape, generator=g, dtype=F64),
+        torch.randn(y0.shape, generator=g, dtype=F64),
+    )
+    eps = 1e-6
+    with torch.no_grad():
+        up = _mesh_loss(term, y0 + eps * dy, w + eps * dw, mesh, ts)[0]
+        down = _mesh_loss(term, y0 - eps * dy, w - eps * dw, mesh, ts)[0]
+    fd = (up - down) / (2 * eps)
+    directional = (ga[0] * dy).sum() + (ga[1] * dw).sum()
+    torch.testing.assert_close(directional, fd, rtol=1e-7, atol=1e-9)
 
 
 def test_backsolve_gradient_through_the_host_path_matches_finite_differences(monkeypatch):

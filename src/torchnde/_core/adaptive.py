@@ -12,11 +12,15 @@ the solver's step and the error norm.
 
 It runs when nothing it leaves out is asked for (:func:`host_control`): joint stepping, a
 controller with host control and no ``step_ts`` / ``jump_ts``, no events, no progress meter, a
-solver that declares a constant error order (``constant_error_order``,
-read once per solve), and autograd off (``torch.no_grad``:
-inference, and the passes of the adjoints that solve under ``no_grad``). Under autograd the
-general loop runs: its step sizes are tensors, differentiated (``differentiate_steps=True``)
-or detached with forward values bit for bit those of the default.
+solver that declares a constant error order (``constant_error_order``, read once per solve),
+and either autograd off (``torch.no_grad``: inference, and the passes of the adjoints that
+solve under ``no_grad``) or step sizes chosen without gradients (``differentiate_steps=False``)
+and times without them. Under autograd the step sizes are then constants, as in the general
+loop's detached ones, and autograd records the accepted steps only: a rejected attempt is
+dropped by the Python branch, where the general loop's ``torch.where`` keeps it in the graph
+(its backward pass multiplies zeros through the whole vector field). With
+``differentiate_steps=True`` (the default) or times with gradients the general loop runs: its
+step sizes are tensors, differentiated.
 
 The steps are those of the general loop up to the rounding of the control arithmetic (float64
 on the host, the time dtype there): the same method, error estimates and decisions but for a
@@ -64,9 +68,15 @@ def host_control(loop: Loop) -> bool:
     k = solver.error_order
     if not solver.constant_error_order or not isinstance(k, (int, float)) or isinstance(k, bool):
         return False
-    # Under autograd the general loop runs, whose step sizes are tensors (differentiated, or
-    # with `differentiate_steps=False` detached there, bit for bit the same forward values).
-    return not torch.is_grad_enabled()
+    if not torch.is_grad_enabled():
+        return True
+    # Under autograd: with step sizes that carry gradients (`differentiate_steps=True`) or
+    # times that do, the general loop runs, whose step sizes are tensors. Steps chosen as
+    # constants are the host's numbers: the steps taken, differentiated on their mesh.
+    if controller.differentiate_steps:
+        return False
+    times = (loop.t0, loop.t1, loop.dt0, loop.ts)
+    return not any(isinstance(v, torch.Tensor) and v.requires_grad for v in times)
 
 
 def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
@@ -95,7 +105,9 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     extra: dict[str, int] = {}
     y1 = y
     # Buffers reused across steps when nothing keeps a step's tensors (dense or step output).
-    stepper = None if save_dense or save_steps else solver.host_stepper(terms, y0, args)
+    # (Not under autograd, which keeps each step's tensors.)
+    reuse = not (save_dense or save_steps or torch.is_grad_enabled())
+    stepper = solver.host_stepper(terms, y0, args) if reuse else None
     compiled = None
     if loop.compiled:  # the step and its error ratio as one graph, where that is faster
         from .compiled import CompiledHostStep

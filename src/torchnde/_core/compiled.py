@@ -514,4 +514,4 @@ class CompiledHostStep:
             return fn(loop.solver, loop.terms, loop.args, loop.controller, loop.norm, *a)
 
         self.calls += 1
-        return _run(entry, arguments, eager, compiled, self.calls == 1)
+        return _run(entry, arguments, eager, compiled, self.calls == 1, True, lambda out: out[0])

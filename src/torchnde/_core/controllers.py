@@ -66,6 +66,10 @@ class AbstractStepSizeController(abc.ABC):
     #: whether :meth:`host_state` / :meth:`host_adapt` implement ``adapt`` for joint steps
     #: on host numbers (``_core/adaptive.py``)
     host_control: bool = False
+    #: whether gradients flow through the choice of the step sizes; ``False``: the steps
+    #: are chosen as constants (torchdiffeq's convention), so under autograd a joint solve
+    #: with ``host_control`` may take them with the control on the host too
+    differentiate_steps: bool = True
     dtmin: float | None = None
     step_ts: torch.Tensor | None = None
     jump_ts: torch.Tensor | None = None
