@@ -95,6 +95,31 @@ def test_linear_derivative_takes_the_requested_side_at_a_knot():
     assert X.derivative(one, "right").item() == 0.5
 
 
+@pytest.mark.parametrize("kind", ["linear", "natural"])
+@pytest.mark.parametrize("time_dtype", [torch.float32, torch.float64])
+def test_one_time_for_the_batch_finds_the_segment_a_time_per_sample_finds(kind, time_dtype):
+    # A 0-d time on the CPU is located on the host; one time per sample by searchsorted.
+    # Both must take the same segment: at every knot from either side, between knots, at
+    # the ends and beyond them (extrapolating), for times in another dtype than the knots.
+    t = torch.tensor([0.0, 0.5, 1.25, 2.0, 3.5], dtype=torch.float32)
+    x = _series(3, 5, 2, 1).float()
+    X = _path(kind, x, t, extrapolate=True)
+    probes = torch.cat([t, (t[1:] + t[:-1]) / 2, torch.tensor([-0.7, 4.1])]).to(time_dtype)
+    probes = torch.cat(
+        [probes, torch.nextafter(probes, probes + 1), torch.nextafter(probes, probes - 1)]
+    )
+    for v in probes:
+        for side in ("left", "right"):
+            one = X.derivative(v, side)
+            each = X.derivative(v.repeat(3), side)
+            assert torch.equal(one, each), (float(v), side)
+        assert torch.equal(X.evaluate(v), X.evaluate(v.repeat(3)))
+    nan = torch.tensor(float("nan"), dtype=time_dtype)  # searched by the tensor route
+    for side in ("left", "right"):
+        want = X.derivative(nan.repeat(3), side)
+        torch.testing.assert_close(X.derivative(nan, side), want, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_natural_cubic_agrees_with_scipy_natural_spline(seed):
     t = _irregular_t(12, seed)

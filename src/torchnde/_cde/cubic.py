@@ -271,23 +271,33 @@ class CubicSpline(AbstractInterpolation):
         self._coeffs = coeffs
         c = self.channels
         self._a = coeffs[..., :c]
-        # b, 2c, 3d together: one row lookup per derivative.
-        self._d = coeffs[..., c:].contiguous()
+        # b, 2c, 3d together and time first, (segments, ..., 3 * channels): a derivative's
+        # rows for the whole batch are then one contiguous block (a view for a 0-d time)
+        # instead of one row per sample, a page apart.
+        self._d_by_time = coeffs[..., c:].movedim(-2, 0).contiguous()
         super().__init__(t.to(coeffs.device), coeffs, extrapolate)
 
     @property
     def coeffs(self) -> torch.Tensor:
         return self._coeffs
 
-    def _value(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _rows_by_time(self, idx: torch.Tensor | int) -> torch.Tensor:
+        """The (b, 2c, 3d) rows of segment ``idx`` (0-d or per sample), ``(..., 3 * channels)``."""
+        d = self._d_by_time
+        if isinstance(idx, int) or idx.ndim == 0:
+            return d[idx]
+        index = idx.reshape((1,) + idx.shape + (1,)).expand((1,) + idx.shape + (d.shape[-1],))
+        return d.gather(0, index).squeeze(0)
+
+    def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         c = self.channels
         a = self._rows(self._a, idx)
-        d = self._rows(self._d, idx)
+        d = self._rows_by_time(idx)
         b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
         return a + s * (b + s * (two_c / 2 + s * (three_d / 3)))
 
-    def _slope(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         c = self.channels
-        d = self._rows(self._d, idx)
+        d = self._rows_by_time(idx)
         b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
         return torch.addcmul(b, s, torch.addcmul(two_c, s, three_d))
