@@ -271,33 +271,38 @@ class CubicSpline(AbstractInterpolation):
         self._coeffs = coeffs
         c = self.channels
         self._a = coeffs[..., :c]
-        # b, 2c, 3d together and time first, (segments, ..., 3 * channels): a derivative's
-        # rows for the whole batch are then one contiguous block (a view for a 0-d time)
-        # instead of one row per sample, a page apart.
-        self._d_by_time = coeffs[..., c:].movedim(-2, 0).contiguous()
+        # b, 2c, 3d time first, (segments, 3, ..., channels): a derivative's rows for the
+        # whole batch are then three contiguous blocks (views for a 0-d time) instead of one
+        # row per sample, a page apart.
+        pieces = coeffs[..., c:].unflatten(-1, (3, c))
+        self._d_by_time = pieces.movedim((-3, -2), (0, 1)).contiguous()
+        # Each segment's (b, 2c, 3d) views, made on first use where no gradient flows
+        # through the coefficients (then a view made once serves every grad mode).
+        self._segment_pieces: list[tuple[torch.Tensor, ...]] | None = None
         super().__init__(t.to(coeffs.device), coeffs, extrapolate)
 
     @property
     def coeffs(self) -> torch.Tensor:
         return self._coeffs
 
-    def _rows_by_time(self, idx: torch.Tensor | int) -> torch.Tensor:
-        """The (b, 2c, 3d) rows of segment ``idx`` (0-d or per sample), ``(..., 3 * channels)``."""
+    def _pieces(self, idx: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
+        """``(b, 2c, 3d)`` of segment ``idx`` (0-d or per sample), each ``(..., channels)``."""
         d = self._d_by_time
+        if isinstance(idx, int):
+            if self._segment_pieces is None and not d.requires_grad:
+                self._segment_pieces = [tuple(seg.unbind(0)) for seg in d.unbind(0)]
+            if self._segment_pieces is not None:
+                return self._segment_pieces[idx]
         if isinstance(idx, int) or idx.ndim == 0:
-            return d[idx]
-        index = idx.reshape((1,) + idx.shape + (1,)).expand((1,) + idx.shape + (d.shape[-1],))
-        return d.gather(0, index).squeeze(0)
+            return d[idx].unbind(0)
+        index = idx.reshape((1, 1) + idx.shape + (1,))
+        return d.gather(0, index.expand((1,) + d.shape[1:-1] + (d.shape[-1],)))[0].unbind(0)
 
     def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
-        c = self.channels
         a = self._rows(self._a, idx)
-        d = self._rows_by_time(idx)
-        b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
+        b, two_c, three_d = self._pieces(idx)
         return a + s * (b + s * (two_c / 2 + s * (three_d / 3)))
 
     def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
-        c = self.channels
-        d = self._rows_by_time(idx)
-        b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
+        b, two_c, three_d = self._pieces(idx)
         return torch.addcmul(b, s, torch.addcmul(two_c, s, three_d))

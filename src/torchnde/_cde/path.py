@@ -137,9 +137,7 @@ class AbstractInterpolation(AbstractPath):
         host = self._host_knots
         if host is None:
             host = self._host_knots = self._tsearch.tolist()
-        tq = t.detach()
-        if tq.dtype != self._tsearch.dtype:
-            tq = tq.to(self._tsearch.dtype)
+        tq = t if t.dtype == self._tsearch.dtype else t.detach().to(self._tsearch.dtype)
         v = tq.item()
         if v != v:
             return None
@@ -147,7 +145,9 @@ class AbstractInterpolation(AbstractPath):
         idx = min(max(pos - 1, 0), self.num_segments - 1)
         if t.dtype != self._t.dtype:
             t = t.to(self._t.dtype)
-        return idx, t - self._t[idx]
+        # The knot as a float is the same number (`host` holds the knots' own values), unless
+        # a gradient is to flow into the knots.
+        return idx, t - (self._t[idx] if self._t.requires_grad else host[idx])
 
     def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor | int) -> torch.Tensor:
         """``coeffs[..., idx, :]`` for a 0-d index; per sample, each sample's own row."""
