@@ -48,7 +48,10 @@ class AbstractInterpolation(AbstractPath):
         self.extrapolate = extrapolate
         self._t = t
         self._tsearch = t.detach().contiguous()
-        self._host_knots: list[float] | None = None  # the knots as floats, on first use
+        # Shared knots on the CPU: a 0-d time is searched on the host (`_locate_on_host`),
+        # in the knots as floats, listed on first use.
+        self._host_search = self._tsearch.ndim == 1 and self._tsearch.is_cpu
+        self._host_knots: list[float] | None = None
         self.batch_shape = coeffs.shape[:-2]
         self.num_segments = coeffs.shape[-2]
         if t.shape[-1] != self.num_segments + 1:
@@ -98,7 +101,7 @@ class AbstractInterpolation(AbstractPath):
             t = torch.as_tensor(t, dtype=self._t.dtype, device=self._t.device)
         knots = self._tsearch
         right = side == "right"
-        if knots.ndim == 1 and t.ndim == 0 and t.device.type == "cpu" and knots.is_cpu:
+        if self._host_search and t.ndim == 0 and t.is_cpu:
             found = self._locate_on_host(t, right)
             if found is not None:
                 return found
