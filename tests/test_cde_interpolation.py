@@ -120,6 +120,22 @@ def test_one_time_for_the_batch_finds_the_segment_a_time_per_sample_finds(kind, 
         torch.testing.assert_close(X.derivative(nan, side), want, rtol=0, atol=0, equal_nan=True)
 
 
+def test_a_segment_first_met_under_inference_mode_still_gives_gradients_in_time():
+    # A cubic remembers each segment's rows as views, made on first use.
+    t = _irregular_t(6, 2)
+    coeffs = tn.natural_cubic_coeffs(_series(2, 6, 3, 2), t)
+    X, fresh = tn.CubicSpline(coeffs, t), tn.CubicSpline(coeffs, t)
+    at = t[2] + 0.3
+    with torch.inference_mode():
+        X.derivative(at.clone())
+    grads = []
+    for path in (X, fresh):
+        s = at.clone().requires_grad_(True)
+        path.derivative(s).sum().backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_natural_cubic_agrees_with_scipy_natural_spline(seed):
     t = _irregular_t(12, seed)

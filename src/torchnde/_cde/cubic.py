@@ -276,9 +276,12 @@ class CubicSpline(AbstractInterpolation):
         # row per sample, a page apart.
         pieces = coeffs[..., c:].unflatten(-1, (3, c))
         self._d_by_time = pieces.movedim((-3, -2), (0, 1)).contiguous()
-        # Each segment's (b, 2c, 3d) views, made on first use where no gradient flows
-        # through the coefficients (then a view made once serves every grad mode).
-        self._segment_pieces: list[tuple[torch.Tensor, ...]] | None = None
+        # Each segment's (b, 2c, 3d) views, made on the segment's first use where no
+        # gradient flows through the coefficients (a view made once then serves every grad
+        # mode); otherwise made at every use.
+        self._segment_pieces: list[tuple[torch.Tensor, ...] | None] | None = None
+        if not self._d_by_time.requires_grad:
+            self._segment_pieces = [None] * segments
         super().__init__(t.to(coeffs.device), coeffs, extrapolate)
 
     @property
@@ -288,11 +291,11 @@ class CubicSpline(AbstractInterpolation):
     def _pieces(self, idx: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
         """``(b, 2c, 3d)`` of segment ``idx`` (0-d or per sample), each ``(..., channels)``."""
         d = self._d_by_time
-        if isinstance(idx, int):
-            if self._segment_pieces is None and not d.requires_grad:
-                self._segment_pieces = [tuple(seg.unbind(0)) for seg in d.unbind(0)]
-            if self._segment_pieces is not None:
-                return self._segment_pieces[idx]
+        if isinstance(idx, int) and self._segment_pieces is not None:
+            views = self._segment_pieces[idx]
+            if views is None:
+                views = self._segment_pieces[idx] = d[idx].unbind(0)
+            return views
         if isinstance(idx, int) or idx.ndim == 0:
             return d[idx].unbind(0)
         index = idx.reshape((1, 1) + idx.shape + (1,))
