@@ -95,6 +95,47 @@ def test_linear_derivative_takes_the_requested_side_at_a_knot():
     assert X.derivative(one, "right").item() == 0.5
 
 
+@pytest.mark.parametrize("kind", ["linear", "natural"])
+@pytest.mark.parametrize("time_dtype", [torch.float32, torch.float64])
+def test_one_time_for_the_batch_finds_the_segment_a_time_per_sample_finds(kind, time_dtype):
+    # A 0-d time on the CPU is located on the host; one time per sample by searchsorted.
+    # Both must take the same segment: at every knot from either side, between knots, at
+    # the ends and beyond them (extrapolating), for times in another dtype than the knots.
+    t = torch.tensor([0.0, 0.5, 1.25, 2.0, 3.5], dtype=torch.float32)
+    x = _series(3, 5, 2, 1).float()
+    X = _path(kind, x, t, extrapolate=True)
+    probes = torch.cat([t, (t[1:] + t[:-1]) / 2, torch.tensor([-0.7, 4.1])]).to(time_dtype)
+    probes = torch.cat(
+        [probes, torch.nextafter(probes, probes + 1), torch.nextafter(probes, probes - 1)]
+    )
+    for v in probes:
+        for side in ("left", "right"):
+            one = X.derivative(v, side)
+            each = X.derivative(v.repeat(3), side)
+            assert torch.equal(one, each), (float(v), side)
+        assert torch.equal(X.evaluate(v), X.evaluate(v.repeat(3)))
+    nan = torch.tensor(float("nan"), dtype=time_dtype)  # searched by the tensor route
+    for side in ("left", "right"):
+        want = X.derivative(nan.repeat(3), side)
+        torch.testing.assert_close(X.derivative(nan, side), want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_segment_first_met_under_inference_mode_still_gives_gradients_in_time():
+    # A cubic remembers each segment's rows as views, made on first use.
+    t = _irregular_t(6, 2)
+    coeffs = tn.natural_cubic_coeffs(_series(2, 6, 3, 2), t)
+    X, fresh = tn.CubicSpline(coeffs, t), tn.CubicSpline(coeffs, t)
+    at = t[2] + 0.3
+    with torch.inference_mode():
+        X.derivative(at.clone())
+    grads = []
+    for path in (X, fresh):
+        s = at.clone().requires_grad_(True)
+        path.derivative(s).sum().backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_natural_cubic_agrees_with_scipy_natural_spline(seed):
     t = _irregular_t(12, seed)
@@ -238,6 +279,44 @@ def test_coefficients_are_differentiable():
     assert torch.autograd.gradcheck(f, (x,))
 
 
+def test_coefficients_are_differentiable_in_the_times():
+    t = _irregular_t(6).requires_grad_(True)
+    x = _series(1, 6, 2)
+
+    def f(t):
+        return tn.natural_cubic_coeffs(x, t)
+
+    assert torch.autograd.gradcheck(f, (t,))
+
+
+def test_coefficients_for_times_seen_before_are_the_same_and_usable_for_gradients():
+    # The shared grid's matrix is cached by the times' values: a grid first met under
+    # inference mode must still serve a later call that is differentiated.
+    t = _irregular_t(7, 3)
+    x = _series(2, 7, 3, 4)
+    with torch.inference_mode():
+        first = tn.natural_cubic_coeffs(x, t.clone())
+    xg = x.clone().requires_grad_(True)
+    again = tn.natural_cubic_coeffs(xg, t.clone())
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    again.pow(2).sum().backward()
+    assert xg.grad is not None and bool(torch.isfinite(xg.grad).all())
+    moved = t.clone()
+    moved[3] += 0.01  # other times, other spline
+    assert not torch.equal(tn.natural_cubic_coeffs(x, moved), first)
+
+
+def test_natural_cubic_keeps_every_batch_dimension():
+    t = _irregular_t(9, 2)
+    x = _series(6, 9, 2, 3).view(2, 3, 9, 2)
+    got = tn.natural_cubic_coeffs(x, t)
+    assert got.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(got.view(6, 8, 8), tn.natural_cubic_coeffs(x.view(6, 9, 2), t))
+    torch.testing.assert_close(
+        got[1, 2], tn.natural_cubic_coeffs(x[1, 2], t), rtol=1e-14, atol=1e-14
+    )
+
+
 def test_long_series_use_the_thomas_route_with_the_same_result():
     from torchnde._cde import cubic
 
@@ -375,17 +454,21 @@ def test_per_sample_times_are_checked_against_each_samples_own_interval():
 
 def test_float32_natural_cubic_on_a_long_grid_matches_float64_and_holds_no_subnormals():
     # The shared system's inverse decays geometrically off the diagonal: in float32 its far
-    # entries would be subnormal (slow to multiply); they are flushed to zero, which changes
-    # the coefficients by far less than float32 rounding.
-    from torchnde._cde.cubic import _flush_subnormal, _shared_system
+    # entries would be subnormal, or give subnormal products (slow to multiply); those below
+    # eps³ of their row's largest are flushed to zero, which changes the coefficients by far
+    # less than float32 rounding.
+    from torchnde._cde.cubic import _flush_negligible, _shared_system
 
     t = torch.arange(100, dtype=torch.float32)
     g, _ = _shared_system(t)
-    g32 = _flush_subnormal(g.to(torch.float32))
-    tiny = torch.finfo(torch.float32).tiny
-    assert not bool(((g32 != 0) & (g32.abs() < tiny)).any())
-    kept = g.to(torch.float32).abs() >= tiny
+    g32 = _flush_negligible(g, torch.float32)
+    info = torch.finfo(torch.float32)
+    assert not bool(((g32 != 0) & (g32.abs() < info.tiny)).any())
+    bound = g.abs().amax(dim=-1, keepdim=True) * info.eps**3
+    kept = g.abs() >= bound
     assert torch.equal(g32[kept], g.to(torch.float32)[kept])
+    assert bool((g32[~kept] == 0).all())
+    assert float(g32[g32 != 0].abs().min()) > 1e6 * info.tiny  # products with Δx ~ 1e-6 stay normal
     x = _series(4, 100, 3, seed=5)
     got = tn.natural_cubic_coeffs(x.float(), t)
     want = tn.natural_cubic_coeffs(x, t.double())

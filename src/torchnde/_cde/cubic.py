@@ -65,15 +65,23 @@ def _shift(
     return a_new, b_new, two_c + 2 * three_d * s, three_d
 
 
-def _flush_subnormal(g: torch.Tensor) -> torch.Tensor:
-    """``g`` with its subnormal entries set to zero. The inverse of a spline's system decays
-    geometrically away from the diagonal, so in float32 most of a long grid's far entries
-    are subnormal: each below ``finfo.tiny`` times a bounded increment, far under rounding,
-    but a CPU multiplies subnormals tens of times slower (the product took 8 ms instead of
-    0.5 ms at length 100)."""
-    if not g.dtype.is_floating_point:
-        return g
-    return torch.where(g.abs() < torch.finfo(g.dtype).tiny, 0, g)
+def _flush_negligible(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``g`` in ``dtype`` with its negligible entries set to zero: those below ``eps³`` of the
+    largest in their row (and every one that would be subnormal in ``dtype``).
+
+    The inverse of a spline's system decays geometrically away from the diagonal (by about
+    ``2 - √3`` per row), so a float32 matrix for a long grid holds entries near and below
+    ``finfo.tiny``; a CPU multiplies subnormal operands, and products that come out
+    subnormal, tens of times slower (the product took 1.2 ms instead of 0.27 ms at length
+    100 when only the subnormal entries were flushed: entries just above ``tiny`` times
+    increments of 0.1 are subnormal products). A row's dropped entries change its result by
+    at most ``(length - 1) eps³ max|g_i| max|Δx|``: ``(length - 1) eps²`` times the normwise
+    rounding of the product itself."""
+    if not dtype.is_floating_point:
+        return g.to(dtype)
+    info = torch.finfo(dtype)
+    bound = (g.abs().amax(dim=-1, keepdim=True) * info.eps**3).clamp(min=info.tiny)
+    return torch.where(g.abs() < bound, 0, g).to(dtype)
 
 
 def _shared_system(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,36 +97,73 @@ def _shared_system(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return g, h_inv
 
 
+#: The factors of the last few time grids, keyed on (device, dtypes, time values): a dataset
+#: reuses one grid for every batch, so a repeated call skips building them.
+_FACTORS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_FACTORS_SIZE = 8
+
+
+def _shared_factors(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``(G, 1/h, 6/h, -1/h²)`` in ``dtype`` for one grid, the ``1/h`` terms as columns.
+
+    Cached by value unless ``t`` takes part in a gradient; built outside inference mode so
+    that a matrix made under ``torch.inference_mode`` can be saved for a later backward."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return _factors(t, dtype)
+    key = (str(t.device), t.dtype, dtype, tuple(t.tolist()))
+    hit = _FACTORS.pop(key, None)
+    if hit is None:
+        with torch.inference_mode(False), torch.no_grad():
+            hit = _factors(t.clone(), dtype)
+        if len(_FACTORS) >= _FACTORS_SIZE:
+            _FACTORS.pop(next(iter(_FACTORS)))
+    _FACTORS[key] = hit  # (re)inserted last: the oldest is evicted first
+    return hit
+
+
+def _factors(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    g, h_inv = _shared_system(t)
+    h = h_inv.to(dtype).unsqueeze(-1)
+    return _flush_negligible(g, dtype), h, 6 * h, -h * h
+
+
 def _coeffs_shared(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """No missing values, one time grid: x of shape (..., length, channels)."""
     batch, (length, channels) = x.shape[:-2], x.shape[-2:]
-    dx = x[..., 1:, :] - x[..., :-1, :]
+    # Time first, (length, batch..., channels) contiguous: every series is a column of one
+    # matrix, and every step below is one pass over contiguous memory.
+    xt = x.movedim(-2, 0).contiguous()
+    dx = xt[1:] - xt[:-1]
+    flat = dx.view(length - 1, -1)
     if length <= _DENSE_MAX:
-        g, h_inv = _shared_system(t)
+        g, h, h6, nh2 = _shared_factors(t, x.dtype)
         # One (length, length - 1) x (length - 1, batch * channels) product solves every series.
-        flat = dx.movedim(-2, 0).reshape(length - 1, -1)
-        g = _flush_subnormal(g.to(x.dtype))
-        k = (g @ flat).view((length,) + batch + (channels,)).movedim(0, -2)
+        k = g @ flat
     else:
         h_inv = 1 / (t[1:] - t[:-1])
         zero = torch.zeros_like(h_inv[:1])
         left = torch.cat([zero, h_inv])
         right = torch.cat([h_inv, zero])
-        p = (3 * dx * (h_inv * h_inv).unsqueeze(-1)).movedim(-2, 0)
+        p = 3 * flat * (h_inv * h_inv).unsqueeze(-1)
         zp = torch.zeros_like(p[:1])
         rhs = torch.cat([zp, p]) + torch.cat([p, zp])
-        shape = (length,) + (1,) * (rhs.ndim - 1)
         diag = 2 * (left + right)
-        k = thomas(left.reshape(shape), diag.reshape(shape), right.reshape(shape), rhs)
-        k = k.movedim(0, -2)
-    hcol = h_inv.to(x.dtype).unsqueeze(-1)
-    k0, k1 = k[..., :-1, :], k[..., 1:, :]
+        k = thomas(left.unsqueeze(-1), diag.unsqueeze(-1), right.unsqueeze(-1), rhs)
+        h = h_inv.to(x.dtype).unsqueeze(-1)
+        h6, nh2 = 6 * h, -h * h
+    k0, k1 = k[:-1], k[1:]
     # 2c = (6 Δx/h - 4 k0 - 2 k1) / h and 3d = (3 (k0 + k1) - 6 Δx/h) / h², in few passes.
-    slope6 = dx * (6 * hcol)
+    slope6 = flat * h6
     both = k0 + k1
-    two_c = torch.add(slope6, torch.add(k0, both), alpha=-2) * hcol
-    three_d = torch.add(slope6, both, alpha=-3) * (-hcol * hcol)
-    return torch.cat([x[..., :-1, :], k0, two_c, three_d], dim=-1)
+    two_c = torch.add(slope6, torch.add(k0, both), alpha=-2) * h
+    three_d = torch.add(slope6, both, alpha=-3) * nh2
+    # Each piece is written once into the output layout (..., length - 1, 4, channels).
+    out = x.new_empty(batch + (length - 1, 4, channels))
+    out[..., 0, :] = x[..., :-1, :]
+    by_time = out.movedim(-3, 0)
+    for j, piece in ((1, k0), (2, two_c), (3, three_d)):
+        by_time[..., j, :] = piece.view(dx.shape)
+    return out.view(batch + (length - 1, 4 * channels))
 
 
 def _coeffs_general(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -226,23 +271,41 @@ class CubicSpline(AbstractInterpolation):
         self._coeffs = coeffs
         c = self.channels
         self._a = coeffs[..., :c]
-        # b, 2c, 3d together: one row lookup per derivative.
-        self._d = coeffs[..., c:].contiguous()
+        # b, 2c, 3d time first, (segments, 3, ..., channels): a derivative's rows for the
+        # whole batch are then three contiguous blocks (views for a 0-d time) instead of one
+        # row per sample, a page apart.
+        pieces = coeffs[..., c:].unflatten(-1, (3, c))
+        self._d_by_time = pieces.movedim((-3, -2), (0, 1)).contiguous()
+        # Each segment's (b, 2c, 3d) views, made on the segment's first use where no
+        # gradient flows through the coefficients (a view made once then serves every grad
+        # mode); otherwise made at every use.
+        self._segment_pieces: list[tuple[torch.Tensor, ...] | None] | None = None
+        if not self._d_by_time.requires_grad:
+            self._segment_pieces = [None] * segments
         super().__init__(t.to(coeffs.device), coeffs, extrapolate)
 
     @property
     def coeffs(self) -> torch.Tensor:
         return self._coeffs
 
-    def _value(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        c = self.channels
+    def _pieces(self, idx: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
+        """``(b, 2c, 3d)`` of segment ``idx`` (0-d or per sample), each ``(..., channels)``."""
+        d = self._d_by_time
+        if isinstance(idx, int) and self._segment_pieces is not None:
+            views = self._segment_pieces[idx]
+            if views is None:
+                views = self._segment_pieces[idx] = d[idx].unbind(0)
+            return views
+        if isinstance(idx, int) or idx.ndim == 0:
+            return d[idx].unbind(0)
+        index = idx.reshape((1, 1) + idx.shape + (1,))
+        return d.gather(0, index.expand((1,) + d.shape[1:-1] + (d.shape[-1],)))[0].unbind(0)
+
+    def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         a = self._rows(self._a, idx)
-        d = self._rows(self._d, idx)
-        b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
+        b, two_c, three_d = self._pieces(idx)
         return a + s * (b + s * (two_c / 2 + s * (three_d / 3)))
 
-    def _slope(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        c = self.channels
-        d = self._rows(self._d, idx)
-        b, two_c, three_d = d[..., :c], d[..., c : 2 * c], d[..., 2 * c :]
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
+        b, two_c, three_d = self._pieces(idx)
         return torch.addcmul(b, s, torch.addcmul(two_c, s, three_d))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 from .._core.terms import AbstractPath
@@ -46,6 +48,10 @@ class AbstractInterpolation(AbstractPath):
         self.extrapolate = extrapolate
         self._t = t
         self._tsearch = t.detach().contiguous()
+        # Shared knots on the CPU: a 0-d time is searched on the host (`_locate_on_host`),
+        # in the knots as floats, listed on first use.
+        self._host_search = self._tsearch.ndim == 1 and self._tsearch.is_cpu
+        self._host_knots: list[float] | None = None
         self.batch_shape = coeffs.shape[:-2]
         self.num_segments = coeffs.shape[-2]
         if t.shape[-1] != self.num_segments + 1:
@@ -87,13 +93,18 @@ class AbstractInterpolation(AbstractPath):
         check_within(self, t1, who="solve", what="`t1`")
 
     # -- locating a time ------------------------------------------------------------------
-    def _locate(self, t: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _locate(self, t: torch.Tensor, side: str) -> tuple[torch.Tensor | int, torch.Tensor]:
         """Segment index and offset ``t - t_index``, each of shape ``t.shape`` (0-d) or the
-        batch shape (per sample)."""
+        batch shape (per sample). The index is a Python ``int`` for a 0-d time on the CPU
+        with shared knots (see :meth:`_locate_on_host`)."""
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t, dtype=self._t.dtype, device=self._t.device)
         knots = self._tsearch
         right = side == "right"
+        if self._host_search and t.ndim == 0 and t.is_cpu:
+            found = self._locate_on_host(t, right)
+            if found is not None:
+                return found
         if knots.ndim == 1:
             if t.ndim != 0 and t.shape != self.batch_shape:
                 raise ValueError(
@@ -117,9 +128,33 @@ class AbstractInterpolation(AbstractPath):
             idx = idx.squeeze(-1)
         return idx, t.to(self._t.dtype) - start
 
-    def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _locate_on_host(self, t: torch.Tensor, right: bool) -> tuple[int, torch.Tensor] | None:
+        """:meth:`_locate` for a 0-d CPU time and shared knots, searched on the host: the
+        same segment as ``searchsorted`` (the time rounded to the knots' dtype first, as
+        there), found without the half-dozen tensor operations of the search and the row
+        copy (the row is then a view). That is most of the cost of a control derivative in
+        a CDE solve: each small operation pays its dispatch again. ``None`` where the
+        tensor search is needed: while tracing or compiling, or for a NaN time."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        host = self._host_knots
+        if host is None:
+            host = self._host_knots = self._tsearch.tolist()
+        tq = t if t.dtype == self._tsearch.dtype else t.detach().to(self._tsearch.dtype)
+        v = tq.item()
+        if v != v:
+            return None
+        pos = bisect.bisect_right(host, v) if right else bisect.bisect_left(host, v)
+        idx = min(max(pos - 1, 0), self.num_segments - 1)
+        if t.dtype != self._t.dtype:
+            t = t.to(self._t.dtype)
+        # The knot as a float is the same number (`host` holds the knots' own values), unless
+        # a gradient is to flow into the knots.
+        return idx, t - (self._t[idx] if self._t.requires_grad else host[idx])
+
+    def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor | int) -> torch.Tensor:
         """``coeffs[..., idx, :]`` for a 0-d index; per sample, each sample's own row."""
-        if idx.ndim == 0:
+        if isinstance(idx, int) or idx.ndim == 0:
             return coeffs[..., idx, :]
         index = idx.reshape(idx.shape + (1, 1)).expand(idx.shape + (1, coeffs.shape[-1]))
         return coeffs.gather(-2, index).squeeze(-2)
