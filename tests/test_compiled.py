@@ -424,3 +424,59 @@ def test_host_control_compiled_step_compiles_once(fresh, monkeypatch):
             torch.testing.assert_close(a.ys, b.ys, rtol=1e-10, atol=1e-12)
     (info,) = C.cache_info()
     assert info["decision"] == "compiled" and info["num_compilations"] == 1
+
+
+@pytest.mark.slow
+def test_host_control_compiled_step_under_autograd(fresh, monkeypatch):
+    """Steps chosen as constants under autograd take the host path, compiled: the eager
+    solve's steps and gradients (to rounding), one compilation for two solves, and the
+    directional derivative of the solve on the fixed mesh (float64 central differences)."""
+    _force(monkeypatch, "compiled", compile_stub=False)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    net = net.double()
+    params = list(net.parameters())
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    ts = torch.linspace(0, 1, 4, dtype=torch.float64)
+    ctrl = tn.PIDController(rtol=1e-7, atol=1e-7, differentiate_steps=False)
+
+    def run(compile_step):
+        term = tn.ODETerm(lambda t, y, args: net(y))
+        sol = tn.solve(term, tn.Dopri5(), 0.0, 1.0, y0, controller=ctrl,
+                       saveat=tn.SaveAt(ts=ts), compile_step=compile_step)  # fmt: skip
+        return sol, torch.autograd.grad(sol.ys.pow(2).sum(), params)
+
+    a, ga = run(False)
+    for _ in range(2):
+        b, gb = run(True)
+        assert b.stats == a.stats
+        for x, y in zip(gb, ga):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    (info,) = C.cache_info()
+    assert info["key"][0] == "host" and info["decision"] == "compiled"
+    assert info["num_compilations"] == 1
+    # The fixed mesh's derivative: the mesh from a no-grad solve with per-step output.
+    with torch.no_grad():
+        mesh = tn.solve(tn.ODETerm(lambda t, y, args: net(y)), tn.Dopri5(), 0.0, 1.0, y0,
+                        controller=ctrl, saveat=tn.SaveAt(steps=True)).ts[:-1].clone()  # fmt: skip
+
+    def mesh_loss():
+        sol = tn.solve(tn.ODETerm(lambda t, y, args: net(y)), tn.Dopri5(), 0.0, 1.0, y0,
+                       dt0=10.0, controller=tn.ConstantStepSize(step_ts=mesh),
+                       saveat=tn.SaveAt(ts=ts))  # fmt: skip
+        return sol.ys.pow(2).sum()
+
+    direction = [torch.randn_like(p) for p in params]
+    eps = 1e-6
+    with torch.no_grad():
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=eps)
+        up = mesh_loss()
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=-2 * eps)
+        down = mesh_loss()
+        for p, v in zip(params, direction):
+            p.add_(v, alpha=eps)
+    fd = (up - down) / (2 * eps)
+    ad = sum((g * v).sum() for g, v in zip(gb, direction))
+    torch.testing.assert_close(ad, fd, rtol=1e-7, atol=1e-9)
