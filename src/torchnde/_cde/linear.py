@@ -149,8 +149,8 @@ class LinearInterpolation(AbstractInterpolation):
     def coeffs(self) -> torch.Tensor:
         return self._x
 
-    def _value(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._rows(self._x, idx), s, self._rows(self._slopes, idx))
 
-    def _slope(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         return self._rows(self._slopes, idx)

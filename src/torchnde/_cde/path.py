@@ -196,8 +196,8 @@ class AbstractInterpolation(AbstractPath):
         idx, s = self._locate(t, side)
         return self._slope(idx, self._per_row(s))
 
-    def _value(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _slope(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
