@@ -317,6 +317,14 @@ class ConstantStepSize(AbstractStepSizeController):
         return f"ConstantStepSize(per_sample={self.per_sample})"
 
 
+def _band(hold: Any) -> tuple[float, float] | None:
+    """A hold band, or ``None`` for ``None`` / ``False``."""
+    if hold is None or hold is False:
+        return None
+    lo, hi = hold
+    return (float(lo), float(hi))
+
+
 def _positive(name: str, value: Any) -> Any:
     """A finite, positive number or tensor of them (``rtol``, ``atol``, ``dtmin``, ``dtmax``).
 
@@ -362,6 +370,14 @@ class PIDController(AbstractAdaptiveController):
     ``[factormin, factormax]`` (at most 1 after a rejection). ``pcoeff=0, icoeff=1,
     dcoeff=0`` is the classical integral controller.
 
+    With ``predictive``, an accepted step after an accepted one takes the smaller of that
+    factor and Gustafsson's predictive one, $\mathrm{safety}\,(h_n / h_{n-1})\,
+    \varepsilon_n^{-1/k} (\varepsilon_{n-1} / \varepsilon_n)^{1/k}$ (with
+    $\varepsilon_{n-1} \ge 10^{-2}$), and the step after a rejection does not grow (Hairer's
+    RADAU5 and RODAS). With ``hold = (lo, hi)``, an accepted step whose factor (safety
+    included) lies in ``[lo, hi]`` keeps the step size, so a method that reuses its
+    factorisations can keep them (RADAU5's ``QUOT1, QUOT2 = 1, 1.2``).
+
     Args:
         rtol, atol: relative and absolute tolerances: numbers, or tensors broadcastable to the
             state for per-component tolerances.
@@ -374,6 +390,11 @@ class PIDController(AbstractAdaptiveController):
         step_ts: times to step to exactly.
         jump_ts: discontinuities: stepped to exactly, first-same-as-last redone after them.
         per_sample: each sample its own step size, acceptance and status.
+        predictive: Gustafsson's predictive controller (above; needs ``pcoeff = dcoeff =
+            0``); ``None`` (default): as the solver declares (``predictive_control``, e.g.
+            ``Radau5``, ``Rodas5``), with the default coefficients only.
+        hold: the band of factors that keep the step size (above), or ``False`` for none;
+            ``None`` (default): the solver's ``hold_step`` (e.g. ``Radau5``: ``(1.0, 1.2)``).
         differentiate_steps: with ``True`` (default) gradients also flow through the choice of
             the step sizes, so ``DirectAdjoint`` gives the exact derivative of the computed
             solution (what ``gradcheck`` checks). With ``False`` the step sizes are chosen
@@ -382,6 +403,9 @@ class PIDController(AbstractAdaptiveController):
             time between the steps (e.g. a spline control whose knots the steps straddle),
             where the mesh's derivative can dominate the solution's.
     """
+
+    #: (predictive, hold band) of the solve, resolved by `init` from the solver's declarations
+    _mode: tuple[bool, tuple[float, float] | None] = (False, None)
 
     def __init__(
         self,
@@ -400,6 +424,8 @@ class PIDController(AbstractAdaptiveController):
         step_ts: Sequence[float] | torch.Tensor | None = None,
         jump_ts: Sequence[float] | torch.Tensor | None = None,
         per_sample: bool = False,
+        predictive: bool | None = None,
+        hold: tuple[float, float] | bool | None = None,
         differentiate_steps: bool = True,
     ) -> None:
         self.rtol = _positive("rtol", rtol)
@@ -444,6 +470,48 @@ class PIDController(AbstractAdaptiveController):
                 f"PIDController: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
             )
         self.differentiate_steps = differentiate_steps
+        if predictive is not None and not isinstance(predictive, bool):
+            raise TypeError(
+                f"PIDController: `predictive` must be a bool or None, got {predictive!r}."
+            )
+        if predictive and (self.pcoeff != 0 or self.dcoeff != 0):
+            raise ValueError(
+                "PIDController: `predictive=True` is an integral controller with Gustafsson's "
+                f"prediction; it needs pcoeff = dcoeff = 0, got pcoeff={pcoeff!r}, "
+                f"dcoeff={dcoeff!r}."
+            )
+        self.predictive = predictive
+        if hold is True:
+            raise ValueError(
+                "PIDController: `hold` is a band (lo, hi) of factors, e.g. (1.0, 1.2); None "
+                "takes the solver's, False none."
+            )
+        if hold is not None and hold is not False:
+            try:
+                lo, hi = (float(v) for v in hold)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"PIDController: `hold` must be a pair (lo, hi), False or None, got {hold!r}."
+                ) from None
+            if not 0 < lo <= 1 <= hi < math.inf:
+                raise ValueError(
+                    f"PIDController: `hold` must satisfy 0 < lo <= 1 <= hi, got {hold!r}."
+                )
+            hold = (lo, hi)
+        self.hold = hold
+        self._mode = (bool(predictive), _band(hold))
+
+    def _resolve(self, solver: AbstractSolver) -> tuple[bool, tuple[float, float] | None]:
+        """``(predictive, hold band)`` for a solve with ``solver``: the controller's own
+        settings, or the solver's declarations where they are ``None``."""
+        predictive = self.predictive
+        if predictive is None:
+            default = self.pcoeff == 0 and self.dcoeff == 0 and self.icoeff == 1
+            predictive = default and bool(getattr(solver, "predictive_control", False))
+        hold = self.hold
+        if hold is None:
+            hold = getattr(solver, "hold_step", None)
+        return predictive, _band(hold)
 
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
         nfe = 0
@@ -510,6 +578,13 @@ class PIDController(AbstractAdaptiveController):
             dt0 = dt0.clamp(max=self.dtmax)
         end, at_jump = self._clip(t0, t0 + dt0)
         one = torch.ones_like(t0, dtype=y0.dtype)
+        # (The prepared copy of a solve: the solver's declarations are read once, here.)
+        self._mode = self._resolve(solver)
+        if self._mode[0]:
+            # (last accepted error ratio, last accepted step size (0: none yet), at_jump,
+            # whether the last step was rejected)
+            zero = torch.zeros_like(t0)
+            return end, (one, zero, at_jump, torch.zeros_like(t0, dtype=torch.bool)), nfe
         return end, (one, one, at_jump), nfe
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
@@ -518,7 +593,11 @@ class PIDController(AbstractAdaptiveController):
                 "PIDController needs a solver with an error estimate; this solver has none. "
                 "Use an adaptive solver (Dopri5, Tsit5, ...) or ConstantStepSize with dt0=."
             )
-        prev1, prev2, at_jump = state
+        predictive, band = self._mode
+        if predictive:
+            prev1, h_acc, at_jump, rejected = state
+        else:
+            prev1, prev2, at_jump = state
         # A non-finite error is a failed step: NaN becomes inf, which rejects the step and
         # drives the factor to factormin.
         ratio = self.scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
@@ -543,6 +622,22 @@ class PIDController(AbstractAdaptiveController):
             factor = torch.where(accept, factor, factor.clamp(max=1.0 / safety))
         if factor.dtype != t0.dtype:
             factor = factor.to(t0.dtype)
+        if predictive:
+            # Gustafsson: (h / h_acc) (err_acc / err)^(1/k) times the integral factor, for an
+            # accepted step after an accepted one; never growing right after a rejection.
+            h = t1 - t0
+            have = (h_acc > 0) & accept
+            gus = (h / torch.where(have, h_acc, h)) * (prev1 / ratio.clamp_min(1e-10)).pow(
+                1 / k
+            ).to(t0.dtype)
+            gus = (factor * gus).clamp(self.factormin / safety, self.factormax / safety)
+            factor = torch.where(have, torch.minimum(factor, gus), factor)
+            factor = torch.where(rejected, factor.clamp(max=1.0 / safety), factor)
+        if band is not None:
+            # Keep the step size (factor * safety = 1) for an accepted step in the band.
+            fs = factor * safety
+            keep = accept & (fs >= band[0]) & (fs <= band[1])
+            factor = torch.where(keep, torch.full_like(factor, 1.0 / safety), factor)
         next_t0 = torch.where(accept, t1, t0)
         if self.dtmax is None:
             next_t1 = torch.addcmul(next_t0, t1 - t0, factor, value=safety)
@@ -553,6 +648,11 @@ class PIDController(AbstractAdaptiveController):
             made_jump = at_jump & accept
         if self.step_ts is not None or self.jump_ts is not None:
             next_t1, at_jump = self._clip(next_t0, next_t1)
+        if predictive:
+            h = (t1 - t0).detach() if not self.differentiate_steps else t1 - t0
+            prev1 = torch.where(accept, ratio.clamp_min(1e-2), prev1)
+            h_acc = torch.where(accept, h, h_acc)
+            return accept, next_t0, next_t1, made_jump, (prev1, h_acc, at_jump, ~accept)
         if pid:
             prev1, prev2 = (
                 torch.where(accept, ratio.clamp_min(1e-10), prev1),
@@ -563,13 +663,19 @@ class PIDController(AbstractAdaptiveController):
     host_control = True
 
     def host_state(self) -> tuple[float, float]:
+        if self._mode[0]:
+            return (1.0, 0.0, 0.0)  # (error ratio, step size, rejected) as in `adapt`
         return (1.0, 1.0)
 
     def host_adapt(
-        self, ratio: float, h: float, error_order: float, state: tuple[float, float]
-    ) -> tuple[bool, float, tuple[float, float]]:
+        self, ratio: float, h: float, error_order: float, state: tuple[float, ...]
+    ) -> tuple[bool, float, tuple[float, ...]]:
         # `adapt`'s arithmetic on host floats, term for term.
-        prev1, prev2 = state
+        predictive, band = self._mode
+        if predictive:
+            prev1, h_acc, rejected = state
+        else:
+            prev1, prev2 = state
         accept = ratio <= 1.0
         p, i, d = self.pcoeff, self.icoeff, self.dcoeff
         factor = max(ratio, 1e-10) ** (-(p + i + d) / error_order)
@@ -580,10 +686,21 @@ class PIDController(AbstractAdaptiveController):
         factor = min(max(factor, self.factormin / safety), self.factormax / safety)
         if pid and not accept:
             factor = min(factor, 1.0 / safety)
+        if predictive:
+            if h_acc > 0 and accept:
+                gus = factor * (h / h_acc) * (prev1 / max(ratio, 1e-10)) ** (1 / error_order)
+                gus = min(max(gus, self.factormin / safety), self.factormax / safety)
+                factor = min(factor, gus)
+            if rejected:
+                factor = min(factor, 1.0 / safety)
+        if band is not None and accept and band[0] <= factor * safety <= band[1]:
+            factor = 1.0 / safety
         h_next = h * factor * safety
         if self.dtmax is not None:
             h_next = min(h_next, float(self.dtmax))
-        if pid and accept:
+        if predictive:
+            state = (max(ratio, 1e-2), h, 0.0) if accept else (prev1, h_acc, 1.0)
+        elif pid and accept:
             state = (max(ratio, 1e-10), prev1)
         return accept, h_next, state
 

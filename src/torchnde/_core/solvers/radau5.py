@@ -156,6 +156,10 @@ class Radau5(AbstractNewtonSolver):
     order: ClassVar[int] = 5
     error_order: ClassVar[int | None] = 4
     dense_order: ClassVar[int] = 3
+    # Hairer's RADAU5: Gustafsson's predictive controller, and the step size kept while the
+    # proposed factor is in [1, 1.2] (QUOT1, QUOT2), so the factorisations stay exact.
+    predictive_control: ClassVar[bool] = True
+    hold_step: ClassVar[tuple[float, float] | None] = (1.0, 1.2)
 
     def __init__(
         self,
