@@ -603,6 +603,15 @@ class PIDController(AbstractAdaptiveController):
         ratio = self.scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         if not self.differentiate_steps:
             ratio = ratio.detach()
+        if (
+            predictive
+            and t0.ndim == 0
+            and not isinstance(error_order, torch.Tensor)
+            and self.step_ts is None
+            and self.jump_ts is None
+            and not (ratio.requires_grad or t0.requires_grad or t1.requires_grad)
+        ):
+            return self._adapt_host(t0, t1, ratio, float(error_order), state)
         accept = ratio <= 1.0
         # A variable-order solver gives its error order as a tensor (per sample or joint).
         k = error_order if isinstance(error_order, torch.Tensor) else float(error_order)
@@ -637,12 +646,14 @@ class PIDController(AbstractAdaptiveController):
             # Keep the step size (factor * safety = 1) for an accepted step in the band.
             fs = factor * safety
             keep = accept & (fs >= band[0]) & (fs <= band[1])
-            factor = torch.where(keep, torch.full_like(factor, 1.0 / safety), factor)
         next_t0 = torch.where(accept, t1, t0)
         if self.dtmax is None:
             next_t1 = torch.addcmul(next_t0, t1 - t0, factor, value=safety)
         else:
             next_t1 = next_t0 + ((t1 - t0) * factor * safety).clamp(max=self.dtmax)
+        if band is not None:
+            # Exactly the same step (`factor * safety` rounds to 1 only nearly).
+            next_t1 = torch.where(keep, next_t0 + (t1 - t0), next_t1)
         made_jump = None
         if self.jump_ts is not None:
             made_jump = at_jump & accept
@@ -659,6 +670,28 @@ class PIDController(AbstractAdaptiveController):
                 torch.where(accept, prev1, prev2),
             )
         return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)
+
+    def _adapt_host(self, t0, t1, ratio, k, state):  # type: ignore[no-untyped-def]
+        """``adapt`` of a joint step with nothing to differentiate, in the predictive mode:
+        :meth:`host_adapt`'s arithmetic on the state brought to the host in one transfer
+        (a dozen tensor operations on 0-d tensors fewer)."""
+        prev1, h_acc, at_jump, rejected = state
+        f64 = torch.float64
+        r, p1, ha, rj, h = torch.stack(
+            [ratio.to(f64), prev1.to(f64), h_acc.to(f64), rejected.to(f64), (t1 - t0).to(f64)]
+        ).tolist()
+        accept, h_next, (p1, ha, rj) = self.host_adapt(r, h, k, (p1, ha, rj))
+        next_t0 = t1 if accept else t0
+        # (A held step is `t1 - t0` exactly, as in the tensor arithmetic.)
+        next_t1 = next_t0 + (t1 - t0) if h_next == h else next_t0 + h_next
+        new = (
+            torch.tensor(p1, dtype=prev1.dtype, device=prev1.device),
+            torch.tensor(ha, dtype=h_acc.dtype, device=h_acc.device),
+            at_jump,
+            torch.tensor(bool(rj), device=rejected.device),
+        )
+        accept_t = torch.tensor(accept, device=t0.device)
+        return accept_t, next_t0, next_t1, None, new
 
     host_control = True
 
@@ -693,11 +726,11 @@ class PIDController(AbstractAdaptiveController):
                 factor = min(factor, gus)
             if rejected:
                 factor = min(factor, 1.0 / safety)
-        if band is not None and accept and band[0] <= factor * safety <= band[1]:
-            factor = 1.0 / safety
         h_next = h * factor * safety
         if self.dtmax is not None:
             h_next = min(h_next, float(self.dtmax))
+        if band is not None and accept and band[0] <= factor * safety <= band[1]:
+            h_next = h
         if predictive:
             state = (max(ratio, 1e-2), h, 0.0) if accept else (prev1, h_acc, 1.0)
         elif pid and accept:

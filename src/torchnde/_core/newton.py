@@ -260,6 +260,10 @@ class NewtonResult:
     failed: torch.Tensor  # (B,) bool
     theta: torch.Tensor  # (B,) the slowest contraction rate seen
     eta: torch.Tensor  # (B,) carried to the next solve
+    #: (B,) int64: the iterations that changed each row (its corrections applied)
+    iters: torch.Tensor | None = None
+    #: one row (``B = 1``): ``(failed, eta, iters)`` of the row as host numbers
+    host: tuple[bool, float, int] | None = None
 
 
 def newton_solve(
@@ -330,6 +334,7 @@ def simplified_newton(
     theta_max = torch.zeros_like(eta)
     eta = eta.clamp_min(uround).pow(0.8)
     dn_prev = torch.ones_like(eta)
+    iters = torch.zeros(active.shape, dtype=torch.int64, device=active.device)
     for k in range(max_iters):
         delta = correction(residual(z))
         scale = scale_fn(z)
@@ -347,7 +352,9 @@ def simplified_newton(
         tiny = (delta.abs() <= 8 * eps * z.abs()).all(1)
         conv = finite & ((eta * dn <= kappa) | tiny)
         bad = ~finite | (diverging & ~conv)
-        z = torch.where(running[:, None] & ~bad[:, None], z + delta, z)
+        moved = running & ~bad
+        z = torch.where(moved[:, None], z + delta, z)
+        iters += moved
         done = running & conv
         failed = failed | (running & bad)
         running = running & ~done & ~bad
@@ -355,7 +362,7 @@ def simplified_newton(
         if not bool(running.any()):
             break
     failed = failed | running
-    return NewtonResult(z=z, failed=failed, theta=theta_max, eta=eta)
+    return NewtonResult(z=z, failed=failed, theta=theta_max, eta=eta, iters=iters)
 
 
 def _simplified_newton_one(
@@ -379,6 +386,7 @@ def _simplified_newton_one(
     theta_max = 0.0
     eta = max(float(eta_in), uround) ** 0.8
     failed = False
+    moved = 0
     if bool(active):
         dn_prev = 1.0
         failed = True  # until it converges
@@ -401,6 +409,7 @@ def _simplified_newton_one(
             if diverging and not conv:
                 break
             z = z + delta
+            moved += 1
             if conv:
                 failed = False
                 break
@@ -411,6 +420,8 @@ def _simplified_newton_one(
         failed=torch.full_like(active, failed),
         theta=torch.full_like(like, theta_max),
         eta=torch.full_like(like, eta),
+        iters=torch.full(active.shape, moved, dtype=torch.int64, device=active.device),
+        host=(failed, eta, moved),
     )
 
 
