@@ -313,12 +313,17 @@ class AbstractESDIRK(AbstractNewtonSolver):
 
     tableau: ClassVar[ESDIRKTableau]
 
-    def _scale_fn(self, g: FlatODE, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _scale_fn(
+        self, g: FlatODE, dtype: torch.dtype, y0f: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        # The scale of the state at the step's start, for every stage and iteration (as
+        # Hairer's SDIRK4 and RADAU5 scale their Newton corrections): five tensor operations
+        # fewer per iteration than rescaling at each iterate.
         rtol, atol = self._newton_tolerances(dtype)
+        s = (atol + rtol * g.unflat(y0f.detach()).abs()).reshape(g.B, g.n)
 
         def scale(z: torch.Tensor) -> torch.Tensor:
-            s = atol + rtol * g.unflat(z).abs()
-            return s.reshape(g.B, g.n)
+            return s
 
         return scale
 
@@ -364,7 +369,7 @@ class AbstractESDIRK(AbstractNewtonSolver):
         y0f = g.flat(y0)
         if active is None:
             active = torch.ones(B, dtype=torch.bool, device=y0.device)
-        scale_fn = self._scale_fn(g, y0.dtype)
+        scale_fn = self._scale_fn(g, y0.dtype, y0f)
 
         def refresh(J, LU, piv, hg_lu, fresh, need_jac):
             if bool(need_jac.any()):
@@ -378,7 +383,8 @@ class AbstractESDIRK(AbstractNewtonSolver):
                 J = torch.where(need_jac[:, None, None], Jn, J)
                 fresh = fresh | need_jac
             ratio = hg / torch.where(hg_lu != 0, hg_lu, torch.ones_like(hg_lu))
-            refactor = need_jac | ~((ratio - 1).abs() <= self.lu_ratio)
+            # (hg_lu = 0: no factorisation yet, or one the last step found too far off.)
+            refactor = need_jac | (hg_lu == 0) | ~((ratio - 1).abs() <= self.lu_ratio)
             refactor = refactor & active
             if bool(refactor.any()):
                 with torch.no_grad():
@@ -423,7 +429,12 @@ class AbstractESDIRK(AbstractNewtonSolver):
         # The Jacobian stays usable while Newton contracts fast; after a failure with a fresh
         # one the step size is to blame, not the Jacobian.
         slow = theta > self.jacobian_theta
-        jac_ok_new = ~slow | (failed & fresh)
+        # Slow with a factorisation made at another step size: its h γ is off, not
+        # (necessarily) the Jacobian, so the next step refactorises with the same Jacobian.
+        # (Within rounding: a held step size is t1 - t0 of a shifted interval, not bit for bit.)
+        exact = (hg.detach() - hg_lu).abs() <= 1e-6 * hg.detach().abs()
+        jac_ok_new = ~(slow & exact) | (failed & fresh)
+        hg_lu = torch.where(slow & ~exact, torch.zeros_like(hg_lu), hg_lu)
         new_state = (f1, J, LU, piv, hg_lu, eta_new, jac_ok_new, fresh)
         dense_info = (y0, y1, g.unflat(hK[0]), g.unflat(hK[-1]), counts)
         return y1, g.unflat(err), dense_info, new_state

