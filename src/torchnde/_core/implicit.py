@@ -26,14 +26,15 @@ from typing import Any, ClassVar
 import torch
 
 from .newton import (
+    INVERSE_MAX_N,
     Counts,
     FlatODE,
     attach_coupled_gradient,
     attach_implicit_gradient,
     coupled_matrix,
     is_ode,
-    lu_factor,
     lu_solve,
+    newton_matrix,
     newton_solve,
     records_gradient,
     simplified_newton,
@@ -359,6 +360,9 @@ class AbstractESDIRK(AbstractNewtonSolver):
     def _step(self, terms, t0, t1, y0, args, state, active):
         f0, J, LU, piv, hg_lu, eta, jac_ok, fresh = state
         g = self._ode(terms, args, y0, t0)
+        # Small states carry the inverse of I - h γ J in the LU slot (its start, the
+        # identity, is its own inverse).
+        inverse = g.n <= INVERSE_MAX_N
         tab = self.tableau
         gamma = tab.gamma
         counts = Counts()
@@ -388,7 +392,7 @@ class AbstractESDIRK(AbstractNewtonSolver):
             refactor = refactor & active
             if bool(refactor.any()):
                 with torch.no_grad():
-                    LUn, pivn = lu_factor(J, hg)
+                    LUn, pivn = newton_matrix(J, hg, inverse)
                 counts.num_lu += 1
                 LU = torch.where(refactor[:, None, None], LUn, LU)
                 piv = torch.where(refactor[:, None], pivn, piv)
@@ -472,6 +476,7 @@ class AbstractESDIRK(AbstractNewtonSolver):
                 res = newton_solve(
                     g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn, eta,
                     active & ~failed, counts, kappa=self.kappa, max_iters=self.max_newton_iters,
+                    inverse=g.n <= INVERSE_MAX_N,
                 )  # fmt: skip
             eta = res.eta
             failed = failed | (res.failed & active)
