@@ -27,6 +27,7 @@ import torch
 
 from .implicit import AbstractImplicitSolver
 from .newton import Counts, FlatODE, _eye, lu_factor
+from .runge_kutta import hermite
 from .terms import AbstractTerm, broadcast_time
 
 __all__ = ["AbstractRosenbrock", "RosenbrockTableau"]
@@ -230,5 +231,12 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         y1f = y0f + dy
         y1 = g.unflat(y1f)
         f1 = g.unflat(g(t1, y1f))
-        dense_info = (y0, y1, f0 * broadcast_time(h, f0), f1 * broadcast_time(h, f1), counts)
+        # (h f0, h f1 of the Hermite output are formed when it is evaluated: most steps are
+        # never interpolated.)
+        dense_info = (y0, y1, f0, f1, h, counts)
         return y1, g.unflat(err), dense_info, (f1, J)
+
+    def interpolate(self, dense_info: Any, theta: torch.Tensor, per_sample: bool) -> torch.Tensor:
+        y0, y1, f0, f1, h, _ = dense_info
+        hb = broadcast_time(h, f0)
+        return hermite((y0, y1, f0 * hb, f1 * hb), theta, per_sample)
