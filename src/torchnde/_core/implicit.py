@@ -463,6 +463,12 @@ class AbstractESDIRK(AbstractNewtonSolver):
         y0row = y0f.reshape(1, B * n)
         times: dict[float, torch.Tensor] = {1.0: t1}
         z = y0f
+        # One row: the Newton outcomes (failure, rates, eta) stay host numbers from stage to
+        # stage, the decisions of the batched bookkeeping below without its (1,)-shaped
+        # tensors; made tensors once, at the end.
+        one = B == 1
+        if one:
+            act, fail_h, theta_h, eta_h = bool(active), False, 0.0, float(eta)
         for i in range(1, s):
             # base_i = y0 + Σ_{j<i} a_ij h k_j, one product over the stacked increments.
             Ks = torch.stack(hK).view(i, B * n)
@@ -474,18 +480,29 @@ class AbstractESDIRK(AbstractNewtonSolver):
             z0 = torch.addmm(y0row, guess[i], Ks).view(B, n)
             with torch.no_grad():
                 res = newton_solve(
-                    g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn, eta,
-                    active & ~failed, counts, kappa=self.kappa, max_iters=self.max_newton_iters,
-                    inverse=g.n <= INVERSE_MAX_N,
+                    g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn,
+                    eta_h if one else eta, (act and not fail_h) if one else active & ~failed,
+                    counts, kappa=self.kappa, max_iters=self.max_newton_iters,
+                    inverse=g.n <= INVERSE_MAX_N, tensors=not one,
                 )  # fmt: skip
-            eta = res.eta
-            failed = failed | (res.failed & active)
-            theta = torch.maximum(theta, res.theta)
+            if one:
+                assert res.host is not None
+                f_i, eta_h, _, th_i = res.host
+                fail_h = fail_h or (f_i and act)
+                theta_h = max(theta_h, th_i)
+            else:
+                eta = res.eta
+                failed = failed | (res.failed & active)
+                theta = torch.maximum(theta, res.theta)
             z = res.z
             if grad:
                 z = attach_implicit_gradient(g, ti, base, z, hg)
                 counts.num_fevals += 1
             hK.append((z - base) / gamma)
+        if one:
+            failed = torch.full_like(active, fail_h)
+            theta = torch.full_like(hg, theta_h)
+            eta = torch.full_like(hg, eta_h)
         return torch.stack(hK), z, failed, theta, eta
 
 

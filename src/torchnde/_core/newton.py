@@ -283,8 +283,8 @@ class NewtonResult:
     eta: torch.Tensor  # (B,) carried to the next solve
     #: (B,) int64: the iterations that changed each row (its corrections applied)
     iters: torch.Tensor | None = None
-    #: one row (``B = 1``): ``(failed, eta, iters)`` of the row as host numbers
-    host: tuple[bool, float, int] | None = None
+    #: one row (``B = 1``): ``(failed, eta, iters, theta)`` of the row as host numbers
+    host: tuple[bool, float, int, float] | None = None
 
 
 def newton_solve(
@@ -304,6 +304,7 @@ def newton_solve(
     max_iters: int,
     g0: torch.Tensor | None = None,
     inverse: bool = False,
+    tensors: bool = True,
 ) -> NewtonResult:
     """Simplified Newton for ``z = base + hg g(t, z)`` on the rows where ``active``.
     ``LU`` holds the factors of ``I - hg J`` with pivots ``piv``, or with ``inverse`` the
@@ -330,8 +331,9 @@ def newton_solve(
         return lu_solve(LU, piv, r)
 
     return simplified_newton(
-        z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters
-    )
+        z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters,
+        tensors=tensors,
+    )  # fmt: skip
 
 
 def simplified_newton(
@@ -344,14 +346,19 @@ def simplified_newton(
     *,
     kappa: float,
     max_iters: int,
+    tensors: bool = True,
 ) -> NewtonResult:
     """The simplified Newton iteration ``z += correction(residual(z))`` on rows ``(B, m)``,
     with Hairer & Wanner's convergence test (module docstring); shared by the one-stage
-    solves of diagonally implicit methods and the coupled stages of fully implicit ones."""
+    solves of diagonally implicit methods and the coupled stages of fully implicit ones.
+
+    One row (``B = 1``) may take ``eta`` and ``active`` as host numbers; with ``tensors=False``
+    its result is then only ``z`` and ``host`` (no ``(1,)``-shaped tensors are made)."""
     if z0.shape[0] == 1:
         return _simplified_newton_one(
-            z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters
-        )
+            z0, residual, correction, scale_fn, eta, active, kappa=kappa, max_iters=max_iters,
+            tensors=tensors,
+        )  # fmt: skip
     eps = torch.finfo(z0.dtype).eps
     uround = max(eps, 1e-16)
     z = z0
@@ -401,6 +408,7 @@ def _simplified_newton_one(
     *,
     kappa: float,
     max_iters: int,
+    tensors: bool = True,
 ) -> NewtonResult:
     """:func:`simplified_newton` for one row (``B = 1``: a joint solve with one full
     Jacobian), the same decisions taken on host scalars: one transfer per iteration (the
@@ -440,6 +448,10 @@ def _simplified_newton_one(
                 failed = False
                 break
             dn_prev = dn if dn > 0 else 1.0
+    if not tensors:
+        return NewtonResult(
+            z=z, failed=None, theta=None, eta=None, host=(failed, eta, moved, theta_max)
+        )  # type: ignore[arg-type]
     like = eta_in
     return NewtonResult(
         z=z,
@@ -447,7 +459,7 @@ def _simplified_newton_one(
         theta=torch.full_like(like, theta_max),
         eta=torch.full_like(like, eta),
         iters=torch.full(active.shape, moved, dtype=torch.int64, device=active.device),
-        host=(failed, eta, moved),
+        host=(failed, eta, moved, theta_max),
     )
 
 

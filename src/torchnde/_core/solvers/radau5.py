@@ -553,7 +553,7 @@ class Radau5(AbstractNewtonSolver):
             )
             res, q = solve(LUr, pivr, LUc, pivc, h_lu, hl)
             assert res.host is not None
-            failed, eta_h, iters = res.host
+            failed, eta_h, iters, _ = res.host
             if failed and not fresh_h:
                 # Newton failed with a stale Jacobian: recompute it and redo the step.
                 J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h = refresh(
@@ -561,7 +561,7 @@ class Radau5(AbstractNewtonSolver):
                 )
                 res, q = solve(LUr, pivr, LUc, pivc, h_lu, hl)
                 assert res.host is not None
-                failed, eta_h, iters = res.host
+                failed, eta_h, iters, _ = res.host
             counts.extra["num_newton_failures"] = int(failed)
             Z = torch.matmul(T, res.z.view(1, 3, n))
             y1f = y0d + Z[:, 2]
