@@ -181,3 +181,26 @@ def test_radau5_on_van_der_pol_rejects_few_steps_and_reuses_jacobians() -> None:
     assert st["num_steps"] <= 1.5 * _scipy_steps("vdp1000", rtol, atol), st
     assert st["num_rejected_steps"] <= 0.1 * st["num_steps"], st
     assert st["num_jacobians"] <= 0.5 * st["num_steps"], st
+
+
+def test_time_derivative_of_rosenbrock_steps() -> None:
+    from torchnde._core.newton import FlatODE
+    from torchnde._core.rosenbrock import _time_derivative
+
+    y = torch.tensor([[0.5, -2.0]], dtype=F64)
+    t = torch.tensor(0.7, dtype=F64)
+    h = torch.tensor(0.01, dtype=F64)
+
+    def flat(fn):
+        term = tn.ODETerm(fn)
+        return FlatODE(term, None, y, False, "finite_difference", t)
+
+    # Non-autonomous: d/dt (sin t) y = cos(t) y, to the central difference's eps^(2/3).
+    g = flat(lambda t, y, a: torch.sin(t) * y)
+    ft, evals = _time_derivative(g, t, y, g(t, y), h, central=True)
+    assert evals == 2
+    torch.testing.assert_close(ft, torch.cos(t) * y, rtol=1e-9, atol=1e-9)
+    # Autonomous: exactly zero, from one evaluation.
+    g = flat(lambda t, y, a: -y * y)
+    ft, evals = _time_derivative(g, t, y, g(t, y), h, central=True)
+    assert evals == 1 and bool((ft == 0).all())
