@@ -119,7 +119,7 @@ def _time_derivative(
     f: torch.Tensor,
     h: torch.Tensor,
     central: bool,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor | None, int]:
     """``∂g/∂t`` at ``(t, z)``, ``(B, n)``, and the evaluations it took, by a finite
     difference (a forward-mode product costs several evaluations). ``central``: two
     evaluations, relative error about
@@ -128,7 +128,8 @@ def _time_derivative(
     finite-difference Jacobian, whose error is of that size already (either enters the
     stages multiplied by ``h``, so it bounds the global error near ``h sqrt(eps)``). For an
     autonomous field both are exactly zero, and the central one stops after its first
-    evaluation when that equals ``f`` bit for bit."""
+    evaluation when that equals ``f`` bit for bit (returned as ``None``: the stages then
+    skip the term)."""
     eps = torch.finfo(z.dtype).eps ** (1.0 / 3.0 if central else 0.5)
     dt = eps * torch.maximum(t.abs(), h.abs().to(t.dtype)).clamp_min(eps)
     tp = t + dt
@@ -138,7 +139,7 @@ def _time_derivative(
             # The field did not change at all over dt (an autonomous field, or one whose
             # time dependence is below its rounding there): the derivative is zero to
             # working precision, and the second evaluation is saved.
-            return torch.zeros_like(f), 1
+            return None, 1
         tm = t - dt
         width = (tp - tm).to(z.dtype)
         diff = fp - g(tm, z)
@@ -214,7 +215,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             counts.num_fevals += n
         hgc = hg[:, None]
         # h² γ γ_i ∂f/∂t and γ Σ c_ij U_j: no division by h (finished samples have h = 0).
-        h2ft = (hB * hg)[:, None] * ft
+        h2ft = None if ft is None else (hB * hg)[:, None] * ft
         # Stage times, one tensor per distinct node.
         times: dict[float, torch.Tensor] = {0.0: t0, 1.0: t1}
         # U_i as (B, n, 1) columns, the shape lu_solve takes and returns.
@@ -234,7 +235,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                     ti = times[alpha] = t0 + alpha * dt
                 fi = g(ti, y0f + wa)
                 rhs = torch.addcmul(wc, hgc, fi)
-            if gs != 0.0:
+            if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
             U.append(solve(rhs.unsqueeze(-1)))
         w = torch.matmul(torch.cat(U, dim=-1), co["weights"].T)  # (B, n, 2)
