@@ -699,7 +699,7 @@ class PIDController(AbstractAdaptiveController):
 
     host_control = True
 
-    def host_state(self) -> tuple[float, float]:
+    def host_state(self) -> tuple[float, ...]:
         if self._mode[0]:
             return (1.0, 0.0, 0.0)  # (error ratio, step size, rejected) as in `adapt`
         return (1.0, 1.0)

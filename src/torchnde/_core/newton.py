@@ -449,9 +449,8 @@ def _simplified_newton_one(
                 break
             dn_prev = dn if dn > 0 else 1.0
     if not tensors:
-        return NewtonResult(
-            z=z, failed=None, theta=None, eta=None, host=(failed, eta, moved, theta_max)
-        )  # type: ignore[arg-type]
+        host = (failed, eta, moved, theta_max)  # one row: the tensors are not made
+        return NewtonResult(z=z, failed=None, theta=None, eta=None, host=host)  # type: ignore[arg-type]
     like = eta_in
     return NewtonResult(
         z=z,
