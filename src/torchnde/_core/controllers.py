@@ -613,7 +613,7 @@ class PIDController(AbstractAdaptiveController):
             and not isinstance(error_order, torch.Tensor)
             and self.step_ts is None
             and self.jump_ts is None
-            and not (ratio.requires_grad or t0.requires_grad or t1.requires_grad)
+            and not any(v.requires_grad for v in (ratio, t0, t1, prev1, h_acc))
         ):
             return self._adapt_host(t0, t1, ratio, float(error_order), state)
         accept = ratio <= 1.0
@@ -676,7 +676,9 @@ class PIDController(AbstractAdaptiveController):
         return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)
 
     def _adapt_host(self, t0, t1, ratio, k, state):  # type: ignore[no-untyped-def]
-        """``adapt`` of a joint step with nothing to differentiate, in the predictive mode:
+        """``adapt`` of a joint step with nothing to differentiate (neither the error ratio,
+        the times nor the carried ratio and step size: a gradient there must flow on), in
+        the predictive mode:
         :meth:`host_adapt`'s arithmetic on the state brought to the host in one transfer
         (a dozen tensor operations on 0-d tensors fewer)."""
         prev1, h_acc, at_jump, rejected = state
