@@ -454,7 +454,9 @@ class CompiledBlocks:
     """The fixed-step path's blocks of :data:`settings` ``.block_steps`` steps for
     ``compile_step=True`` (``_core/fixed.py``): the steps of a block, the vector field
     inside, compiled as one graph per signature (one step size for every block, so one
-    graph), and used where that measures faster than the eager steps."""
+    graph), and used where that measures faster than the eager steps. The step size is a
+    constant of the graph (``_combine`` folds it into ``alpha``), so it is part of the
+    signature: solves with another ``dt0`` compile again (seconds each)."""
 
     def __init__(self, loop: Any, h: float) -> None:
         self.loop, self.h = loop, h
