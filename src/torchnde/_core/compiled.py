@@ -39,9 +39,10 @@ What this module does:
   state (on a replica: see :func:`_run`), so a training step's compiled backward counts.
 - **Fixed-step blocks**: on a grid decided in advance (``_core/fixed.py``) the per-call
   overhead of one compiled attempt (guards, wrapper: ~18 us) is paid once per
-  ``settings.block_steps`` steps, the vector field inlined; one step size ``dt0`` for every
-  block (the grid's host differences differ in their last bits, and each would be a
-  constant of its own graph), so one graph per signature.
+  ``settings.block_steps`` steps, the vector field inlined; the step sizes are a tensor
+  input of the graph (as Python numbers, the grid's host differences, which differ in their
+  last bits, would each be a constant of a graph of its own), so one graph per signature,
+  for every ``dt0``.
 
 Limits: on an accelerator the timer synchronises the device around the probed calls only;
 parameters' gradients are not part of the probe's backward pass.
@@ -117,13 +118,14 @@ def _call_host_step(solver, terms, args, controller, norm, t, tnext, y, fstate):
     return y1, y_error, dense_info, fnew, controller.error_ratio(y, y1, y_error, norm)
 
 
-def _call_block(solver, terms, args, times, h, y, fstate, persists):
-    # K fixed steps of size `h` between `times` (K + 1 of them) as one graph; returns the K
-    # states, the last solver state and the finiteness check (the last state's sum where a
-    # non-finite state persists, else the sum of every state's sum).
+def _call_block(solver, terms, args, times, hs, y, fstate, persists):
+    # K fixed steps between `times` (K + 1 of them), of sizes `hs` (a (K,) tensor: a graph
+    # input, so one graph serves every step size), as one graph; returns the K states, the
+    # last solver state and the finiteness check (the last state's sum where a non-finite
+    # state persists, else the sum of every state's sum).
     ys, sums = [], []
     for k in range(len(times) - 1):
-        y, _, _, fstate = solver.fixed_step(terms, times[k], times[k + 1], h, y, args, fstate)
+        y, _, _, fstate = solver.fixed_step(terms, times[k], times[k + 1], hs[k], y, args, fstate)
         ys.append(y)
         if not persists:
             sums.append(y.sum())
@@ -453,13 +455,12 @@ class CompiledAttempt:
 class CompiledBlocks:
     """The fixed-step path's blocks of :data:`settings` ``.block_steps`` steps for
     ``compile_step=True`` (``_core/fixed.py``): the steps of a block, the vector field
-    inside, compiled as one graph per signature (one step size for every block, so one
-    graph), and used where that measures faster than the eager steps. The step size is a
-    constant of the graph (``_combine`` folds it into ``alpha``), so it is part of the
-    signature: solves with another ``dt0`` compile again (seconds each)."""
+    inside, compiled as one graph per signature, and used where that measures faster than
+    the eager steps. The step sizes are a tensor input of the graph (the host's step sizes
+    of the grid, as the eager steps take them): one graph for every ``dt0``."""
 
-    def __init__(self, loop: Any, h: float) -> None:
-        self.loop, self.h = loop, h
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
         self.size = max(1, settings.block_steps)
         self.entry: _Entry | None = None
         self.calls = 0
@@ -469,12 +470,12 @@ class CompiledBlocks:
         """Whether this signature is known to run eager (then no blocks are formed)."""
         return self.entry is not None and self.entry.decision == "eager"
 
-    def __call__(self, times: tuple, y, fstate, eager: Callable[[Any, Any], Any]) -> Any:
+    def __call__(self, times: tuple, hs, y, fstate, eager: Callable[[Any, Any], Any]) -> Any:
         """The block's ``(states, last solver state, finiteness check)``; ``eager(y, fstate)``
         is the same from the eager steps."""
-        loop, h = self.loop, self.h
+        loop = self.loop
         persists = loop.solver.nonfinite_persists
-        arguments = (times, h, y, fstate, persists)
+        arguments = (times, hs, y, fstate, persists)
         entry = self.entry
         if entry is None:
             entry = self.entry = _lookup(("block", signature(loop, arguments)), _call_block)

@@ -125,8 +125,10 @@ def run_fixed(
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals
 
-    blocks, block_ok = _compiled_blocks(loop, steps_h, counts, on_end, host0.save_num, ends_host)
+    blocks, block_ok = _compiled_blocks(loop, steps_h, counts, on_end, host0.save_num)
     size = 0 if blocks is None else blocks.size
+    # The step sizes as a tensor of the time dtype, sliced per block (a graph input).
+    hs = ends.new_tensor(steps_h) if size else None
 
     def eager_block(i: int, t: Any, y: Any, fstate: Any) -> tuple:
         """Steps ``i .. i+size-1`` eagerly, as :func:`torchnde._core.compiled._call_block`
@@ -153,7 +155,7 @@ def run_fixed(
         while i < stop:
             if size and not exact and i + size <= stop and block_ok[i] and not blocks.eager:  # type: ignore[union-attr]
                 ys, fstate, check = blocks(  # type: ignore[misc]
-                    (t,) + times[i : i + size], y, fstate,
+                    (t,) + times[i : i + size], hs[i : i + size], y, fstate,  # type: ignore[index]
                     lambda y, fstate, i=i, t=t: eager_block(i, t, y, fstate),
                 )  # fmt: skip
                 if not persists:
@@ -236,15 +238,14 @@ def run_fixed(
 
 
 def _compiled_blocks(
-    loop: Loop, steps_h: list, counts: list, on_end: list, saved0: int, ends: list[float]
+    loop: Loop, steps_h: list, counts: list, on_end: list, saved0: int
 ) -> tuple[Any, list[bool]]:
     """For ``compile_step=True``: the :class:`~torchnde._core.compiled.CompiledBlocks` of the
     solve and, per step, whether a block may start there; ``(None, [])`` when no block can be
-    formed. A block's steps are all of the nominal size ``dt0`` (a step that the end of the
-    interval or a ``step_ts`` point shortens is taken eagerly; the others differ from it only
-    by the grid's rounding), and its saves fall on step ends (no interpolation, which reads a
-    step's dense output). Only ODEs on a constant grid (``control_scale``), whose steps keep
-    no counts beyond evaluations: a Brownian or control path is read on the host."""
+    formed. A block's saves fall on step ends (no interpolation, which reads a step's dense
+    output); its steps are those of the grid, of any size. Only ODEs on a constant grid
+    (``control_scale``) and solvers whose fixed steps may be traced: a Brownian or control
+    path is read on the host."""
     if (
         not loop.compiled
         or loop.dt0 is None
@@ -256,13 +257,10 @@ def _compiled_blocks(
         return None, []
     from .compiled import CompiledBlocks
 
-    h = float(loop.dt0.detach())
-    blocks = CompiledBlocks(loop, h)
-    tol = 16 * torch.finfo(loop.t1.dtype).eps
+    blocks = CompiledBlocks(loop)
     run, ok = 0, [False] * len(steps_h)
     for i in reversed(range(len(steps_h))):
         new = counts[i] - (counts[i - 1] if i else saved0)
-        full = abs(steps_h[i] - h) <= tol * max(abs(ends[i]), h)
-        run = run + 1 if full and (new == 0 or (new == 1 and on_end[i])) else 0
+        run = run + 1 if new == 0 or (new == 1 and on_end[i]) else 0
         ok[i] = run >= blocks.size
     return blocks, ok

@@ -247,6 +247,8 @@ class AbstractNewtonSolver(AbstractImplicitSolver):
     max_newton_iters: int
     jacobian_theta: float
     lu_ratio: float
+    #: ``kappa`` when none is given (a method may declare its own)
+    default_kappa: ClassVar[float] = 0.05
 
     def __init__(
         self,
@@ -255,13 +257,15 @@ class AbstractNewtonSolver(AbstractImplicitSolver):
         jacobian_blocks: bool | None = None,
         newton_rtol: float | None = None,
         newton_atol: float | None = None,
-        kappa: float = 0.05,
+        kappa: float | None = None,
         max_newton_iters: int = 10,
         jacobian_theta: float = 0.3,
         lu_ratio: float = 0.2,
     ) -> None:
         super().__init__(jacobian=jacobian, jacobian_blocks=jacobian_blocks)
         name = type(self).__name__
+        if kappa is None:
+            kappa = type(self).default_kappa
         for k, v in (("newton_rtol", newton_rtol), ("newton_atol", newton_atol)):
             if v is not None and (not isinstance(v, (int, float)) or v <= 0):
                 raise ValueError(f"{name}: `{k}` must be a positive number or None, got {v!r}.")
@@ -303,7 +307,8 @@ class AbstractESDIRK(AbstractNewtonSolver):
             step-size controller's ``rtol``/``atol`` (fixed-step solves use
             ``eps**(2/3)`` of the dtype).
         kappa: Newton stops when the predicted remaining error is below ``kappa`` times the
-            tolerance (Hairer & Wanner recommend 0.01 to 0.1).
+            tolerance (Hairer & Wanner recommend 0.01 to 0.1); ``None``: the method's
+            ``default_kappa`` (0.05; Kvaerno5 0.1).
         max_newton_iters: iterations before a stage counts as failed (the step is then
             rejected and shrunk).
         jacobian_theta: a contraction rate above this makes the next step recompute the

@@ -292,7 +292,7 @@ class AbstractRungeKutta(AbstractSolver):
         terms: AbstractTerm,
         t0: torch.Tensor,
         t1: torch.Tensor,
-        h: float | None,
+        h: float | torch.Tensor | None,
         y0: torch.Tensor,
         args: Any,
         state: Any,
@@ -412,19 +412,24 @@ def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
     return plan
 
 
-def _combine(y0: torch.Tensor, fs: list, row: list, h: float) -> torch.Tensor:
+def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> torch.Tensor:
     """``y0 + h Σ_j w_j f_j`` over the nonzero ``(j, w_j)`` of ``row``: chained ``torch.add``
-    with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond."""
+    with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond. A 0-d
+    tensor ``h`` (a graph input of the compiled fixed-step blocks, ``_core/compiled.py``: one
+    graph for every step size) is multiplied in, ``alpha`` taking numbers only."""
+    scaled = isinstance(h, torch.Tensor)
     if len(row) <= 2:
         y = y0
         for j, w in row:
-            y = torch.add(y, fs[j], alpha=w * h)
+            y = y + (w * h) * fs[j] if scaled else torch.add(y, fs[j], alpha=w * h)
         return y
     key = (id(row), y0.dtype, y0.device)
     w = _ROWS.get(key)
     if w is None or w[0] is not row:
         w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
     F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    if isinstance(h, torch.Tensor):
+        return torch.addmm(y0.reshape(1, -1), w[1] * h, F).view_as(y0)
     return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
 
 

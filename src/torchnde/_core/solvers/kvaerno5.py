@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
-
-import torch
 
 from ..implicit import AbstractESDIRK, ESDIRKTableau
 
@@ -54,24 +51,7 @@ class Kvaerno5(AbstractESDIRK):
     """
 
     tableau: ClassVar[ESDIRKTableau] = _TABLEAU
-
-    def __init__(
-        self,
-        *,
-        jacobian: Callable[..., torch.Tensor] | str | None = "autograd",
-        jacobian_blocks: bool | None = None,
-        newton_rtol: float | None = None,
-        newton_atol: float | None = None,
-        kappa: float = 0.1,
-        max_newton_iters: int = 10,
-        jacobian_theta: float = 0.3,
-        lu_ratio: float = 0.2,
-    ) -> None:
-        super().__init__(
-            jacobian=jacobian, jacobian_blocks=jacobian_blocks, newton_rtol=newton_rtol,
-            newton_atol=newton_atol, kappa=kappa, max_newton_iters=max_newton_iters,
-            jacobian_theta=jacobian_theta, lu_ratio=lu_ratio,
-        )  # fmt: skip
+    default_kappa: ClassVar[float] = 0.1
 
     # Gustafsson's predictive controller (as Hairer's RODAS and SDIRK4 choose their steps):
     # on Van der Pol (mu = 1000) it rejects a quarter of the steps the integral one does.
