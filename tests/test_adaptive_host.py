@@ -350,3 +350,16 @@ def test_reused_stage_buffers_give_the_steps_of_fresh_ones(solver, dtype, field,
     if field == "mlp":
         assert a.stats["num_rejected_steps"] > 0
     assert torch.equal(a.ys, b.ys)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, F64])
+def test_host_rounding_of_step_ends_is_the_tensor_rounding(dtype):
+    # The host path makes each step end on the host, rounded as the 0-d tensor it then
+    # builds rounds it (no transfer back from the device to learn the rounded value).
+    g = torch.Generator().manual_seed(0)
+    mags = torch.rand(2000, generator=g, dtype=F64) * 10 ** torch.randint(
+        -8, 9, (2000,), generator=g
+    )
+    values = mags.tolist() + [0.1, 1 / 3, 2.0**-24 + 1.0, 1.0 + 2.0**-11, 65504.0, 1e-30]
+    for x in values:
+        assert adaptive._round(x, dtype) == float(torch.scalar_tensor(x, dtype=dtype)), x

@@ -41,12 +41,22 @@ import bisect
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from .loop import Host, Loop, LoopResult
 
 __all__ = ["host_control", "run_adaptive"]
+
+
+def _round(x: float, dtype: torch.dtype) -> float:
+    """``x`` rounded to ``dtype`` on the host, as a tensor of that dtype rounds it (float32:
+    by NumPy, one rounding as torch's; other dtypes through a CPU tensor, since torch goes
+    through float32 for half precision)."""
+    if dtype == torch.float32:
+        return float(np.float32(x))
+    return float(torch.tensor(x, dtype=dtype).item())
 
 
 def host_control(loop: Loop) -> bool:
@@ -169,8 +179,12 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             end = t1_host
         if not accept and end - t_host < floor:
             return run_general(loop, y0)  # a step-size underflow: the general loop says why
-        tnext = loop.t1 if end == t1_host else torch.scalar_tensor(end, dtype=tdt, device=dev)
-        tnext_host = float(tnext)
+        if end == t1_host:
+            tnext, tnext_host = loop.t1, t1_host
+        else:
+            # Rounded to the time dtype on the host (no transfer back from an accelerator).
+            tnext_host = end if tdt == torch.float64 else _round(end, tdt)
+            tnext = torch.scalar_tensor(tnext_host, dtype=tdt, device=dev)
         emits.append(emit)
         tape.append(
             Host(
