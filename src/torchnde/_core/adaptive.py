@@ -54,6 +54,8 @@ def _round(x: float, dtype: torch.dtype) -> float:
     """``x`` rounded to ``dtype`` on the host, as a tensor of that dtype rounds it (float32:
     by NumPy, one rounding as torch's; other dtypes through a CPU tensor, since torch goes
     through float32 for half precision)."""
+    if dtype == torch.float64:
+        return x
     if dtype == torch.float32:
         return float(np.float32(x))
     return float(torch.tensor(x, dtype=dtype).item())
@@ -183,7 +185,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             tnext, tnext_host = loop.t1, t1_host
         else:
             # Rounded to the time dtype on the host (no transfer back from an accelerator).
-            tnext_host = end if tdt == torch.float64 else _round(end, tdt)
+            tnext_host = _round(end, tdt)
             tnext = torch.scalar_tensor(tnext_host, dtype=tdt, device=dev)
         emits.append(emit)
         tape.append(

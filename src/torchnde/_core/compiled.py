@@ -365,6 +365,11 @@ def _run(
     if state_of is not None and torch.is_grad_enabled() and y.requires_grad:
         replica = arguments[:2] + (y.detach().requires_grad_(),) + arguments[3:]
 
+    def replay(fn: Callable[[tuple], Any]) -> None:
+        """``fn`` on the replica, and the backward pass to its state."""
+        new = state_of(fn(replica))  # type: ignore[misc, arg-type]
+        torch.autograd.grad(new.sum(), replica[2], allow_unused=True)  # type: ignore[index]
+
     timer = settings.timer or _default_timer
     if entry.first_call_s is None:
         if not traceable:
@@ -372,8 +377,7 @@ def _run(
         start = time.perf_counter()
         try:
             if replica is not None:  # compiles the backward too
-                new = state_of(compiled(replica))  # type: ignore[misc]
-                torch.autograd.grad(new.sum(), replica[2], allow_unused=True)
+                replay(compiled)
             out = compiled(arguments)
         except Exception as err:
             return _give_up(entry, eager, arguments, err)
@@ -388,8 +392,7 @@ def _run(
             out = fn(arguments)
             seconds = timer(y.device) - start
         else:
-            new = state_of(fn(replica))  # type: ignore[misc]
-            torch.autograd.grad(new.sum(), replica[2], allow_unused=True)
+            replay(fn)
             seconds = timer(y.device) - start
             out = fn(arguments)
     except Exception as err:

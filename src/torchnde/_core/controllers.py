@@ -511,10 +511,10 @@ class PIDController(AbstractAdaptiveController):
         predictive = self.predictive
         if predictive is None:
             default = self.pcoeff == 0 and self.dcoeff == 0 and self.icoeff == 1
-            predictive = default and bool(getattr(solver, "predictive_control", False))
+            predictive = default and solver.predictive_control
         hold = self.hold
         if hold is None:
-            hold = getattr(solver, "hold_step", None)
+            hold = solver.hold_step
         return predictive, _band(hold)
 
     def init(self, terms, t0, t1, y0, dt0, args, solver, vf0, norm):  # type: ignore[override]

@@ -130,20 +130,25 @@ def run_fixed(
     # The step sizes as a tensor of the time dtype, sliced per block (a graph input).
     hs = ends.new_tensor(steps_h) if size else None
 
+    def step(i: int, t: Any, y: Any, fstate: Any) -> tuple:
+        """Step ``i`` from ``(t, y)``; an exception is explained first (``Loop._explain``)."""
+        try:
+            return fixed_step(terms, t, times[i], steps_h[i], y, args, fstate)
+        except Exception as err:
+            loop._explain(t, y, err)
+            raise
+
     def eager_block(i: int, t: Any, y: Any, fstate: Any) -> tuple:
         """Steps ``i .. i+size-1`` eagerly, as :func:`torchnde._core.compiled._call_block`
         returns them (the eager side of the compiled blocks)."""
-        ys, check = [], []
+        ys = []
         for k in range(i, i + size):
-            try:
-                y, _, _, fstate = fixed_step(terms, t, times[k], steps_h[k], y, args, fstate)
-            except Exception as err:
-                loop._explain(t, y, err)
-                raise
+            y, _, _, fstate = step(k, t, y, fstate)
             ys.append(y)
-            check.append(y.detach().sum())
             t = times[k]
-        return tuple(ys), fstate, check[-1] if persists else torch.stack(check).sum()
+        if persists:
+            return tuple(ys), fstate, y.detach().sum()
+        return tuple(ys), fstate, torch.stack([v.detach().sum() for v in ys]).sum()
 
     def take(i0: int, t: Any, y: Any, fstate: Any, saved: int, stop: int, exact: bool) -> tuple:
         """Steps ``i0 .. stop-1``; with ``exact``, check each state and stop at the first that
@@ -170,11 +175,7 @@ def run_fixed(
                 t, y = times[i - 1], ys[-1]
                 continue
             tb = times[i]
-            try:
-                y1, _, dense_info, fnew = fixed_step(terms, t, tb, steps_h[i], y, args, fstate)
-            except Exception as err:
-                loop._explain(t, y, err)
-                raise
+            y1, _, dense_info, fnew = step(i, t, y, fstate)
             more = take_stats(dense_info)
             if more:
                 for k, v in more.items():
@@ -248,7 +249,6 @@ def _compiled_blocks(
     path is read on the host."""
     if (
         not loop.compiled
-        or loop.dt0 is None
         or not steps_h
         or steps_h[0] is None
         or loop.terms.control_scale() is None

@@ -55,7 +55,7 @@ class AbstractSolver(abc.ABC):
        increment (``y1 = y0 + g``), so a non-finite component stays non-finite in every later
        state: the fixed-grid path then checks finiteness on the last state of a block of
        steps only (``_core/fixed.py``).
-    9. ``traceable_fixed_step`` declares that ``fixed_step`` is tensor work only, its
+    10. ``traceable_fixed_step`` declares that ``fixed_step`` is tensor work only, its
        evaluations ``num_fevals_step`` and nothing else counted (``take_stats``,
        ``take_dense_fevals`` report only what its dense output made): under
        ``compile_step=True`` the fixed-grid path compiles blocks of such steps.
@@ -76,7 +76,7 @@ class AbstractSolver(abc.ABC):
     hold_step: ClassVar[tuple[float, float] | None] = None
     #: whether a non-finite state stays non-finite in every later state (see 9. above)
     nonfinite_persists: ClassVar[bool] = False
-    #: whether ``fixed_step`` may be traced into a compiled block of steps (see 9. above)
+    #: whether ``fixed_step`` may be traced into a compiled block of steps (see 10. above)
     traceable_fixed_step: ClassVar[bool] = False
 
     @abc.abstractmethod
