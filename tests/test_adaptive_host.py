@@ -329,6 +329,8 @@ def test_reused_stage_buffers_give_the_steps_of_fresh_ones(solver, dtype, field,
     # The host path's stepper reuses its stage increments across steps (`host_stepper`); a
     # solve with it is bit for bit one that allocates every step (`step`), rejected steps,
     # saves and all, also for a field that returns its input or always the same tensor.
+    # (The saves through the tensor path here, `_HOST_SAVES = 0`; the host's weights are
+    # tested below.)
     term, y0, w = _problem(dtype)
     if field == "identity":
         term = tn.ODETerm(lambda t, y, args: y)
@@ -341,6 +343,7 @@ def test_reused_stage_buffers_give_the_steps_of_fresh_ones(solver, dtype, field,
     real = type(solver).host_stepper
     with monkeypatch.context() as m:
         m.setattr(type(solver), "host_stepper", lambda *a: used.append(1) or real(*a))
+        m.setattr(adaptive, "_HOST_SAVES", 0)
         a = _solve(False, monkeypatch, term, solver, 0.0, 2.0, y0, **kw)
     assert used
     with monkeypatch.context() as m:
@@ -350,6 +353,36 @@ def test_reused_stage_buffers_give_the_steps_of_fresh_ones(solver, dtype, field,
     if field == "mlp":
         assert a.stats["num_rejected_steps"] > 0
     assert torch.equal(a.ys, b.ys)
+
+
+@pytest.mark.parametrize("solver", [tn.Dopri5(), tn.Tsit5()], ids=lambda s: type(s).__name__)
+def test_host_saves_are_the_interpolant_rounded_once(solver):
+    # `save_into` weighs a step's stages with the interpolant's weights computed on the host in
+    # float64: its float32 values are the float64 interpolant of the same stages (the tensor
+    # path's `interpolate` in float64) to within the rounding of one product with those
+    # stages, |y0| + sum_i |b_i(θ)| |K_i| times a few eps; the tensor path in float32 rounds
+    # the fractions, powers and weights in float32 too, which for Tsit5's large coefficients
+    # is tens of eps.
+    term, y0, w = _problem(torch.float32)
+    with torch.no_grad():
+        stepper = solver.host_stepper(term, y0, w)
+        t0, t1 = torch.tensor(0.0), torch.tensor(0.3)
+        f0 = term.vf(t0, y0, w)
+        _, _, dense, _ = stepper.step(t0, t1, y0, f0)
+        thetas = [0.1, 1 / 3, 0.5, 0.9999]
+        out = torch.empty(len(thetas), y0.numel())
+        stepper.save_into(thetas, dense, out)
+        y0_64, K64 = dense.y0.double(), dense.K.double()
+        th64 = torch.tensor(thetas, dtype=F64)
+        ref = solver.interpolate(type(dense)(y0_64, K64), th64, False).reshape(len(thetas), -1)
+        tensor32 = solver.interpolate(dense, torch.tensor(thetas), False).reshape(len(thetas), -1)
+        P = solver._tab().cast(F64, y0.device)["dense"]
+        W = (th64[:, None] ** torch.arange(1, P.shape[1] + 1, dtype=F64)) @ P.T
+        size = y0_64.reshape(1, -1).abs() + W.abs() @ K64.reshape(K64.shape[0], -1).abs()
+    eps = torch.finfo(torch.float32).eps
+    host_err = ((out.double() - ref).abs() / size).max()
+    assert host_err <= 4 * eps
+    assert host_err <= ((tensor32.double() - ref).abs() / size).max()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, F64])

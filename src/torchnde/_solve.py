@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -126,7 +127,9 @@ def _time_tensor(
             f"`{name}` must be {expect}, got {_describe(value)}."
             + ("" if per_sample else " Per-sample times need PIDController(per_sample=True).")
         )
-    if not bool(torch.isfinite(t).all()):
+    # A single time on the CPU is checked on the host (`item`, no tensor operations).
+    host = t.device.type == "cpu" and t.numel() == 1
+    if not (math.isfinite(t.item()) if host else bool(torch.isfinite(t).all())):
         raise ValueError(f"`{name}` must be finite, got {value!r}.")
     return t
 
@@ -289,6 +292,13 @@ def _interval(
             time_dtype = torch.promote_types(time_dtype, v.dtype)
     t0_ = _time_tensor("t0", t0, time_dtype, device, per_sample, batch)
     t1_ = _time_tensor("t1", t1, time_dtype, device, per_sample, batch)
+    if t0_.ndim == 0 and t1_.ndim == 0 and t0_.device.type == "cpu":
+        # One time each, on the CPU: the direction from the host values (exactly those of the
+        # tensors; the sign of their rounded difference is that of their order).
+        direction = -1.0 if t1_.item() < t0_.item() else 1.0
+        if per_sample:
+            t0_, t1_ = t0_.expand(batch), t1_.expand(batch)
+        return t0_, t1_, time_dtype, direction
     if per_sample:
         t0_, t1_ = t0_.expand(batch), t1_.expand(batch)
     span = (t1_ - t0_).detach()
@@ -379,23 +389,73 @@ def _save_times(
         )
     if ts_user.shape[-1] == 0:
         raise ValueError("`saveat.ts` is empty; pass at least one time or leave it None.")
+    host = ts_user.device.type == "cpu" and ts_user.shape[-1] <= _HOST_SAVE_TIMES
+    if host and not per_sample and t0_.ndim == 0:
+        return _save_times_on_host(saveat, t0, t1, t0_, t1_, ts_user, time_dtype, direction)
     ts = ts_user * direction
     if not bool(torch.isfinite(ts).all()) or bool((ts.diff(dim=-1) <= 0).any()):
-        order = "increasing" if direction > 0 else "decreasing (t1 < t0)"
-        raise ValueError(f"`saveat.ts` must be strictly {order} and finite, got {saveat.ts!r}.")
+        _unordered_save_times(saveat, direction)
     lo, hi = (t0_ * direction).detach(), (t1_ * direction).detach()
     first = ts[..., 0].detach()
     last = ts[..., -1].detach()
     tol = 8 * torch.finfo(time_dtype).eps * torch.maximum(lo.abs(), hi.abs()).clamp_min(1)
     if bool((first < lo - tol).any()) or bool((last > hi + tol).any()):
-        raise ValueError(
-            f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
-            f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
-        )
+        _save_times_outside(saveat, t0, t1, ts_user)
     # clamp, not minimum/maximum: a save time equal to t0 or t1 keeps its whole gradient
     # (minimum/maximum split it between the two tied arguments).
     ts = ts.clamp(lo[..., None] if per_sample else lo, hi[..., None] if per_sample else hi)
     return ts, ts_user
+
+
+# Save times up to which a CPU series is checked on the host (a Python pass over its values,
+# against a dozen tensor operations).
+_HOST_SAVE_TIMES = 1024
+
+
+def _save_times_on_host(
+    saveat: SaveAt,
+    t0: Any,
+    t1: Any,
+    t0_: torch.Tensor,
+    t1_: torch.Tensor,
+    ts_user: torch.Tensor,
+    time_dtype: torch.dtype,
+    direction: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_save_times` for one series of save times on the CPU and one interval: the
+    same checks on the host values (exactly the tensors'), and the tensor operations only
+    where they change something (the sign flip of a backward solve; the clamp where a time
+    lies outside the interval, within the tolerance)."""
+    vals = ts_user.detach().tolist()
+    lo, hi = t0_.item() * direction, t1_.item() * direction
+    prev = -math.inf
+    for v in vals:
+        v *= direction
+        if not (prev < v < math.inf):  # also False for NaN
+            _unordered_save_times(saveat, direction)
+        prev = v
+    first, last = vals[0] * direction, vals[-1] * direction
+    tol = 8 * torch.finfo(time_dtype).eps * max(abs(lo), abs(hi), 1.0)
+    if first < lo - tol or last > hi + tol:
+        _save_times_outside(saveat, t0, t1, ts_user)
+    ts = ts_user if direction > 0 else ts_user * direction
+    if first < lo or last > hi:
+        # clamp, not minimum/maximum: a save time equal to t0 or t1 keeps its whole gradient.
+        lo_t, hi_t = (t0_ * direction).detach(), (t1_ * direction).detach()
+        ts = ts.clamp(lo_t, hi_t)
+    return ts, ts_user
+
+
+def _unordered_save_times(saveat: SaveAt, direction: float) -> NoReturn:
+    order = "increasing" if direction > 0 else "decreasing (t1 < t0)"
+    raise ValueError(f"`saveat.ts` must be strictly {order} and finite, got {saveat.ts!r}.")
+
+
+def _save_times_outside(saveat: SaveAt, t0: Any, t1: Any, ts_user: torch.Tensor) -> NoReturn:
+    raise ValueError(
+        f"`saveat.ts` must lie within [t0, t1] = [{t0!r}, {t1!r}], got times from "
+        f"{ts_user.min().item():.6g} to {ts_user.max().item():.6g}."
+    )
 
 
 def _tolerances_on_device(

@@ -61,6 +61,26 @@ def _round(x: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(x, dtype=dtype).item())
 
 
+# Saves in one step up to which the interpolant's weights are computed on the host
+# (`HostStepper.save_into`: Python arithmetic per save, against a fixed cost of about ten
+# tensor operations for the tensor path's fractions, powers and weights).
+_HOST_SAVES = 4
+
+
+def _save_on_host(save_into, ts_host, start, stop, t_host, tnext_host, y1, dense_info, rows):
+    """Writes the saves ``[start, stop)`` of the step ``(t_host, tnext_host]`` into ``rows``
+    with the host stepper's ``save_into``; a save on the step's end takes the step's value,
+    bit for bit (as :meth:`Loop._at_step_end`)."""
+    if ts_host[stop - 1] == tnext_host:
+        rows[stop - 1].copy_(y1.reshape(-1))
+        stop -= 1
+        if stop == start:
+            return
+    h = tnext_host - t_host
+    thetas = [(ts_host[j] - t_host) / h for j in range(start, stop)]
+    save_into(thetas, dense_info, rows[start:stop])
+
+
 def host_control(loop: Loop) -> bool:
     """Whether ``loop``'s solve can take its adaptive steps with the control on the host."""
     controller = loop.controller
@@ -120,19 +140,23 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     # (Not under autograd, which keeps each step's tensors.)
     reuse = not (save_dense or save_steps or torch.is_grad_enabled())
     stepper = solver.host_stepper(terms, y0, args) if reuse else None
+    save_into = None if stepper is None else stepper.save_into
+    out_rows = None if out is None else out.view(out.shape[0], -1)
     compiled = None
     if loop.compiled:  # the step and its error ratio as one graph, where that is faster
         from .compiled import CompiledHostStep
 
         compiled = CompiledHostStep(loop)
 
+    error_ratio = controller.error_ratio_of(y0, loop.norm)
+
     def eager_step(a: tuple) -> tuple:
         t, tnext, y, fstate = a
         if stepper is None:
             y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
         else:
-            y1, y_error, dense_info, fnew = stepper(t, tnext, y, fstate)
-        return y1, y_error, dense_info, fnew, controller.error_ratio(y, y1, y_error, loop.norm)
+            y1, y_error, dense_info, fnew = stepper.step(t, tnext, y, fstate)
+        return y1, y_error, dense_info, fnew, error_ratio(y, y1, y_error)
 
     while t_host < t1_host:
         if num_steps >= max_steps:
@@ -153,15 +177,19 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
         num_steps += 1
         if ratio is None:  # a solver that gives no error estimate: the general loop explains
             return run_general(loop, y0)
-        r = float(ratio.detach())
+        r = ratio.item()  # (a number; no graph is recorded for it)
         accept, h_next, cstate = controller.host_adapt(
             r if r == r else math.inf, tnext_host - t_host, k, cstate
         )
         if accept:
             num = bisect.bisect_right(ts_host, tnext_host)
             if num > saved:
-                values = loop._interp_saves(num - saved, saved, t, tnext, y1, dense_info)
-                out = loop.write(out, [(saved, num, values)], inplace=True)
+                if save_into is not None and num - saved <= _HOST_SAVES:
+                    _save_on_host(save_into, ts_host, saved, num, t_host, tnext_host,
+                                  y1, dense_info, out_rows)  # fmt: skip
+                else:
+                    values = loop._interp_saves(num - saved, saved, t, tnext, y1, dense_info)
+                    out = loop.write(out, [(saved, num, values)], inplace=True)
             emit = None
             if save_dense or save_steps:
                 emit = _Emit(saves=[])

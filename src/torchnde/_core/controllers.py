@@ -110,6 +110,14 @@ class AbstractStepSizeController(abc.ABC):
         that measure no error."""
         return None
 
+    def error_ratio_of(
+        self, y0: torch.Tensor, norm: Norm
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor | None]:
+        """:meth:`error_ratio` as a function ``(y0, y1, y_error)`` for the steps of one solve
+        whose states are like ``y0`` (the host control's, once per solve); a controller may
+        prepare there what does not change from step to step."""
+        return lambda a, b, e: self.error_ratio(a, b, e, norm)
+
     def host_state(self) -> Any:
         """The controller state of :meth:`host_adapt` at the start (``host_control``)."""
         raise NotImplementedError(f"{type(self).__name__} has no host control.")
@@ -199,10 +207,9 @@ class AbstractAdaptiveController(AbstractStepSizeController):
         root = math.sqrt(max(n, 1))
         rtol, atol = self.rtol, self.atol
         if isinstance(rtol, float) and isinstance(atol, float) and not torch.is_grad_enabled():
-            # The same `scale * (rtol root) + atol root`, in place on the fresh `scale`, with
-            # the two factors as cached 0-dim tensors of its dtype (a Python number is rounded
-            # to that dtype too, so the values are bit for bit the same): no scalar wrapping,
-            # one allocation fewer.
+            # The same `atol root + scale * (rtol root)` as one `addcmul`, with the two
+            # factors as cached 0-dim tensors of its dtype (a Python number is rounded to that
+            # dtype too): no scalar wrapping, one operation fewer.
             key = (scale.dtype, scale.device, n)
             cache = self.__dict__.setdefault("_tolerance_tensors", {})
             tt = cache.get(key)
@@ -211,7 +218,7 @@ class AbstractAdaptiveController(AbstractStepSizeController):
                     torch.tensor(rtol * root, dtype=scale.dtype, device=scale.device),
                     torch.tensor(atol * root, dtype=scale.dtype, device=scale.device),
                 )
-            x = e / scale.mul_(tt[0]).add_(tt[1])
+            x = e / torch.addcmul(tt[1], scale, tt[0])
         else:
             x = e / (scale * (rtol * root) + atol * root)
         if per_sample:
@@ -220,6 +227,29 @@ class AbstractAdaptiveController(AbstractStepSizeController):
 
     def error_ratio(self, y0, y1, y_error, norm):  # type: ignore[override]
         return None if y_error is None else self.scaled_norm(y_error, y0, y1, norm)
+
+    def error_ratio_of(self, y0, norm):  # type: ignore[override]
+        rtol, atol = self.rtol, self.atol
+        if (
+            norm is not None
+            or self.per_sample
+            or not (isinstance(rtol, float) and isinstance(atol, float))
+            or not y0.is_floating_point()
+            or torch.is_grad_enabled()
+        ):
+            return super().error_ratio_of(y0, norm)
+        # `scaled_norm`'s RMS without autograd, its factors made once: the same operations.
+        root = math.sqrt(max(y0.numel(), 1))
+        r_t = torch.tensor(rtol * root, dtype=y0.dtype, device=y0.device)
+        a_t = torch.tensor(atol * root, dtype=y0.dtype, device=y0.device)
+        maximum, addcmul, vector_norm = torch.maximum, torch.addcmul, torch.linalg.vector_norm
+
+        def ratio(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None) -> Any:
+            return (
+                None if e is None else vector_norm(e / addcmul(a_t, maximum(a.abs(), b.abs()), r_t))
+            )
+
+        return ratio
 
 
 class ConstantStepSize(AbstractStepSizeController):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 import torch.utils._pytree as pytree
 
-from .solver import AbstractSolver
+from .solver import AbstractSolver, HostStepper
 from .tableau import ButcherTableau
 from .terms import AbstractTerm, ODETerm, broadcast_time
 
@@ -226,7 +226,7 @@ class AbstractRungeKutta(AbstractSolver):
             dense_info = HermiteDense(y0, y1, K, terms.prod(vf1, control).to(y1.dtype))
         return y1, y_error, dense_info, vf1
 
-    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> Any:
+    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
         """:meth:`step` for the host-controlled adaptive loop (``_core/adaptive.py``: no
         autograd, joint steps, no dense or step output kept past a step), with the stage
         increments ``K``, their views and the error estimate's buffer made once per solve
@@ -235,6 +235,13 @@ class AbstractRungeKutta(AbstractSolver):
         or the loop keeps, are new at every step as in :meth:`step`; ``K`` and the error
         estimate are read only before the next step. The same operations in the same order
         as :meth:`step`: the same values bit for bit.
+
+        Its saves (``save_into``) evaluate the interpolant's weights
+        ``b_i(θ) = Σ_k P_ik θ^k`` on the host, in float64 (Horner) from the host's step
+        fractions, and write ``y0 + W K`` into the output rows with one ``addmm``: no tensors
+        for ``θ``, its powers or the weights but the one ``W``. The values are those of
+        :meth:`interpolate` up to the rounding of ``θ`` and the weights (there float32 for
+        a float32 solve, here float64 rounded once).
 
         ``None`` (use :meth:`step`) unless the method is this engine's, first-same-as-last,
         with its own interpolant, the term an ODE and the state a tensor."""
@@ -262,30 +269,54 @@ class AbstractRungeKutta(AbstractSolver):
         prefix = [Kf[:i] for i in range(s)]
         E = y0.new_empty((1, y0.numel()))
         E_v = E.view(shape)
-        vector_field = terms.vf
+        # The user's function itself for a plain ODE term (one call fewer per stage).
+        vector_field = terms.vector_field if type(terms).vf is ODETerm.vf else terms.vf  # type: ignore[attr-defined]
         c_column: list = []  # the column of c for the solve's time dtype, on the first step
         # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
         # time (None: t1).
         plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
         slot0 = slots[0]
 
+        # A state of shape (1, n) is the stage product's own shape: no view to make.
+        flat = shape == (1, y0.numel())
+
         def step(t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
             control = t1 - t0
             if not c_column:
                 c_column.append(_c_column(coeffs, t0))
-            t_stage = torch.addcmul(t0, c_column[0], control)
+            # The stage times as views, made in one call.
+            t_stage = torch.addcmul(t0, c_column[0], control).unbind(0)
             yf = y.reshape(1, -1)
             torch.mul(state, control, out=slot0)
             vf = state
             yi = y
             for a_i, k_i, slot, ti in plan:
-                yi = torch.addmm(yf, a_i, k_i).view_as(y)
+                yi = torch.addmm(yf, a_i, k_i)
+                if not flat:
+                    yi = yi.view(shape)
                 vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
                 torch.mul(vf, control, out=slot)
             torch.mm(e_row, Kf, out=E)
             return yi, E_v, PolynomialDense(y, K), vf
 
-        return step
+        # The interpolant's coefficients, highest power first per stage (for Horner).
+        horner = [tuple(reversed([float(v) for v in row])) for row in tab.b_dense]  # type: ignore[union-attr]
+        dtype, device = y0.dtype, y0.device
+
+        def save_into(thetas: list, dense_info: PolynomialDense, out: torch.Tensor) -> None:
+            weights = []
+            for th in thetas:
+                row = []
+                for coeffs_i in horner:
+                    acc = 0.0
+                    for p in coeffs_i:
+                        acc = (acc + p) * th
+                    row.append(acc)
+                weights.append(row)
+            W = torch.tensor(weights, dtype=dtype, device=device)
+            torch.addmm(dense_info.y0.reshape(1, -1), W, dense_info.K.view(s, -1), out=out)
+
+        return HostStepper(step, save_into)
 
     def fixed_step(
         self,

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from .terms import AbstractTerm
 
-__all__ = ["AbstractReversibleSolver", "AbstractSolver"]
+__all__ = ["AbstractReversibleSolver", "AbstractSolver", "HostStepper"]
+
+
+class HostStepper(NamedTuple):
+    """A solver's steps for one solve on the host-controlled adaptive loop
+    (:meth:`AbstractSolver.host_stepper`).
+
+    - ``step(t0, t1, y, state) -> (y1, y_error, dense_info, new_state)``, as
+      :meth:`AbstractSolver.step`;
+    - ``save_into(thetas, dense_info, out)``, or ``None``: writes the dense output of the step
+      just taken at the step fractions ``thetas`` (host numbers in ``[0, 1)``, computed in
+      float64 from the host's times) into the rows of ``out`` (``(len(thetas), y.numel())``,
+      a view of the solve's output), without tensors for the fractions.
+    """
+
+    step: Callable[..., tuple]
+    save_into: Callable[[list, Any, torch.Tensor], None] | None = None
 
 
 class AbstractSolver(abc.ABC):
@@ -118,11 +135,12 @@ class AbstractSolver(abc.ABC):
         ``None``. Methods may use it to save tensor operations; by default this is ``step``."""
         return self.step(terms, t0, t1, y0, args, state)
 
-    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> Any:
-        """Optional: ``step(t0, t1, y, state) -> (y1, y_error, dense_info, new_state)`` for
-        one solve on the host-controlled adaptive loop (``_core/adaptive.py``: no autograd,
-        joint steps, nothing of a step kept past the next), which may reuse buffers across
-        steps; ``None`` (the default) makes that loop call :meth:`step`."""
+    def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
+        """Optional: a :class:`HostStepper` for one solve on the host-controlled adaptive loop
+        (``_core/adaptive.py``: no autograd, joint steps, nothing of a step kept past the
+        next), whose steps may reuse buffers across steps and whose saves may be written
+        straight into the output; ``None`` (the default) makes that loop call :meth:`step`
+        and :meth:`interpolate`."""
         return None
 
     def take_dense_fevals(self, dense_info: Any) -> int:
