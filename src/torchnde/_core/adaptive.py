@@ -47,10 +47,10 @@ import torch
 if TYPE_CHECKING:
     from .loop import Host, Loop, LoopResult
 
-__all__ = ["host_control", "run_adaptive"]
+__all__ = ["host_control", "host_round", "run_adaptive"]
 
 
-def _round(x: float, dtype: torch.dtype) -> float:
+def host_round(x: float, dtype: torch.dtype) -> float:
     """``x`` rounded to ``dtype`` on the host, as a tensor of that dtype rounds it (float32:
     by NumPy, one rounding as torch's; other dtypes through a CPU tensor, since torch goes
     through float32 for half precision)."""
@@ -213,7 +213,7 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
             tnext, tnext_host = loop.t1, t1_host
         else:
             # Rounded to the time dtype on the host (no transfer back from an accelerator).
-            tnext_host = _round(end, tdt)
+            tnext_host = host_round(end, tdt)
             tnext = torch.scalar_tensor(tnext_host, dtype=tdt, device=dev)
         emits.append(emit)
         tape.append(

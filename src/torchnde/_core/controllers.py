@@ -47,6 +47,23 @@ def _as_time_grid(name: str, value: Any) -> torch.Tensor | None:
     return grid
 
 
+def _host_numbers(values: list[torch.Tensor]) -> list[float]:
+    """A few 0-dim tensors as host numbers, in one transfer off an accelerator."""
+    if values[0].device.type == "cpu":
+        return [v.item() for v in values]
+    return torch.stack([v.to(torch.float64) for v in values]).tolist()
+
+
+def _nan_min(a: float, b: float) -> float:
+    """``min`` that propagates NaN from either argument (as ``torch.minimum``)."""
+    return a if a != a or a <= b else b
+
+
+def _nan_max(a: float, b: float) -> float:
+    """``max`` that propagates NaN from either argument (as ``torch.maximum``)."""
+    return a if a != a or a >= b else b
+
+
 class AbstractStepSizeController(abc.ABC):
     """Base class of step-size controllers.
 
@@ -552,7 +569,8 @@ class PIDController(AbstractAdaptiveController):
         if dt0 is None:
             # Hairer, Nørsett & Wanner (1993), Solving ODEs I, II.4: a first guess from the
             # sizes of y0 and f0, refined with one more evaluation of f.
-            unit = terms.prod(vf0, terms.contr(t0, t0 + 1))
+            one = terms.contr(t0, t0 + 1)
+            unit = terms.prod(vf0, one)
             if norm is None:
                 # One scale for the three norms below (they all measure against |y0|).
                 scale = y0.abs() * self.rtol + self.atol
@@ -568,41 +586,13 @@ class PIDController(AbstractAdaptiveController):
                 def scaled(x: torch.Tensor) -> torch.Tensor:
                     return self.scaled_norm(x, y0, None, norm)
 
-            d0 = scaled(y0)
-            d1 = scaled(unit)
-            # A non-finite d0 or d1 (finite y0 and f0: a NaN norm) makes dt0 NaN below, which
-            # the loop reports as a non-finite start instead of stepping on NaN times.
-            small = (d0 < 1e-5) | (d1 < 1e-5)
-            h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
-            h0 = h0.to(t0.dtype)
-            h0 = torch.minimum(h0, t1 - t0).clamp_min(torch.finfo(t0.dtype).eps)
-            if self.dtmax is not None:
-                h0 = h0.clamp(max=self.dtmax)
-            y1 = y0 + broadcast_time(h0, y0).to(y0.dtype) * unit
-            f1 = terms.prod(terms.vf(t0 + h0, y1, args), terms.contr(t0, t0 + 1))
+            differentiated = torch.is_grad_enabled() and self.differentiate_steps
+            if not (self.per_sample or t0.ndim or differentiated):
+                h = self._initial_step_on_host(terms, t0, t1, y0, args, solver, one, unit, scaled)
+                dt0 = torch.scalar_tensor(h, dtype=t0.dtype, device=t0.device)
+            else:
+                dt0 = self._initial_step(terms, t0, t1, y0, args, solver, one, unit, scaled)
             nfe = 1
-            d2 = scaled(f1 - unit) / h0.to(y0.dtype)
-            dmax = torch.maximum(d1, d2)
-            # h1^k max(d1, d2) = 0.01 with k the exponent of the local error estimate
-            # (error ~ h^k): Hairer's HINIT (DOPRI5 IORD = 5, DOP853 IORD = 8) and SciPy's
-            # select_initial_step (1 / (error_estimator_order + 1): RK45 1/5, RK23 1/3) both
-            # size the first step by the estimate the controller then reads, not by the
-            # order of the propagated solution (Dopri5: 1/5, not 1/6). Solvers without an
-            # integer error order fall back to the local error of the solution, h^(order+1).
-            k = getattr(solver, "error_order", None)
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                k = solver.order + 1
-            h1 = torch.where(
-                dmax <= 1e-15,
-                torch.clamp_min(h0 * 1e-3, 1e-6),
-                (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / k),
-            ).to(t0.dtype)
-            dt0 = torch.minimum(100 * h0, h1)
-            # f blew up (or is NaN) at the trial point y0 + h0 f0: no estimate of the second
-            # derivative; start from h0 and let step rejection shrink it.
-            dt0 = torch.where(torch.isfinite(d2), dt0, h0)
-            if not self.differentiate_steps:
-                dt0 = dt0.detach()
         elif norm is not None:
             # The user's norm is first called here (the built-in RMS norm is finite on the
             # finite y0): NaN makes the first step NaN, reported at once as NONFINITE.
@@ -620,6 +610,80 @@ class PIDController(AbstractAdaptiveController):
             zero = torch.zeros_like(t0)
             return end, (one, zero, at_jump, torch.zeros_like(t0, dtype=torch.bool)), nfe
         return end, (one, one, at_jump), nfe
+
+    @staticmethod
+    def _first_order(solver: AbstractSolver) -> int:
+        """The exponent ``k`` the first step is sized by, ``h1^k max(d1, d2) = 0.01``.
+
+        The exponent of the local error estimate (error ~ h^k): Hairer's HINIT (DOPRI5
+        IORD = 5, DOP853 IORD = 8) and SciPy's select_initial_step (1 / (error_estimator_order
+        + 1): RK45 1/5, RK23 1/3) both size the first step by the estimate the controller then
+        reads, not by the order of the propagated solution (Dopri5: 1/5, not 1/6). Solvers
+        without an integer error order fall back to the local error of the solution,
+        h^(order+1)."""
+        k = solver.error_order
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            return solver.order + 1
+        return k
+
+    def _initial_step(self, terms, t0, t1, y0, args, solver, one, unit, scaled) -> torch.Tensor:
+        """The first step as tensors (per sample, or with its gradient)."""
+        d0 = scaled(y0)
+        d1 = scaled(unit)
+        # A non-finite d0 or d1 (finite y0 and f0: a NaN norm) makes dt0 NaN below, which
+        # the loop reports as a non-finite start instead of stepping on NaN times.
+        small = (d0 < 1e-5) | (d1 < 1e-5)
+        h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-30))
+        h0 = h0.to(t0.dtype)
+        h0 = torch.minimum(h0, t1 - t0).clamp_min(torch.finfo(t0.dtype).eps)
+        if self.dtmax is not None:
+            h0 = h0.clamp(max=self.dtmax)
+        y1 = y0 + broadcast_time(h0, y0).to(y0.dtype) * unit
+        f1 = terms.prod(terms.vf(t0 + h0, y1, args), one)
+        d2 = scaled(f1 - unit) / h0.to(y0.dtype)
+        dmax = torch.maximum(d1, d2)
+        h1 = torch.where(
+            dmax <= 1e-15,
+            torch.clamp_min(h0 * 1e-3, 1e-6),
+            (0.01 / dmax.clamp_min(1e-30)) ** (1.0 / self._first_order(solver)),
+        ).to(t0.dtype)
+        dt0 = torch.minimum(100 * h0, h1)
+        # f blew up (or is NaN) at the trial point y0 + h0 f0: no estimate of the second
+        # derivative; start from h0 and let step rejection shrink it.
+        dt0 = torch.where(torch.isfinite(d2), dt0, h0)
+        return dt0 if self.differentiate_steps else dt0.detach()
+
+    def _initial_step_on_host(self, terms, t0, t1, y0, args, solver, one, unit, scaled) -> float:
+        """:meth:`_initial_step`'s arithmetic on host numbers, for one joint interval whose
+        first step carries no gradient: the three norms are transferred (two
+        synchronisations) instead of some thirty operations on 0-dim tensors. Values are
+        rounded to the state's and the time's dtypes where the tensors are; ``min`` and
+        ``max`` propagate NaN as ``torch.minimum`` and ``torch.maximum`` do."""
+        from .adaptive import host_round
+
+        tdt, ydt = t0.dtype, y0.dtype
+        with torch.no_grad():
+            t0_h, t1_h, d0, d1 = _host_numbers([t0, t1, scaled(y0), scaled(unit)])
+            h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / _nan_max(d1, 1e-30)
+            h0 = host_round(host_round(h0, ydt), tdt)
+            h0 = _nan_max(_nan_min(h0, host_round(t1_h - t0_h, tdt)), torch.finfo(tdt).eps)
+            if self.dtmax is not None:
+                h0 = _nan_min(h0, host_round(float(self.dtmax), tdt))
+            h0_y = host_round(h0, ydt)
+            y1 = torch.add(y0, unit, alpha=h0_y)
+            t_trial = torch.scalar_tensor(host_round(t0_h + h0, tdt), dtype=tdt, device=t0.device)
+            f1 = terms.prod(terms.vf(t_trial, y1, args), one)
+            (d2,) = _host_numbers([scaled(f1 - unit)])
+        d2 = host_round(d2 / h0_y, ydt)
+        dmax = _nan_max(d1, d2)
+        if dmax <= 1e-15:
+            h1 = _nan_max(host_round(h0 * 1e-3, tdt), host_round(1e-6, tdt))
+        else:
+            h1 = (0.01 / _nan_max(dmax, 1e-30)) ** (1.0 / self._first_order(solver))
+            h1 = host_round(host_round(h1, ydt), tdt)
+        dt0 = _nan_min(host_round(100 * h0, tdt), h1)
+        # f blew up (or is NaN) at the trial point: start from h0 (as the tensor arithmetic).
+        return dt0 if math.isfinite(d2) else h0
 
     def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):  # type: ignore[override]
         if y_error is None or error_order is None:
