@@ -256,15 +256,26 @@ class AbstractAdaptiveController(AbstractStepSizeController):
         ):
             return super().error_ratio_of(y0, norm)
         # `scaled_norm`'s RMS without autograd, its factors made once: the same operations.
+        # A step starts from the state the last one attempted from (rejected) or reached
+        # (accepted): its |y| is the one computed then, kept with the tensor it belongs to.
         root = math.sqrt(max(y0.numel(), 1))
         r_t = torch.tensor(rtol * root, dtype=y0.dtype, device=y0.device)
         a_t = torch.tensor(atol * root, dtype=y0.dtype, device=y0.device)
         maximum, addcmul, vector_norm = torch.maximum, torch.addcmul, torch.linalg.vector_norm
+        last: list = [None, None, None, None]  # (start, |start|, end, |end|) of the last step
 
         def ratio(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None) -> Any:
-            return (
-                None if e is None else vector_norm(e / addcmul(a_t, maximum(a.abs(), b.abs()), r_t))
-            )
+            if e is None:
+                return None
+            if a is last[2]:
+                a_abs = last[3]
+            elif a is last[0]:
+                a_abs = last[1]
+            else:
+                a_abs = a.abs()
+            b_abs = b.abs()
+            last[:] = (a, a_abs, b, b_abs)
+            return vector_norm(e / addcmul(a_t, maximum(a_abs, b_abs), r_t))
 
         return ratio
 
