@@ -217,6 +217,35 @@ def test_steps_chosen_as_constants_are_differentiated_on_the_host_path(monkeypat
     torch.testing.assert_close(directional, fd, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("solver", [tn.Dopri5(), tn.Tsit5()], ids=lambda s: type(s).__name__)
+def test_graph_stepper_is_the_general_step_under_autograd(solver, monkeypatch):
+    # Under autograd with the steps as constants, the host path's stepper combines the stages
+    # as y0 + h a_i F (`_graph_stepper`); the general `step` as y0 + a_i (h F): the same
+    # solution and gradients up to rounding, with the same steps, rejected ones included.
+    term, y0, w = _problem()
+    ts = torch.linspace(0, 2, 7, dtype=F64)
+    ctrl = tn.PIDController(rtol=1e-6, atol=1e-8, differentiate_steps=False)
+    used = []
+    real = type(solver)._graph_stepper
+    results = []
+    for graph in (True, False):
+        with monkeypatch.context() as m:
+            if graph:
+                m.setattr(type(solver), "_graph_stepper", lambda *a: used.append(1) or real(*a))
+            else:
+                m.setattr(type(solver), "host_stepper", lambda *a: None)
+            wg, yg = w.clone().requires_grad_(True), y0.clone().requires_grad_(True)
+            sol = tn.solve(term, solver, 0.0, 2.0, yg, args=wg, controller=ctrl,
+                           saveat=tn.SaveAt(ts=ts))  # fmt: skip
+            results.append((sol, torch.autograd.grad(sol.ys.pow(2).sum(), (yg, wg))))
+    assert used
+    (a, ga), (b, gb) = results
+    assert a.stats == b.stats and a.stats["num_rejected_steps"] > 0
+    torch.testing.assert_close(a.ys, b.ys, rtol=1e-12, atol=1e-13)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+
+
 def test_backsolve_gradient_through_the_host_path_matches_finite_differences(monkeypatch):
     # BacksolveAdjoint solves forward under no_grad (the host path) and backwards again; its
     # gradient must still be the solution's, checked against central differences.
@@ -368,7 +397,7 @@ def test_host_saves_are_the_interpolant_rounded_once(solver):
         stepper = solver.host_stepper(term, y0, w)
         t0, t1 = torch.tensor(0.0), torch.tensor(0.3)
         f0 = term.vf(t0, y0, w)
-        _, _, dense, _ = stepper.step(t0, t1, y0, f0)
+        _, _, dense, _ = stepper.step(t0, t1, 0.3, y0, f0)
         thetas = [0.1, 1 / 3, 0.5, 0.9999]
         out = torch.empty(len(thetas), y0.numel())
         stepper.save_into(thetas, dense, out)

@@ -136,10 +136,11 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
     emits: list = []
     extra: dict[str, int] = {}
     y1 = y
-    # Buffers reused across steps when nothing keeps a step's tensors (dense or step output).
-    # (Not under autograd, which keeps each step's tensors.)
-    reuse = not (save_dense or save_steps or torch.is_grad_enabled())
-    stepper = solver.host_stepper(terms, y0, args) if reuse else None
+    # The solver's own steps for this loop when nothing keeps a step's tensors past it (dense
+    # or step output): buffers reused across steps without autograd, few recorded nodes
+    # under it.
+    keeps = save_dense or save_steps
+    stepper = None if keeps else solver.host_stepper(terms, y0, args)
     save_into = None if stepper is None else stepper.save_into
     out_rows = None if out is None else out.view(out.shape[0], -1)
     compiled = None
@@ -148,19 +149,27 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
 
         compiled = CompiledHostStep(loop)
 
-    error_ratio = controller.error_ratio_of(y0, loop.norm)
+    # The error ratio only decides the step (its gradient is not taken on this path).
+    recording = torch.is_grad_enabled()
+    with torch.no_grad():
+        error_ratio = controller.error_ratio_of(y0, loop.norm)
+    h_host = [0.0]  # the step size of the attempt, a host number (`HostStepper.step`)
 
     def eager_step(a: tuple) -> tuple:
         t, tnext, y, fstate = a
         if stepper is None:
             y1, y_error, dense_info, fnew = solver.step(terms, t, tnext, y, args, fstate)
         else:
-            y1, y_error, dense_info, fnew = stepper.step(t, tnext, y, fstate)
-        return y1, y_error, dense_info, fnew, error_ratio(y, y1, y_error)
+            y1, y_error, dense_info, fnew = stepper.step(t, tnext, h_host[0], y, fstate)
+        if not recording:
+            return y1, y_error, dense_info, fnew, error_ratio(y, y1, y_error)
+        with torch.no_grad():
+            return y1, y_error, dense_info, fnew, error_ratio(y, y1, y_error)
 
     while t_host < t1_host:
         if num_steps >= max_steps:
             return run_general(loop, y0)
+        h_host[0] = tnext_host - t_host
         try:
             if compiled is None:
                 y1, y_error, dense_info, fnew, ratio = eager_step((t, tnext, y, fstate))

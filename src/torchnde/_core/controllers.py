@@ -224,9 +224,10 @@ class AbstractAdaptiveController(AbstractStepSizeController):
         root = math.sqrt(max(n, 1))
         rtol, atol = self.rtol, self.atol
         if isinstance(rtol, float) and isinstance(atol, float) and not torch.is_grad_enabled():
-            # The same `atol root + scale * (rtol root)` as one `addcmul`, with the two
-            # factors as cached 0-dim tensors of its dtype (a Python number is rounded to that
-            # dtype too): no scalar wrapping, one operation fewer.
+            # The same `scale * (rtol root) + atol root`, in place on the fresh `scale`, with
+            # the two factors as cached 0-dim tensors of its dtype (a Python number is rounded
+            # to that dtype too, so the values are bit for bit the same; a fused `addcmul`
+            # would round once and differ): no scalar wrapping, one allocation fewer.
             key = (scale.dtype, scale.device, n)
             cache = self.__dict__.setdefault("_tolerance_tensors", {})
             tt = cache.get(key)
@@ -235,7 +236,7 @@ class AbstractAdaptiveController(AbstractStepSizeController):
                     torch.tensor(rtol * root, dtype=scale.dtype, device=scale.device),
                     torch.tensor(atol * root, dtype=scale.dtype, device=scale.device),
                 )
-            x = e / torch.addcmul(tt[1], scale, tt[0])
+            x = e / scale.mul_(tt[0]).add_(tt[1])
         else:
             x = e / (scale * (rtol * root) + atol * root)
         if per_sample:
@@ -261,7 +262,7 @@ class AbstractAdaptiveController(AbstractStepSizeController):
         root = math.sqrt(max(y0.numel(), 1))
         r_t = torch.tensor(rtol * root, dtype=y0.dtype, device=y0.device)
         a_t = torch.tensor(atol * root, dtype=y0.dtype, device=y0.device)
-        maximum, addcmul, vector_norm = torch.maximum, torch.addcmul, torch.linalg.vector_norm
+        maximum, vector_norm = torch.maximum, torch.linalg.vector_norm
         last: list = [None, None, None, None]  # (start, |start|, end, |end|) of the last step
 
         def ratio(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None) -> Any:
@@ -275,7 +276,7 @@ class AbstractAdaptiveController(AbstractStepSizeController):
                 a_abs = a.abs()
             b_abs = b.abs()
             last[:] = (a, a_abs, b, b_abs)
-            return vector_norm(e / addcmul(a_t, maximum(a_abs, b_abs), r_t))
+            return vector_norm(e / maximum(a_abs, b_abs).mul_(r_t).add_(a_t))
 
         return ratio
 
@@ -669,7 +670,9 @@ class PIDController(AbstractAdaptiveController):
         first step carries no gradient: the three norms are transferred (two
         synchronisations) instead of some thirty operations on 0-dim tensors. Values are
         rounded to the state's and the time's dtypes where the tensors are; ``min`` and
-        ``max`` propagate NaN as ``torch.minimum`` and ``torch.maximum`` do."""
+        ``max`` propagate NaN as ``torch.minimum`` and ``torch.maximum`` do. In float64 the
+        same operations give the same numbers; in lower precision a quotient or power
+        rounded from float64 may differ from the tensor's by an ulp."""
         from .adaptive import host_round
 
         tdt, ydt = t0.dtype, y0.dtype
@@ -681,9 +684,9 @@ class PIDController(AbstractAdaptiveController):
             if self.dtmax is not None:
                 h0 = _nan_min(h0, host_round(float(self.dtmax), tdt))
             h0_y = host_round(h0, ydt)
-            y1 = torch.add(y0, unit, alpha=h0_y)
-            t_trial = torch.scalar_tensor(host_round(t0_h + h0, tdt), dtype=tdt, device=t0.device)
-            f1 = terms.prod(terms.vf(t_trial, y1, args), one)
+            # As the tensors compute them (a product, then a sum; the time in its dtype).
+            y1 = y0 + unit * h0_y
+            f1 = terms.prod(terms.vf(t0 + h0, y1, args), one)
             (d2,) = _host_numbers([scaled(f1 - unit)])
         d2 = host_round(d2 / h0_y, ydt)
         dmax = _nan_max(d1, d2)

@@ -227,21 +227,9 @@ class AbstractRungeKutta(AbstractSolver):
         return y1, y_error, dense_info, vf1
 
     def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
-        """:meth:`step` for the host-controlled adaptive loop (``_core/adaptive.py``: no
-        autograd, joint steps, no dense or step output kept past a step), with the stage
-        increments ``K``, their views and the error estimate's buffer made once per solve
-        and reused by every step (written with ``out=``): a step makes no view of them and
-        allocates only the stage states. Those, and so every tensor the vector field sees
-        or the loop keeps, are new at every step as in :meth:`step`; ``K`` and the error
-        estimate are read only before the next step. The same operations in the same order
-        as :meth:`step`: the same values bit for bit.
-
-        Its saves (``save_into``) evaluate the interpolant's weights
-        ``b_i(θ) = Σ_k P_ik θ^k`` on the host, in float64 (Horner) from the host's step
-        fractions, and write ``y0 + W K`` into the output rows with one ``addmm``: no tensors
-        for ``θ``, its powers or the weights but the one ``W``. The values are those of
-        :meth:`interpolate` up to the rounding of ``θ`` and the weights (there float32 for
-        a float32 solve, here float64 rounded once).
+        """The steps of one solve on the host-controlled adaptive loop (``_core/adaptive.py``:
+        joint steps, no dense or step output kept past a step): without autograd
+        :meth:`_buffered_stepper`, under autograd (step sizes constants) :meth:`_graph_stepper`.
 
         ``None`` (use :meth:`step`) unless the method is this engine's, first-same-as-last,
         with its own interpolant, the term an ODE and the state a tensor."""
@@ -256,9 +244,29 @@ class AbstractRungeKutta(AbstractSolver):
             or terms.control_scale() != 1.0
             or type(terms).prod_into is not _ODE_PROD_INTO
             or not isinstance(y0, torch.Tensor)
-            or torch.is_grad_enabled()
         ):
             return None
+        # The user's function itself for a plain ODE term (one call fewer per stage).
+        vector_field = terms.vector_field if type(terms).vf is ODETerm.vf else terms.vf  # type: ignore[attr-defined]
+        if torch.is_grad_enabled():
+            return self._graph_stepper(vector_field, y0, args)
+        return self._buffered_stepper(vector_field, y0, args)
+
+    def _buffered_stepper(self, vector_field: Any, y0: torch.Tensor, args: Any) -> HostStepper:
+        """:meth:`step` without autograd, with the stage increments ``K``, their views and the
+        error estimate's buffer made once per solve and reused by every step (written with
+        ``out=``): a step makes no view of them and allocates only the stage states. Those,
+        and so every tensor the vector field sees or the loop keeps, are new at every step
+        as in :meth:`step`; ``K`` and the error estimate are read only before the next step.
+        The same operations in the same order as :meth:`step`: the same values bit for bit.
+
+        Its saves (``save_into``) evaluate the interpolant's weights
+        ``b_i(θ) = Σ_k P_ik θ^k`` on the host, in float64 (Horner) from the host's step
+        fractions, and write ``y0 + W K`` into the output rows with one ``addmm``: no tensors
+        for ``θ``, its powers or the weights but the one ``W``. The values are those of
+        :meth:`interpolate` up to the rounding of ``θ`` and the weights (there float32 for
+        a float32 solve, here float64 rounded once)."""
+        tab = self._tab()
         coeffs = tab.cast(y0.dtype, y0.device)
         a_low, e_row, c = coeffs["a_low"], coeffs["e_row"], tab.c
         s = tab.num_stages
@@ -269,18 +277,17 @@ class AbstractRungeKutta(AbstractSolver):
         prefix = [Kf[:i] for i in range(s)]
         E = y0.new_empty((1, y0.numel()))
         E_v = E.view(shape)
-        # The user's function itself for a plain ODE term (one call fewer per stage).
-        vector_field = terms.vector_field if type(terms).vf is ODETerm.vf else terms.vf  # type: ignore[attr-defined]
         c_column: list = []  # the column of c for the solve's time dtype, on the first step
         # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
         # time (None: t1).
         plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
         slot0 = slots[0]
-
         # A state of shape (1, n) is the stage product's own shape: no view to make.
         flat = shape == (1, y0.numel())
 
-        def step(t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
+        def step(
+            t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
+        ) -> tuple:
             control = t1 - t0
             if not c_column:
                 c_column.append(_c_column(coeffs, t0))
@@ -317,6 +324,49 @@ class AbstractRungeKutta(AbstractSolver):
             torch.addmm(dense_info.y0.reshape(1, -1), W, dense_info.K.view(s, -1), out=out)
 
         return HostStepper(step, save_into)
+
+    def _graph_stepper(self, vector_field: Any, y0: torch.Tensor, args: Any) -> HostStepper:
+        """:meth:`step` under autograd with the step size a host number (the host loop's
+        steps chosen as constants), recording few nodes: a stage is ``y0 + h a_i F`` with
+        ``F`` the stack of the evaluations so far (one ``stack`` and one ``addmm`` with
+        ``alpha=h``, no ``K_i = h f_i`` products written into slices of a buffer, whose
+        backward passes copy the whole buffer at every stage); ``K = h F`` is made once, for
+        the dense output; the error estimate is computed without autograd (it only decides
+        the step). The values are :meth:`step`'s up to rounding (``h`` applied after the
+        combination instead of to each stage)."""
+        tab = self._tab()
+        coeffs = tab.cast(y0.dtype, y0.device)
+        a_low, e_row, c = coeffs["a_low"], coeffs["e_row"], tab.c
+        s = tab.num_stages
+        shape = y0.shape
+        n = y0.numel()
+        c_column: list = []
+        plan = [(i, a_low[i], None if c[i] == 1.0 else i) for i in range(1, s)]
+        flat = shape == (1, n)
+
+        def step(
+            t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
+        ) -> tuple:
+            control = t1 - t0
+            if not c_column:
+                c_column.append(_c_column(coeffs, t0))
+            t_stage = torch.addcmul(t0, c_column[0], control).unbind(0)
+            yf = y.reshape(1, -1)
+            fs = [state]
+            vf = state
+            yi = y
+            for i, a_i, ti in plan:
+                yi = torch.addmm(yf, a_i, torch.stack(fs).view(i, n), alpha=h)
+                if not flat:
+                    yi = yi.view(shape)
+                vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
+                fs.append(vf)
+            F = torch.stack(fs).view(s, n)
+            with torch.no_grad():
+                y_error = torch.mm(e_row, F).mul_(h).view(shape)
+            return yi, y_error, PolynomialDense(y, (F * h).view((s,) + shape)), vf
+
+        return HostStepper(step, None)
 
     def fixed_step(
         self,

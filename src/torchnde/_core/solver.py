@@ -17,8 +17,8 @@ class HostStepper(NamedTuple):
     """A solver's steps for one solve on the host-controlled adaptive loop
     (:meth:`AbstractSolver.host_stepper`).
 
-    - ``step(t0, t1, y, state) -> (y1, y_error, dense_info, new_state)``, as
-      :meth:`AbstractSolver.step`;
+    - ``step(t0, t1, h, y, state) -> (y1, y_error, dense_info, new_state)``, as
+      :meth:`AbstractSolver.step`, with ``h`` the step size ``t1 - t0`` as a host number;
     - ``save_into(thetas, dense_info, out)``, or ``None``: writes the dense output of the step
       just taken at the step fractions ``thetas`` (host numbers in ``[0, 1)``, computed in
       float64 from the host's times) into the rows of ``out`` (``(len(thetas), y.numel())``,
@@ -137,10 +137,11 @@ class AbstractSolver(abc.ABC):
 
     def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
         """Optional: a :class:`HostStepper` for one solve on the host-controlled adaptive loop
-        (``_core/adaptive.py``: no autograd, joint steps, nothing of a step kept past the
-        next), whose steps may reuse buffers across steps and whose saves may be written
-        straight into the output; ``None`` (the default) makes that loop call :meth:`step`
-        and :meth:`interpolate`."""
+        (``_core/adaptive.py``: joint steps, nothing of a step kept past the next; under
+        autograd only with the step sizes as constants), whose steps may reuse buffers
+        across steps (without autograd) and whose saves may be written straight into the
+        output; ``None`` (the default) makes that loop call :meth:`step` and
+        :meth:`interpolate`."""
         return None
 
     def take_dense_fevals(self, dense_info: Any) -> int:
