@@ -306,21 +306,10 @@ class AbstractRungeKutta(AbstractSolver):
             torch.mm(e_row, Kf, out=E)
             return yi, E_v, PolynomialDense(y, K), vf
 
-        # The interpolant's coefficients, highest power first per stage (for Horner).
-        horner = [tuple(reversed([float(v) for v in row])) for row in tab.b_dense]  # type: ignore[union-attr]
-        dtype, device = y0.dtype, y0.device
+        weights = _host_weights(tab, y0)
 
         def save_into(thetas: list, dense_info: PolynomialDense, out: torch.Tensor) -> None:
-            weights = []
-            for th in thetas:
-                row = []
-                for coeffs_i in horner:
-                    acc = 0.0
-                    for p in coeffs_i:
-                        acc = (acc + p) * th
-                    row.append(acc)
-                weights.append(row)
-            W = torch.tensor(weights, dtype=dtype, device=device)
+            W = weights(thetas)
             torch.addmm(dense_info.y0.reshape(1, -1), W, dense_info.K.view(s, -1), out=out)
 
         return HostStepper(step, save_into)
@@ -366,7 +355,14 @@ class AbstractRungeKutta(AbstractSolver):
                 y_error = torch.mm(e_row, F).mul_(h).view(shape)
             return yi, y_error, PolynomialDense(y, (F * h).view((s,) + shape)), vf
 
-        return HostStepper(step, None)
+        weights = _host_weights(tab, y0)
+
+        def save_into(thetas: list, dense_info: PolynomialDense, out: torch.Tensor) -> None:
+            # Recorded: one product, copied into the output's rows (as the loop's writes).
+            yf, Kf = dense_info.y0.reshape(1, -1), dense_info.K.view(s, -1)
+            out.copy_(torch.addmm(yf, weights(thetas), Kf))
+
+        return HostStepper(step, save_into)
 
     def fixed_step(
         self,
@@ -447,6 +443,29 @@ class AbstractRungeKutta(AbstractSolver):
                 return hermite((y0, y1, K[0], torch.zeros_like(y1)), theta, per_sample)
             k1 = k1.value()
         return hermite((y0, y1, K[0], k1), theta, per_sample)
+
+
+def _host_weights(tab: ButcherTableau, y0: torch.Tensor) -> Any:
+    """``thetas -> W``: the weights ``b_i(θ) = Σ_k P_ik θ^k`` of the tableau's interpolant at
+    host step fractions, evaluated on the host in float64 (Horner) and made one tensor
+    ``(len(thetas), stages)`` of the state's dtype and device."""
+    # The interpolant's coefficients, highest power first per stage.
+    horner = [tuple(reversed([float(v) for v in row])) for row in tab.b_dense]  # type: ignore[union-attr]
+    dtype, device = y0.dtype, y0.device
+
+    def weights(thetas: list) -> torch.Tensor:
+        rows = []
+        for th in thetas:
+            row = []
+            for coeffs_i in horner:
+                acc = 0.0
+                for p in coeffs_i:
+                    acc = (acc + p) * th
+                row.append(acc)
+            rows.append(row)
+        return torch.tensor(rows, dtype=dtype, device=device)
+
+    return weights
 
 
 def _c_column(coeffs: dict[str, Any], t0: torch.Tensor) -> torch.Tensor:
