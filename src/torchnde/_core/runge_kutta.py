@@ -288,12 +288,14 @@ class AbstractRungeKutta(AbstractSolver):
         def step(
             t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
         ) -> tuple:
+            # (The step size as the 0-dim tensor: a product with a Python number wraps it
+            # into a tensor at every call, measurably slower.)
             control = t1 - t0
             if not c_column:
                 c_column.append(_c_column(coeffs, t0))
             # The stage times as views, made in one call.
             t_stage = torch.addcmul(t0, c_column[0], control).unbind(0)
-            yf = y.reshape(1, -1)
+            yf = y if flat else y.reshape(1, -1)
             torch.mul(state, control, out=slot0)
             vf = state
             yi = y
@@ -449,8 +451,11 @@ def _host_weights(tab: ButcherTableau, y0: torch.Tensor) -> Any:
     """``thetas -> W``: the weights ``b_i(θ) = Σ_k P_ik θ^k`` of the tableau's interpolant at
     host step fractions, evaluated on the host in float64 (Horner) and made one tensor
     ``(len(thetas), stages)`` of the state's dtype and device."""
-    # The interpolant's coefficients, highest power first per stage.
-    horner = [tuple(reversed([float(v) for v in row])) for row in tab.b_dense]  # type: ignore[union-attr]
+    # The interpolant's coefficients, highest power first per stage (once per tableau).
+    horner = tab._cache.get("horner")
+    if horner is None:
+        rows = tab.b_dense or ()
+        horner = tab._cache["horner"] = [tuple(reversed([float(v) for v in r])) for r in rows]
     dtype, device = y0.dtype, y0.device
 
     def weights(thetas: list) -> torch.Tensor:
