@@ -319,8 +319,8 @@ class Radau5(AbstractNewtonSolver):
         # helpers above the class).
         one = B == 1 and not grad
         if one:
-            flags = torch.cat([hd, h_prev, h_lu, jac_ok.to(dt), fresh.to(dt), redo.to(dt)])
-            hx, hx_prev, hx_lu, ok, fr, rd = flags.tolist()
+            flags = torch.cat([hd, h_prev, h_lu, jac_ok.to(dt), fresh.to(dt), redo.to(dt), eta])
+            hx, hx_prev, hx_lu, ok, fr, rd, eta = flags.tolist()
             jac_ok, fresh, redo = bool(ok), bool(fr), bool(rd)
         else:
             hx, hx_prev, hx_lu = hd, h_prev, h_lu
@@ -399,11 +399,11 @@ class Radau5(AbstractNewtonSolver):
                 dc = torch.linalg.lu_solve(LUc, pivc, rc[..., None]).squeeze(-1)
                 return torch.stack([d0, dc.real, dc.imag], 1).reshape(B, 3 * n)
 
+            # (One row: Newton's outcome as host numbers only, no (1,)-shaped tensors.)
             out = simplified_newton(
                 W0.reshape(B, 3 * n), residual, correction, scale_fn, eta, rows,
-                kappa=kappa, max_iters=self.max_newton_iters,
+                kappa=kappa, max_iters=self.max_newton_iters, tensors=not one,
             )  # fmt: skip
-            assert out.iters is not None
             return out, q
 
         def outcome(res: NewtonResult) -> tuple[Any, Any, Any]:
@@ -426,7 +426,7 @@ class Radau5(AbstractNewtonSolver):
                 W0 = torch.matmul(TI, _where(have, extrap, 0.0))  # (a host `have` holds here)
             else:
                 W0 = y0d.new_zeros(B, 3, n)
-            active = torch.ones(B, dtype=torch.bool, device=dev)
+            active = True if one else torch.ones(B, dtype=torch.bool, device=dev)
             J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh = refresh(
                 J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh, _not(jac_ok)
             )
@@ -437,7 +437,7 @@ class Radau5(AbstractNewtonSolver):
                 J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh = refresh(
                     J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh, retry
                 )
-                again, q = solve(LUr, pivr, LUc, pivc, h_lu, active if one else retry)
+                again, q = solve(LUr, pivr, LUc, pivc, h_lu, retry)
                 res = _merge(retry, again, res)
         failed, eta_x, iters = outcome(res)
         counts.extra["num_newton_failures"] = _count(failed)
@@ -498,8 +498,9 @@ class Radau5(AbstractNewtonSolver):
         if _any(off):
             h_lu = _where(off, torch.zeros_like(h_lu), h_lu)
         jac_ok_s, fresh_s, redo_s = _state_flags(jac_ok_new, fresh, state[12])
+        eta_s = torch.tensor([eta_x], dtype=dt, device=dev) if one else eta_x
         new_state = (
-            f1, Zd, hd, J, LUr, pivr, LUc, pivc, h_lu, jac_ok_s, fresh_s, res.eta, redo_s,
+            f1, Zd, hd, J, LUr, pivr, LUc, pivc, h_lu, jac_ok_s, fresh_s, eta_s, redo_s,
         )  # fmt: skip
         # Stage increments as (3, *y.shape) for the dense output.
         Zy = Z.permute(1, 0, 2).reshape((3,) + tuple(y0.shape))
