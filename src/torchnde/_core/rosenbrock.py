@@ -83,10 +83,12 @@ class RosenbrockTableau:
     def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """The coefficients as tensors of ``dtype`` on ``device``, built once per pair.
 
-        ``"stage"[i - 1]`` is the ``(2, i)`` matrix ``[a_i; γ c_i]`` of stage ``i``: one
-        matrix product with the stacked ``U_0 .. U_{i-1}`` gives both the stage point's
-        increment and the ``Σ c_ij U_j`` term of its right-hand side. ``"weights"`` is the
-        ``(2, s)`` matrix ``[m; m - m̂]`` (solution and error in one product).
+        ``"stage"[i - 1]`` is the ``(i, 2)`` matrix ``[a_i; γ c_i]^T`` of stage ``i``: one
+        matrix product of the stacked columns ``U_0 .. U_{i-1}`` with it gives both the stage
+        point's increment and the ``Σ c_ij U_j`` term of its right-hand side. ``"weights"``
+        is the ``(s, 2)`` matrix ``[m; m - m̂]^T`` (solution and error in one product).
+        (Both are kept as transposed views of the ``(2, ·)`` rows, the layout of the products'
+        operands: no transposition per stage.)
         """
         key = (dtype, device)
         hit = self._cache.get(key)
@@ -104,10 +106,10 @@ class RosenbrockTableau:
                 for k, v in (("a", a), ("c", c * self.gamma), ("m", m), ("e", e))
             }
             hit["stage"] = [
-                torch.stack([a[i, :i], c[i, :i] * self.gamma]).to(dtype=dtype, device=device)
+                torch.stack([a[i, :i], c[i, :i] * self.gamma]).to(dtype=dtype, device=device).T
                 for i in range(1, s)
             ]
-            hit["weights"] = torch.stack([m, e]).to(dtype=dtype, device=device)
+            hit["weights"] = torch.stack([m, e]).to(dtype=dtype, device=device).T
             self._cache[key] = hit
         return hit
 
@@ -227,7 +229,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             else:
                 # One product gives the stage increment Σ a_ij U_j and Σ γ c_ij U_j.
                 Us = torch.cat(U, dim=-1) if i > 1 else U[0]  # (B, n, i)
-                w = torch.matmul(Us, stage_co[i - 1].T)  # (B, n, 2)
+                w = torch.matmul(Us, stage_co[i - 1])  # (B, n, 2)
                 wa, wc = w.unbind(-1)
                 alpha = tab.alpha[i]
                 ti = times.get(alpha)
@@ -238,7 +240,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
             U.append(solve(rhs.unsqueeze(-1)))
-        w = torch.matmul(torch.cat(U, dim=-1), co["weights"].T)  # (B, n, 2)
+        w = torch.matmul(torch.cat(U, dim=-1), co["weights"])  # (B, n, 2)
         dy, err = w.unbind(-1)
         y1f = y0f + dy
         y1 = g.unflat(y1f)

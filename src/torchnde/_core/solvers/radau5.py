@@ -48,6 +48,7 @@ import torch
 from ..implicit import AbstractNewtonSolver
 from ..newton import (
     Counts,
+    NewtonResult,
     attach_coupled_gradient,
     records_gradient,
     simplified_newton,
@@ -122,6 +123,65 @@ def _kron_lam(lam: torch.Tensor, n: int) -> torch.Tensor:
 
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+# -- The decisions of a step (reuse the Jacobian, refactorise, retry Newton, refine the error
+# estimate, a failure). Each is a (B,) bool mask, every sample its own, or, for one row (a
+# joint solve with one full Jacobian, or one sample) when nothing records a gradient, a host
+# bool: `Radau5.step` then reads the step sizes and flags it decides on in one transfer and
+# takes each decision without (1,)-shaped masks and selections or a transfer per `any`. The
+# arithmetic is the same either way. (Typed Any: the helpers take either form.)
+
+
+def _any(m: Any) -> bool:
+    """Whether the decision holds for some row."""
+    return m if isinstance(m, bool) else bool(m.any())
+
+
+def _not(m: Any) -> Any:
+    return (not m) if isinstance(m, bool) else ~m
+
+
+def _count(m: Any) -> int:
+    return int(m) if isinstance(m, bool) else int(m.sum())
+
+
+def _where(m: Any, new: Any, old: Any) -> Any:
+    """``new`` on the rows where the decision holds, ``old`` elsewhere; for a host decision,
+    the one chosen as it is (tensors, or host numbers)."""
+    if isinstance(m, bool):
+        return new if m else old
+    return torch.where(m.reshape(m.shape + (1,) * (new.ndim - 1)), new, old)
+
+
+def _ratio(a: Any, b: Any, m: Any) -> Any:
+    """``a / b`` where the decision holds, one elsewhere (where ``b`` may be zero)."""
+    if isinstance(m, bool):
+        if m:
+            return a / b
+        return torch.ones_like(b) if isinstance(b, torch.Tensor) else 1.0
+    return torch.where(m, a / torch.where(m, b, torch.ones_like(b)), 1.0)
+
+
+def _merge(m: Any, new: NewtonResult, old: NewtonResult) -> NewtonResult:
+    """The Newton result of ``new`` on the rows where the decision holds."""
+    if isinstance(m, bool):
+        return new if m else old
+    assert new.iters is not None and old.iters is not None
+    return NewtonResult(
+        z=_where(m, new.z, old.z), failed=_where(m, new.failed, old.failed),
+        theta=_where(m, new.theta, old.theta), eta=_where(m, new.eta, old.eta),
+        iters=_where(m, new.iters, old.iters),
+    )  # fmt: skip
+
+
+def _state_flags(jac_ok: Any, fresh: Any, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(jac_ok, fresh, redo = False)`` as the state's (B,) masks (host decisions made
+    tensors in one transfer)."""
+    if isinstance(jac_ok, bool):
+        flags = torch.tensor([jac_ok, fresh, False], device=like.device)
+        return flags[0:1], flags[1:2], flags[2:3]
+    return jac_ok, fresh, torch.zeros_like(like)
 
 
 class Radau5(AbstractNewtonSolver):
@@ -246,33 +306,30 @@ class Radau5(AbstractNewtonSolver):
         g = self._ode(terms, args, y0, t0)
         co = _coefficients(y0.dtype, y0.device)
         B, n = g.B, g.n
-        if B == 1 and not records_gradient(y0, f0, t0, t1, g.args):
-            return self._step_one(g, co, t0, t1, y0, state)
+        dt, dev = y0.dtype, y0.device
         counts = Counts()
-        h = (t1 - t0).to(y0.dtype)
+        h = (t1 - t0).to(dt)
         hB = h.expand(B) if h.ndim == 0 else h
         hd = hB.detach()
-        ts = [t1 if ci == 1.0 else t0 + ci * (t1 - t0) for ci in RadauIIA5.tableau.c]
-        tsd = [t.detach() for t in ts]
-        y0f = g.flat(y0)
+        y0f, f0f = g.flat(y0), g.flat(f0)
         y0d = y0f.detach()
-        f0f = g.flat(f0)
+        grad = records_gradient(y0f, f0f, t0, t1, g.args)
+        # The decisions' inputs (`hx*` for the step sizes): the (B,) tensors themselves, or
+        # for one row without a gradient their host numbers, read in one transfer (the
+        # helpers above the class).
+        one = B == 1 and not grad
+        if one:
+            flags = torch.cat([hd, h_prev, h_lu, jac_ok.to(dt), fresh.to(dt), redo.to(dt), eta])
+            hx, hx_prev, hx_lu, ok, fr, rd, eta = flags.tolist()
+            jac_ok, fresh, redo = bool(ok), bool(fr), bool(rd)
+        else:
+            hx, hx_prev, hx_lu = hd, h_prev, h_lu
         fresh = fresh & redo
-        rtol, atol, kappa = self._tolerances(y0.dtype)
-        cdtype = _complex_dtype(y0.dtype)
+        ts = [t1 if ci == 1.0 else t0 + ci * (t1 - t0) for ci in RadauIIA5.tableau.c]
+        tsd = [t.detach() for t in ts] if grad else ts
+        rtol, atol, kappa = self._tolerances(dt)
+        cdtype = _complex_dtype(dt)
         T, TI, LAM = co["T"], co["TI"], co["LAM"]
-
-        with torch.no_grad():
-            # First guess: the last accepted step's collocation polynomial continued to this
-            # step's nodes, minus its value at the step start; zero on the first step.
-            have = h_prev != 0
-            r = hd / torch.where(have, h_prev, torch.ones_like(h_prev))
-            theta = 1 + co["c"][None, :] * r[:, None]  # (B, 3)
-            powers = theta[..., None] ** torch.arange(1, 4, device=y0.device).to(y0.dtype)
-            L = powers @ co["dense"].T  # (B, stage i, basis j)
-            extrap = torch.matmul(L, Z_prev) - Z_prev[:, 2:3]
-            Z0 = torch.where(have[:, None, None], extrap, torch.zeros_like(extrap))
-            W0 = torch.matmul(TI, Z0)
 
         # (In the state's shape first: tolerances may be tensors of that shape.)
         scale = g.flat(atol + rtol * y0.detach().abs()).repeat(1, 3)
@@ -280,60 +337,55 @@ class Radau5(AbstractNewtonSolver):
         def scale_fn(z: torch.Tensor) -> torch.Tensor:
             return scale
 
-        eye = torch.eye(n, dtype=y0.dtype, device=y0.device)
         combined = n <= COMBINED_MAX_N
 
-        def refresh(J, LUr, pivr, LUc, pivc, h_lu, fresh, need_jac):
-            if bool(need_jac.any()):
-                with torch.no_grad():
-                    # The carried f0 is f(t0, y0) itself (evaluated at the last step's end, not
-                    # recovered from the stages): the finite difference's base point.
-                    Jn = g.jacobian(t0.detach(), y0d, f0f.detach())
+        # (refresh and solve run under no_grad.)
+        def refresh(J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh, need_jac):
+            if _any(need_jac):
+                # The carried f0 is f(t0, y0) itself (evaluated at the last step's end, not
+                # recovered from the stages): the finite difference's base point.
+                Jn = g.jacobian(t0.detach(), y0d, f0f.detach())
                 if self.jacobian == "finite_difference":
                     counts.num_fevals += n
                 counts.num_jacobians += 1
-                J = torch.where(need_jac[:, None, None], Jn, J)
+                J = _where(need_jac, Jn, J)
                 fresh = fresh | need_jac
-            ratio = hd / torch.where(h_lu != 0, h_lu, torch.ones_like(h_lu))
             # (h_lu = 0: no factorisation yet, or one the last step found too far off.)
-            refactor = need_jac | (h_lu == 0) | ~((ratio - 1).abs() <= self.lu_ratio)
-            if bool(refactor.any()):
-                with torch.no_grad():
-                    hJ = hd[:, None, None] * J
-                    if combined:
-                        # Λ ⊗ I - I ⊗ hJ, stage-major like W flattened from (B, 3, n).
-                        blocks = torch.einsum("ij,bkl->bikjl", co["I3"], hJ)
-                        M = _kron_lam(co["LAM"], n) - blocks.reshape(B, 3 * n, 3 * n)
-                        LUrn, pivrn = torch.linalg.inv_ex(M)[0], pivr  # (module docstring)
-                    else:
-                        Mr = _GAMMA * eye - hJ
-                        Mc = torch.complex(_ALPHA * eye - hJ, -_BETA * eye.expand_as(hJ))
-                        LUrn, pivrn, _ = torch.linalg.lu_factor_ex(Mr)
-                        LUcn, pivcn, _ = torch.linalg.lu_factor_ex(Mc.to(cdtype))
+            ratio = _ratio(hx, hx_lu, hx_lu != 0)
+            refactor = need_jac | (hx_lu == 0) | _not(abs(ratio - 1) <= self.lu_ratio)
+            if _any(refactor):
+                hJ = hd[:, None, None] * J
+                if combined:
+                    # Λ ⊗ I - I ⊗ hJ, stage-major like W flattened from (B, 3, n).
+                    blocks = torch.einsum("ij,bkl->bikjl", co["I3"], hJ)
+                    M = _kron_lam(LAM, n) - blocks.reshape(B, 3 * n, 3 * n)
+                    LUr = _where(refactor, torch.linalg.inv_ex(M)[0], LUr)  # (module docstring)
+                else:
+                    eye = torch.eye(n, dtype=dt, device=dev)
+                    Mc = torch.complex(_ALPHA * eye - hJ, -_BETA * eye.expand_as(hJ))
+                    LUrn, pivrn, _ = torch.linalg.lu_factor_ex(_GAMMA * eye - hJ)
+                    LUcn, pivcn, _ = torch.linalg.lu_factor_ex(Mc.to(cdtype))
+                    LUr, pivr = _where(refactor, LUrn, LUr), _where(refactor, pivrn, pivr)
+                    LUc, pivc = _where(refactor, LUcn, LUc), _where(refactor, pivcn, pivc)
                 # One real and one complex factorisation (SciPy's nlu counts them so), or one
                 # of the combined system.
                 counts.num_lu += 1 if combined else 2
-                LUr = torch.where(refactor[:, None, None], LUrn, LUr)
-                pivr = torch.where(refactor[:, None], pivrn, pivr)
-                if not combined:
-                    LUc = torch.where(refactor[:, None, None], LUcn, LUc)
-                    pivc = torch.where(refactor[:, None], pivcn, pivc)
-                h_lu = torch.where(refactor, hd, h_lu)
-            return J, LUr, pivr, LUc, pivc, h_lu, fresh
+                h_lu = _where(refactor, hd, h_lu)
+                hx_lu = hx if one else h_lu
+            return J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh
 
-        def solve(LUr, pivr, LUc, pivc, h_lu, rows, eta):
+        def solve(LUr, pivr, LUc, pivc, h_lu, rows):
             # The factorisations hold gamma - h_lu J = h_lu (gamma / h_lu - J): multiplying
             # the right-hand side by q = h_lu / h makes the correction that of the matrix
             # gamma / h_lu - J applied to the residual of the current h.
-            q = torch.where(hd != 0, h_lu / torch.where(hd != 0, hd, torch.ones_like(hd)), 1.0)
+            q = _ratio(h_lu, hd, hx != 0)
             qc3 = q[:, None, None]
             hc3 = hd[:, None, None]
 
             def residual(w: torch.Tensor) -> torch.Tensor:
                 Wz = w.view(B, 3, n)
-                Z = torch.matmul(T, Wz)
                 counts.num_fevals += 3
-                F = stage_values(g, tsd, y0d, Z)
+                F = stage_values(g, tsd, y0d, torch.matmul(T, Wz))
                 # q (h T^{-1} F - Λ W), Λ = T^{-1} A^{-1} T block diagonal.
                 r = torch.matmul(TI, F).mul_(hc3).sub_(torch.matmul(LAM, Wz)).mul_(qc3)
                 return r.reshape(B, 3 * n)
@@ -347,44 +399,57 @@ class Radau5(AbstractNewtonSolver):
                 dc = torch.linalg.lu_solve(LUc, pivc, rc[..., None]).squeeze(-1)
                 return torch.stack([d0, dc.real, dc.imag], 1).reshape(B, 3 * n)
 
-            with torch.no_grad():
-                out = simplified_newton(
-                    W0.reshape(B, 3 * n), residual, correction, scale_fn, eta, rows,
-                    kappa=kappa, max_iters=self.max_newton_iters,
-                )  # fmt: skip
-            assert out.iters is not None
-            return out, out.iters
+            # (One row: Newton's outcome as host numbers only, no (1,)-shaped tensors.)
+            out = simplified_newton(
+                W0.reshape(B, 3 * n), residual, correction, scale_fn, eta, rows,
+                kappa=kappa, max_iters=self.max_newton_iters, tensors=not one,
+            )  # fmt: skip
+            return out, q
 
-        active = torch.ones(B, dtype=torch.bool, device=y0.device)
-        J, LUr, pivr, LUc, pivc, h_lu, fresh = refresh(
-            J, LUr, pivr, LUc, pivc, h_lu, fresh, ~jac_ok
-        )
-        res, iters = solve(LUr, pivr, LUc, pivc, h_lu, active, eta)
-        retry = res.failed & ~fresh
-        if bool(retry.any()):
-            # Newton failed with a stale Jacobian: recompute it and redo those samples.
-            J, LUr, pivr, LUc, pivc, h_lu, fresh = refresh(
-                J, LUr, pivr, LUc, pivc, h_lu, fresh, retry
+        def outcome(res: NewtonResult) -> tuple[Any, Any, Any]:
+            # Newton's failure, last eta and iterations, as the decisions read them.
+            if one:
+                assert res.host is not None
+                return res.host[:3]
+            return res.failed, res.eta, res.iters
+
+        with torch.no_grad():
+            # First guess: the last accepted step's collocation polynomial continued to this
+            # step's nodes, minus its value at the step start; zero on the first step.
+            have = hx_prev != 0
+            if _any(have):
+                r = _ratio(hd, h_prev, have)
+                theta = 1 + co["c"][None, :] * r[:, None]  # (B, 3)
+                powers = theta[..., None] ** torch.arange(1, 4, device=dev).to(dt)
+                L = powers @ co["dense"].T  # (B, stage i, basis j)
+                extrap = torch.matmul(L, Z_prev) - Z_prev[:, 2:3]
+                W0 = torch.matmul(TI, _where(have, extrap, 0.0))  # (a host `have` holds here)
+            else:
+                W0 = y0d.new_zeros(B, 3, n)
+            active = True if one else torch.ones(B, dtype=torch.bool, device=dev)
+            J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh = refresh(
+                J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh, _not(jac_ok)
             )
-            again, iters2 = solve(LUr, pivr, LUc, pivc, h_lu, retry, eta)
-            iters = torch.where(retry, iters2, iters)
-            res.z = torch.where(retry[:, None], again.z, res.z)
-            res.failed = torch.where(retry, again.failed, res.failed)
-            res.theta = torch.where(retry, again.theta, res.theta)
-            res.eta = torch.where(retry, again.eta, res.eta)
-        failed = res.failed
-        counts.extra["num_newton_failures"] = int(failed.sum())
-        Z = torch.matmul(T, res.z.view(B, 3, n))
-        hA = hB[:, None, None] * co["a"]
+            res, q = solve(LUr, pivr, LUc, pivc, h_lu, active)
+            retry = outcome(res)[0] & _not(fresh)
+            if _any(retry):
+                # Newton failed with a stale Jacobian: recompute it and redo those samples.
+                J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh = refresh(
+                    J, LUr, pivr, LUc, pivc, h_lu, hx_lu, fresh, retry
+                )
+                again, q = solve(LUr, pivr, LUc, pivc, h_lu, retry)
+                res = _merge(retry, again, res)
+        failed, eta_x, iters = outcome(res)
+        counts.extra["num_newton_failures"] = _count(failed)
+        Z = Zd = torch.matmul(T, res.z.view(B, 3, n))
         # Only when something records a gradient (as in the ESDIRK engine: the carried field
         # records one when the field depends on parameters): the check costs 3 evaluations.
-        if records_gradient(y0f, f0f, hB, t0, t1, g.args):
-            Z = attach_coupled_gradient(g, ts, y0f, Z, hA)
+        if grad:
+            Z = attach_coupled_gradient(g, ts, y0f, Z, hB[:, None, None] * co["a"])
             counts.num_fevals += 3
         y1f = y0f + Z[:, 2]
 
         # The error estimate, through the real factorisation (module docstring).
-        q = torch.where(hd != 0, h_lu / torch.where(hd != 0, hd, torch.ones_like(hd)), 1.0)
         ZE = torch.matmul(co["E"], Z)
         qc = q[:, None]
 
@@ -395,212 +460,49 @@ class Radau5(AbstractNewtonSolver):
             return torch.linalg.lu_solve(LUr, pivr, rhs[..., None]).squeeze(-1)
 
         err = filtered(f0f)
-        if self._rtol is not None and bool(redo.any()):
+        may_refine = redo & _not(failed)
+        if self._rtol is not None and _any(may_refine):
             with torch.no_grad():
                 big_y = g.unflat(torch.maximum(y0d.abs(), y1f.detach().abs()))
                 sc = g.flat(self._atol + self._rtol * big_y)
-                big = (err.detach() / sc).square().mean(1).sqrt() > 1
-            refine = redo & big & ~failed
-            if bool(refine.any()):
+                big = (err.detach() / sc).square().mean(1).sqrt() > 1  # (the RMS above one)
+            refine = may_refine & (bool(big) if one else big)
+            if _any(refine):
                 counts.num_fevals += 1
-                err2 = filtered(g(t0, y0f + err))
-                err = torch.where(refine[:, None], err2, err)
+                err = _where(refine, filtered(g(t0, y0f + err)), err)
 
-        if self._rtol is None:
-            # Fixed steps cannot be rejected: a failed solve makes the state NaN, which the
-            # loop reports as NONFINITE.
-            y1f = torch.where(failed[:, None], torch.full_like(y1f, float("nan")), y1f)
-        else:
-            # Adaptive: reject and shrink. A huge finite error rather than inf keeps the
-            # controller's gradient finite.
-            y1f = torch.where(failed[:, None], y0f, y1f)
-            err = torch.where(failed[:, None], (y0d.abs() + 1) * 1e8, err)
+        if _any(failed):
+            if self._rtol is None:
+                # Fixed steps cannot be rejected: a failed solve makes the state NaN, which
+                # the loop reports as NONFINITE.
+                y1f = _where(failed, torch.full_like(y1f, float("nan")), y1f)
+            else:
+                # Adaptive: reject and shrink. A huge finite error rather than inf keeps the
+                # controller's gradient finite.
+                y1f = _where(failed, y0f, y1f)
+                err = _where(failed, (y0d.abs() + 1) * 1e8, err)
         y1 = g.unflat(y1f)
         counts.num_fevals += 1
         f1 = g.unflat(g(t1, y1f))
         # SciPy's rule: a new Jacobian when Newton needed more than two iterations at a last
         # contraction rate above jacobian_theta (eta = theta / (1 - theta) of the last rate);
         # after a failure with a fresh one, the step size is to blame, not the Jacobian.
-        last_rate = res.eta / (1 + res.eta)
+        last_rate = eta_x / (1 + eta_x)
         # Slow with factorisations made at another step size: the matrix's h is off, not
         # (necessarily) the Jacobian, so the next step refactorises with the same Jacobian.
         slow = (iters > 2) & (last_rate > self.jacobian_theta)
         # (Within rounding: a held step size is t1 - t0 of a shifted interval, not bit for bit.)
-        exact = (hd - h_lu).abs() <= 1e-6 * hd.abs()
-        jac_ok_new = ~((slow & exact) | (failed & ~fresh))
-        h_lu = torch.where(slow & ~exact, torch.zeros_like(h_lu), h_lu)
-        no = torch.zeros_like(redo)
+        exact = abs(hx - hx_lu) <= 1e-6 * abs(hx)
+        jac_ok_new = _not((slow & exact) | (failed & _not(fresh)))
+        off = slow & _not(exact)
+        if _any(off):
+            h_lu = _where(off, torch.zeros_like(h_lu), h_lu)
+        jac_ok_s, fresh_s, redo_s = _state_flags(jac_ok_new, fresh, state[12])
+        eta_s = torch.tensor([eta_x], dtype=dt, device=dev) if one else eta_x
         new_state = (
-            f1,
-            Z.detach(),
-            hd,
-            J,
-            LUr,
-            pivr,
-            LUc,
-            pivc,
-            h_lu,
-            jac_ok_new,
-            fresh,
-            res.eta,
-            no,
-        )
-        # Stage increments as (3, *y.shape) for the dense output.
-        Zy = Z.permute(1, 0, 2).reshape((3,) + tuple(y0.shape))
-        return y1, g.unflat(err), (y0, Zy, counts), new_state
-
-    def _step_one(
-        self,
-        g: Any,
-        co: dict[str, torch.Tensor],
-        t0: torch.Tensor,
-        t1: torch.Tensor,
-        y0: torch.Tensor,
-        state: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Any, Any]:
-        """:meth:`step` for one row (a joint solve with one full Jacobian, or one sample)
-        when nothing records a gradient: the same arithmetic, with the decisions (Jacobian
-        and factorisation reuse, Newton's outcome, the refined estimate, failures) taken on
-        host numbers instead of ``(1,)``-shaped masks and selections."""
-        f0, Z_prev, h_prev, J, LUr, pivr, LUc, pivc, h_lu, jac_ok, fresh, eta, redo = state
-        n = g.n
-        dt, dev = y0.dtype, y0.device
-        counts = Counts()
-        hd = (t1 - t0).to(dt).detach().reshape(1)
-        flags = torch.cat([hd, h_prev, h_lu, jac_ok.to(dt), fresh.to(dt), redo.to(dt)])
-        h_host, hp, hl, ok, fr, rd = flags.tolist()
-        fresh_h = bool(fr) and bool(rd)
-        redo_h = bool(rd)
-        t0d, t1d = t0.detach(), t1.detach()
-        ts = [t1d if ci == 1.0 else t0d + ci * (t1d - t0d) for ci in RadauIIA5.tableau.c]
-        y0d = g.flat(y0).detach()
-        f0f = g.flat(f0).detach()
-        rtol, atol, kappa = self._tolerances(dt)
-        T, TI, LAM = co["T"], co["TI"], co["LAM"]
-        combined = n <= COMBINED_MAX_N
-
-        if hp != 0:
-            # First guess: the last accepted step's collocation polynomial (as in `step`).
-            r = hd / h_prev
-            theta = 1 + co["c"][None, :] * r[:, None]
-            powers = theta[..., None] ** torch.arange(1, 4, device=dev).to(dt)
-            L = powers @ co["dense"].T
-            W0 = torch.matmul(TI, torch.matmul(L, Z_prev) - Z_prev[:, 2:3])
-        else:
-            W0 = y0d.new_zeros(1, 3, n)
-        scale = g.flat(atol + rtol * y0.detach().abs()).repeat(1, 3)
-
-        def scale_fn(z: torch.Tensor) -> torch.Tensor:
-            return scale
-
-        def refresh(J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h, need_jac):
-            if need_jac:
-                Jn = g.jacobian(t0d, y0d, f0f)
-                if self.jacobian == "finite_difference":
-                    counts.num_fevals += n
-                counts.num_jacobians += 1
-                J, fresh_h = Jn, True
-            # (`step`'s test on the ratio h / h_lu, on the host.)
-            ratio = h_host / (hl if hl != 0 else 1.0)
-            if need_jac or hl == 0 or not abs(ratio - 1) <= self.lu_ratio:
-                hJ = hd[:, None, None] * J
-                if combined:
-                    blocks = torch.einsum("ij,bkl->bikjl", co["I3"], hJ)
-                    M = _kron_lam(LAM, n) - blocks.reshape(1, 3 * n, 3 * n)
-                    LUr = torch.linalg.inv_ex(M)[0]  # (module docstring)
-                    counts.num_lu += 1
-                else:
-                    eye = torch.eye(n, dtype=dt, device=dev)
-                    Mc = torch.complex(_ALPHA * eye - hJ, -_BETA * eye.expand_as(hJ))
-                    LUr, pivr, _ = torch.linalg.lu_factor_ex(_GAMMA * eye - hJ)
-                    LUc, pivc, _ = torch.linalg.lu_factor_ex(Mc.to(_complex_dtype(dt)))
-                    counts.num_lu += 2
-                h_lu, hl = hd, h_host
-            return J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h
-
-        def solve(LUr, pivr, LUc, pivc, h_lu, hl):
-            # q = h_lu / h as in `step` (the factorisations hold gamma - h_lu J).
-            q = h_lu / hd if h_host != 0 else torch.ones_like(hd)
-            qc3 = q[:, None, None]
-            hc3 = hd[:, None, None]
-
-            def residual(w: torch.Tensor) -> torch.Tensor:
-                Wz = w.view(1, 3, n)
-                counts.num_fevals += 3
-                F = stage_values(g, ts, y0d, torch.matmul(T, Wz))
-                r = torch.matmul(TI, F).mul_(hc3).sub_(torch.matmul(LAM, Wz)).mul_(qc3)
-                return r.reshape(1, 3 * n)
-
-            def correction(res: torch.Tensor) -> torch.Tensor:
-                if combined:
-                    return torch.bmm(LUr, res[..., None]).squeeze(-1)
-                rr = res.view(1, 3, n)
-                d0 = torch.linalg.lu_solve(LUr, pivr, rr[:, 0, :, None]).squeeze(-1)
-                rc = torch.complex(rr[:, 1], rr[:, 2]).to(_complex_dtype(dt))
-                dc = torch.linalg.lu_solve(LUc, pivc, rc[..., None]).squeeze(-1)
-                return torch.stack([d0, dc.real, dc.imag], 1).reshape(1, 3 * n)
-
-            active = torch.ones(1, dtype=torch.bool, device=dev)
-            out = simplified_newton(
-                W0.reshape(1, 3 * n), residual, correction, scale_fn, eta, active,
-                kappa=kappa, max_iters=self.max_newton_iters,
-            )  # fmt: skip
-            return out, q
-
-        with torch.no_grad():
-            J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h = refresh(
-                J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h, not ok
-            )
-            res, q = solve(LUr, pivr, LUc, pivc, h_lu, hl)
-            assert res.host is not None
-            failed, eta_h, iters, _ = res.host
-            if failed and not fresh_h:
-                # Newton failed with a stale Jacobian: recompute it and redo the step.
-                J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h = refresh(
-                    J, LUr, pivr, LUc, pivc, h_lu, hl, fresh_h, True
-                )
-                res, q = solve(LUr, pivr, LUc, pivc, h_lu, hl)
-                assert res.host is not None
-                failed, eta_h, iters, _ = res.host
-            counts.extra["num_newton_failures"] = int(failed)
-            Z = torch.matmul(T, res.z.view(1, 3, n))
-            y1f = y0d + Z[:, 2]
-            ZE = torch.matmul(co["E"], Z)
-            qc = q[:, None]
-
-            def filtered(f: torch.Tensor) -> torch.Tensor:
-                rhs = qc * (hd[:, None] * f + ZE)
-                if combined:
-                    return torch.bmm(LUr[:, :n, :n], rhs[..., None]).squeeze(-1)
-                return torch.linalg.lu_solve(LUr, pivr, rhs[..., None]).squeeze(-1)
-
-            err = filtered(f0f)
-            if self._rtol is not None and redo_h and not failed:
-                big_y = g.unflat(torch.maximum(y0d.abs(), y1f.abs()))
-                sc = g.flat(self._atol + self._rtol * big_y)
-                if float((err / sc).square().mean()) > 1:  # (the RMS above one)
-                    counts.num_fevals += 1
-                    err = filtered(g(t0d, y0d + err))
-            if failed:
-                if self._rtol is None:
-                    y1f = torch.full_like(y1f, float("nan"))
-                else:
-                    y1f = y0d
-                    err = (y0d.abs() + 1) * 1e8
-            y1 = g.unflat(y1f)
-            counts.num_fevals += 1
-            f1 = g.unflat(g(t1d, y1f))
-        last_rate = eta_h / (1 + eta_h)
-        slow = iters > 2 and last_rate > self.jacobian_theta
-        exact = abs(h_host - hl) <= 1e-6 * abs(h_host)  # (as in `step`)
-        jac_ok_new = not ((slow and exact) or (failed and not fresh_h))
-        if slow and not exact:
-            h_lu = torch.zeros_like(h_lu)  # (as in `step`)
-        flags = torch.tensor([jac_ok_new, fresh_h, False], device=dev)
-        new_state = (
-            f1, Z, hd, J, LUr, pivr, LUc, pivc, h_lu, flags[0:1], flags[1:2], res.eta,
-            flags[2:3],
+            f1, Zd, hd, J, LUr, pivr, LUc, pivc, h_lu, jac_ok_s, fresh_s, eta_s, redo_s,
         )  # fmt: skip
+        # Stage increments as (3, *y.shape) for the dense output.
         Zy = Z.permute(1, 0, 2).reshape((3,) + tuple(y0.shape))
         return y1, g.unflat(err), (y0, Zy, counts), new_state
 
