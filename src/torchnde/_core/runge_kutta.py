@@ -30,6 +30,17 @@ from .terms import AbstractTerm, ODETerm, broadcast_time
 __all__ = ["AbstractRungeKutta", "ExplicitRungeKutta", "HermiteDense", "PolynomialDense"]
 
 _ODE_PROD_INTO = ODETerm.prod_into
+# `prod_into` that writes `prod(vf, control)` and nothing else (a term's own may differ).
+_PLAIN_PROD_INTO = (AbstractTerm.prod_into, _ODE_PROD_INTO)
+
+
+def _increment(terms: AbstractTerm, vf: Any, control: Any, y0: torch.Tensor) -> torch.Tensor:
+    """``prod(vf, control)`` as a row of ``K`` would hold it: in the state's dtype and shape
+    (the copy into a row casts and broadcasts)."""
+    k = terms.prod(vf, control)
+    if k.dtype != y0.dtype:
+        k = k.to(y0.dtype)
+    return k if k.shape == y0.shape else k.expand(y0.shape)
 
 
 class PolynomialDense(NamedTuple):
@@ -195,19 +206,32 @@ class AbstractRungeKutta(AbstractSolver):
             and isinstance(control, torch.Tensor)
             and control.ndim == 0
         )
-        if fast:
-            torch.mul(state, control, out=slots[0])  # type: ignore[index]
-        else:
-            terms.prod_into(state, control, K[0] if slots is None else slots[0])
         vf = state
         yi = y0
-        for i in range(1, s):
-            yi = torch.addmm(y0f, a_low[i], Kf[:i]).view_as(y0)
-            vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+        if slots is None and type(terms).prod_into in _PLAIN_PROD_INTO:
+            # Under autograd: the increments as a list, each stage reading the stack of those
+            # before it (a stack and a product recorded), K stacked once at the end; writing
+            # them into rows of K records a copy into a slice per stage, whose backward
+            # copies the whole of K each time.
+            ks = [_increment(terms, state, control, y0)]
+            for i in range(1, s):
+                yi = torch.addmm(y0f, a_low[i], torch.stack(ks).view(i, -1)).view_as(y0)
+                vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+                ks.append(_increment(terms, vf, control, y0))
+            K = torch.stack(ks)
+            Kf = K.view(s, -1)
+        else:
             if fast:
-                torch.mul(vf, control, out=slots[i])  # type: ignore[index]
+                torch.mul(state, control, out=slots[0])  # type: ignore[index]
             else:
-                terms.prod_into(vf, control, K[i] if slots is None else slots[i])
+                terms.prod_into(state, control, K[0] if slots is None else slots[0])
+            for i in range(1, s):
+                yi = torch.addmm(y0f, a_low[i], Kf[:i]).view_as(y0)
+                vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
+                if fast:
+                    torch.mul(vf, control, out=slots[i])  # type: ignore[index]
+                else:
+                    terms.prod_into(vf, control, K[i] if slots is None else slots[i])
         y_error = self._error_estimate(coeffs, Kf, y0)
         if tab.fsal:
             y1 = yi
