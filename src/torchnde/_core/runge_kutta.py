@@ -303,19 +303,32 @@ class AbstractRungeKutta(AbstractSolver):
         solution one ``addmm`` over the stacked stages; no ``K = h f`` products, no zeroed
         stage buffer, no error estimate (constant steps use none). The dense output's
         ``K[0] = h f0`` and end-point evaluation are made only when a save asks for them
-        (:class:`_LeanDense`). Other cases take :meth:`step`."""
+        (:class:`_LeanDense`). A term that writes its field into a given tensor
+        (``writes_vf_into``: a CDE's product) fills the rows of one stage tensor when no
+        graph is recorded, which that ``addmm`` reads in place of the stack: the same
+        values. Other cases take :meth:`step`."""
         scale = None if h is None or not self._defer_first_stage else terms.control_scale()
         if scale is None:
             return self.step(terms, t0, t1, y0, args, state)
         placeholder = _is_placeholder(state)
-        f0 = terms.vf(t0, y0, args) if placeholder else state
+        plan = _lean_plan(self._tab())
+        stages = slots = None
+        if terms.writes_vf_into and not torch.is_grad_enabled():
+            if not torch.compiler.is_compiling():
+                stages = y0.new_empty((len(plan.stages) + 1,) + y0.shape)
+                slots = stages.unbind(0)
+        if not placeholder:
+            f0 = state
+        elif slots is None:
+            f0 = terms.vf(t0, y0, args)
+        else:
+            f0 = terms.vf_into(t0, y0, args, slots[0])
         if not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape:
             return self.step(terms, t0, t1, y0, args, f0)
-        plan = _lean_plan(self._tab())
         hs = h * scale  # type: ignore[operator]
         fs = [f0]
         times: dict[float, torch.Tensor] = {}
-        for c_i, row in plan.stages:
+        for i, (c_i, row) in enumerate(plan.stages, 1):
             if c_i == 1.0:
                 ti = t1
             elif c_i == 0.0:
@@ -324,8 +337,13 @@ class AbstractRungeKutta(AbstractSolver):
                 ti = times.get(c_i)  # type: ignore[assignment]
                 if ti is None:
                     ti = times[c_i] = t0 + c_i * h  # type: ignore[operator]
-            fs.append(terms.vf(ti, _combine(y0, fs, row, hs), args))
-        y1 = _combine(y0, fs, plan.b, hs)
+            yi = _combine(y0, fs, row, hs)
+            fs.append(
+                terms.vf(ti, yi, args) if slots is None else terms.vf_into(ti, yi, args, slots[i])
+            )
+        if slots is not None and not all(f is slot for f, slot in zip(fs, slots)):
+            stages = None  # a stage the term could not write into its slot
+        y1 = _combine(y0, fs, plan.b, hs, stages)
         new_state = state if placeholder else _placeholder(f0)
         return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
 
@@ -412,11 +430,19 @@ def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
     return plan
 
 
-def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> torch.Tensor:
+def _combine(
+    y0: torch.Tensor,
+    fs: list,
+    row: list,
+    h: float | torch.Tensor,
+    stacked: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``y0 + h Σ_j w_j f_j`` over the nonzero ``(j, w_j)`` of ``row``: chained ``torch.add``
     with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond. A 0-d
     tensor ``h`` (a graph input of the compiled fixed-step blocks, ``_core/compiled.py``: one
-    graph for every step size) is multiplied in, ``alpha`` taking numbers only."""
+    graph for every step size) is multiplied in, ``alpha`` taking numbers only. ``stacked``:
+    the stages already as the rows of one tensor (read in place of their stack where
+    ``row`` takes the first stages in order)."""
     scaled = isinstance(h, torch.Tensor)
     if len(row) <= 2:
         y = y0
@@ -427,7 +453,10 @@ def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> 
     w = _ROWS.get(key)
     if w is None or w[0] is not row:
         w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
-    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    if stacked is not None and all(j == k for k, (j, _) in enumerate(row)):
+        F = stacked[: len(row)].view(len(row), -1)
+    else:
+        F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
     if isinstance(h, torch.Tensor):
         return torch.addmm(y0.reshape(1, -1), w[1] * h, F).view_as(y0)
     return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
