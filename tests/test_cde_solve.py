@@ -538,14 +538,20 @@ def test_fixed_steps_without_a_graph_write_the_stages_in_place_with_the_same_val
         written.append(value is out)
         return value
 
+    # Save times inside steps too: their dense output reads the step's first stage, from a
+    # stage tensor the next step writes again.
+    inside = torch.sort(torch.cat([t, (t[1:] + t[:-1]) / 2 + 0.01])).values
     monkeypatch.setattr(tn.CDETerm, "vf_into", spy)
     with torch.no_grad():
         zs = tn.cdeint(X, field, z0, t, solver="rk4")
+        zs_inside = tn.cdeint(X, field, z0, inside, solver="rk4", dt0=0.1)
     assert written and all(written)
     monkeypatch.setattr(tn.CDETerm, "writes_vf_into", False)
     with torch.no_grad():
         stacked = tn.cdeint(X, field, z0, t, solver="rk4")
+        stacked_inside = tn.cdeint(X, field, z0, inside, solver="rk4", dt0=0.1)
     assert torch.equal(zs, stacked)
+    assert torch.equal(zs_inside, stacked_inside)
 
 
 def test_a_field_that_cannot_be_written_into_a_stage_slot_is_stacked_as_before():

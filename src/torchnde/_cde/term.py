@@ -9,6 +9,7 @@ as it is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -66,8 +67,8 @@ class CDETerm(ODETerm):
         self._memo: tuple | None = None
         if isinstance(path, AbstractInterpolation):
             # Unchecked: solve checks the interval once (check_times), not at every stage.
-            self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path._derivative(
-                t, side
+            self._derivative: Callable[[torch.Tensor], torch.Tensor] = functools.partial(
+                path._derivative, side=side
             )
         else:
             self._derivative = path.derivative
@@ -100,13 +101,18 @@ class CDETerm(ODETerm):
         afterwards (:meth:`~torchnde._core.runge_kutta.AbstractRungeKutta.fixed_step`)."""
         if torch.is_grad_enabled():
             return self._fused(t, y, args)
-        g, dx = self._field_and_slope(t, y, args)
+        g = self.func(t, y, args)
+        dx = self._control_slope(t)
+        if not self._checked:
+            self._check(g, dx, y)
+        if g.dtype != dx.dtype:
+            dx = dx.to(g.dtype)
         if (
             g.ndim == 3
             and dx.ndim == 2
-            and g.shape[0] == dx.shape[0]
             and g.dtype == out.dtype
-            and out.shape == g.shape[:-1]
+            and g.shape[:-1] == out.shape
+            and g.shape[0] == dx.shape[0]
             and out.is_contiguous()
         ):
             torch.bmm(dx.unsqueeze(-2), g.mT, out=out.unsqueeze(-2))
@@ -135,12 +141,13 @@ class CDETerm(ODETerm):
         counter (an in-place change of the time is a new time) and the grad mode (a slope
         made without a graph is never reused where one is recorded); each solve starts
         without one (:meth:`check_times`)."""
-        if not isinstance(t, torch.Tensor) or t.is_inference():
-            return self._derivative(t)
-        grad = torch.is_grad_enabled()
         memo = self._memo
+        grad = torch.is_grad_enabled()
+        # Only tensors outside inference mode are remembered, so a hit is one of them.
         if memo is not None and memo[0] is t and memo[1] == grad and memo[2] == t._version:
             return memo[3]
+        if not isinstance(t, torch.Tensor) or t.is_inference():
+            return self._derivative(t)
         dx = self._derivative(t)
         self._memo = (t, grad, t._version, dx)
         return dx

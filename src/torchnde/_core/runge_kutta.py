@@ -98,6 +98,9 @@ class AbstractRungeKutta(AbstractSolver):
     # Set on the copy a constant-step loop uses (see the module docstring): the state after a
     # step is None and the next step evaluates its first stage itself.
     _defer_first_stage: bool = False
+    # On that copy (one per loop): the stage tensor of `fixed_step` for a term that writes
+    # its field into it, and its rows, reused step after step (see `fixed_step`).
+    _stage_scratch: tuple | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,6 +142,7 @@ class AbstractRungeKutta(AbstractSolver):
             return solver
         new = copy.copy(self)  # with_tolerances is the identity for explicit methods
         new._defer_first_stage = True
+        new._stage_scratch = None
         # init still evaluates f(t0, y0) (it checks the user's function) and the first step
         # uses it as its first stage: every step then costs num_fevals_step, init nothing.
         # After a step the state is a placeholder of empty tensors, which tells the next step
@@ -312,18 +316,20 @@ class AbstractRungeKutta(AbstractSolver):
             return self.step(terms, t0, t1, y0, args, state)
         placeholder = _is_placeholder(state)
         plan = _lean_plan(self._tab())
-        stages = slots = None
-        if terms.writes_vf_into and not torch.is_grad_enabled():
-            if not torch.compiler.is_compiling():
-                stages = y0.new_empty((len(plan.stages) + 1,) + y0.shape)
-                slots = stages.unbind(0)
-        if not placeholder:
-            f0 = state
-        elif slots is None:
-            f0 = terms.vf(t0, y0, args)
-        else:
+        stages: torch.Tensor | None = None
+        slots: tuple | None = None
+        if placeholder and terms.writes_vf_into and not torch.is_grad_enabled():
+            if not (isinstance(h, torch.Tensor) or torch.compiler.is_compiling()):
+                stages, slots = self._stages_like(y0, len(plan.stages) + 1)
+        if slots is not None:
             f0 = terms.vf_into(t0, y0, args, slots[0])
-        if not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape:
+        else:
+            f0 = terms.vf(t0, y0, args) if placeholder else state
+        # A value written into its slot has the state's shape and dtype.
+        intact = slots is not None and f0 is slots[0]
+        if not intact and (
+            not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape
+        ):
             return self.step(terms, t0, t1, y0, args, f0)
         hs = h * scale  # type: ignore[operator]
         fs = [f0]
@@ -338,14 +344,39 @@ class AbstractRungeKutta(AbstractSolver):
                 if ti is None:
                     ti = times[c_i] = t0 + c_i * h  # type: ignore[operator]
             yi = _combine(y0, fs, row, hs)
-            fs.append(
-                terms.vf(ti, yi, args) if slots is None else terms.vf_into(ti, yi, args, slots[i])
-            )
-        if slots is not None and not all(f is slot for f, slot in zip(fs, slots)):
-            stages = None  # a stage the term could not write into its slot
-        y1 = _combine(y0, fs, plan.b, hs, stages)
+            if slots is None:
+                fs.append(terms.vf(ti, yi, args))
+            else:
+                fi = terms.vf_into(ti, yi, args, slots[i])
+                intact = intact and fi is slots[i]
+                fs.append(fi)
+        if intact and plan.b_all and stages is not None and not isinstance(hs, torch.Tensor):
+            # The stages are the rows of one tensor: the solution reads it as it is.
+            F = stages.view(len(fs), -1)
+            y1 = torch.addmm(y0.reshape(1, -1), _weights(plan.b, y0), F, alpha=hs).view_as(y0)
+        else:
+            y1 = _combine(y0, fs, plan.b, hs)
         new_state = state if placeholder else _placeholder(f0)
         return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
+
+    def _stages_like(self, y0: torch.Tensor, num: int) -> tuple[torch.Tensor, tuple]:
+        """A ``(num, *y0.shape)`` tensor for the stages of :meth:`fixed_step` and its rows,
+        made once per loop and reused by every step after (a new one for another shape,
+        dtype or device). Reuse is safe because a step's stages are read before the next
+        step writes them: by its solution, and by its dense output (the saves inside the
+        step), which the fixed-step loop takes before the next step. A fresh 128 KiB tensor
+        per step (RK4, batch 256, hidden 32) cost as much as the rest of the step's own
+        work, in the allocator and in the memory it hands out cold."""
+        scratch = self._stage_scratch
+        if (
+            scratch is None
+            or scratch[0].shape != (num,) + y0.shape
+            or scratch[0].dtype != y0.dtype
+            or scratch[0].device != y0.device
+        ):
+            stages = y0.new_empty((num,) + y0.shape)
+            scratch = self._stage_scratch = (stages, stages.unbind(0))
+        return scratch
 
     def _error_estimate(
         self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
@@ -415,9 +446,11 @@ def _is_placeholder(state: Any) -> bool:
 
 
 class _LeanPlan(NamedTuple):
-    # Per stage after the first: (c_i, [(j, a_ij) for the nonzero a_ij]); then the weights.
+    # Per stage after the first: (c_i, [(j, a_ij) for the nonzero a_ij]); then the weights,
+    # and whether they take every stage, in order (the stage tensor's rows as they are).
     stages: list
     b: list
+    b_all: bool
 
 
 def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
@@ -426,40 +459,37 @@ def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
         rows = [[(j, float(a)) for j, a in enumerate(row) if a != 0] for row in tab.a]
         stages = [(float(tab.c[i + 1]), row) for i, row in enumerate(rows)]
         b = [(j, float(w)) for j, w in enumerate(tab.b) if w != 0]
-        plan = tab._cache["lean"] = _LeanPlan(stages, b)
+        b_all = [j for j, _ in b] == list(range(tab.num_stages))
+        plan = tab._cache["lean"] = _LeanPlan(stages, b, b_all)
     return plan
 
 
-def _combine(
-    y0: torch.Tensor,
-    fs: list,
-    row: list,
-    h: float | torch.Tensor,
-    stacked: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> torch.Tensor:
     """``y0 + h Σ_j w_j f_j`` over the nonzero ``(j, w_j)`` of ``row``: chained ``torch.add``
     with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond. A 0-d
     tensor ``h`` (a graph input of the compiled fixed-step blocks, ``_core/compiled.py``: one
-    graph for every step size) is multiplied in, ``alpha`` taking numbers only. ``stacked``:
-    the stages already as the rows of one tensor (read in place of their stack where
-    ``row`` takes the first stages in order)."""
+    graph for every step size) is multiplied in, ``alpha`` taking numbers only."""
     scaled = isinstance(h, torch.Tensor)
     if len(row) <= 2:
         y = y0
         for j, w in row:
             y = y + (w * h) * fs[j] if scaled else torch.add(y, fs[j], alpha=w * h)
         return y
-    key = (id(row), y0.dtype, y0.device)
+    w = _weights(row, y0)
+    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    if isinstance(h, torch.Tensor):
+        return torch.addmm(y0.reshape(1, -1), w * h, F).view_as(y0)
+    return torch.addmm(y0.reshape(1, -1), w, F, alpha=h).view_as(y0)
+
+
+def _weights(row: list, like: torch.Tensor) -> torch.Tensor:
+    """The weights of ``row`` (a row of a cached plan) as a ``(1, len(row))`` tensor in the
+    dtype and on the device of ``like``, cached."""
+    key = (id(row), like.dtype, like.device)
     w = _ROWS.get(key)
     if w is None or w[0] is not row:
-        w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
-    if stacked is not None and all(j == k for k, (j, _) in enumerate(row)):
-        F = stacked[: len(row)].view(len(row), -1)
-    else:
-        F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
-    if isinstance(h, torch.Tensor):
-        return torch.addmm(y0.reshape(1, -1), w[1] * h, F).view_as(y0)
-    return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
+        w = _ROWS[key] = (row, like.new_tensor([[wj for _, wj in row]]))
+    return w[1]
 
 
 # The weight rows of `_combine` as tensors, per (row of a cached plan, dtype, device).
