@@ -162,23 +162,6 @@ class AbstractInterpolation(AbstractPath):
         pos = bisect.bisect_right(host, v) if right else bisect.bisect_left(host, v)
         return min(max(pos - 1, 0), self.num_segments - 1), v
 
-    def _offset_on_host(self, t: torch.Tensor, right: bool) -> tuple[int, float] | None:
-        """Segment index and offset ``t - t_index`` as a Python float, for a 0-d CPU time
-        on shared knots through which no gradient flows (and that carries none), or
-        ``None``. The offset is the one :meth:`_locate` computes in the knots' dtype, bit
-        for bit: both the time (rounded to that dtype) and the knot are numbers of it, so
-        their difference in double precision is exact, and rounding it to the knots' dtype
-        (which an operation taking it as a scalar does) is that dtype's subtraction."""
-        if not (self._host_search and t.ndim == 0 and t.is_cpu):
-            return None
-        if torch.is_grad_enabled() and (t.requires_grad or self._t.requires_grad):
-            return None
-        found = self._segment_on_host(t, right)
-        if found is None:
-            return None
-        idx, v = found
-        return idx, v - self._host_knots[idx]  # type: ignore[index]
-
     def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor | int) -> torch.Tensor:
         """``coeffs[..., idx, :]`` for a 0-d index; per sample, each sample's own row."""
         if isinstance(idx, int) or idx.ndim == 0:
@@ -220,10 +203,22 @@ class AbstractInterpolation(AbstractPath):
     def _derivative(self, t: torch.Tensor, side: str) -> torch.Tensor:
         """:meth:`derivative` without the interval check: for the vector field of a solve,
         whose interval was checked once (:meth:`check_times`)."""
-        if isinstance(t, torch.Tensor):
-            found = self._offset_on_host(t, side == "right")
+        # A 0-d CPU time on shared knots through which no gradient flows (and that carries
+        # none) is located on the host, its offset a Python float: the offset `_locate`
+        # computes in the knots' dtype, bit for bit, since the time (rounded to that dtype)
+        # and the knot are numbers of it, their difference in double precision is exact, and
+        # an operation taking it as a scalar rounds it to that dtype, as the subtraction does.
+        if (
+            self._host_search
+            and isinstance(t, torch.Tensor)
+            and t.ndim == 0
+            and t.is_cpu
+            and not (torch.is_grad_enabled() and (t.requires_grad or self._t.requires_grad))
+        ):
+            found = self._segment_on_host(t, side == "right")
             if found is not None:
-                return self._slope(*found)
+                seg, v = found
+                return self._slope(seg, v - self._host_knots[seg])  # type: ignore[index]
         idx, s = self._locate(t, side)
         return self._slope(idx, self._per_row(s))
 
@@ -232,6 +227,6 @@ class AbstractInterpolation(AbstractPath):
 
     def _slope(self, idx: torch.Tensor | int, s: torch.Tensor | float) -> torch.Tensor:
         """The derivative on the rows ``idx`` at offset ``s``: a tensor, or a Python float
-        for a 0-d time located on the host (:meth:`_offset_on_host`), which subclasses
+        for a 0-d time located on the host (:meth:`_derivative`), which subclasses
         take as an operation's scalar (no 0-d tensor, no operation to make it)."""
         raise NotImplementedError

@@ -320,7 +320,7 @@ class AbstractRungeKutta(AbstractSolver):
         slots: tuple | None = None
         if placeholder and terms.writes_vf_into and not torch.is_grad_enabled():
             if not (isinstance(h, torch.Tensor) or torch.compiler.is_compiling()):
-                stages, slots = self._stages_like(y0, len(plan.stages) + 1)
+                stages, slots = self._stages_like(y0, plan)
         if slots is not None:
             f0 = terms.vf_into(t0, y0, args, slots[0])
         else:
@@ -351,23 +351,26 @@ class AbstractRungeKutta(AbstractSolver):
                 intact = intact and fi is slots[i]
                 fs.append(fi)
         if intact and plan.b_all and stages is not None and not isinstance(hs, torch.Tensor):
-            # The stages are the rows of one tensor: the solution reads it as it is.
-            F = stages.view(len(fs), -1)
-            y1 = torch.addmm(y0.reshape(1, -1), _weights(plan.b, y0), F, alpha=hs).view_as(y0)
+            # The stages are the rows of one tensor: the solution reads it as it is, with the
+            # weights kept beside it (`_stages_like`).
+            F, w = self._stage_scratch[2:]  # type: ignore[index]
+            y1 = torch.addmm(y0.reshape(1, -1), w, F, alpha=hs).view_as(y0)
         else:
             y1 = _combine(y0, fs, plan.b, hs)
         new_state = state if placeholder else _placeholder(f0)
         return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
 
-    def _stages_like(self, y0: torch.Tensor, num: int) -> tuple[torch.Tensor, tuple]:
-        """A ``(num, *y0.shape)`` tensor for the stages of :meth:`fixed_step` and its rows,
-        made once per loop and reused by every step after (a new one for another shape,
-        dtype or device). Reuse is safe because a step's stages are read before the next
-        step writes them: by its solution, and by its dense output (the saves inside the
-        step), which the fixed-step loop takes before the next step. A fresh 128 KiB tensor
-        per step (RK4, batch 256, hidden 32) cost as much as the rest of the step's own
-        work, in the allocator and in the memory it hands out cold."""
+    def _stages_like(self, y0: torch.Tensor, plan: _LeanPlan) -> tuple[torch.Tensor, tuple]:
+        """A ``(stages, *y0.shape)`` tensor for the stages of :meth:`fixed_step` and its
+        rows, made once per loop and reused by every step after (a new one for another
+        shape, dtype or device); kept with it, its ``(stages, -1)`` view and the weights of
+        the solution as a row. Reuse is safe because a step's stages are read before the
+        next step writes them: by its solution, and by its dense output (the saves inside
+        the step), which the fixed-step loop takes before the next step. A fresh 128 KiB
+        tensor per step (RK4, batch 256, hidden 32) cost as much as the rest of the step's
+        own work, in the allocator and in the memory it hands out cold."""
         scratch = self._stage_scratch
+        num = len(plan.stages) + 1
         if (
             scratch is None
             or scratch[0].shape != (num,) + y0.shape
@@ -375,8 +378,10 @@ class AbstractRungeKutta(AbstractSolver):
             or scratch[0].device != y0.device
         ):
             stages = y0.new_empty((num,) + y0.shape)
-            scratch = self._stage_scratch = (stages, stages.unbind(0))
-        return scratch
+            weights = y0.new_tensor([[w for _, w in plan.b]])
+            scratch = (stages, stages.unbind(0), stages.view(num, -1), weights)
+            self._stage_scratch = scratch
+        return scratch[0], scratch[1]
 
     def _error_estimate(
         self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
@@ -475,21 +480,14 @@ def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> 
         for j, w in row:
             y = y + (w * h) * fs[j] if scaled else torch.add(y, fs[j], alpha=w * h)
         return y
-    w = _weights(row, y0)
-    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
-    if isinstance(h, torch.Tensor):
-        return torch.addmm(y0.reshape(1, -1), w * h, F).view_as(y0)
-    return torch.addmm(y0.reshape(1, -1), w, F, alpha=h).view_as(y0)
-
-
-def _weights(row: list, like: torch.Tensor) -> torch.Tensor:
-    """The weights of ``row`` (a row of a cached plan) as a ``(1, len(row))`` tensor in the
-    dtype and on the device of ``like``, cached."""
-    key = (id(row), like.dtype, like.device)
+    key = (id(row), y0.dtype, y0.device)
     w = _ROWS.get(key)
     if w is None or w[0] is not row:
-        w = _ROWS[key] = (row, like.new_tensor([[wj for _, wj in row]]))
-    return w[1]
+        w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
+    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    if isinstance(h, torch.Tensor):
+        return torch.addmm(y0.reshape(1, -1), w[1] * h, F).view_as(y0)
+    return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
 
 
 # The weight rows of `_combine` as tensors, per (row of a cached plan, dtype, device).
