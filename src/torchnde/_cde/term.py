@@ -101,12 +101,7 @@ class CDETerm(ODETerm):
         afterwards (:meth:`~torchnde._core.runge_kutta.AbstractRungeKutta.fixed_step`)."""
         if torch.is_grad_enabled():
             return self._fused(t, y, args)
-        g = self.func(t, y, args)
-        dx = self._control_slope(t)
-        if not self._checked:
-            self._check(g, dx, y)
-        if g.dtype != dx.dtype:
-            dx = dx.to(g.dtype)
+        g, dx = self._field_and_slope(t, y, args)
         if (
             g.ndim == 3
             and dx.ndim == 2

@@ -44,6 +44,9 @@ class AbstractTerm(abc.ABC):
     2. ``contr(t0, t1)`` returns the control increment over ``[t0, t1]``.
     3. ``prod(vf, control)`` returns the state increment, same shape as ``y``.
     4. ``vf_prod(t, y, args, control)`` may be overridden with a fused, faster version.
+    5. A term whose vector field can be written into a given tensor declares
+       ``writes_vf_into = True`` and implements ``vf_into(t, y, args, out)``; fixed-step
+       Runge–Kutta methods then lay their stages out in one tensor for it.
     """
 
     @abc.abstractmethod
