@@ -516,3 +516,53 @@ def test_cdeint_differentiates_step_sizes_only_when_asked(differentiate):
     assert any(seen[2:]) == differentiate
     with pytest.raises(TypeError, match="differentiate_steps"):
         tn.cdeint(X, field, z0, t[[0, -1]], differentiate_steps="no")
+
+
+@pytest.mark.parametrize("kind", ["natural", "hermite"])
+def test_fixed_steps_without_a_graph_write_the_stages_in_place_with_the_same_values(
+    kind, monkeypatch
+):
+    # Without a graph, RK4's fixed steps let the CDE term write each stage's product into
+    # one stage tensor (CDETerm.vf_into), which the solution reads instead of a stack of the
+    # stages: the same products, the same sums, so the same numbers bit for bit. (A linear
+    # path's knots are jumps, which the general loop steps to.)
+    x, t = _data(batch=4)
+    X = _path(kind, x, t)
+    field = Field()
+    z0 = torch.randn(4, 3, dtype=F64)
+    written = []
+    inner = tn.CDETerm.vf_into
+
+    def spy(self, tt, z, args, out):
+        value = inner(self, tt, z, args, out)
+        written.append(value is out)
+        return value
+
+    # Save times inside steps too: their dense output reads the step's first stage, from a
+    # stage tensor the next step writes again.
+    inside = torch.sort(torch.cat([t, (t[1:] + t[:-1]) / 2 + 0.01])).values
+    monkeypatch.setattr(tn.CDETerm, "vf_into", spy)
+    with torch.no_grad():
+        zs = tn.cdeint(X, field, z0, t, solver="rk4")
+        zs_inside = tn.cdeint(X, field, z0, inside, solver="rk4", dt0=0.1)
+    assert written and all(written)
+    monkeypatch.setattr(tn.CDETerm, "writes_vf_into", False)
+    with torch.no_grad():
+        stacked = tn.cdeint(X, field, z0, t, solver="rk4")
+        stacked_inside = tn.cdeint(X, field, z0, inside, solver="rk4", dt0=0.1)
+    assert torch.equal(zs, stacked)
+    assert torch.equal(zs_inside, stacked_inside)
+
+
+def test_a_field_that_cannot_be_written_into_a_stage_slot_is_stacked_as_before():
+    # A matrix shared by the batch (shape (1, hidden, channels)) broadcasts against the
+    # path: the term returns its product as a new tensor and the step stacks the stages.
+    # Simpson's rule is exact on the quadratic slope of each cubic piece.
+    x, t = _data()
+    X = _path("natural", x, t)
+    A = torch.tensor([[[1.0, -2.0], [0.5, 0.25], [0.0, 3.0]]], dtype=F64)
+    z0 = torch.randn(3, 3, dtype=F64)
+    with torch.no_grad():
+        zs = tn.cdeint(X, lambda tt, z: A, z0, t, solver="rk4", dt0=0.1)
+    want = z0 + (X.evaluate(t[-1]) - X.evaluate(t[0])) @ A[0].T
+    torch.testing.assert_close(zs[-1], want, rtol=1e-12, atol=1e-12)

@@ -306,6 +306,13 @@ class CubicSpline(AbstractInterpolation):
         b, two_c, three_d = self._pieces(idx)
         return a + s * (b + s * (two_c / 2 + s * (three_d / 3)))
 
-    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor | float) -> torch.Tensor:
+        if isinstance(s, float):
+            # b + s (2c + s 3d) with the offset as the operations' scalar: two fused
+            # multiply-adds, where a 0-d tensor offset costs an operation to make it.
+            views = self._segment_pieces
+            pieces = views[idx] if views is not None else None  # type: ignore[index]
+            b, two_c, three_d = pieces if pieces is not None else self._pieces(idx)
+            return torch.add(b, torch.add(two_c, three_d, alpha=s), alpha=s)
         b, two_c, three_d = self._pieces(idx)
         return torch.addcmul(b, s, torch.addcmul(two_c, s, three_d))

@@ -152,5 +152,5 @@ class LinearInterpolation(AbstractInterpolation):
     def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._rows(self._x, idx), s, self._rows(self._slopes, idx))
 
-    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor | float) -> torch.Tensor:
         return self._rows(self._slopes, idx)

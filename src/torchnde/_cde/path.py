@@ -135,6 +135,21 @@ class AbstractInterpolation(AbstractPath):
         copy (the row is then a view). That is most of the cost of a control derivative in
         a CDE solve: each small operation pays its dispatch again. ``None`` where the
         tensor search is needed: while tracing or compiling, or for a NaN time."""
+        found = self._segment_on_host(t, right)
+        if found is None:
+            return None
+        idx, _ = found
+        if t.dtype != self._t.dtype:
+            t = t.to(self._t.dtype)
+        # The knot as a float is the same number (`host` holds the knots' own values), unless
+        # a gradient is to flow into the knots.
+        knot = self._t[idx] if self._t.requires_grad else self._host_knots[idx]  # type: ignore[index]
+        return idx, t - knot
+
+    def _segment_on_host(self, t: torch.Tensor, right: bool) -> tuple[int, float] | None:
+        """The segment of a 0-d CPU time on shared knots (as :meth:`_locate_on_host`) and
+        the time as a float, rounded to the knots' dtype; ``None`` where the tensor search
+        is needed."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None
         host = self._host_knots
@@ -145,12 +160,7 @@ class AbstractInterpolation(AbstractPath):
         if v != v:
             return None
         pos = bisect.bisect_right(host, v) if right else bisect.bisect_left(host, v)
-        idx = min(max(pos - 1, 0), self.num_segments - 1)
-        if t.dtype != self._t.dtype:
-            t = t.to(self._t.dtype)
-        # The knot as a float is the same number (`host` holds the knots' own values), unless
-        # a gradient is to flow into the knots.
-        return idx, t - (self._t[idx] if self._t.requires_grad else host[idx])
+        return min(max(pos - 1, 0), self.num_segments - 1), v
 
     def _rows(self, coeffs: torch.Tensor, idx: torch.Tensor | int) -> torch.Tensor:
         """``coeffs[..., idx, :]`` for a 0-d index; per sample, each sample's own row."""
@@ -193,11 +203,30 @@ class AbstractInterpolation(AbstractPath):
     def _derivative(self, t: torch.Tensor, side: str) -> torch.Tensor:
         """:meth:`derivative` without the interval check: for the vector field of a solve,
         whose interval was checked once (:meth:`check_times`)."""
+        # A 0-d CPU time on shared knots through which no gradient flows (and that carries
+        # none) is located on the host, its offset a Python float: the offset `_locate`
+        # computes in the knots' dtype, bit for bit, since the time (rounded to that dtype)
+        # and the knot are numbers of it, their difference in double precision is exact, and
+        # an operation taking it as a scalar rounds it to that dtype, as the subtraction does.
+        if (
+            self._host_search
+            and isinstance(t, torch.Tensor)
+            and t.ndim == 0
+            and t.is_cpu
+            and not (torch.is_grad_enabled() and (t.requires_grad or self._t.requires_grad))
+        ):
+            found = self._segment_on_host(t, side == "right")
+            if found is not None:
+                seg, v = found
+                return self._slope(seg, v - self._host_knots[seg])  # type: ignore[index]
         idx, s = self._locate(t, side)
         return self._slope(idx, self._per_row(s))
 
     def _value(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor) -> torch.Tensor:
+    def _slope(self, idx: torch.Tensor | int, s: torch.Tensor | float) -> torch.Tensor:
+        """The derivative on the rows ``idx`` at offset ``s``: a tensor, or a Python float
+        for a 0-d time located on the host (:meth:`_derivative`), which subclasses
+        take as an operation's scalar (no 0-d tensor, no operation to make it)."""
         raise NotImplementedError

@@ -9,8 +9,9 @@ as it is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -66,8 +67,8 @@ class CDETerm(ODETerm):
         self._memo: tuple | None = None
         if isinstance(path, AbstractInterpolation):
             # Unchecked: solve checks the interval once (check_times), not at every stage.
-            self._derivative: Callable[[torch.Tensor], torch.Tensor] = lambda t: path._derivative(
-                t, side
+            self._derivative: Callable[[torch.Tensor], torch.Tensor] = functools.partial(
+                path._derivative, side=side
             )
         else:
             self._derivative = path.derivative
@@ -80,12 +81,7 @@ class CDETerm(ODETerm):
             self.path.check_times(t0, t1)
 
     def _fused(self, t: torch.Tensor, z: torch.Tensor, args: Any) -> torch.Tensor:
-        g = self.func(t, z, args)
-        dx = self._control_slope(t)
-        if not self._checked:
-            self._check(g, dx, z)
-        if g.dtype != dx.dtype:
-            dx = dx.to(g.dtype)
+        g, dx = self._field_and_slope(t, z, args)
         if torch.is_grad_enabled() and (g.requires_grad or dx.requires_grad):
             return torch.matmul(g, dx.unsqueeze(-1)).squeeze(-1)
         # Without a graph, the row times the transposed matrices: the same sums, a fifth
@@ -95,6 +91,40 @@ class CDETerm(ODETerm):
         if g.ndim == 3 and dx.ndim == 2 and g.shape[0] == dx.shape[0]:
             return torch.bmm(dx.unsqueeze(-2), g.mT).squeeze(-2)
         return torch.matmul(dx.unsqueeze(-2), g.mT).squeeze(-2)
+
+    writes_vf_into: ClassVar[bool] = True
+
+    def vf_into(self, t: torch.Tensor, y: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+        """The fused field, its product written straight into ``out`` (a solver's stage
+        slot) where no graph is recorded and ``out`` has the product's shape and dtype: the
+        same ``bmm`` as :meth:`_fused`, so the same values, without a stack of the stages
+        afterwards (:meth:`~torchnde._core.runge_kutta.AbstractRungeKutta.fixed_step`)."""
+        if torch.is_grad_enabled():
+            return self._fused(t, y, args)
+        g, dx = self._field_and_slope(t, y, args)
+        if (
+            g.ndim == 3
+            and dx.ndim == 2
+            and g.dtype == out.dtype
+            and g.shape[:-1] == out.shape
+            and g.shape[0] == dx.shape[0]
+            and out.is_contiguous()
+        ):
+            torch.bmm(dx.unsqueeze(-2), g.mT, out=out.unsqueeze(-2))
+            return out
+        return torch.matmul(dx.unsqueeze(-2), g.mT).squeeze(-2)
+
+    def _field_and_slope(
+        self, t: torch.Tensor, z: torch.Tensor, args: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user's matrix ``g = f(t, z, args)`` and ``dX/dt`` at ``t`` in its dtype."""
+        g = self.func(t, z, args)
+        dx = self._control_slope(t)
+        if not self._checked:
+            self._check(g, dx, z)
+        if g.dtype != dx.dtype:
+            dx = dx.to(g.dtype)
+        return g, dx
 
     def _control_slope(self, t: torch.Tensor) -> torch.Tensor:
         """``dX/dt`` at ``t``, remembered for the last time tensor asked for.
@@ -106,12 +136,13 @@ class CDETerm(ODETerm):
         counter (an in-place change of the time is a new time) and the grad mode (a slope
         made without a graph is never reused where one is recorded); each solve starts
         without one (:meth:`check_times`)."""
-        if not isinstance(t, torch.Tensor) or t.is_inference():
-            return self._derivative(t)
-        grad = torch.is_grad_enabled()
         memo = self._memo
+        grad = torch.is_grad_enabled()
+        # Only tensors outside inference mode are remembered, so a hit is one of them.
         if memo is not None and memo[0] is t and memo[1] == grad and memo[2] == t._version:
             return memo[3]
+        if not isinstance(t, torch.Tensor) or t.is_inference():
+            return self._derivative(t)
         dx = self._derivative(t)
         self._memo = (t, grad, t._version, dx)
         return dx

@@ -109,6 +109,9 @@ class AbstractRungeKutta(AbstractSolver):
     # Set on the copy a constant-step loop uses (see the module docstring): the state after a
     # step is None and the next step evaluates its first stage itself.
     _defer_first_stage: bool = False
+    # On that copy (one per loop): the stage tensor of `fixed_step` for a term that writes
+    # its field into it, and its rows, reused step after step (see `fixed_step`).
+    _stage_scratch: tuple | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,6 +153,7 @@ class AbstractRungeKutta(AbstractSolver):
             return solver
         new = copy.copy(self)  # with_tolerances is the identity for explicit methods
         new._defer_first_stage = True
+        new._stage_scratch = None
         # init still evaluates f(t0, y0) (it checks the user's function) and the first step
         # uses it as its first stage: every step then costs num_fevals_step, init nothing.
         # After a step the state is a placeholder of empty tensors, which tells the next step
@@ -406,19 +410,34 @@ class AbstractRungeKutta(AbstractSolver):
         solution one ``addmm`` over the stacked stages; no ``K = h f`` products, no zeroed
         stage buffer, no error estimate (constant steps use none). The dense output's
         ``K[0] = h f0`` and end-point evaluation are made only when a save asks for them
-        (:class:`_LeanDense`). Other cases take :meth:`step`."""
+        (:class:`_LeanDense`). A term that writes its field into a given tensor
+        (``writes_vf_into``: a CDE's product) fills the rows of one stage tensor when no
+        graph is recorded, which that ``addmm`` reads in place of the stack: the same
+        values. Other cases take :meth:`step`."""
         scale = None if h is None or not self._defer_first_stage else terms.control_scale()
         if scale is None:
             return self.step(terms, t0, t1, y0, args, state)
         placeholder = _is_placeholder(state)
-        f0 = terms.vf(t0, y0, args) if placeholder else state
-        if not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape:
-            return self.step(terms, t0, t1, y0, args, f0)
         plan = _lean_plan(self._tab())
+        stages: torch.Tensor | None = None
+        slots: tuple | None = None
+        if placeholder and terms.writes_vf_into and not torch.is_grad_enabled():
+            if not (isinstance(h, torch.Tensor) or torch.compiler.is_compiling()):
+                stages, slots = self._stages_like(y0, plan)
+        if slots is not None:
+            f0 = terms.vf_into(t0, y0, args, slots[0])
+        else:
+            f0 = terms.vf(t0, y0, args) if placeholder else state
+        # A value written into its slot has the state's shape and dtype.
+        intact = slots is not None and f0 is slots[0]
+        if not intact and (
+            not isinstance(f0, torch.Tensor) or f0.dtype != y0.dtype or f0.shape != y0.shape
+        ):
+            return self.step(terms, t0, t1, y0, args, f0)
         hs = h * scale  # type: ignore[operator]
         fs = [f0]
         times: dict[float, torch.Tensor] = {}
-        for c_i, row in plan.stages:
+        for i, (c_i, row) in enumerate(plan.stages, 1):
             if c_i == 1.0:
                 ti = t1
             elif c_i == 0.0:
@@ -427,10 +446,45 @@ class AbstractRungeKutta(AbstractSolver):
                 ti = times.get(c_i)  # type: ignore[assignment]
                 if ti is None:
                     ti = times[c_i] = t0 + c_i * h  # type: ignore[operator]
-            fs.append(terms.vf(ti, _combine(y0, fs, row, hs), args))
-        y1 = _combine(y0, fs, plan.b, hs)
+            yi = _combine(y0, fs, row, hs)
+            if slots is None:
+                fs.append(terms.vf(ti, yi, args))
+            else:
+                fi = terms.vf_into(ti, yi, args, slots[i])
+                intact = intact and fi is slots[i]
+                fs.append(fi)
+        if intact and plan.b_all and stages is not None and not isinstance(hs, torch.Tensor):
+            # The stages are the rows of one tensor: the solution reads it as it is, with the
+            # weights kept beside it (`_stages_like`).
+            F, w = self._stage_scratch[2:]  # type: ignore[index]
+            y1 = torch.addmm(y0.reshape(1, -1), w, F, alpha=hs).view_as(y0)
+        else:
+            y1 = _combine(y0, fs, plan.b, hs)
         new_state = state if placeholder else _placeholder(f0)
         return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
+
+    def _stages_like(self, y0: torch.Tensor, plan: _LeanPlan) -> tuple[torch.Tensor, tuple]:
+        """A ``(stages, *y0.shape)`` tensor for the stages of :meth:`fixed_step` and its
+        rows, made once per loop and reused by every step after (a new one for another
+        shape, dtype or device); kept with it, its ``(stages, -1)`` view and the weights of
+        the solution as a row. Reuse is safe because a step's stages are read before the
+        next step writes them: by its solution, and by its dense output (the saves inside
+        the step), which the fixed-step loop takes before the next step. A fresh 128 KiB
+        tensor per step (RK4, batch 256, hidden 32) cost as much as the rest of the step's
+        own work, in the allocator and in the memory it hands out cold."""
+        scratch = self._stage_scratch
+        num = len(plan.stages) + 1
+        if (
+            scratch is None
+            or scratch[0].shape != (num,) + y0.shape
+            or scratch[0].dtype != y0.dtype
+            or scratch[0].device != y0.device
+        ):
+            stages = y0.new_empty((num,) + y0.shape)
+            weights = y0.new_tensor([[w for _, w in plan.b]])
+            scratch = (stages, stages.unbind(0), stages.view(num, -1), weights)
+            self._stage_scratch = scratch
+        return scratch[0], scratch[1]
 
     def _error_estimate(
         self, coeffs: dict[str, Any], Kf: torch.Tensor, y0: torch.Tensor
@@ -526,9 +580,11 @@ def _is_placeholder(state: Any) -> bool:
 
 
 class _LeanPlan(NamedTuple):
-    # Per stage after the first: (c_i, [(j, a_ij) for the nonzero a_ij]); then the weights.
+    # Per stage after the first: (c_i, [(j, a_ij) for the nonzero a_ij]); then the weights,
+    # and whether they take every stage, in order (the stage tensor's rows as they are).
     stages: list
     b: list
+    b_all: bool
 
 
 def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
@@ -537,7 +593,8 @@ def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
         rows = [[(j, float(a)) for j, a in enumerate(row) if a != 0] for row in tab.a]
         stages = [(float(tab.c[i + 1]), row) for i, row in enumerate(rows)]
         b = [(j, float(w)) for j, w in enumerate(tab.b) if w != 0]
-        plan = tab._cache["lean"] = _LeanPlan(stages, b)
+        b_all = [j for j, _ in b] == list(range(tab.num_stages))
+        plan = tab._cache["lean"] = _LeanPlan(stages, b, b_all)
     return plan
 
 

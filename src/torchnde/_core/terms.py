@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,6 +44,9 @@ class AbstractTerm(abc.ABC):
     2. ``contr(t0, t1)`` returns the control increment over ``[t0, t1]``.
     3. ``prod(vf, control)`` returns the state increment, same shape as ``y``.
     4. ``vf_prod(t, y, args, control)`` may be overridden with a fused, faster version.
+    5. A term whose vector field can be written into a given tensor declares
+       ``writes_vf_into = True`` and implements ``vf_into(t, y, args, out)``; fixed-step
+       Runge–Kutta methods then lay their stages out in one tensor for it.
     """
 
     @abc.abstractmethod
@@ -84,6 +87,17 @@ class AbstractTerm(abc.ABC):
     def prod_into(self, vf: Any, control: Any, out: torch.Tensor) -> None:
         """Write ``prod(vf, control)`` into ``out`` (a stage slot of a solver)."""
         out.copy_(self.prod(vf, control))
+
+    #: whether :meth:`vf_into` can write the vector field into a given tensor (a solver then
+    #: lays its stages out in one tensor for it, instead of stacking them afterwards).
+    writes_vf_into: ClassVar[bool] = False
+
+    def vf_into(self, t: torch.Tensor, y: Any, args: Any, out: torch.Tensor) -> Any:
+        """``vf(t, y, args)``, written into ``out`` (a stage slot of a solver, shaped and
+        typed like the state) where the term can and no gradient is recorded (``out=`` is
+        not differentiable): then ``out`` itself is returned. Otherwise a new value, which
+        the caller uses instead of ``out``; the default never writes."""
+        return self.vf(t, y, args)
 
 
 class ODETerm(AbstractTerm):
