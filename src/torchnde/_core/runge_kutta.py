@@ -3,7 +3,10 @@ r"""The explicit Runge–Kutta engine: one step for any :class:`ButcherTableau`.
 Stage increments are stored already multiplied by the control (``k_i = prod(vf_i, dX)``;
 ``h f_i`` for an ODE) in one preallocated tensor ``K`` of shape ``(stages, *y.shape)``, so each
 stage is a single fused ``y0 + K^T a_i`` (``addmv``) and the solution, the error estimate and
-the dense output are each one matrix-vector product. The vector field at the end of an
+the dense output are each one matrix-vector product. Under autograd the increments are a list
+instead, each stage reading the stack of those before it and ``K`` stacked once at the end:
+copies into rows of one ``K`` would record a copy into a slice per stage, whose backward copies
+all of ``K`` each time (the same values either way). The vector field at the end of an
 accepted step is carried to the next step (first-same-as-last); for tableaux that are not
 FSAL by construction it is one extra evaluation that replaces the next step's first stage, so
 the cost per step is unchanged and every method gets a Hermite dense output for free.
@@ -305,7 +308,7 @@ class AbstractRungeKutta(AbstractSolver):
         prefix = [Kf[:i] for i in range(s)]
         E = y0.new_empty((1, y0.numel()))
         E_v = E.view(shape)
-        c_column: list = []  # the column of c for the solve's time dtype, on the first step
+        clock = _stage_clock(coeffs)
         # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
         # time (None: t1).
         plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
@@ -318,11 +321,7 @@ class AbstractRungeKutta(AbstractSolver):
         ) -> tuple:
             # (The step size as the 0-dim tensor: a product with a Python number wraps it
             # into a tensor at every call, measurably slower.)
-            control = t1 - t0
-            if not c_column:
-                c_column.append(_c_column(coeffs, t0))
-            # The stage times as views, made in one call.
-            t_stage = torch.addcmul(t0, c_column[0], control).unbind(0)
+            control, t_stage = clock(t0, t1)
             yf = y if flat else y.reshape(1, -1)
             torch.mul(state, control, out=slot0)
             vf = state
@@ -359,17 +358,14 @@ class AbstractRungeKutta(AbstractSolver):
         s = tab.num_stages
         shape = y0.shape
         n = y0.numel()
-        c_column: list = []
+        clock = _stage_clock(coeffs)
         plan = [(i, a_low[i], None if c[i] == 1.0 else i) for i in range(1, s)]
         flat = shape == (1, n)
 
         def step(
             t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
         ) -> tuple:
-            control = t1 - t0
-            if not c_column:
-                c_column.append(_c_column(coeffs, t0))
-            t_stage = torch.addcmul(t0, c_column[0], control).unbind(0)
+            _, t_stage = clock(t0, t1)
             yf = y.reshape(1, -1)
             fs = [state]
             vf = state
@@ -549,6 +545,20 @@ def _host_weights(tab: ButcherTableau, y0: torch.Tensor) -> Any:
         return torch.tensor(rows, dtype=dtype, device=device)
 
     return weights
+
+
+def _stage_clock(coeffs: dict[str, Any]) -> Any:
+    """``(t0, t1) -> (t1 - t0, the stage times as 0-dim views)`` for the steps of one joint
+    solve, the column of ``c`` cast for its time dtype on the first call."""
+    column: list = []
+
+    def clock(t0: torch.Tensor, t1: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        control = t1 - t0
+        if not column:
+            column.append(_c_column(coeffs, t0))
+        return control, torch.addcmul(t0, column[0], control).unbind(0)
+
+    return clock
 
 
 def _c_column(coeffs: dict[str, Any], t0: torch.Tensor) -> torch.Tensor:
