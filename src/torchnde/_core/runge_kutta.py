@@ -215,7 +215,14 @@ class AbstractRungeKutta(AbstractSolver):
         )
         vf = state
         yi = y0
-        if slots is None and type(terms).prod_into in _PLAIN_PROD_INTO:
+        # (A graph is recorded when the state, the step or the field's first value needs
+        # one; a solve under grad mode with nothing requiring it writes into K as without.)
+        recorded = slots is None and (
+            y0.requires_grad
+            or (isinstance(control, torch.Tensor) and control.requires_grad)
+            or (isinstance(state, torch.Tensor) and state.requires_grad)
+        )
+        if recorded and type(terms).prod_into in _PLAIN_PROD_INTO:
             # Under autograd: the increments as a list, each stage reading the stack of those
             # before it (a stack and a product recorded), K stacked once at the end; writing
             # them into rows of K records a copy into a slice per stage, whose backward
