@@ -263,3 +263,30 @@ def test_steps_chosen_without_gradients_give_the_gradient_on_the_fixed_mesh():
     assert not torch.allclose(g_default, g_fixed, rtol=1e-12, atol=1e-13)
     with pytest.raises(TypeError, match="differentiate_steps"):
         tn.PIDController(differentiate_steps="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("solver_cls", [tn.Dopri5, tn.Tsit5, tn.Bosh3])
+@pytest.mark.parametrize("record", ["state", "late"], ids=["y0-requires-grad", "field-late"])
+def test_gradients_whether_the_first_stage_records_a_graph_or_not(solver_cls, record):
+    # The engine's step keeps its increments as a list when the first stage records a graph
+    # and writes them into K otherwise (a solve under grad mode that needs none); a field
+    # whose parameter enters only after the first evaluation (a Python branch on t) takes
+    # the second route with later stages that do record one. Both against gradcheck
+    # (float64 central differences) on a fixed grid.
+    torch.manual_seed(0)
+    y0 = torch.randn(3, 2, dtype=F64, requires_grad=record == "state")
+    W = torch.randn(2, 2, dtype=F64, requires_grad=True)
+
+    def loss(W: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+        def f(t, y, args):
+            return torch.tanh(y @ W) if float(t) > 0.01 else -y
+
+        ctrl, saveat = tn.ConstantStepSize(), tn.SaveAt(ts=[0.25, 0.5])
+        term = tn.ODETerm(f)
+        return tn.solve(
+            term, solver_cls(), 0.0, 0.5, y0, dt0=0.05, controller=ctrl, saveat=saveat
+        ).ys
+
+    inputs = (W, y0) if record == "state" else (W,)
+    fn = loss if record == "state" else (lambda W: loss(W, y0))
+    assert gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
