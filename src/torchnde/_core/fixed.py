@@ -130,9 +130,14 @@ def run_fixed(
     # The step sizes as a tensor of the time dtype, sliced per block (a graph input).
     hs = ends.new_tensor(steps_h) if size else None
 
+    # The solver's steps prepared for this grid, if it prepares them (`fixed_stepper`).
+    prepared = solver.fixed_stepper(terms, st.t, times, steps_h, st.y, args, st.fstate)
+
     def step(i: int, t: Any, y: Any, fstate: Any) -> tuple:
         """Step ``i`` from ``(t, y)``; an exception is explained first (``Loop._explain``)."""
         try:
+            if prepared is not None:
+                return prepared(i, t, y, fstate)
             return fixed_step(terms, t, times[i], steps_h[i], y, args, fstate)
         except Exception as err:
             loop._explain(t, y, err)

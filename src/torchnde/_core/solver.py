@@ -135,6 +135,27 @@ class AbstractSolver(abc.ABC):
         ``None``. Methods may use it to save tensor operations; by default this is ``step``."""
         return self.step(terms, t0, t1, y0, args, state)
 
+    def fixed_stepper(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        times: tuple,
+        steps: list,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> Callable[[int, Any, Any, Any], tuple] | None:
+        """Optional: the steps of one fixed-grid solve (``_core/fixed.py``) prepared once,
+        ``step(i, t, y, state) -> (y1, y_error, dense_info, new_state)`` for step ``i`` of the
+        grid from ``(t, y, state)``: what :meth:`fixed_step` returns for ``(terms, t,
+        times[i], steps[i], y, args, state)``, bit for bit, whatever the state (e.g. the
+        replay of a block of steps). ``t0`` and ``state`` are the solve's start and initial
+        solver state, ``times`` the step ends (0-d tensors, the very objects the path passes
+        on as the next step's ``t``), ``steps`` the step sizes on the host (``None`` each
+        when a time carries a gradient). ``None`` (the default) makes the
+        path call :meth:`fixed_step`."""
+        return None
+
     def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
         """Optional: a :class:`HostStepper` for one solve on the host-controlled adaptive loop
         (``_core/adaptive.py``: joint steps, nothing of a step kept past the next; under
