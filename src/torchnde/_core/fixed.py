@@ -131,7 +131,16 @@ def run_fixed(
     hs = ends.new_tensor(steps_h) if size else None
 
     # The solver's steps prepared for this grid, if it prepares them (`fixed_stepper`).
-    prepared = solver.fixed_stepper(terms, st.t, times, steps_h, st.y, args, st.fstate)
+    prepared = solver.fixed_stepper(terms, st.t, ends, times, steps_h, st.y, args, st.fstate)
+    # Prepared steps that save nothing count nothing but their evaluations: where the block's
+    # last state alone is checked, such a run of them is taken back to back (`take`).
+    quiet: list[int] = []
+    if prepared is not None and persists and not size:
+        # quiet[i]: the first step from i on that fills a save slot.
+        quiet = [n] * (n + 1)
+        for k in reversed(range(n)):
+            before = counts[k - 1] if k else host0.save_num
+            quiet[k] = k if counts[k] > before else quiet[k + 1]
 
     def step(i: int, t: Any, y: Any, fstate: Any) -> tuple:
         """Step ``i`` from ``(t, y)``; an exception is explained first (``Loop._explain``)."""
@@ -178,6 +187,19 @@ def run_fixed(
                         saved = counts[i + j]
                 i += size
                 t, y = times[i - 1], ys[-1]
+                continue
+            if quiet and not exact and quiet[i] > i:
+                j = min(quiet[i], stop)
+                try:
+                    while i < j:
+                        y, _, _, fstate = prepared(i, t, y, fstate)  # type: ignore[misc]
+                        t = times[i]
+                        i += 1
+                except Exception as err:
+                    loop._explain(t, y, err)
+                    raise
+                if i == stop:
+                    torch.sum(y.detach(), dims, out=slots[0])
                 continue
             tb = times[i]
             y1, _, dense_info, fnew = step(i, t, y, fstate)

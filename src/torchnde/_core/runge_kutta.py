@@ -467,6 +467,7 @@ class AbstractRungeKutta(AbstractSolver):
         self,
         terms: AbstractTerm,
         t0: torch.Tensor,
+        ends: torch.Tensor,
         times: tuple,
         steps: list,
         y0: torch.Tensor,
@@ -490,8 +491,11 @@ class AbstractRungeKutta(AbstractSolver):
         neither the initial one nor the placeholder (the output of a compiled block) takes
         :meth:`fixed_step`. ``None`` where :meth:`fixed_step` would take :meth:`step`, or
         the initial state is not a tensor like ``y0``."""
+        cls = type(self)
         if (
-            type(self).fixed_step is not AbstractRungeKutta.fixed_step
+            cls.fixed_step is not AbstractRungeKutta.fixed_step
+            or cls.take_stats is not AbstractSolver.take_stats
+            or cls.take_dense_fevals is not AbstractRungeKutta.take_dense_fevals
             or not self._defer_first_stage
             or not steps
             or steps[0] is None
@@ -501,7 +505,7 @@ class AbstractRungeKutta(AbstractSolver):
             or state.shape != y0.shape
             or y0.numel() == 0  # an empty state is a placeholder itself
             or len(steps) != len(times)
-            or any(t.dtype != t0.dtype for t in (times[0], times[-1]))
+            or ends.dtype != t0.dtype
             or t0.dtype not in (torch.float32, torch.float64)
         ):
             return None
@@ -512,11 +516,12 @@ class AbstractRungeKutta(AbstractSolver):
         fixed_step, rk_step = self.fixed_step, self.step
         vf = terms.vector_field if type(terms).vf is ODETerm.vf else terms.vf  # type: ignore[attr-defined]
         hs = [h * scale for h in steps]
-        first, hole = state, _placeholder(state)
-        starts = torch.stack((t0,) + tuple(times[:-1]))
+        first, hole = state, state.new_empty(0)  # (`_placeholder` of a tensor)
+        # (`cat`: a stack of the 0-d times costs half a microsecond each.)
+        starts = torch.cat([t0.reshape(1), ends[: len(steps) - 1]])
         nodes: dict[float, tuple] = {}
         # Per stage after the first: its times (None: the step's start), its row of `a` and,
-        # for a row of one term, that term (one `torch.add`).
+        # for a row of one term, that term (one `torch.add`): (times, row, j, a_ij).
         stages = []
         for c_i, row in plan.stages:
             if c_i == 1.0:
@@ -530,15 +535,17 @@ class AbstractRungeKutta(AbstractSolver):
                     # time's dtype, as the addition of a tensor of them.
                     offsets = starts.new_tensor([c_i * h for h in steps])
                     ts = nodes[c_i] = torch.add(starts, offsets).unbind(0)
-            stages.append((ts, row, row[0] if len(row) == 1 else None))
+            stages.append((ts, row) + (row[0] if len(row) == 1 else (None, None)))
         b = plan.b
         num_b = len(b)
         shape = y0.shape
         # A (1, n) state is a row of the solution's product: the stages joined by `cat` are
         # its (stages, n) operand as they are, and the product is the new state.
         flat = y0.ndim == 2 and shape[0] == 1
-        w_b = y0.new_tensor([[w for _, w in b]]) if num_b > 2 else None
+        w_b = _row_tensor(b, y0) if num_b > 2 else None
         b_idx = [j for j, _ in b]
+        # The solution of a (1, n) state from every stage in order: one `cat`, one `addmm`.
+        whole = flat and w_b is not None and b_idx == list(range(len(stages) + 1))
 
         def solution(y: torch.Tensor, fs: list, h: float) -> torch.Tensor:
             if w_b is None:
@@ -565,13 +572,16 @@ class AbstractRungeKutta(AbstractSolver):
                 return rk_step(terms, t, t1, y, args, f0)
             h = hs[i]
             fs = [f0]
-            for ts, row, one in stages:
-                if one is not None:
-                    yi = torch.add(y, fs[one[0]], alpha=one[1] * h)
+            for ts, row, j, a in stages:
+                if j is not None:
+                    yi = torch.add(y, fs[j], alpha=a * h)
                 else:
                     yi = _combine(y, fs, row, h)
                 fs.append(vf(t if ts is None else ts[i], yi, args))
-            y1 = solution(y, fs, h)
+            if whole:
+                y1 = torch.addmm(y, w_b, torch.cat(fs), alpha=h)
+            else:
+                y1 = solution(y, fs, h)
             return y1, None, _LeanDense(terms, t, t1, y, y1, f0, args), hole
 
         return step
@@ -604,7 +614,7 @@ class AbstractRungeKutta(AbstractSolver):
             t1, h = times[i], hs[i]
             if state is first:
                 fs = [state]
-                for ts, row, _ in stages:
+                for ts, row, *_ in stages:
                     yi = _combine(y, fs, row, h)
                     fs.append(vf(t if ts is None else ts[i], yi, args))
                 y1 = solution(y, fs, h)
@@ -618,7 +628,7 @@ class AbstractRungeKutta(AbstractSolver):
             ):
                 return rk_step(terms, t, t1, y, args, f0)
             fs = [f0]
-            for k, (ts, row, _) in enumerate(stages, 1):
+            for k, (ts, row, *_) in enumerate(stages, 1):
                 yi = _combine(y, fs, row, h)
                 fi = vf_into(t if ts is None else ts[i], yi, args, slots[k])
                 intact = intact and fi is slots[k]
@@ -777,14 +787,21 @@ def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> 
         for j, w in row:
             y = y + (w * h) * fs[j] if scaled else torch.add(y, fs[j], alpha=w * h)
         return y
+    w = _row_tensor(row, y0)
+    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    if isinstance(h, torch.Tensor):
+        return torch.addmm(y0.reshape(1, -1), w * h, F).view_as(y0)
+    return torch.addmm(y0.reshape(1, -1), w, F, alpha=h).view_as(y0)
+
+
+def _row_tensor(row: list, y0: torch.Tensor) -> torch.Tensor:
+    """The weights of ``row`` (``[(j, w_j)]`` of a cached plan) as a ``(1, len(row))`` tensor
+    of ``y0``'s dtype and device, cached."""
     key = (id(row), y0.dtype, y0.device)
     w = _ROWS.get(key)
     if w is None or w[0] is not row:
         w = _ROWS[key] = (row, y0.new_tensor([[wj for _, wj in row]]))
-    F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
-    if isinstance(h, torch.Tensor):
-        return torch.addmm(y0.reshape(1, -1), w[1] * h, F).view_as(y0)
-    return torch.addmm(y0.reshape(1, -1), w[1], F, alpha=h).view_as(y0)
+    return w[1]
 
 
 # The weight rows of `_combine` as tensors, per (row of a cached plan, dtype, device).

@@ -139,6 +139,7 @@ class AbstractSolver(abc.ABC):
         self,
         terms: AbstractTerm,
         t0: torch.Tensor,
+        ends: torch.Tensor,
         times: tuple,
         steps: list,
         y0: torch.Tensor,
@@ -150,10 +151,14 @@ class AbstractSolver(abc.ABC):
         grid from ``(t, y, state)``: what :meth:`fixed_step` returns for ``(terms, t,
         times[i], steps[i], y, args, state)``, bit for bit, whatever the state (e.g. the
         replay of a block of steps). ``t0`` and ``state`` are the solve's start and initial
-        solver state, ``times`` the step ends (0-d tensors, the very objects the path passes
-        on as the next step's ``t``), ``steps`` the step sizes on the host (``None`` each
-        when a time carries a gradient). ``None`` (the default) makes the
-        path call :meth:`fixed_step`."""
+        solver state, ``ends`` the step ends as one tensor and ``times`` its rows (0-d
+        tensors, the very objects the path passes on as the next step's ``t``), ``steps``
+        the step sizes on the host (``None`` each when a time carries a gradient).
+
+        A prepared step reports nothing to :meth:`take_stats` and, unless its dense output
+        is interpolated, nothing to :meth:`take_dense_fevals`: the path skips both for the
+        steps that save nothing. ``None`` (the default) makes the path call
+        :meth:`fixed_step`."""
         return None
 
     def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
