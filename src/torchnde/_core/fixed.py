@@ -135,7 +135,21 @@ def run_fixed(
     # Prepared steps that save nothing count nothing but their evaluations: where the block's
     # last state alone is checked, such a run of them is taken back to back (`take`).
     quiet: list[int] = []
-    if prepared is not None and persists and not size:
+    run_steps = None if prepared is None else prepared.run
+    if prepared is not None and run_steps is None:
+        prepared_step = prepared.step
+
+        def run_steps(i: int, j: int, t: Any, y: Any, fstate: Any) -> tuple:
+            try:
+                while i < j:
+                    y, _, _, fstate = prepared_step(i, t, y, fstate)
+                    t = times[i]
+                    i += 1
+            except Exception as err:
+                return i, t, y, fstate, err
+            return i, t, y, fstate, None
+
+    if run_steps is not None and persists and not size:
         # quiet[i]: the first step from i on that fills a save slot.
         quiet = [n] * (n + 1)
         for k in reversed(range(n)):
@@ -146,7 +160,7 @@ def run_fixed(
         """Step ``i`` from ``(t, y)``; an exception is explained first (``Loop._explain``)."""
         try:
             if prepared is not None:
-                return prepared(i, t, y, fstate)
+                return prepared.step(i, t, y, fstate)
             return fixed_step(terms, t, times[i], steps_h[i], y, args, fstate)
         except Exception as err:
             loop._explain(t, y, err)
@@ -189,15 +203,10 @@ def run_fixed(
                 t, y = times[i - 1], ys[-1]
                 continue
             if quiet and not exact and quiet[i] > i:
-                j = min(quiet[i], stop)
-                try:
-                    while i < j:
-                        y, _, _, fstate = prepared(i, t, y, fstate)  # type: ignore[misc]
-                        t = times[i]
-                        i += 1
-                except Exception as err:
+                i, t, y, fstate, err = run_steps(i, min(quiet[i], stop), t, y, fstate)  # type: ignore[misc]
+                if err is not None:
                     loop._explain(t, y, err)
-                    raise
+                    raise err
                 if i == stop:
                     torch.sum(y.detach(), dims, out=slots[0])
                 continue

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 import torch.utils._pytree as pytree
 
-from .solver import AbstractSolver, HostStepper
+from .solver import AbstractSolver, FixedStepper, HostStepper
 from .tableau import ButcherTableau
 from .terms import AbstractTerm, ODETerm, broadcast_time
 
@@ -473,7 +473,7 @@ class AbstractRungeKutta(AbstractSolver):
         y0: torch.Tensor,
         args: Any,
         state: Any,
-    ) -> Any:
+    ) -> FixedStepper | None:
         """:meth:`fixed_step` for the steps of one fixed-grid solve, with what it works out
         at every step worked out once: the tableau's plan, each stage's time (``t_k + c_i
         h_k`` of every step in one operation per distinct node, then one view per step),
@@ -522,7 +522,7 @@ class AbstractRungeKutta(AbstractSolver):
         nodes: dict[float, tuple] = {}
         # Per stage after the first: its times (None: the step's start), its row of `a` and,
         # for a row of one term, that term (one `torch.add`): (times, row, j, a_ij).
-        stages = []
+        stages: list[Any] = []
         for c_i, row in plan.stages:
             if c_i == 1.0:
                 ts: tuple | None = times
@@ -560,6 +560,20 @@ class AbstractRungeKutta(AbstractSolver):
                 terms, args, times, steps, hs, stages, y0, first, hole, solution
             )
 
+        def advance(i: int, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor) -> Any:
+            # Step i's new state from its first stage.
+            h = hs[i]
+            fs = [f0]
+            for ts, row, j, a in stages:
+                if j is not None:
+                    yi = torch.add(y, fs[j], alpha=a * h)
+                else:
+                    yi = _combine(y, fs, row, h)
+                fs.append(vf(t if ts is None else ts[i], yi, args))
+            if whole:
+                return torch.addmm(y, w_b, torch.cat(fs), alpha=h)  # type: ignore[arg-type]
+            return solution(y, fs, h)
+
         def step(i: int, t: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
             if state is hole:
                 f0 = vf(t, y, args)
@@ -570,21 +584,37 @@ class AbstractRungeKutta(AbstractSolver):
             t1 = times[i]
             if not isinstance(f0, torch.Tensor) or f0.dtype != y.dtype or f0.shape != y.shape:
                 return rk_step(terms, t, t1, y, args, f0)
-            h = hs[i]
-            fs = [f0]
-            for ts, row, j, a in stages:
-                if j is not None:
-                    yi = torch.add(y, fs[j], alpha=a * h)
-                else:
-                    yi = _combine(y, fs, row, h)
-                fs.append(vf(t if ts is None else ts[i], yi, args))
-            if whole:
-                y1 = torch.addmm(y, w_b, torch.cat(fs), alpha=h)
-            else:
-                y1 = solution(y, fs, h)
+            y1 = advance(i, t, y, f0)
             return y1, None, _LeanDense(terms, t, t1, y, y1, f0, args), hole
 
-        return step
+        def run(i: int, j: int, t: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
+            # `step` for i .. j-1 without their dense outputs (see `FixedStepper`).
+            try:
+                while i < j:
+                    if state is hole:
+                        f0 = vf(t, y, args)
+                    elif state is first:
+                        f0 = state
+                    else:
+                        y, _, _, state = fixed_step(terms, t, times[i], steps[i], y, args, state)
+                        t = times[i]
+                        i += 1
+                        continue
+                    if (
+                        not isinstance(f0, torch.Tensor)
+                        or f0.dtype != y.dtype
+                        or f0.shape != y.shape
+                    ):
+                        y, _, _, state = rk_step(terms, t, times[i], y, args, f0)
+                    else:
+                        y, state = advance(i, t, y, f0), hole
+                    t = times[i]
+                    i += 1
+            except Exception as err:
+                return i, t, y, state, err
+            return i, t, y, state, None
+
+        return FixedStepper(step, run)
 
     def _into_stepper(
         self,
@@ -598,7 +628,7 @@ class AbstractRungeKutta(AbstractSolver):
         first: torch.Tensor,
         hole: torch.Tensor,
         solution: Any,
-    ) -> Any:
+    ) -> FixedStepper:
         """The steps of :meth:`fixed_stepper` for a term that writes its field into a given
         tensor (``writes_vf_into``), without a graph: after the first step, whose first
         stage is the initial state, the stages are written into the rows of the loop's
@@ -639,7 +669,7 @@ class AbstractRungeKutta(AbstractSolver):
                 y1 = _combine(y, fs, plan.b, h)
             return y1, None, _LeanDense(terms, t, t1, y, y1, f0, args), hole
 
-        return step
+        return FixedStepper(step)
 
     def _stages_like(self, y0: torch.Tensor, plan: _LeanPlan) -> tuple[torch.Tensor, tuple]:
         """A ``(stages, *y0.shape)`` tensor for the stages of :meth:`fixed_step` and its

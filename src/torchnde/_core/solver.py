@@ -10,7 +10,7 @@ import torch
 
 from .terms import AbstractTerm
 
-__all__ = ["AbstractReversibleSolver", "AbstractSolver", "HostStepper"]
+__all__ = ["AbstractReversibleSolver", "AbstractSolver", "FixedStepper", "HostStepper"]
 
 
 class HostStepper(NamedTuple):
@@ -27,6 +27,21 @@ class HostStepper(NamedTuple):
 
     step: Callable[..., tuple]
     save_into: Callable[[list, Any, torch.Tensor], None] | None = None
+
+
+class FixedStepper(NamedTuple):
+    """A solver's steps for one fixed-grid solve (:meth:`AbstractSolver.fixed_stepper`).
+
+    - ``step(i, t, y, state) -> (y1, y_error, dense_info, new_state)``: step ``i`` of the grid
+      from ``(t, y, state)``;
+    - ``run(i, j, t, y, state) -> (k, t, y, state, error)``, or ``None``: steps ``i .. j-1``
+      back to back, as ``step`` takes them, when nothing reads their dense outputs;
+      ``k = j`` and ``error = None`` after the last, else ``k`` is the step that raised
+      ``error``, ``(t, y, state)`` where it started.
+    """
+
+    step: Callable[[int, Any, Any, Any], tuple]
+    run: Callable[[int, int, Any, Any, Any], tuple] | None = None
 
 
 class AbstractSolver(abc.ABC):
@@ -145,15 +160,15 @@ class AbstractSolver(abc.ABC):
         y0: torch.Tensor,
         args: Any,
         state: Any,
-    ) -> Callable[[int, Any, Any, Any], tuple] | None:
-        """Optional: the steps of one fixed-grid solve (``_core/fixed.py``) prepared once,
-        ``step(i, t, y, state) -> (y1, y_error, dense_info, new_state)`` for step ``i`` of the
-        grid from ``(t, y, state)``: what :meth:`fixed_step` returns for ``(terms, t,
-        times[i], steps[i], y, args, state)``, bit for bit, whatever the state (e.g. the
-        replay of a block of steps). ``t0`` and ``state`` are the solve's start and initial
-        solver state, ``ends`` the step ends as one tensor and ``times`` its rows (0-d
-        tensors, the very objects the path passes on as the next step's ``t``), ``steps``
-        the step sizes on the host (``None`` each when a time carries a gradient).
+    ) -> FixedStepper | None:
+        """Optional: the steps of one fixed-grid solve (``_core/fixed.py``) prepared once, a
+        :class:`FixedStepper` whose ``step(i, t, y, state)`` returns what :meth:`fixed_step`
+        returns for ``(terms, t, times[i], steps[i], y, args, state)``, bit for bit, whatever
+        the state (e.g. the replay of a block of steps). ``t0`` and ``state`` are the solve's
+        start and initial solver state, ``ends`` the step ends as one tensor and ``times``
+        its rows (0-d tensors, the very objects the path passes on as the next step's
+        ``t``), ``steps`` the step sizes on the host (``None`` each when a time carries a
+        gradient).
 
         A prepared step reports nothing to :meth:`take_stats` and, unless its dense output
         is interpolated, nothing to :meth:`take_dense_fevals`: the path skips both for the
