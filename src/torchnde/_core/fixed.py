@@ -239,11 +239,16 @@ def run_fixed(
 
     t, y, fstate, saved = st.t, st.y, st.fstate, host0.save_num
     nfe, i, failed = nfe0, 0, False
+    one_sum = persists and not sums.is_complex()
     while i < n and not failed:
         stop = min(i + CHECK_EVERY, n)
         extra_before = dict(extra)
         j, t1, y1, f1, saved1, saves, dfe, _ = take(i, t, y, fstate, saved, stop, False)
-        if not bool(torch.isfinite(sums[: 1 if persists else stop - i]).all()):
+        if one_sum:
+            finite = math.isfinite(slots[0].item())  # (one transfer, no slice and test ops)
+        else:
+            finite = bool(torch.isfinite(sums[: 1 if persists else stop - i]).all())
+        if not finite:
             extra.clear()
             extra.update(extra_before)
             j, t1, y1, f1, saved1, saves, dfe, failed = take(i, t, y, fstate, saved, stop, True)
