@@ -113,7 +113,6 @@ def run_fixed(
     # Each state's sum is written into a slot of `sums` (one op, no sync); a block of steps
     # is looked at with one transfer.
     sums = y0.new_empty(CHECK_EVERY)
-    slots = sums.unbind(0)
     dims = tuple(range(y0.ndim))
     extra: dict[str, int] = {}
     # A solver whose step is ``y1 = y0 + g`` keeps a non-finite component non-finite (NaN
@@ -121,6 +120,8 @@ def run_fixed(
     # any state of the block was: one sum per block instead of one per step. Declared by the
     # solver class (``nonfinite_persists``); others are summed step by step.
     persists = solver.nonfinite_persists
+    # (Where only the first slot is written, one view instead of CHECK_EVERY.)
+    slots = (sums[0],) if persists else sums.unbind(0)
     fixed_step, take_stats, take_dense = solver.fixed_step, solver.take_stats, None
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals
