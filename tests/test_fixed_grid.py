@@ -149,3 +149,70 @@ def test_nan_in_one_component_mid_block_found_by_last_state_check(monkeypatch):
     torch.testing.assert_close(a.ys, b.ys, equal_nan=True)
     exact = torch.exp(-torch.linspace(0, 0.4, 3, dtype=torch.float64))[:, None].expand(3, 2)
     torch.testing.assert_close(a.ys[:3], exact, rtol=1e-8, atol=1e-8)
+
+
+def _unprepared(monkeypatch):
+    """Solves whose fixed-grid steps are :meth:`fixed_step` itself, not the prepared ones."""
+    monkeypatch.setattr(tn.AbstractRungeKutta, "fixed_stepper", lambda self, *a: None)
+
+
+def _prepared(monkeypatch) -> list:
+    """Solves that record whether their fixed-grid steps were prepared (``fixed_stepper``)."""
+    made: list = []
+    real = tn.AbstractRungeKutta.fixed_stepper
+
+    def spy(self, *a):
+        stepper = real(self, *a)
+        made.append(stepper is not None)
+        return stepper
+
+    monkeypatch.setattr(tn.AbstractRungeKutta, "fixed_stepper", spy)
+    return made
+
+
+@pytest.mark.parametrize("solver", [tn.RK4(), tn.Euler(), tn.Midpoint(), tn.RK38(), tn.Heun()])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 3), (4, 3), (3,)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_prepared_fixed_steps_are_fixed_step_bit_for_bit(solver, dtype, shape, grad, monkeypatch):
+    # `fixed_stepper` resolves once what `fixed_step` works out at every step (the stage
+    # times, the placeholder state, the weights); the same operations on the same values,
+    # so the same states, saves (on step ends and inside steps), counts and gradients.
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, dtype=dtype, requires_grad=grad)
+    y0 = torch.randn(shape, dtype=dtype, requires_grad=grad)
+    ts = torch.tensor([0.0, 0.2, 0.33, 0.5, 0.71, 1.3], dtype=dtype)
+    kw = dict(dt0=0.03, saveat=tn.SaveAt(ts=ts), args=w, controller=tn.ConstantStepSize())
+    results = []
+    for prepared in (True, False):
+        with monkeypatch.context() as m, torch.set_grad_enabled(grad):
+            if prepared:
+                made = _prepared(m)
+            else:
+                _unprepared(m)
+            sol = tn.solve(tn.ODETerm(_field), solver, 0.0, 1.3, y0, **kw)
+            out = [sol.ys.detach(), sol.stats]
+            if grad:
+                out += torch.autograd.grad(sol.ys.square().sum(), (y0, w))
+        results.append(out)
+    assert made == [True]
+    for a, b in zip(*results):
+        assert a == b if isinstance(a, dict) else torch.equal(a, b)
+
+
+def test_prepared_fixed_steps_replay_a_blow_up_bit_for_bit(monkeypatch):
+    # The exact replay of a block takes the prepared steps again from the block's start.
+    y0 = torch.ones(2, dtype=torch.float64)
+    kw = dict(dt0=0.01, controller=tn.ConstantStepSize(), throw=False)
+    kw["saveat"] = tn.SaveAt(ts=torch.linspace(0, 2, 11, dtype=torch.float64))
+    term = tn.ODETerm(lambda t, y, args: y * y)
+    with monkeypatch.context() as m:
+        made = _prepared(m)
+        a = tn.solve(term, tn.RK4(), 0.0, 2.0, y0, **kw)
+    assert made == [True]
+    _unprepared(monkeypatch)
+    b = tn.solve(term, tn.RK4(), 0.0, 2.0, y0, **kw)
+    assert int(a.status) == int(b.status) == int(tn.Status.NONFINITE)
+    assert a.stats == b.stats
+    assert torch.equal(a.ys.nan_to_num(), b.ys.nan_to_num())
+    assert torch.equal(a.ys.isnan(), b.ys.isnan())

@@ -113,7 +113,6 @@ def run_fixed(
     # Each state's sum is written into a slot of `sums` (one op, no sync); a block of steps
     # is looked at with one transfer.
     sums = y0.new_empty(CHECK_EVERY)
-    slots = sums.unbind(0)
     dims = tuple(range(y0.ndim))
     extra: dict[str, int] = {}
     # A solver whose step is ``y1 = y0 + g`` keeps a non-finite component non-finite (NaN
@@ -121,6 +120,8 @@ def run_fixed(
     # any state of the block was: one sum per block instead of one per step. Declared by the
     # solver class (``nonfinite_persists``); others are summed step by step.
     persists = solver.nonfinite_persists
+    # (Where only the first slot is written, one view instead of CHECK_EVERY.)
+    slots = (sums[0],) if persists else sums.unbind(0)
     fixed_step, take_stats, take_dense = solver.fixed_step, solver.take_stats, None
     if solver.take_dense_fevals.__func__ is not AbstractSolver.take_dense_fevals:  # type: ignore[attr-defined]
         take_dense = solver.take_dense_fevals
@@ -130,9 +131,37 @@ def run_fixed(
     # The step sizes as a tensor of the time dtype, sliced per block (a graph input).
     hs = ends.new_tensor(steps_h) if size else None
 
+    # The solver's steps prepared for this grid, if it prepares them (`fixed_stepper`).
+    prepared = solver.fixed_stepper(terms, st.t, ends, times, steps_h, st.y, args, st.fstate)
+    # Prepared steps that save nothing count nothing but their evaluations: where the block's
+    # last state alone is checked, such a run of them is taken back to back (`take`).
+    quiet: list[int] = []
+    run_steps = None if prepared is None else prepared.run
+    if prepared is not None and run_steps is None:
+        prepared_step = prepared.step
+
+        def run_steps(i: int, j: int, t: Any, y: Any, fstate: Any) -> tuple:
+            try:
+                while i < j:
+                    y, _, _, fstate = prepared_step(i, t, y, fstate)
+                    t = times[i]
+                    i += 1
+            except Exception as err:
+                return i, t, y, fstate, err
+            return i, t, y, fstate, None
+
+    if run_steps is not None and persists and not size:
+        # quiet[i]: the first step from i on that fills a save slot.
+        quiet = [n] * (n + 1)
+        for k in reversed(range(n)):
+            before = counts[k - 1] if k else host0.save_num
+            quiet[k] = k if counts[k] > before else quiet[k + 1]
+
     def step(i: int, t: Any, y: Any, fstate: Any) -> tuple:
         """Step ``i`` from ``(t, y)``; an exception is explained first (``Loop._explain``)."""
         try:
+            if prepared is not None:
+                return prepared.step(i, t, y, fstate)
             return fixed_step(terms, t, times[i], steps_h[i], y, args, fstate)
         except Exception as err:
             loop._explain(t, y, err)
@@ -174,6 +203,14 @@ def run_fixed(
                 i += size
                 t, y = times[i - 1], ys[-1]
                 continue
+            if quiet and not exact and quiet[i] > i:
+                i, t, y, fstate, err = run_steps(i, min(quiet[i], stop), t, y, fstate)  # type: ignore[misc]
+                if err is not None:
+                    loop._explain(t, y, err)
+                    raise err
+                if i == stop:
+                    torch.sum(y.detach(), dims, out=slots[0])
+                continue
             tb = times[i]
             y1, _, dense_info, fnew = step(i, t, y, fstate)
             more = take_stats(dense_info)
@@ -203,11 +240,16 @@ def run_fixed(
 
     t, y, fstate, saved = st.t, st.y, st.fstate, host0.save_num
     nfe, i, failed = nfe0, 0, False
+    one_sum = persists and not sums.is_complex()
     while i < n and not failed:
         stop = min(i + CHECK_EVERY, n)
         extra_before = dict(extra)
         j, t1, y1, f1, saved1, saves, dfe, _ = take(i, t, y, fstate, saved, stop, False)
-        if not bool(torch.isfinite(sums[: 1 if persists else stop - i]).all()):
+        if one_sum:
+            finite = math.isfinite(slots[0].item())  # (one transfer, no slice and test ops)
+        else:
+            finite = bool(torch.isfinite(sums[: 1 if persists else stop - i]).all())
+        if not finite:
             extra.clear()
             extra.update(extra_before)
             j, t1, y1, f1, saved1, saves, dfe, failed = take(i, t, y, fstate, saved, stop, True)

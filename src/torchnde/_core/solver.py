@@ -10,7 +10,7 @@ import torch
 
 from .terms import AbstractTerm
 
-__all__ = ["AbstractReversibleSolver", "AbstractSolver", "HostStepper"]
+__all__ = ["AbstractReversibleSolver", "AbstractSolver", "FixedStepper", "HostStepper"]
 
 
 class HostStepper(NamedTuple):
@@ -27,6 +27,21 @@ class HostStepper(NamedTuple):
 
     step: Callable[..., tuple]
     save_into: Callable[[list, Any, torch.Tensor], None] | None = None
+
+
+class FixedStepper(NamedTuple):
+    """A solver's steps for one fixed-grid solve (:meth:`AbstractSolver.fixed_stepper`).
+
+    - ``step(i, t, y, state) -> (y1, y_error, dense_info, new_state)``: step ``i`` of the grid
+      from ``(t, y, state)``;
+    - ``run(i, j, t, y, state) -> (k, t, y, state, error)``, or ``None``: steps ``i .. j-1``
+      back to back, as ``step`` takes them, when nothing reads their dense outputs;
+      ``k = j`` and ``error = None`` after the last, else ``k`` is the step that raised
+      ``error``, ``(t, y, state)`` where it started.
+    """
+
+    step: Callable[[int, Any, Any, Any], tuple]
+    run: Callable[[int, int, Any, Any, Any], tuple] | None = None
 
 
 class AbstractSolver(abc.ABC):
@@ -134,6 +149,32 @@ class AbstractSolver(abc.ABC):
         on the host (``t1 - t0`` as a Python float) when no time carries a gradient, else
         ``None``. Methods may use it to save tensor operations; by default this is ``step``."""
         return self.step(terms, t0, t1, y0, args, state)
+
+    def fixed_stepper(
+        self,
+        terms: AbstractTerm,
+        t0: torch.Tensor,
+        ends: torch.Tensor,
+        times: tuple,
+        steps: list,
+        y0: torch.Tensor,
+        args: Any,
+        state: Any,
+    ) -> FixedStepper | None:
+        """Optional: the steps of one fixed-grid solve (``_core/fixed.py``) prepared once, a
+        :class:`FixedStepper` whose ``step(i, t, y, state)`` returns what :meth:`fixed_step`
+        returns for ``(terms, t, times[i], steps[i], y, args, state)``, bit for bit, whatever
+        the state (e.g. the replay of a block of steps). ``t0`` and ``state`` are the solve's
+        start and initial solver state, ``ends`` the step ends as one tensor and ``times``
+        its rows (0-d tensors, the very objects the path passes on as the next step's
+        ``t``), ``steps`` the step sizes on the host (``None`` each when a time carries a
+        gradient).
+
+        A prepared step reports nothing to :meth:`take_stats` and, unless its dense output
+        is interpolated, nothing to :meth:`take_dense_fevals`: the path skips both for the
+        steps that save nothing. ``None`` (the default) makes the path call
+        :meth:`fixed_step`."""
+        return None
 
     def host_stepper(self, terms: AbstractTerm, y0: torch.Tensor, args: Any) -> HostStepper | None:
         """Optional: a :class:`HostStepper` for one solve on the host-controlled adaptive loop
