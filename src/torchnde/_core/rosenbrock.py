@@ -19,14 +19,15 @@ output and reused as the next step's first stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from .implicit import AbstractImplicitSolver
-from .newton import Counts, FlatODE, _eye, lu_factor
+from .newton import Counts, FlatODE, _eye
 from .runge_kutta import hermite
 from .terms import AbstractTerm, broadcast_time
 
@@ -150,7 +151,7 @@ def _time_derivative(
         width = (tp - t).to(z.dtype)  # the step actually taken (rounding)
         diff = fp - f
         evals = 1
-    return diff / (width if width.ndim == 0 else width[:, None]), evals
+    return diff / broadcast_time(width, diff), evals
 
 
 class AbstractRosenbrock(AbstractImplicitSolver):
@@ -188,39 +189,62 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         B, n = g.B, g.n
         dt = t1 - t0
         h = dt.to(y0.dtype)
-        hB = h.expand(B) if h.ndim == 0 else h
-        hg = hB * gamma
-        y0f = g.flat(y0)
-        f0f = g.flat(f0)
+        # One system (B = 1: a joint solve, or a batch of one) is stepped as a vector (n,):
+        # the field then sees a state of shape (n,) without reshapes (two per evaluation
+        # otherwise) and the stage products are 2-D. Blocks are stepped as (B, n) rows. The
+        # stage solves take and return (B, n, 1) columns either way (for one system the
+        # batched product is kept for its rounding: a matrix-vector product rounds
+        # differently).
+        vector = B == 1
+        if vector:
+            y0f, f0f = g.vector(y0), g.vector(f0)
+            hgc = h * gamma  # () or (1,): broadcasts against (n,)
+        else:
+            y0f, f0f = g.flat(y0), g.flat(f0)
+            hgc = (h.expand(B) if h.ndim == 0 else h)[:, None] * gamma
         J = g.jacobian(t0, y0f, f0f)
+        if vector:
+            J = J.unsqueeze(0)  # (1, n, n): the state keeps blocks
         # A central difference even with the finite-difference Jacobian: a forward one (one
         # evaluation less, Hairer's RODAS) doubled to quadrupled the error floor of Rodas5
         # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11).
         ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
+        M = torch.addcmul(
+            _eye(n, J.dtype, J.device), hgc if vector else hgc[:, :, None], J, value=-1
+        )
+        column: Callable[[torch.Tensor], torch.Tensor]
         if n <= INVERSE_MAX_N:
             # Small systems: the inverse of M, each stage's solve one batched product.
-            M = torch.addcmul(_eye(n, J.dtype, J.device), hg[:, None, None], J, value=-1)
-            Minv = torch.linalg.inv_ex(M)[0]
-
-            def solve(r: torch.Tensor) -> torch.Tensor:
-                return torch.bmm(Minv, r)
+            column = functools.partial(torch.bmm, torch.linalg.inv_ex(M)[0])
         else:
-            LU, piv = lu_factor(J, hg)
+            LU, piv, _ = torch.linalg.lu_factor_ex(M)
+            column = functools.partial(torch.linalg.lu_solve, LU, piv)
+        if vector:
+            col_shape, vec_shape = (1, n, 1), (n,)
 
             def solve(r: torch.Tensor) -> torch.Tensor:
-                return torch.linalg.lu_solve(LU, piv, r)
+                return column(r.reshape(col_shape)).reshape(vec_shape)
+
+            def combine(U: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+                return torch.mm(torch.stack(U, dim=-1), weights)  # (n, i) @ (i, 2)
+        else:
+
+            def solve(r: torch.Tensor) -> torch.Tensor:
+                return column(r.unsqueeze(-1))  # (B, n, 1)
+
+            def combine(U: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+                Us = torch.cat(U, dim=-1) if len(U) > 1 else U[0]  # (B, n, i)
+                return torch.matmul(Us, weights)
 
         counts.num_jacobians, counts.num_lu = 1, 1
         # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, or one).
         counts.num_fevals = s + ft_evals
         if self.jacobian == "finite_difference":
             counts.num_fevals += n
-        hgc = hg[:, None]
         # h² γ γ_i ∂f/∂t and γ Σ c_ij U_j: no division by h (finished samples have h = 0).
-        h2ft = None if ft is None else (hB * hg)[:, None] * ft
+        h2ft = None if ft is None else (h[:, None] if h.ndim and not vector else h) * hgc * ft
         # Stage times, one tensor per distinct node.
         times: dict[float, torch.Tensor] = {0.0: t0, 1.0: t1}
-        # U_i as (B, n, 1) columns, the shape lu_solve takes and returns.
         U: list[torch.Tensor] = []
         for i in range(s):
             gs = tab.gamma_sum[i]
@@ -228,9 +252,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                 rhs = hgc * f0f
             else:
                 # One product gives the stage increment Σ a_ij U_j and Σ γ c_ij U_j.
-                Us = torch.cat(U, dim=-1) if i > 1 else U[0]  # (B, n, i)
-                w = torch.matmul(Us, stage_co[i - 1])  # (B, n, 2)
-                wa, wc = w.unbind(-1)
+                wa, wc = combine(U, stage_co[i - 1]).unbind(-1)
                 alpha = tab.alpha[i]
                 ti = times.get(alpha)
                 if ti is None:
@@ -239,9 +261,8 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                 rhs = torch.addcmul(wc, hgc, fi)
             if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
-            U.append(solve(rhs.unsqueeze(-1)))
-        w = torch.matmul(torch.cat(U, dim=-1), co["weights"])  # (B, n, 2)
-        dy, err = w.unbind(-1)
+            U.append(solve(rhs))
+        dy, err = combine(U, co["weights"]).unbind(-1)
         y1f = y0f + dy
         y1 = g.unflat(y1f)
         f1 = g.unflat(g(t1, y1f))
