@@ -116,6 +116,8 @@ class FlatODE:
         # negative in reverse time): skip the multiplication by a one.
         self.sign = terms.control_scale()
         self.unit = terms.contr(t_like, t_like + 1) if self.sign not in (1.0, -1.0) else None
+        #: declared by the user's term (``ODETerm(..., autonomous=True)``): ∂g/∂t = 0
+        self.autonomous = terms.base_term().autonomous
         self._flat_shape = torch.Size((self.B, self.n))
         self._vector_shape = torch.Size((self.n,))
 

@@ -9,12 +9,14 @@ $$M U_i = h\gamma\Big(f\big(t_0 + \alpha_i h,\; y_0 + \textstyle\sum_{j<i} a_{ij
 
 $$y_1 = y_0 + \sum_i m_i U_i,\qquad \hat e = \sum_i (m_i - \hat m_i) U_i.$$
 
-No Newton iteration: one Jacobian, one time derivative (a forward difference) and one LU
-factorisation per step, and no host synchronisation. The step is an explicit function of its
-inputs (through the linear solves), so autograd differentiates it exactly; the linear solves'
-backward passes solve with $M^\top$, which is the implicit function theorem for these linear
-stage equations. The vector field at the end of the step is evaluated for the Hermite dense
-output and reused as the next step's first stage.
+No Newton iteration: one Jacobian, one time derivative (a central difference, stopped after
+its first evaluation when that shows no change; skipped for a term declared
+``autonomous``) and one LU factorisation per step, and no host synchronisation but that
+check. The step is an explicit function of its inputs (through the linear solves), so
+autograd differentiates it exactly; the linear solves' backward passes solve with $M^\top$,
+which is the implicit function theorem for these linear stage equations. The vector field
+at the end of the step is evaluated for the Hermite dense output and reused as the next
+step's first stage.
 """
 
 from __future__ import annotations
@@ -207,8 +209,13 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             J = J.unsqueeze(0)  # (1, n, n): the state keeps blocks
         # A central difference even with the finite-difference Jacobian: a forward one (one
         # evaluation less, Hairer's RODAS) doubled to quadrupled the error floor of Rodas5
-        # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11).
-        ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
+        # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11). A term declared
+        # autonomous skips it: the difference would be exactly zero (None) after one
+        # evaluation, so the steps are the same.
+        ft: torch.Tensor | None = None
+        ft_evals = 0
+        if not g.autonomous:
+            ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
         M = torch.addcmul(
             _eye(n, J.dtype, J.device), hgc if vector else hgc[:, :, None], J, value=-1
         )
@@ -237,7 +244,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                 return torch.matmul(Us, weights)
 
         counts.num_jacobians, counts.num_lu = 1, 1
-        # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, or one).
+        # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, one, or none).
         counts.num_fevals = s + ft_evals
         if self.jacobian == "finite_difference":
             counts.num_fevals += n
