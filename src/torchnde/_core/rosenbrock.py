@@ -83,6 +83,23 @@ class RosenbrockTableau:
     def num_stages(self) -> int:
         return len(self.m)
 
+    @property
+    def inner_nodes(self) -> tuple[float, ...]:
+        """The distinct stage times strictly inside the step (``alpha`` not 0 or 1)."""
+        return tuple(dict.fromkeys(a for a in self.alpha if a not in (0.0, 1.0)))
+
+    def node_tensor(
+        self, dtype: torch.dtype, device: torch.device, per_sample: bool
+    ) -> torch.Tensor:
+        """:attr:`inner_nodes` as a tensor of the time dtype, ``(k,)``, or ``(k, 1)`` to
+        broadcast against per-sample times; built once per pair."""
+        key = ("nodes", dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            flat = torch.tensor(self.inner_nodes, dtype=dtype, device=device)
+            hit = self._cache[key] = (flat, flat[:, None])
+        return hit[per_sample]
+
     def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """The coefficients as tensors of ``dtype`` on ``device``, built once per pair.
 
@@ -250,8 +267,13 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             counts.num_fevals += n
         # h² γ γ_i ∂f/∂t and γ Σ c_ij U_j: no division by h (finished samples have h = 0).
         h2ft = None if ft is None else (h[:, None] if h.ndim and not vector else h) * hgc * ft
-        # Stage times, one tensor per distinct node.
+        # Stage times, one tensor per distinct node, those inside the step in one product
+        # (t0 + alpha dt for every alpha at once: three operations instead of two each).
         times: dict[float, torch.Tensor] = {0.0: t0, 1.0: t1}
+        nodes = tab.inner_nodes
+        if nodes:
+            nt = tab.node_tensor(dt.dtype, dt.device, dt.ndim > 0)
+            times.update(zip(nodes, (t0 + nt * dt).unbind(0)))
         U: list[torch.Tensor] = []
         for i in range(s):
             gs = tab.gamma_sum[i]
@@ -260,11 +282,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
             else:
                 # One product gives the stage increment Σ a_ij U_j and Σ γ c_ij U_j.
                 wa, wc = combine(U, stage_co[i - 1]).unbind(-1)
-                alpha = tab.alpha[i]
-                ti = times.get(alpha)
-                if ti is None:
-                    ti = times[alpha] = t0 + alpha * dt
-                fi = g(ti, y0f + wa)
+                fi = g(times[tab.alpha[i]], y0f + wa)
                 rhs = torch.addcmul(wc, hgc, fi)
             if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
