@@ -11,8 +11,8 @@
   implicit-function correction, and the Jacobian by batched cotangents equals the exact
   one.
 * One system is stepped by the Rosenbrock methods as a vector (no reshapes around the
-  field): bit for bit the steps of the same system as a ``(1, n)`` block, and its Jacobians
-  those of the block.
+  field), whatever the shape of its state, and its Jacobians are those of a ``(1, n)``
+  block.
 * A term declared autonomous saves the Rosenbrock methods the time derivative's evaluation
   and changes nothing else (bit for bit).
 """
@@ -181,14 +181,15 @@ def _stiff_solve(term, solver, y0, t1=1e3, **kw):
 
 @pytest.mark.parametrize("jac", ["finite_difference", "autograd"])
 @pytest.mark.parametrize("solver_cls", ROSENBROCKS, ids=str)
-def test_one_rosenbrock_system_as_vector_takes_the_block_steps(solver_cls, jac) -> None:
+def test_one_rosenbrock_system_takes_the_same_steps_in_any_shape(solver_cls, jac) -> None:
+    # Shapes (3,) and (1, 3) of a joint solve are one system, stepped as a vector: the
+    # field sees (3,) without a reshape, (1, 3) through one; the steps are the same.
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     for f in (_robertson, lambda t, y, a: _robertson(t, y, a) * (1 + 0.1 * torch.sin(t))):
         vec = _stiff_solve(tn.ODETerm(f), solver_cls(jacobian=jac), y0)
-        block = _stiff_solve(tn.ODETerm(f), solver_cls(jacobian=jac), y0[None])
-        assert vec.ys.shape == (5, 3) and block.ys.shape == (5, 1, 3)
-        assert torch.equal(vec.ys, block.ys[:, 0])
-        assert vec.stats == block.stats
+        row = _stiff_solve(tn.ODETerm(f), solver_cls(jacobian=jac), y0[None])
+        assert vec.ys.shape == (5, 3) and row.ys.shape == (5, 1, 3)
+        assert torch.equal(vec.ys, row.ys[:, 0]) and vec.stats == row.stats
 
 
 @pytest.mark.parametrize("how", ["autograd", "finite_difference"])
