@@ -108,7 +108,8 @@ class RosenbrockTableau:
         point's increment and the ``Σ c_ij U_j`` term of its right-hand side. ``"weights"``
         is the ``(s, 2)`` matrix ``[m; m - m̂]^T`` (solution and error in one product).
         (Both are kept as transposed views of the ``(2, ·)`` rows, the layout of the products'
-        operands: no transposition per stage.)
+        operands: no transposition per stage.) ``"stage_rows"`` and ``"weights_rows"`` are
+        those rows, for the stages of one system stacked as rows: ``(2, i) @ (i, n)``.
         """
         key = (dtype, device)
         hit = self._cache.get(key)
@@ -130,6 +131,9 @@ class RosenbrockTableau:
                 for i in range(1, s)
             ]
             hit["weights"] = torch.stack([m, e]).to(dtype=dtype, device=device).T
+            # The same as (2, ·) rows, for stages stacked as rows (one system, a vector).
+            hit["stage_rows"] = [w.T for w in hit["stage"]]
+            hit["weights_rows"] = hit["weights"].T
             self._cache[key] = hit
         return hit
 
@@ -201,7 +205,6 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         g = self._ode(terms, args, y0, t0)
         tab = self.tableau
         co = tab.cast(y0.dtype, y0.device)
-        stage_co = co["stage"]
         s = tab.num_stages
         gamma = tab.gamma
         counts = Counts()
@@ -210,10 +213,9 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         h = dt.to(y0.dtype)
         # One system (B = 1: a joint solve, or a batch of one) is stepped as a vector (n,):
         # the field then sees a state of shape (n,) without reshapes (two per evaluation
-        # otherwise) and the stage products are 2-D. Blocks are stepped as (B, n) rows. The
-        # stage solves take and return (B, n, 1) columns either way (for one system the
-        # batched product is kept for its rounding: a matrix-vector product rounds
-        # differently).
+        # otherwise), each stage's solve is one matrix-vector product and the stage products
+        # (2, i) @ (i, n) ones, with no reshapes either. Blocks are stepped as (B, n) rows,
+        # their stages as (B, n, 1) columns (the shape the batched solves take and return).
         vector = B == 1
         if vector:
             y0f, f0f = g.vector(y0), g.vector(f0)
@@ -221,9 +223,7 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         else:
             y0f, f0f = g.flat(y0), g.flat(f0)
             hgc = (h.expand(B) if h.ndim == 0 else h)[:, None] * gamma
-        J = g.jacobian(t0, y0f, f0f)
-        if vector:
-            J = J.unsqueeze(0)  # (1, n, n): the state keeps blocks
+        J = g.jacobian(t0, y0f, f0f)  # (n, n) for a vector, else (B, n, n)
         # A central difference even with the finite-difference Jacobian: a forward one (one
         # evaluation less, Hairer's RODAS) doubled to quadrupled the error floor of Rodas5
         # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11). A term declared
@@ -233,32 +233,42 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         ft_evals = 0
         if not g.autonomous:
             ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
-        M = torch.addcmul(
-            _eye(n, J.dtype, J.device), hgc if vector else hgc[:, :, None], J, value=-1
-        )
-        column: Callable[[torch.Tensor], torch.Tensor]
-        if n <= INVERSE_MAX_N:
-            # Small systems: the inverse of M, each stage's solve one batched product.
-            column = functools.partial(torch.bmm, torch.linalg.inv_ex(M)[0])
-        else:
-            LU, piv, _ = torch.linalg.lu_factor_ex(M)
-            column = functools.partial(torch.linalg.lu_solve, LU, piv)
+        eye = _eye(n, J.dtype, J.device)
+        M = torch.addcmul(eye, hgc if vector else hgc[:, :, None], J, value=-1)
+        # Small systems: the inverse of M, each stage's solve one (batched) product.
+        inverse = n <= INVERSE_MAX_N
+        Minv = torch.linalg.inv_ex(M)[0] if inverse else None
+        LU, piv = (None, None) if inverse else torch.linalg.lu_factor_ex(M)[:2]
+        solve: Callable[[torch.Tensor], torch.Tensor]
+        combine: Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, ...]]
         if vector:
-            col_shape, vec_shape = (1, n, 1), (n,)
+            if Minv is not None:
+                solve = functools.partial(torch.mv, Minv)
+            else:
 
-            def solve(r: torch.Tensor) -> torch.Tensor:
-                return column(r.reshape(col_shape)).reshape(vec_shape)
+                def solve(r: torch.Tensor) -> torch.Tensor:
+                    return torch.linalg.lu_solve(LU, piv, r.unsqueeze(-1)).squeeze(-1)
 
-            def combine(U: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-                return torch.mm(torch.stack(U, dim=-1), weights)  # (n, i) @ (i, 2)
+            def combine(U: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return torch.mm(rows, torch.stack(U)).unbind(0)  # (2, i) @ (i, n)
+
+            stage_co, weights = co["stage_rows"], co["weights_rows"]
+            J = J.unsqueeze(0)  # the state keeps (B, n, n) blocks
         else:
+            column: Callable[[torch.Tensor], torch.Tensor] = (
+                functools.partial(torch.bmm, Minv)
+                if Minv is not None
+                else functools.partial(torch.linalg.lu_solve, LU, piv)
+            )
 
             def solve(r: torch.Tensor) -> torch.Tensor:
                 return column(r.unsqueeze(-1))  # (B, n, 1)
 
-            def combine(U: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+            def combine(U: list[torch.Tensor], cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 Us = torch.cat(U, dim=-1) if len(U) > 1 else U[0]  # (B, n, i)
-                return torch.matmul(Us, weights)
+                return torch.matmul(Us, cols).unbind(-1)
+
+            stage_co, weights = co["stage"], co["weights"]
 
         counts.num_jacobians, counts.num_lu = 1, 1
         # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, one, or none).
@@ -281,13 +291,13 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                 rhs = hgc * f0f
             else:
                 # One product gives the stage increment Σ a_ij U_j and Σ γ c_ij U_j.
-                wa, wc = combine(U, stage_co[i - 1]).unbind(-1)
+                wa, wc = combine(U, stage_co[i - 1])
                 fi = g(times[tab.alpha[i]], y0f + wa)
                 rhs = torch.addcmul(wc, hgc, fi)
             if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
             U.append(solve(rhs))
-        dy, err = combine(U, co["weights"]).unbind(-1)
+        dy, err = combine(U, weights)
         y1f = y0f + dy
         y1 = g.unflat(y1f)
         f1 = g.unflat(g(t1, y1f))
