@@ -118,23 +118,28 @@ class FlatODE:
         self.unit = terms.contr(t_like, t_like + 1) if self.sign not in (1.0, -1.0) else None
         #: declared by the user's term (``ODETerm(..., autonomous=True)``): ∂g/∂t = 0
         self.autonomous = terms.base_term().autonomous
-        self._flat_shape = torch.Size((self.B, self.n))
-        self._vector_shape = torch.Size((self.n,))
+        self._flat_shape = (self.B, self.n)  # compared with a torch.Size, a tuple
+        self._vector_shape = (self.n,)
+        # Reshapes take the sizes as ints: a torch.Size argument costs ~1.3 us against ~0.5.
+        self._dims = tuple(like.shape)
 
     # The reshapes are skipped where the shapes already agree (a state of shape (B, n), or a
-    # vector with ``vector``): each is a tensor operation (~1 us), two per evaluation.
+    # vector with ``vector``): each is a tensor operation, two per evaluation.
     def flat(self, y: torch.Tensor) -> torch.Tensor:
-        return y if y.shape == self._flat_shape else y.reshape(self._flat_shape)
+        return y if y.shape == self._flat_shape else y.reshape(self.B, self.n)
 
     def vector(self, y: torch.Tensor) -> torch.Tensor:
         """The state of one system (``B = 1``) as a vector ``(n,)``."""
-        return y if y.shape == self._vector_shape else y.reshape(self._vector_shape)
+        return y if y.shape == self._vector_shape else y.reshape(self.n)
 
     def unflat(self, z: torch.Tensor) -> torch.Tensor:
-        return z if z.shape == self.shape else z.reshape(self.shape)
+        if z.shape == self.shape:
+            return z
+        return z.reshape(*self._dims) if self._dims else z.reshape(())
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``g(t, z)`` in the layout of ``z``: ``(B, n)``, or ``(n,)`` for one system."""
+        zs = z.shape
         vf = self.terms.vf(t, self.unflat(z), self.args)
         if self.sign == 1.0:
             out = vf
@@ -142,7 +147,7 @@ class FlatODE:
             out = -vf
         else:
             out = self.terms.prod(vf, self.unit)
-        return out if out.shape == z.shape else out.reshape(z.shape)
+        return out if out.shape == zs else out.reshape(*zs)
 
     def jacobian(self, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None = None):
         """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}`` (``f = g(t, z)`` if known);
