@@ -115,8 +115,8 @@ class ODETerm(AbstractTerm):
             without evaluating ``f`` at a perturbed time: one evaluation less per step, the
             same steps otherwise (they find the difference exactly zero for such a field).
             Declared for a field that does depend on ``t``, it makes them drop that
-            derivative (first order in the time dependence): leave it ``False`` when unsure.
-            Other solvers ignore it.
+            derivative and lose their order: leave it ``False`` when unsure. Other solvers
+            ignore it.
 
     Example:
         >>> term = ODETerm(lambda t, y, args: -y, autonomous=True)
