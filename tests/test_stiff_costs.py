@@ -10,6 +10,11 @@
 * An ESDIRK step with nothing to differentiate spends no evaluation on the
   implicit-function correction, and the Jacobian by batched cotangents equals the exact
   one.
+* One system is stepped by the Rosenbrock methods as a vector (no reshapes around the
+  field), whatever the shape of its state, and its Jacobians are those of a ``(1, n)``
+  block.
+* A term declared autonomous saves the Rosenbrock methods the time derivative's evaluation
+  and changes nothing else (bit for bit).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pytest
 import torch
 
 import torchnde as tn
-from torchnde._core.newton import FlatODE, jacobian, simplified_newton
+from torchnde._core.newton import FlatODE, fd_jacobian, jacobian, simplified_newton
 
 
 @pytest.mark.parametrize("solver_cls", [tn.Kvaerno3, tn.Kvaerno4, tn.Kvaerno5], ids=str)
@@ -155,3 +160,81 @@ def test_batched_cotangent_jacobian_is_exact() -> None:
         want = torch.autograd.functional.jacobian(lambda z: _vf(t, z, None), y[b])
         torch.testing.assert_close(J[b], want, rtol=1e-13, atol=1e-13)
     assert not J.requires_grad
+
+
+ROSENBROCKS = [tn.Rodas5, tn.Rodas4, tn.Ros3p]
+
+
+def _robertson(t: torch.Tensor, y: torch.Tensor, args: object) -> torch.Tensor:
+    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+    r = 3e7 * y2 * y2
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - r, r], -1)
+
+
+def _stiff_solve(term, solver, y0, t1=1e3, **kw):
+    ts = torch.linspace(0.0, t1, 5, dtype=torch.float64)
+    return tn.solve(
+        term, solver, 0.0, t1, y0, saveat=tn.SaveAt(ts=ts),
+        controller=tn.PIDController(rtol=1e-6, atol=1e-10, **kw),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("jac", ["finite_difference", "autograd"])
+@pytest.mark.parametrize("solver_cls", ROSENBROCKS, ids=str)
+def test_one_rosenbrock_system_takes_the_same_steps_in_any_shape(solver_cls, jac) -> None:
+    # Shapes (3,) and (1, 3) of a joint solve are one system, stepped as a vector: the
+    # field sees (3,) without a reshape, (1, 3) through one; the steps are the same.
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    for f in (_robertson, lambda t, y, a: _robertson(t, y, a) * (1 + 0.1 * torch.sin(t))):
+        vec = _stiff_solve(tn.ODETerm(f), solver_cls(jacobian=jac), y0)
+        row = _stiff_solve(tn.ODETerm(f), solver_cls(jacobian=jac), y0[None])
+        assert vec.ys.shape == (5, 3) and row.ys.shape == (5, 1, 3)
+        assert torch.equal(vec.ys, row.ys[:, 0]) and vec.stats == row.stats
+
+
+@pytest.mark.parametrize("how", ["autograd", "finite_difference"])
+def test_jacobians_at_a_vector_are_those_of_the_block(how: str) -> None:
+    y = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    g = FlatODE(tn.ODETerm(_vf), None, y, False, how, t)
+    assert g.B == 1 and torch.equal(g(t, y), _vf(t, y, None))
+    J_vec = g.jacobian(t, g.vector(y))
+    J_block = g.jacobian(t, g.flat(y))
+    assert J_vec.shape == (2, 2) and J_block.shape == (1, 2, 2)
+    assert torch.equal(J_vec, J_block[0])
+    if how == "finite_difference":
+        assert torch.equal(J_vec, fd_jacobian(g, t, y, None))
+
+
+@pytest.mark.parametrize("jac", ["finite_difference", "autograd"])
+@pytest.mark.parametrize("solver_cls", ROSENBROCKS, ids=str)
+def test_declared_autonomous_term_saves_the_time_derivative_only(solver_cls, jac) -> None:
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    cases = [
+        (y0, 1e3, {}),
+        (y0, -1e-3, {}),  # reverse time: the term is wrapped
+        (y0 * torch.tensor([[1.0], [0.8]], dtype=torch.float64), 1e3, {"per_sample": True}),
+    ]
+    for y, t1, kw in cases:
+        plain = _stiff_solve(tn.ODETerm(_robertson), solver_cls(jacobian=jac), y, t1, **kw)
+        auto = _stiff_solve(
+            tn.ODETerm(_robertson, autonomous=True), solver_cls(jacobian=jac), y, t1, **kw
+        )
+        assert torch.equal(plain.ys, auto.ys)
+        steps = plain.stats["num_steps"]
+        assert torch.equal(torch.as_tensor(steps), torch.as_tensor(auto.stats["num_steps"]))
+        # One evaluation less per step (per sample: each sample's own steps).
+        saved = torch.as_tensor(plain.stats["num_fevals"]) - auto.stats["num_fevals"]
+        assert torch.equal(saved, torch.as_tensor(steps)), (saved, steps)
+
+
+def test_autonomous_is_declared_not_guessed() -> None:
+    assert tn.ODETerm(_vf).autonomous is False
+    with pytest.raises(TypeError, match="`autonomous` must be True or False"):
+        tn.ODETerm(_robertson, autonomous=1)  # type: ignore[arg-type]
+    # Declared for a field that does depend on t, the derivative is dropped: the solution
+    # changes (the flag is what the solver reads, never a probe of the field).
+    y0 = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    plain = _stiff_solve(tn.ODETerm(_vf), tn.Rodas5(), y0, T)
+    wrong = _stiff_solve(tn.ODETerm(_vf, autonomous=True), tn.Rodas5(), y0, T)
+    assert not torch.equal(plain.ys, wrong.ys)

@@ -116,14 +116,30 @@ class FlatODE:
         # negative in reverse time): skip the multiplication by a one.
         self.sign = terms.control_scale()
         self.unit = terms.contr(t_like, t_like + 1) if self.sign not in (1.0, -1.0) else None
+        #: declared by the user's term (``ODETerm(..., autonomous=True)``): ∂g/∂t = 0
+        self.autonomous = terms.base_term().autonomous
+        self._flat_shape = (self.B, self.n)  # compared with a torch.Size, a tuple
+        self._vector_shape = (self.n,)
+        # Reshapes take the sizes as ints: a torch.Size argument costs ~1.3 us against ~0.5.
+        self._dims = tuple(like.shape)
 
+    # The reshapes are skipped where the shapes already agree (a state of shape (B, n), or a
+    # vector with ``vector``): each is a tensor operation, two per evaluation.
     def flat(self, y: torch.Tensor) -> torch.Tensor:
-        return y.reshape(self.B, self.n)
+        return y if y.shape == self._flat_shape else y.reshape(self.B, self.n)
+
+    def vector(self, y: torch.Tensor) -> torch.Tensor:
+        """The state of one system (``B = 1``) as a vector ``(n,)``."""
+        return y if y.shape == self._vector_shape else y.reshape(self.n)
 
     def unflat(self, z: torch.Tensor) -> torch.Tensor:
-        return z.reshape(self.shape)
+        if z.shape == self.shape:
+            return z
+        return z.reshape(*self._dims) if self._dims else z.reshape(())
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``g(t, z)`` in the layout of ``z``: ``(B, n)``, or ``(n,)`` for one system."""
+        zs = z.shape
         vf = self.terms.vf(t, self.unflat(z), self.args)
         if self.sign == 1.0:
             out = vf
@@ -131,10 +147,11 @@ class FlatODE:
             out = -vf
         else:
             out = self.terms.prod(vf, self.unit)
-        return out.reshape(self.B, self.n)
+        return out if out.shape == zs else out.reshape(*zs)
 
     def jacobian(self, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None = None):
-        """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}`` (``f = g(t, z)`` if known)."""
+        """``(B, n, n)``: ``J[b, i, j] = ∂g_{b,i} / ∂z_{b,j}`` (``f = g(t, z)`` if known);
+        ``(n, n)`` for a vector ``z``."""
         if self.user_jacobian == "finite_difference":
             return fd_jacobian(self, t, z, f)
         if self.user_jacobian is not None and self.user_jacobian != "autograd":
@@ -146,7 +163,7 @@ class FlatODE:
         J = self.user_jacobian(t * sign, self.unflat(z), self.args)  # type: ignore[misc]
         if not isinstance(J, torch.Tensor):
             raise TypeError(f"`jacobian` must return a tensor, got {type(J).__name__}.")
-        want = (self.B, self.n, self.n)
+        want = (*z.shape[:-1], self.n, self.n)
         if J.numel() != self.B * self.n * self.n:
             shape = (
                 f"({self.B}, *state, *state) = {want} flattened"
@@ -163,7 +180,8 @@ class FlatODE:
 def jacobian(
     g: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t, z, f: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Block Jacobians ``(B, n, n)`` of ``g(t, ·)`` at ``z`` of shape ``(B, n)``.
+    """Block Jacobians ``(B, n, n)`` of ``g(t, ·)`` at ``z`` of shape ``(B, n)`` (``(n, n)`` at
+    a vector ``z``).
 
     The samples are independent, so the Jacobian of ``Σ_b g_b`` with respect to ``z`` holds
     every block: one forward evaluation and ``n`` vector-Jacobian products, vectorised over
@@ -189,7 +207,8 @@ def jacobian(
         if not out.requires_grad:  # the field does not depend on the state
             return torch.zeros(*z.shape, z.shape[-1], dtype=z.dtype, device=z.device)
         # Cotangent i is e_i in every block: row i of each block's Jacobian.
-        eye = torch.eye(n, dtype=out.dtype, device=out.device)[:, None, :].expand(n, *out.shape)
+        eye = torch.eye(n, dtype=out.dtype, device=out.device)
+        eye = eye.reshape(n, *(1,) * (out.ndim - 1), n).expand(n, *out.shape)
         try:
             (J,) = torch.autograd.grad(
                 out, zz, eye, retain_graph=create, create_graph=create,
@@ -206,12 +225,13 @@ def jacobian(
             J = torch.stack(rows)
         if J is None:  # the field does not depend on the state
             J = torch.zeros(n, *z.shape, dtype=z.dtype, device=z.device)
-    return J.permute(1, 0, 2)  # (n, B, n) -> (B, n, n)
+    return J.permute(1, 0, 2) if J.ndim == 3 else J  # (n, B, n) -> (B, n, n)
 
 
 def fd_jacobian(g: FlatODE, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | None):
-    """Forward-difference block Jacobians ``(B, n, n)``: ``n`` evaluations, each perturbing one
-    component of every sample (steps ``sqrt(eps) max(|z_j|, 1e-3)``, as in Hairer's codes).
+    """Forward-difference block Jacobians ``(B, n, n)`` (``(n, n)`` at a vector ``z``): ``n``
+    evaluations, each perturbing one component of every sample (steps
+    ``sqrt(eps) max(|z_j|, 1e-3)``, as in Hairer's codes).
 
     The ``n`` perturbed states are built in one operation and the quotients taken in one; the
     evaluations stay separate calls (stacking them into the batch would change the shape the
@@ -220,11 +240,11 @@ def fd_jacobian(g: FlatODE, t: torch.Tensor, z: torch.Tensor, f: torch.Tensor | 
         f = g(t, z)
     eps = torch.finfo(z.dtype).eps ** 0.5
     delta = eps * z.abs().clamp_min(1e-3)
-    Z = z.unsqueeze(1) + torch.diag_embed(delta)  # (B, n, n): row j perturbs component j
+    Z = z.unsqueeze(-2) + torch.diag_embed(delta)  # (B, n, n): row j perturbs component j
     # The steps actually taken (rounding), so the quotients are consistent.
-    dz = Z.diagonal(dim1=1, dim2=2) - z
-    cols = torch.stack([g(t, zj) for zj in Z.unbind(1)], dim=-1)
-    return (cols - f.unsqueeze(-1)) / dz.unsqueeze(1)
+    dz = Z.diagonal(dim1=-2, dim2=-1) - z
+    cols = torch.stack([g(t, zj) for zj in Z.unbind(-2)], dim=-1)
+    return (cols - f.unsqueeze(-1)) / dz.unsqueeze(-2)
 
 
 _EYES: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}

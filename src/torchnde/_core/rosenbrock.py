@@ -9,24 +9,27 @@ $$M U_i = h\gamma\Big(f\big(t_0 + \alpha_i h,\; y_0 + \textstyle\sum_{j<i} a_{ij
 
 $$y_1 = y_0 + \sum_i m_i U_i,\qquad \hat e = \sum_i (m_i - \hat m_i) U_i.$$
 
-No Newton iteration: one Jacobian, one time derivative (a forward difference) and one LU
-factorisation per step, and no host synchronisation. The step is an explicit function of its
-inputs (through the linear solves), so autograd differentiates it exactly; the linear solves'
-backward passes solve with $M^\top$, which is the implicit function theorem for these linear
-stage equations. The vector field at the end of the step is evaluated for the Hermite dense
-output and reused as the next step's first stage.
+No Newton iteration: one Jacobian, one time derivative (a central difference, stopped after
+its first evaluation when that shows no change; skipped for a term declared
+``autonomous``) and one LU factorisation per step, and no host synchronisation but that
+check. The step is an explicit function of its inputs (through the linear solves), so
+autograd differentiates it exactly; the linear solves' backward passes solve with $M^\top$,
+which is the implicit function theorem for these linear stage equations. The vector field
+at the end of the step is evaluated for the Hermite dense output and reused as the next
+step's first stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from .implicit import AbstractImplicitSolver
-from .newton import Counts, FlatODE, _eye, lu_factor
+from .newton import Counts, FlatODE, _eye
 from .runge_kutta import hermite
 from .terms import AbstractTerm, broadcast_time
 
@@ -80,6 +83,23 @@ class RosenbrockTableau:
     def num_stages(self) -> int:
         return len(self.m)
 
+    @property
+    def inner_nodes(self) -> tuple[float, ...]:
+        """The distinct stage times strictly inside the step (``alpha`` not 0 or 1)."""
+        return tuple(dict.fromkeys(a for a in self.alpha if a not in (0.0, 1.0)))
+
+    def node_tensor(
+        self, dtype: torch.dtype, device: torch.device, per_sample: bool
+    ) -> torch.Tensor:
+        """:attr:`inner_nodes` as a tensor of the time dtype, ``(k,)``, or ``(k, 1)`` to
+        broadcast against per-sample times; built once per pair."""
+        key = ("nodes", dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            flat = torch.tensor(self.inner_nodes, dtype=dtype, device=device)
+            hit = self._cache[key] = (flat, flat[:, None])
+        return hit[per_sample]
+
     def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """The coefficients as tensors of ``dtype`` on ``device``, built once per pair.
 
@@ -88,7 +108,8 @@ class RosenbrockTableau:
         point's increment and the ``Σ c_ij U_j`` term of its right-hand side. ``"weights"``
         is the ``(s, 2)`` matrix ``[m; m - m̂]^T`` (solution and error in one product).
         (Both are kept as transposed views of the ``(2, ·)`` rows, the layout of the products'
-        operands: no transposition per stage.)
+        operands: no transposition per stage.) ``"stage_rows"`` and ``"weights_rows"`` are
+        those rows, for the stages of one system stacked as rows: ``(2, i) @ (i, n)``.
         """
         key = (dtype, device)
         hit = self._cache.get(key)
@@ -110,6 +131,9 @@ class RosenbrockTableau:
                 for i in range(1, s)
             ]
             hit["weights"] = torch.stack([m, e]).to(dtype=dtype, device=device).T
+            # The same as (2, ·) rows, for stages stacked as rows (one system, a vector).
+            hit["stage_rows"] = [w.T for w in hit["stage"]]
+            hit["weights_rows"] = hit["weights"].T
             self._cache[key] = hit
         return hit
 
@@ -150,7 +174,7 @@ def _time_derivative(
         width = (tp - t).to(z.dtype)  # the step actually taken (rounding)
         diff = fp - f
         evals = 1
-    return diff / (width if width.ndim == 0 else width[:, None]), evals
+    return diff / broadcast_time(width, diff), evals
 
 
 class AbstractRosenbrock(AbstractImplicitSolver):
@@ -181,46 +205,85 @@ class AbstractRosenbrock(AbstractImplicitSolver):
         g = self._ode(terms, args, y0, t0)
         tab = self.tableau
         co = tab.cast(y0.dtype, y0.device)
-        stage_co = co["stage"]
         s = tab.num_stages
         gamma = tab.gamma
         counts = Counts()
         B, n = g.B, g.n
         dt = t1 - t0
         h = dt.to(y0.dtype)
-        hB = h.expand(B) if h.ndim == 0 else h
-        hg = hB * gamma
-        y0f = g.flat(y0)
-        f0f = g.flat(f0)
-        J = g.jacobian(t0, y0f, f0f)
+        # One system (B = 1: a joint solve, or a batch of one) is stepped as a vector (n,):
+        # the field then sees a state of shape (n,) without reshapes (two per evaluation
+        # otherwise), each stage's solve is one matrix-vector product and the stage products
+        # (2, i) @ (i, n) ones, with no reshapes either. Blocks are stepped as (B, n) rows,
+        # their stages as (B, n, 1) columns (the shape the batched solves take and return).
+        vector = B == 1
+        if vector:
+            y0f, f0f = g.vector(y0), g.vector(f0)
+            hgc = h * gamma  # () or (1,): broadcasts against (n,)
+        else:
+            y0f, f0f = g.flat(y0), g.flat(f0)
+            hgc = (h.expand(B) if h.ndim == 0 else h)[:, None] * gamma
+        J = g.jacobian(t0, y0f, f0f)  # (n, n) for a vector, else (B, n, n)
         # A central difference even with the finite-difference Jacobian: a forward one (one
         # evaluation less, Hairer's RODAS) doubled to quadrupled the error floor of Rodas5
-        # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11).
-        ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
-        if n <= INVERSE_MAX_N:
-            # Small systems: the inverse of M, each stage's solve one batched product.
-            M = torch.addcmul(_eye(n, J.dtype, J.device), hg[:, None, None], J, value=-1)
-            Minv = torch.linalg.inv_ex(M)[0]
+        # (near 1e-10 on tests/test_stiff_costs.py's problem, against 3e-11). A term declared
+        # autonomous skips it: the difference would be exactly zero (None) after one
+        # evaluation, so the steps are the same.
+        ft: torch.Tensor | None = None
+        ft_evals = 0
+        if not g.autonomous:
+            ft, ft_evals = _time_derivative(g, t0, y0f, f0f, h, central=True)
+        eye = _eye(n, J.dtype, J.device)
+        M = torch.addcmul(eye, hgc if vector else hgc[:, :, None], J, value=-1)
+        # Small systems: the inverse of M, each stage's solve one (batched) product.
+        inverse = n <= INVERSE_MAX_N
+        Minv = torch.linalg.inv_ex(M)[0] if inverse else None
+        LU, piv = (None, None) if inverse else torch.linalg.lu_factor_ex(M)[:2]
+        solve: Callable[[torch.Tensor], torch.Tensor]
+        combine: Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, ...]]
+        if vector:
+            if Minv is not None:
+                solve = functools.partial(torch.mv, Minv)
+            else:
 
-            def solve(r: torch.Tensor) -> torch.Tensor:
-                return torch.bmm(Minv, r)
+                def solve(r: torch.Tensor) -> torch.Tensor:
+                    return torch.linalg.lu_solve(LU, piv, r.unsqueeze(-1)).squeeze(-1)
+
+            def combine(U: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return torch.mm(rows, torch.stack(U)).unbind(0)  # (2, i) @ (i, n)
+
+            stage_co, weights = co["stage_rows"], co["weights_rows"]
+            J = J.unsqueeze(0)  # the state keeps (B, n, n) blocks
         else:
-            LU, piv = lu_factor(J, hg)
+            column: Callable[[torch.Tensor], torch.Tensor] = (
+                functools.partial(torch.bmm, Minv)
+                if Minv is not None
+                else functools.partial(torch.linalg.lu_solve, LU, piv)
+            )
 
             def solve(r: torch.Tensor) -> torch.Tensor:
-                return torch.linalg.lu_solve(LU, piv, r)
+                return column(r.unsqueeze(-1))  # (B, n, 1)
+
+            def combine(U: list[torch.Tensor], cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                Us = torch.cat(U, dim=-1) if len(U) > 1 else U[0]  # (B, n, i)
+                return torch.matmul(Us, cols).unbind(-1)
+
+            stage_co, weights = co["stage"], co["weights"]
 
         counts.num_jacobians, counts.num_lu = 1, 1
-        # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, or one).
+        # Stages 1..s-1, f(t1, y1) and the time derivative (two evaluations, one, or none).
         counts.num_fevals = s + ft_evals
         if self.jacobian == "finite_difference":
             counts.num_fevals += n
-        hgc = hg[:, None]
         # h² γ γ_i ∂f/∂t and γ Σ c_ij U_j: no division by h (finished samples have h = 0).
-        h2ft = None if ft is None else (hB * hg)[:, None] * ft
-        # Stage times, one tensor per distinct node.
+        h2ft = None if ft is None else (h[:, None] if h.ndim and not vector else h) * hgc * ft
+        # Stage times, one tensor per distinct node, those inside the step in one product
+        # (t0 + alpha dt for every alpha at once: three operations instead of two each).
         times: dict[float, torch.Tensor] = {0.0: t0, 1.0: t1}
-        # U_i as (B, n, 1) columns, the shape lu_solve takes and returns.
+        nodes = tab.inner_nodes
+        if nodes:
+            nt = tab.node_tensor(dt.dtype, dt.device, dt.ndim > 0)
+            times.update(zip(nodes, (t0 + nt * dt).unbind(0)))
         U: list[torch.Tensor] = []
         for i in range(s):
             gs = tab.gamma_sum[i]
@@ -228,20 +291,13 @@ class AbstractRosenbrock(AbstractImplicitSolver):
                 rhs = hgc * f0f
             else:
                 # One product gives the stage increment Σ a_ij U_j and Σ γ c_ij U_j.
-                Us = torch.cat(U, dim=-1) if i > 1 else U[0]  # (B, n, i)
-                w = torch.matmul(Us, stage_co[i - 1])  # (B, n, 2)
-                wa, wc = w.unbind(-1)
-                alpha = tab.alpha[i]
-                ti = times.get(alpha)
-                if ti is None:
-                    ti = times[alpha] = t0 + alpha * dt
-                fi = g(ti, y0f + wa)
+                wa, wc = combine(U, stage_co[i - 1])
+                fi = g(times[tab.alpha[i]], y0f + wa)
                 rhs = torch.addcmul(wc, hgc, fi)
             if gs != 0.0 and h2ft is not None:
                 rhs = torch.add(rhs, h2ft, alpha=gs)
-            U.append(solve(rhs.unsqueeze(-1)))
-        w = torch.matmul(torch.cat(U, dim=-1), co["weights"])  # (B, n, 2)
-        dy, err = w.unbind(-1)
+            U.append(solve(rhs))
+        dy, err = combine(U, weights)
         y1f = y0f + dy
         y1 = g.unflat(y1f)
         f1 = g.unflat(g(t1, y1f))
