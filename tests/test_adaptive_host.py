@@ -45,9 +45,12 @@ def _problem(dtype=F64):
 
 @pytest.mark.parametrize(
     "solver",
-    [tn.Dopri5(), tn.Tsit5(), tn.Bosh3(), tn.Dopri8(), tn.Kvaerno3(), tn.Rodas5()],
-    ids=lambda s: type(s).__name__,
-)
+    [
+        tn.Dopri5(), tn.Dopri5(error_estimate="shampine"), tn.Tsit5(), tn.Bosh3(), tn.Dopri8(),
+        tn.Kvaerno3(), tn.Rodas5(),
+    ],
+    ids=repr,
+)  # fmt: skip
 @pytest.mark.parametrize("reverse", [False, True])
 def test_host_path_matches_general_loop(solver, reverse, monkeypatch):
     term, y0, w = _problem()

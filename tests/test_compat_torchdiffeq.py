@@ -102,6 +102,33 @@ def test_adaptive_methods_agree_within_tolerance(method, tol) -> None:
     assert float((back[-1] - _y0()).abs().max()) < 1000 * tol
 
 
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
+@pytest.mark.parametrize("grad", [False, True])
+def test_dopri5_takes_torchdiffeq_steps(tol, grad) -> None:
+    # The same error estimate (Shampine's) and step-size rule (no shrinking after an accepted
+    # step): the same evaluations, at the same times, and the same saves to round-off. The
+    # last save differs at the tolerance's level: torchdiffeq steps past t[-1] and
+    # interpolates back, torchnde ends its last step on t[-1].
+    seen = []
+    for lib in (compat, torchdiffeq):
+        f, times = Pendulum(), []
+
+        def field(t, y, f=f, times=times):
+            times.append(float(t.detach()))
+            return f(t, y)
+
+        with torch.set_grad_enabled(grad):
+            ys = lib.odeint(field, _y0(), T, method="dopri5", rtol=tol, atol=tol)
+        seen.append((times, ys.detach()))
+    (ours_t, ours), (theirs_t, theirs) = seen
+    assert len(ours_t) == len(theirs_t)
+    # All but the last step's six evaluations (torchdiffeq's last step ends past t[-1]).
+    torch.testing.assert_close(torch.tensor(ours_t[:-6]), torch.tensor(theirs_t[:-6]),
+                               rtol=1e-13, atol=1e-13)  # fmt: skip
+    torch.testing.assert_close(ours[:-1], theirs[:-1], rtol=1e-12, atol=1e-12)
+    assert float((ours[-1] - theirs[-1]).abs().max()) < 10 * tol
+
+
 @pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
 def test_fixed_adams_agree_with_the_reference(method) -> None:
     f = Pendulum()

@@ -316,3 +316,63 @@ def test_tableau_requires_dense_order_with_b_dense():
 def test_tableau_rejects_nonpositive_order():
     with pytest.raises(ValueError, match="`order` must be a positive int"):
         ButcherTableau(a=[[1.0]], b=[0.5, 0.5], c=[0.0, 1.0], order=0)
+
+
+# --- Dopri5's two embedded solutions --------------------------------------------------------
+
+
+def test_shampine_embedded_weights_have_order_four_exactly():
+    # Shampine (1986)'s fourth-order solution on Dormand and Prince's stages (torchdiffeq's
+    # and diffrax's `dopri5`): order 4, not 5, with the same propagated solution and nodes.
+    tab = Dopri5(error_estimate="shampine")._tab()
+    base = Dopri5.tableau
+    assert (tab.a, tab.b, tab.c, tab.b_dense) == (base.a, base.b, base.c, base.b_dense)
+    b_hat = np.asarray(tab.b_error)
+    for n in range(1, 5):
+        assert max_residual(tab, b_hat, n) < _ATOL, f"order-{n} conditions fail"
+    assert max_residual(tab, b_hat, 5) > _FAIL
+
+
+def test_shampine_error_estimate_is_two_thirds_of_dormand_prince():
+    # e = b - b̂: Shampine's estimate is Dormand and Prince's scaled by 2/3, entry by entry
+    # (so its steps are those of the other estimate at 1.5x the tolerances).
+    e_dp = np.asarray(Dopri5.tableau.b) - np.asarray(Dopri5.tableau.b_error)
+    shampine = Dopri5(error_estimate="shampine")._tab()
+    e_s = np.asarray(shampine.b) - np.asarray(shampine.b_error)
+    np.testing.assert_allclose(e_s, e_dp * 2 / 3, rtol=0, atol=1e-16)
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-7])
+def test_shampine_steps_are_dormand_prince_steps_at_one_and_a_half_tolerances(tol):
+    import torch
+
+    import torchnde as tn
+
+    y0 = torch.tensor([[2.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    term = tn.ODETerm(lambda t, y, args: torch.stack([y[:, 1], (1 - y[:, 0] ** 2) * y[:, 1]
+                                                      - y[:, 0]], -1))  # fmt: skip
+    runs = []
+    for solver, scale in ((Dopri5(error_estimate="shampine"), 1.0), (Dopri5(), 1.5)):
+        ctrl = tn.PIDController(rtol=scale * tol, atol=scale * tol)
+        with torch.no_grad():
+            # (A first step given: the automatic one depends on the tolerances on its own.)
+            runs.append(tn.solve(term, solver, 0.0, 6.0, y0, dt0=0.01, controller=ctrl,
+                                 saveat=tn.SaveAt(steps=True)))  # fmt: skip
+    shampine, dormand_prince = runs
+    assert shampine.stats == dormand_prince.stats
+    # Equal but for rounding: the two estimates' coefficients (2/3 of the other, rounded) give
+    # error estimates, a difference of stages of size ~tol, apart by ~eps / tol relatively,
+    # and the step sizes by a fifth of that.
+    close = 100 * torch.finfo(torch.float64).eps / tol
+    torch.testing.assert_close(shampine.ts, dormand_prince.ts, rtol=close, atol=0.0)
+    torch.testing.assert_close(shampine.ys, dormand_prince.ys, rtol=close, atol=close)
+    # ... and about 8% fewer steps than Dormand and Prince's estimate at the same tolerances.
+    with torch.no_grad():
+        same = tn.solve(term, Dopri5(), 0.0, 6.0, y0, dt0=0.01,
+                        controller=tn.PIDController(rtol=tol, atol=tol))  # fmt: skip
+    assert shampine.stats["num_steps"] < same.stats["num_steps"]
+
+
+def test_dopri5_rejects_an_unknown_error_estimate():
+    with pytest.raises(ValueError, match=r"Dopri5: `error_estimate` must be one of .*'hairer'"):
+        Dopri5(error_estimate="hairer")

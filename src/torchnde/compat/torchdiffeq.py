@@ -80,7 +80,8 @@ def _plain(cls: type) -> Callable[[dict], AbstractSolver]:
 # name -> (factory(options) -> solver, adaptive, extra option keys)
 _METHODS: dict[str, tuple[Callable[[dict], AbstractSolver] | None, bool, frozenset]] = {
     "dopri8": (_plain(_tn.Dopri8), True, frozenset()),
-    "dopri5": (_plain(_tn.Dopri5), True, frozenset()),
+    # torchdiffeq's dopri5 estimates its error with Shampine's embedded solution: its steps.
+    "dopri5": (lambda options: _tn.Dopri5(error_estimate="shampine"), True, frozenset()),
     "bosh3": (_plain(_tn.Bosh3), True, frozenset()),
     "fehlberg2": (_plain(_tn.Fehlberg2), True, frozenset()),
     "adaptive_heun": (_plain(_tn.Heun), True, frozenset()),
@@ -286,12 +287,16 @@ class _Plan:
         """``(controller, dt0, max_steps)``."""
         opts = self.options
         if self.adaptive:
+            dfactor = float(opts.get("dfactor", 0.2))
             ctrl = _tn.PIDController(
                 rtol=self.rtol,
                 atol=self.atol,
                 safety=float(opts.get("safety", 0.9)),
-                factormin=float(opts.get("dfactor", 0.2)),
+                factormin=dfactor,
                 factormax=float(opts.get("ifactor", 10.0)),
+                # torchdiffeq never shrinks the step after an accepted one (its `dfactor` is 1
+                # there): a factor in [dfactor, 1] keeps the step size.
+                hold=(dfactor, 1.0) if 0 < dfactor <= 1 else False,
                 norm=self.norm(),
                 step_ts=opts.get("step_t"),
                 jump_ts=opts.get("jump_t"),
