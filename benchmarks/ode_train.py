@@ -106,11 +106,13 @@ def _finish(f, ys, info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def prep_torchnde(f, y0, t, tol, adjoint, differentiate_steps: bool = True) -> Step:
+def prep_torchnde(
+    f, y0, t, tol, adjoint, differentiate_steps: bool = True, error_estimate: str = "dormand-prince"
+) -> Step:
     import torchnde
 
     term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
-    solver = torchnde.Dopri5()
+    solver = torchnde.Dopri5(error_estimate=error_estimate)
     ctrl = torchnde.PIDController(rtol=tol, atol=tol, differentiate_steps=differentiate_steps)
     saveat = torchnde.SaveAt(ts=t)
     t0, t1 = float(t[0]), float(t[-1])
@@ -281,6 +283,12 @@ def parse_args():
     )
     p.add_argument("--no-ref-cache", action="store_true", help="recompute the reference gradients")
     p.add_argument(
+        "--error-estimate",
+        default="dormand-prince",
+        help="torchnde's Dopri5 error estimate: dormand-prince (default) or shampine (the "
+        "peers': their steps)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tol 1e-3 only, shorter timing, no torchode/backsolve; grid flags still apply",
@@ -347,6 +355,7 @@ def main() -> None:
         batch=args.batch,
         n_save=args.n_save,
         threads=args.threads,
+        error_estimate=args.error_estimate,
         notes=notes,
         modes=[f"{lib}/{m} ({k})" for lib, m, k, _ in plan],
         timing=(
@@ -413,7 +422,9 @@ def run_cell(cell, plan, weights, y0, t, g_ref, args) -> list[dict[str, Any]]:
                 base_mode = "direct" if mode == "direct_nodt" else mode
                 adjoint = make_torchnde_adjoint(base_mode, cls, args.checkpoints, params)
                 row["adjoint"] = repr(adjoint)
-                step = prep_torchnde(f, y0, t, tol, adjoint, mode != "direct_nodt")
+                step = prep_torchnde(
+                    f, y0, t, tol, adjoint, mode != "direct_nodt", args.error_estimate
+                )
             elif lib == "torchdiffeq":
                 step = prep_torchdiffeq(f, y0, t, tol, mode)
             else:
