@@ -215,6 +215,8 @@ class AbstractRungeKutta(AbstractSolver):
         )
         vf = state
         yi = y0
+        # A first-same-as-last method's last stage is its solution: formed as one (`_plus`).
+        last = s - 1 if tab.fsal else -1
         # (A graph is recorded when the state, the step or the field's first value needs
         # one; a solve under grad mode with nothing requiring it writes into K as without.)
         recorded = slots is None and (
@@ -229,7 +231,8 @@ class AbstractRungeKutta(AbstractSolver):
             # copies the whole of K each time.
             ks = [_increment(terms, state, control, y0)]
             for i in range(1, s):
-                yi = torch.addmm(y0f, a_low[i], torch.stack(ks).view(i, -1)).view_as(y0)
+                combine = _plus if i == last else torch.addmm
+                yi = combine(y0f, a_low[i], torch.stack(ks).view(i, -1)).view_as(y0)
                 vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
                 ks.append(_increment(terms, vf, control, y0))
             K = torch.stack(ks)
@@ -240,7 +243,8 @@ class AbstractRungeKutta(AbstractSolver):
             else:
                 terms.prod_into(state, control, K[0] if slots is None else slots[0])
             for i in range(1, s):
-                yi = torch.addmm(y0f, a_low[i], Kf[:i]).view_as(y0)
+                combine = _plus if i == last else torch.addmm
+                yi = combine(y0f, a_low[i], Kf[:i]).view_as(y0)
                 vf = terms.vf(t1 if c[i] == 1.0 else t_stage[i], yi, args)
                 if fast:
                     torch.mul(vf, control, out=slots[i])  # type: ignore[index]
@@ -251,7 +255,7 @@ class AbstractRungeKutta(AbstractSolver):
             y1 = yi
             vf1 = vf
         else:
-            y1 = torch.addmm(y0f, coeffs["b_row"], Kf).view_as(y0)
+            y1 = _plus(y0f, coeffs["b_row"], Kf).view_as(y0)
             if deferred:
                 end = _EndPoint(terms, t1, y1, args, control)
                 return y1, y_error, HermiteDense(y0, y1, K, end), _placeholder(state)
@@ -318,7 +322,10 @@ class AbstractRungeKutta(AbstractSolver):
         clock = _stage_clock(coeffs)
         # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
         # time (None: t1).
-        plan = [(a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s)]
+        plan = [
+            (a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s - 1)
+        ]
+        a_s = a_low[s - 1]
         slot0 = slots[0]
         # A state of shape (1, n) is the stage product's own shape: no view to make.
         flat = shape == (1, y0.numel())
@@ -339,6 +346,12 @@ class AbstractRungeKutta(AbstractSolver):
                     yi = yi.view(shape)
                 vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
                 torch.mul(vf, control, out=slot)
+            # The last stage, first same as last: the solution, formed as one (`_plus`).
+            yi = _plus(yf, a_s, prefix[s - 1])
+            if not flat:
+                yi = yi.view(shape)
+            vf = vector_field(t1, yi, args)
+            torch.mul(vf, control, out=slots[s - 1])
             torch.mm(e_row, Kf, out=E)
             return yi, E_v, PolynomialDense(y, K), vf
 
@@ -368,6 +381,7 @@ class AbstractRungeKutta(AbstractSolver):
         clock = _stage_clock(coeffs)
         plan = [(i, a_low[i], None if c[i] == 1.0 else i) for i in range(1, s)]
         flat = shape == (1, n)
+        last = s - 1  # first same as last: the solution, formed as one (`_plus`)
 
         def step(
             t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
@@ -378,7 +392,8 @@ class AbstractRungeKutta(AbstractSolver):
             vf = state
             yi = y
             for i, a_i, ti in plan:
-                yi = torch.addmm(yf, a_i, torch.stack(fs).view(i, n), alpha=h)
+                combine = _plus if i == last else torch.addmm
+                yi = combine(yf, a_i, torch.stack(fs).view(i, n), alpha=h)
                 if not flat:
                     yi = yi.view(shape)
                 vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
@@ -460,9 +475,9 @@ class AbstractRungeKutta(AbstractSolver):
             # The stages are the rows of one tensor: the solution reads it as it is, with the
             # weights kept beside it (`_stages_like`).
             F, w = self._stage_scratch[2:]  # type: ignore[index]
-            y1 = torch.addmm(y0.reshape(1, -1), w, F, alpha=hs).view_as(y0)
+            y1 = _plus(y0.reshape(1, -1), w, F, alpha=hs).view_as(y0)
         else:
-            y1 = _combine(y0, fs, plan.b, hs)
+            y1 = _combine(y0, fs, plan.b, hs, solution=True)
         new_state = state if placeholder else _placeholder(f0)
         return y1, None, _LeanDense(terms, t0, t1, y0, y1, f0, args), new_state
 
@@ -552,11 +567,11 @@ class AbstractRungeKutta(AbstractSolver):
 
         def solution(y: torch.Tensor, fs: list, h: float) -> torch.Tensor:
             if w_b is None:
-                return _combine(y, fs, b, h)
+                return _combine(y, fs, b, h, solution=True)
             if flat and y.shape == shape:
-                return torch.addmm(y, w_b, torch.cat([fs[j] for j in b_idx]), alpha=h)
+                return _plus(y, w_b, torch.cat([fs[j] for j in b_idx]), alpha=h)
             F = torch.stack([fs[j] for j in b_idx]).view(num_b, -1)
-            return torch.addmm(y.reshape(1, -1), w_b, F, alpha=h).view_as(y)
+            return _plus(y.reshape(1, -1), w_b, F, alpha=h).view_as(y)
 
         if terms.writes_vf_into and not torch.is_grad_enabled():
             return self._into_stepper(
@@ -574,7 +589,7 @@ class AbstractRungeKutta(AbstractSolver):
                     yi = _combine(y, fs, row, h)
                 fs.append(vf(t if ts is None else ts[i], yi, args))
             if whole:
-                return torch.addmm(y, w_b, torch.cat(fs), alpha=h)  # type: ignore[arg-type]
+                return _plus(y, w_b, torch.cat(fs), alpha=h)  # type: ignore[arg-type]
             return solution(y, fs, h)
 
         def step(i: int, t: torch.Tensor, y: torch.Tensor, state: Any) -> tuple:
@@ -667,9 +682,9 @@ class AbstractRungeKutta(AbstractSolver):
                 intact = intact and fi is slots[k]
                 fs.append(fi)
             if intact and b_all:
-                y1 = torch.addmm(y.reshape(1, -1), w, F, alpha=h).view_as(y)
+                y1 = _plus(y.reshape(1, -1), w, F, alpha=h).view_as(y)
             else:
-                y1 = _combine(y, fs, plan.b, h)
+                y1 = _combine(y, fs, plan.b, h, solution=True)
             return y1, None, _LeanDense(terms, t, t1, y, y1, f0, args), hole
 
         return FixedStepper(step)
@@ -823,12 +838,30 @@ def _lean_plan(tab: ButcherTableau) -> _LeanPlan:
     return plan
 
 
-def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> torch.Tensor:
+def _plus(
+    y: torch.Tensor, w: torch.Tensor, F: torch.Tensor, alpha: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """``y + alpha (w F)`` for a step's solution: the increment formed first, then added to
+    ``y`` in one rounding. ``addmm(y, w, F)`` accumulates every term of the product into
+    ``y`` and so rounds at ``|y|``'s scale once per stage: in float32 a long solve's
+    round-off then drifts about ``s`` times as fast (`tests/test_fixed_grid.py`). Stages keep
+    ``addmm``: their rounding reaches the solution only through the field, times ``h``."""
+    return torch.add(y, torch.mm(w, F), alpha=alpha)  # type: ignore[arg-type]
+
+
+def _combine(
+    y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor, solution: bool = False
+) -> torch.Tensor:
     """``y0 + h Σ_j w_j f_j`` over the nonzero ``(j, w_j)`` of ``row``: chained ``torch.add``
     with ``alpha`` for up to two terms, one ``addmm`` over the stacked stages beyond. A 0-d
     tensor ``h`` (a graph input of the compiled fixed-step blocks, ``_core/compiled.py``: one
-    graph for every step size) is multiplied in, ``alpha`` taking numbers only."""
+    graph for every step size) is multiplied in, ``alpha`` taking numbers only. A
+    ``solution`` adds the increment to ``y0`` once (:func:`_plus`)."""
     scaled = isinstance(h, torch.Tensor)
+    if solution and len(row) == 2:
+        (j, wj), (k, wk) = row
+        inc = torch.add(fs[j], fs[k], alpha=wk / wj)
+        return y0 + (wj * h) * inc if scaled else torch.add(y0, inc, alpha=wj * h)
     if len(row) <= 2:
         y = y0
         for j, w in row:
@@ -836,9 +869,10 @@ def _combine(y0: torch.Tensor, fs: list, row: list, h: float | torch.Tensor) -> 
         return y
     w = _row_tensor(row, y0)
     F = torch.stack([fs[j] for j, _ in row]).view(len(row), -1)
+    combine = _plus if solution else torch.addmm
     if isinstance(h, torch.Tensor):
-        return torch.addmm(y0.reshape(1, -1), w * h, F).view_as(y0)
-    return torch.addmm(y0.reshape(1, -1), w, F, alpha=h).view_as(y0)
+        return combine(y0.reshape(1, -1), w * h, F).view_as(y0)
+    return combine(y0.reshape(1, -1), w, F, alpha=h).view_as(y0)
 
 
 def _row_tensor(row: list, y0: torch.Tensor) -> torch.Tensor:
