@@ -514,6 +514,9 @@ def _event_case(entry: Solver, adjoint_cls: type) -> None:
     # into ~1e-6 of noise (Dopri8: the difference quotient is 4.6e-6, 1.0e-6, 8.2e-8, 7.2e-8,
     # 2.5e-6 off the gradient at 1e-7, 1e-6, 1e-5, 1e-4, 1e-3: noise, a plateau, truncation).
     _directional_check(
-        make_loss(tn.DirectAdjoint()), inputs, adjoint_loss=make_loss(adjoint_cls()), left=False,
+        make_loss(tn.DirectAdjoint()),
+        inputs,
+        adjoint_loss=make_loss(adjoint_cls()),
+        left=False,
         step=1e-5,
     )
