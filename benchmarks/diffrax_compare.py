@@ -14,9 +14,10 @@ torch and in JAX), y' = MLP(y) on [0, 1], 10 save times ``linspace(0, 1, 10)``, 
 
 Contenders: ``diffrax`` (``diffeqsolve`` with ``Tsit5`` / ``Dopri5``, ``PIDController(rtol,
 atol)``, ``SaveAt(ts)``, the whole solve under ``jax.jit``, ``block_until_ready``),
-``torchnde`` eager, ``torchnde_shampine`` (eager, Dopri5 rows:
+``torchnde`` eager, ``torchnde_peersteps`` (eager, Dopri5 rows:
 ``Dopri5(error_estimate="shampine")``, the embedded error estimate diffrax's and torchdiffeq's
-``dopri5`` use, 2/3 of torchnde's default one: their steps, so equal NFE),
+``dopri5`` use, 2/3 of torchnde's default one, with ``PIDController(hold=(0.2, 1.0))``, their
+rule that a step never shrinks after an accepted one: their steps, so equal NFE),
 ``torchnde compile_step`` (``solve(..., compile_step=True)``: the
 attempted step compiled with ``torch.compile`` and kept only where it measures faster,
 ``_core/compiled.py``; the choice it made is printed), ``torchdiffeq.odeint`` (Dopri5 only:
@@ -211,12 +212,15 @@ def workload(d: int, B: int, method: str, libs: set[str], a: Any, rows: list, no
         return (int(s["num_fevals"]), int(torch.as_tensor(s["num_accepted_steps"]).max()),
                 int(torch.as_tensor(s["num_rejected_steps"]).max()))  # fmt: skip
 
-    for key, cs in (("torchnde", False), ("torchnde_compiled", True), ("torchnde_shampine", False)):
-        if key not in libs or (key == "torchnde_shampine" and method != "Dopri5"):
+    contenders = (("torchnde", False), ("torchnde_compiled", True), ("torchnde_peersteps", False))
+    for key, cs in contenders:
+        if key not in libs or (key == "torchnde_peersteps" and method != "Dopri5"):
             continue
         run = tn_run
-        if key == "torchnde_shampine":  # the peers' error estimate: their steps
-            run = functools.partial(tn_run, solver=tn.Dopri5(error_estimate="shampine"))
+        if key == "torchnde_peersteps":  # the peers' error estimate and step rule: their steps
+            peer_ctrl = tn.PIDController(rtol=TOL, atol=TOL, hold=(0.2, 1.0))
+            peer_solver = tn.Dopri5(error_estimate="shampine")
+            run = functools.partial(tn_run, solver=peer_solver, ctrl=peer_ctrl)
         if cs:
             tn_compiled.clear_cache()
             torch._dynamo.reset()
@@ -318,7 +322,7 @@ def workload(d: int, B: int, method: str, libs: set[str], a: Any, rows: list, no
 def main() -> None:
     p = base_parser(
         "torchnde vs diffrax (jit) and torch peers",
-        "diffrax,torchnde,torchnde_compiled,torchnde_shampine,torchdiffeq,torchode",
+        "diffrax,torchnde,torchnde_compiled,torchnde_peersteps,torchdiffeq,torchode",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: d=2 rows, few rounds")
     p.add_argument(

@@ -107,13 +107,17 @@ def _finish(f, ys, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def prep_torchnde(
-    f, y0, t, tol, adjoint, differentiate_steps: bool = True, error_estimate: str = "dormand-prince"
+    f, y0, t, tol, adjoint, differentiate_steps: bool = True, peer_steps: bool = False
 ) -> Step:
     import torchnde
 
     term = torchnde.ODETerm(lambda t_, y, args: f(t_, y))
-    solver = torchnde.Dopri5(error_estimate=error_estimate)
-    ctrl = torchnde.PIDController(rtol=tol, atol=tol, differentiate_steps=differentiate_steps)
+    # peer_steps: the error estimate and step rule of torchdiffeq's dopri5 (their steps).
+    solver = torchnde.Dopri5(error_estimate="shampine" if peer_steps else "dormand-prince")
+    ctrl = torchnde.PIDController(
+        rtol=tol, atol=tol, differentiate_steps=differentiate_steps,
+        hold=(0.2, 1.0) if peer_steps else None,
+    )  # fmt: skip
     saveat = torchnde.SaveAt(ts=t)
     t0, t1 = float(t[0]), float(t[-1])
 
@@ -283,10 +287,10 @@ def parse_args():
     )
     p.add_argument("--no-ref-cache", action="store_true", help="recompute the reference gradients")
     p.add_argument(
-        "--error-estimate",
-        default="dormand-prince",
-        help="torchnde's Dopri5 error estimate: dormand-prince (default) or shampine (the "
-        "peers': their steps)",
+        "--peer-steps",
+        action="store_true",
+        help="torchnde's Dopri5 with the peers' error estimate (Shampine's) and step rule "
+        "(never shrink after an accepted step): torchdiffeq's steps",
     )
     p.add_argument(
         "--quick",
@@ -355,7 +359,7 @@ def main() -> None:
         batch=args.batch,
         n_save=args.n_save,
         threads=args.threads,
-        error_estimate=args.error_estimate,
+        peer_steps=args.peer_steps,
         notes=notes,
         modes=[f"{lib}/{m} ({k})" for lib, m, k, _ in plan],
         timing=(
@@ -422,9 +426,7 @@ def run_cell(cell, plan, weights, y0, t, g_ref, args) -> list[dict[str, Any]]:
                 base_mode = "direct" if mode == "direct_nodt" else mode
                 adjoint = make_torchnde_adjoint(base_mode, cls, args.checkpoints, params)
                 row["adjoint"] = repr(adjoint)
-                step = prep_torchnde(
-                    f, y0, t, tol, adjoint, mode != "direct_nodt", args.error_estimate
-                )
+                step = prep_torchnde(f, y0, t, tol, adjoint, mode != "direct_nodt", args.peer_steps)
             elif lib == "torchdiffeq":
                 step = prep_torchdiffeq(f, y0, t, tol, mode)
             else:
