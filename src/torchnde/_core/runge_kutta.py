@@ -320,12 +320,14 @@ class AbstractRungeKutta(AbstractSolver):
         E = y0.new_empty((1, y0.numel()))
         E_v = E.view(shape)
         clock = _stage_clock(coeffs)
-        # Per stage after the first: its row of `a`, the stages it reads, its slot, and its
-        # time (None: t1).
+        # Per stage after the first: its combination (the last, first same as last, is the
+        # solution: formed as one, `_plus`), its row of `a`, the stages it reads, its slot,
+        # and its time (None: t1).
         plan = [
-            (a_low[i], prefix[i], slots[i], None if c[i] == 1.0 else i) for i in range(1, s - 1)
-        ]
-        a_s = a_low[s - 1]
+            (_plus if i == s - 1 else torch.addmm, a_low[i], prefix[i], slots[i],
+             None if c[i] == 1.0 else i)
+            for i in range(1, s)
+        ]  # fmt: skip
         slot0 = slots[0]
         # A state of shape (1, n) is the stage product's own shape: no view to make.
         flat = shape == (1, y0.numel())
@@ -340,18 +342,12 @@ class AbstractRungeKutta(AbstractSolver):
             torch.mul(state, control, out=slot0)
             vf = state
             yi = y
-            for a_i, k_i, slot, ti in plan:
-                yi = torch.addmm(yf, a_i, k_i)
+            for combine, a_i, k_i, slot, ti in plan:
+                yi = combine(yf, a_i, k_i)
                 if not flat:
                     yi = yi.view(shape)
                 vf = vector_field(t1 if ti is None else t_stage[ti], yi, args)
                 torch.mul(vf, control, out=slot)
-            # The last stage, first same as last: the solution, formed as one (`_plus`).
-            yi = _plus(yf, a_s, prefix[s - 1])
-            if not flat:
-                yi = yi.view(shape)
-            vf = vector_field(t1, yi, args)
-            torch.mul(vf, control, out=slots[s - 1])
             torch.mm(e_row, Kf, out=E)
             return yi, E_v, PolynomialDense(y, K), vf
 
@@ -379,9 +375,12 @@ class AbstractRungeKutta(AbstractSolver):
         shape = y0.shape
         n = y0.numel()
         clock = _stage_clock(coeffs)
-        plan = [(i, a_low[i], None if c[i] == 1.0 else i) for i in range(1, s)]
+        # The last stage, first same as last, is the solution: formed as one (`_plus`).
+        plan = [
+            (i, _plus if i == s - 1 else torch.addmm, a_low[i], None if c[i] == 1.0 else i)
+            for i in range(1, s)
+        ]
         flat = shape == (1, n)
-        last = s - 1  # first same as last: the solution, formed as one (`_plus`)
 
         def step(
             t0: torch.Tensor, t1: torch.Tensor, h: float, y: torch.Tensor, state: Any
@@ -391,8 +390,7 @@ class AbstractRungeKutta(AbstractSolver):
             fs = [state]
             vf = state
             yi = y
-            for i, a_i, ti in plan:
-                combine = _plus if i == last else torch.addmm
+            for i, combine, a_i, ti in plan:
                 yi = combine(yf, a_i, torch.stack(fs).view(i, n), alpha=h)
                 if not flat:
                     yi = yi.view(shape)
