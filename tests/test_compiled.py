@@ -476,3 +476,31 @@ def test_host_control_compiled_step_under_autograd(fresh, monkeypatch):
         return sol.ys.pow(2).sum()
 
     _check_along_random_direction(params, gb, mesh_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "solver, controller",
+    [(tn.RK4(), tn.ConstantStepSize()), (tn.RK38(), tn.ConstantStepSize()),
+     (tn.Dopri5(), tn.PIDController(rtol=1e-3, atol=1e-3, dtmax=0.01))],
+    ids=["rk4-blocks", "rk38-blocks", "dopri5-host"],
+)  # fmt: skip
+def test_compiled_float32_round_off_is_one_rounding_a_step(fresh, monkeypatch, solver, controller):
+    """Really compiled, float32, y' = a from 3.2 over 156 steps of 0.01 (as
+    ``tests/test_fixed_grid.py``): a step's increment is added to y once, at most half an ulp
+    of |y| a step. Inductor rewrites ``add(y, mm(w, F))`` into an ``addmm`` accumulating
+    into ``y``, once per stage: 1.7e-5 after 100 RK4 steps of a d=32 MLP against the eager
+    2.6e-6 before ``_plus`` kept the increment whole under compilation."""
+    _force(monkeypatch, "compiled", compile_stub=False)
+    a = torch.tensor(0.2)
+    y0 = torch.full((64, 64), 3.2)  # large enough for inductor to keep the product a GEMM
+    with torch.no_grad():
+        sol = tn.solve(tn.ODETerm(lambda t, y, args: args + 0 * y), solver, 1.0, 2.56, y0,
+                       dt0=0.01, args=a, controller=controller, compile_step=True)  # fmt: skip
+    (info,) = C.cache_info()
+    assert info["decision"] == "compiled", info["error"]
+    steps = int(sol.stats["num_accepted_steps"])
+    assert steps == 156
+    err = float((sol.ys[-1].double() - (3.2 + 0.2 * 1.56)).abs().max())
+    eps = float(torch.finfo(torch.float32).eps)
+    assert err <= steps * (4 * eps / 2 + 8 * eps * 0.002), err

@@ -843,7 +843,14 @@ def _plus(
     ``y`` in one rounding. ``addmm(y, w, F)`` accumulates every term of the product into
     ``y`` and so rounds at ``|y|``'s scale once per stage: in float32 a long solve's
     round-off then drifts about ``s`` times as fast (`tests/test_fixed_grid.py`). Stages keep
-    ``addmm``: their rounding reaches the solution only through the field, times ``h``."""
+    ``addmm``: their rounding reaches the solution only through the field, times ``h``.
+
+    Under ``torch.compile`` (``compile_step=True``) inductor rewrites ``add(y, mm(w, F))``
+    into that ``addmm`` (its post-grad pattern ``addmm``); the product by ``alpha`` between
+    the two keeps the increment whole (``tests/test_compiled.py``), fused into the addition.
+    ``alpha`` may be a 0-d tensor there (the step sizes of compiled fixed-step blocks)."""
+    if torch.compiler.is_compiling():
+        return y + torch.mm(w, F) * alpha
     return torch.add(y, torch.mm(w, F), alpha=alpha)  # type: ignore[arg-type]
 
 
