@@ -346,6 +346,45 @@ def test_max_steps_stops_only_the_unfinished_samples_in_per_sample_mode():
     assert sol.ts[:, -1].tolist() == [0.25, 0.5]
 
 
+class _ShrinksByLessThanTheFloor(tn.PIDController):
+    """Accepts steps of at most 6e-5 only and shrinks a rejected step by 10%: by 1e-5, less
+    than the floor of float32 times at 17 (16 ulps, 3.2e-5). Scripted for the general loop
+    (``adapt``) and the host control (``host_adapt``) alike."""
+
+    def adapt(self, t0, t1, y0, y1, y_error, error_order, state, norm):
+        h = t1 - t0
+        accept = h <= 6e-5
+        next_t0 = torch.where(accept, t1, t0)
+        return accept, next_t0, next_t0 + torch.where(accept, h, 0.9 * h), None, state
+
+    def host_adapt(self, r, h, k, state):
+        return h <= 6e-5, (h if h <= 6e-5 else 0.9 * h), state
+
+
+@pytest.mark.parametrize("path", ["host", "general", "per-sample"])
+def test_a_rejected_last_step_is_not_stretched_back_to_its_size(path):
+    """The last step, stretched to end at t1 = 17 (float32), is rejected; its successor
+    (9e-5 of the 1e-4 left) would end within the floor of t1 and be stretched back to the
+    rejected step. It ends halfway instead, and the solve finishes (it retried the same step
+    until ``max_steps`` before)."""
+    t0, t1 = torch.tensor(17.0 - 1e-4), torch.tensor(17.0)
+    y0 = torch.zeros(3 if path == "per-sample" else 1)
+    if path == "per-sample":
+        y0, t0, t1 = y0[:, None], t0.expand(3), t1.expand(3)
+    ctrl = _ShrinksByLessThanTheFloor(rtol=1e-6, atol=1e-6, per_sample=path == "per-sample")
+    with torch.set_grad_enabled(path != "host"):
+        sol = tn.solve(ONES, tn.Dopri5(), t0, t1, y0, dt0=1e-4, controller=ctrl,
+                       saveat=tn.SaveAt(steps=True), max_steps=50, throw=False)  # fmt: skip
+    assert (torch.as_tensor(sol.status) == tn.Status.SUCCESSFUL).all()
+    assert sol.stats["num_steps"] == 3
+    assert (torch.as_tensor(sol.stats["num_rejected_steps"]) == 1).all()
+    ts = sol.ts if path != "per-sample" else sol.ts[0]
+    ts = ts[~ts.isnan()]
+    assert ts.tolist() == [float(t0.flatten()[0] + 0.5 * (17.0 - t0.flatten()[0])), 17.0]
+    ys = sol.ys.detach().reshape(-1, y0.numel())
+    torch.testing.assert_close(ys[-1], y0.flatten() + 1e-4, rtol=0, atol=2e-6)
+
+
 # --------------------------------------------------------------------------- stats
 
 

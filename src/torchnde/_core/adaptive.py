@@ -216,6 +216,9 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
         end = t_host + h_next
         if end > t1_snap:
             end = t1_host
+        if not accept and end >= tnext_host:
+            # The stretch to t1 would undo the shrink (`Loop._clip_end`): halfway instead.
+            end = t_host + 0.5 * (t1_host - t_host)
         if not accept and end - t_host < floor:
             return run_general(loop, y0)  # a step-size underflow: the general loop says why
         if end == t1_host:

@@ -595,8 +595,22 @@ class Loop:
 
     # -- pieces -----------------------------------------------------------------------------
 
-    def _clip_end(self, tn: torch.Tensor) -> torch.Tensor:
-        return torch.where(tn > self.t1_snap, self.t1, tn)
+    def _clip_end(
+        self, tn: torch.Tensor, t: torch.Tensor | None = None, tried: torch.Tensor | None = None,
+        accept: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The next step's end ``tn``, stretched to ``t1`` where it is within the floor of it.
+
+        Given the attempt (from ``t`` to ``tried``, ``accept``): a rejected step's successor
+        that the stretch would make no shorter than the rejected step (which ended at ``t1``,
+        the controller shrinking it by less than the floor) ends halfway from ``t`` to ``t1``
+        instead. Without this, a float32 solve at a tolerance its round-off cannot meet near
+        ``t1`` retried the same step until ``max_steps`` (65,536 rejections, 41 s)."""
+        end = torch.where(tn > self.t1_snap, self.t1, tn)
+        if accept is None:
+            return end
+        stuck = ~accept & (end >= tried)
+        return torch.where(stuck, t + 0.5 * (self.t1 - t), end)  # type: ignore[operator]
 
     def _attempt(self, t, tnext, y, fstate, cstate, running):
         """One attempted step and the controller's verdict: all tensor work, no host sync,
@@ -808,7 +822,7 @@ class Loop:
             new.y = torch.where(broadcast_time(accept, step.y1), step.y1, y)
             new.fstate = tree_where(accept, fnew, self.solver.rejected_state(st.fstate, fnew))
         new.t = step.t_after
-        new.tnext = self._clip_end(next_t1)
+        new.tnext = self._clip_end(next_t1, t, tnext, accept)
         new.y1 = step.y1
         host, emit = self.mode.advance(self, st, new, prev, replay, step, cut)
         if cut is not None:
