@@ -609,8 +609,10 @@ class Loop:
         end = torch.where(tn > self.t1_snap, self.t1, tn)
         if accept is None:
             return end
-        stuck = ~accept & (end >= tried)
-        return torch.where(stuck, t + 0.5 * (self.t1 - t), end)  # type: ignore[operator]
+        # Rejected and no shorter: `end >= tried` and not `accept`, as one comparison of
+        # booleans (True > False only); halfway `t + (t1 - t) / 2`, rounded once, by `lerp`.
+        stuck = torch.gt(end >= tried, accept)  # type: ignore[operator]
+        return torch.where(stuck, torch.lerp(t, self.t1, 0.5), end)  # type: ignore[arg-type]
 
     def _attempt(self, t, tnext, y, fstate, cstate, running):
         """One attempted step and the controller's verdict: all tensor work, no host sync,

@@ -205,14 +205,15 @@ class AbstractRungeKutta(AbstractSolver):
         deferred = self._defer_first_stage
         if deferred and _is_placeholder(state):  # constant steps, not FSAL: see module doc
             state = terms.vf(t0, y0, args)
-        # An ODE without autograd and with joint steps (a 0-dim control): `prod_into` is
-        # `torch.mul(vf, h, out=slot)`, made here without the call.
+        # An ODE without autograd: `prod_into` is `torch.mul(vf, h, out=slot)`, made here
+        # without the call, a per-sample h (batch,) viewed to broadcast once a step.
         fast = (
             slots is not None
             and type(terms).prod_into is _ODE_PROD_INTO
             and isinstance(control, torch.Tensor)
-            and control.ndim == 0
         )
+        if fast and control.ndim:
+            control = broadcast_time(control, y0)
         vf = state
         yi = y0
         # A first-same-as-last method's last stage is its solution: formed as one (`_plus`).
