@@ -729,7 +729,8 @@ class PIDController(AbstractAdaptiveController):
         k = error_order if isinstance(error_order, torch.Tensor) else float(error_order)
         # The floor keeps a zero error (e.g. a finished sample) from making an infinite
         # factor, whose gradient would be NaN even where the clip below discards it.
-        factor = ratio.clamp_min(1e-10).pow(-(self.pcoeff + self.icoeff + self.dcoeff) / k)
+        floored = ratio.clamp_min(1e-10)
+        factor = floored.pow(-(self.pcoeff + self.icoeff + self.dcoeff) / k)
         pid = self.pcoeff != 0 or self.dcoeff != 0
         if pid:
             b2 = -(self.pcoeff + 2 * self.dcoeff) / k
@@ -743,14 +744,12 @@ class PIDController(AbstractAdaptiveController):
             factor = torch.where(accept, factor, factor.clamp(max=1.0 / safety))
         if factor.dtype != t0.dtype:
             factor = factor.to(t0.dtype)
+        h = t1 - t0
         if predictive:
             # Gustafsson: (h / h_acc) (err_acc / err)^(1/k) times the integral factor, for an
             # accepted step after an accepted one; never growing right after a rejection.
-            h = t1 - t0
             have = (h_acc > 0) & accept
-            gus = (h / torch.where(have, h_acc, h)) * (prev1 / ratio.clamp_min(1e-10)).pow(
-                1 / k
-            ).to(t0.dtype)
+            gus = (h / torch.where(have, h_acc, h)) * (prev1 / floored).pow(1 / k).to(t0.dtype)
             gus = (factor * gus).clamp(self.factormin / safety, self.factormax / safety)
             factor = torch.where(have, torch.minimum(factor, gus), factor)
             factor = torch.where(rejected, factor.clamp(max=1.0 / safety), factor)
@@ -760,25 +759,26 @@ class PIDController(AbstractAdaptiveController):
             keep = accept & (fs >= band[0]) & (fs <= band[1])
         next_t0 = torch.where(accept, t1, t0)
         if self.dtmax is None:
-            next_t1 = torch.addcmul(next_t0, t1 - t0, factor, value=safety)
+            next_t1 = torch.addcmul(next_t0, h, factor, value=safety)
         else:
-            next_t1 = next_t0 + ((t1 - t0) * factor * safety).clamp(max=self.dtmax)
+            next_t1 = next_t0 + (h * factor * safety).clamp(max=self.dtmax)
         if band is not None:
             # Exactly the same step (`factor * safety` rounds to 1 only nearly).
-            next_t1 = torch.where(keep, next_t0 + (t1 - t0), next_t1)
+            next_t1 = torch.where(keep, next_t0 + h, next_t1)
         made_jump = None
         if self.jump_ts is not None:
             made_jump = at_jump & accept
         if self.step_ts is not None or self.jump_ts is not None:
             next_t1, at_jump = self._clip(next_t0, next_t1)
         if predictive:
-            h = (t1 - t0).detach() if not self.differentiate_steps else t1 - t0
+            if not self.differentiate_steps:
+                h = h.detach()
             prev1 = torch.where(accept, ratio.clamp_min(1e-2), prev1)
             h_acc = torch.where(accept, h, h_acc)
             return accept, next_t0, next_t1, made_jump, (prev1, h_acc, at_jump, ~accept)
         if pid:
             prev1, prev2 = (
-                torch.where(accept, ratio.clamp_min(1e-10), prev1),
+                torch.where(accept, floored, prev1),
                 torch.where(accept, prev1, prev2),
             )
         return accept, next_t0, next_t1, made_jump, (prev1, prev2, at_jump)

@@ -89,6 +89,11 @@ def _row_sums(x: torch.Tensor) -> torch.Tensor:
     return torch.mv(flat, flat.new_ones(flat.shape[1]))
 
 
+def _and_not(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a & ~b`` of boolean tensors as one operation (``True > False`` only)."""
+    return torch.gt(a, b)
+
+
 def _nonfinite(x: Any, per_sample: bool) -> torch.Tensor | None:
     """Whether ``x`` (a tensor or a tuple of them) holds a NaN or inf: per sample (leading
     dimension) or for the whole tensor; ``None`` when ``x`` holds no tensor."""
@@ -464,7 +469,7 @@ class PerSampleStepping:
         stop = accept & (t >= loop.t1)
         if loop.adaptive:
             # A rejected step whose successor is below the floor cannot make progress.
-            stop = stop | (~accept & (tnext - t < loop.floor))
+            stop = stop | _and_not(tnext - t < loop.floor, accept)
         else:
             stop = stop | ~finite  # type: ignore[operator]
         if cut is not None:
@@ -472,7 +477,7 @@ class PerSampleStepping:
                 stop = stop | cut.stop
             stop = stop | (new.cause != st.cause)
         new.finite_at_stop = torch.where(st.running, finite, st.finite_at_stop)  # type: ignore[arg-type]
-        new.running = running = st.running & ~stop
+        new.running = running = _and_not(st.running, stop)
         count = None
         if replay is None:
             host = Host(keep_going=False)
@@ -609,9 +614,8 @@ class Loop:
         end = torch.where(tn > self.t1_snap, self.t1, tn)
         if accept is None:
             return end
-        # Rejected and no shorter: `end >= tried` and not `accept`, as one comparison of
-        # booleans (True > False only); halfway `t + (t1 - t) / 2`, rounded once, by `lerp`.
-        stuck = torch.gt(end >= tried, accept)  # type: ignore[operator]
+        # Rejected and no shorter; halfway `t + (t1 - t) / 2`, rounded once, by `lerp`.
+        stuck = _and_not(end >= tried, accept)  # type: ignore[arg-type, operator]
         return torch.where(stuck, torch.lerp(t, self.t1, 0.5), end)  # type: ignore[arg-type]
 
     def _attempt(self, t, tnext, y, fstate, cstate, running):
