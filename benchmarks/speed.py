@@ -1,6 +1,6 @@
 """speed: the workloads of the "Speed, part 2" issue, each side by side in ONE process.
 
-    .venv/bin/python benchmarks/speed.py                      # ~3 min on 1 thread
+    .venv/bin/python benchmarks/speed.py                      # ~4 min on 1 thread
     .venv/bin/python benchmarks/speed.py --baseline-rev main  # adds a "today" column
 
 Rows (float32, one thread, fixed seeds):
@@ -13,6 +13,9 @@ Rows (float32, one thread, fixed seeds):
   times, MLP gain 8 (as ``ode_solve.py``), against torchdiffeq dopri5; the ``ovh`` column is
   CPU time / (NFE x one bare call of the MLP), the floor timed in the same rounds;
 - ``dopri5 1e-3 ...``: the same at rtol = atol = 1e-3, for the NFE comparison;
+- ``dopri5 per-sample ...``: the d=32 problem at B=16 and B=256 with each sample its own step
+  (``PIDController(per_sample=True)``), against torchode's Dopri5 with its per-sample
+  ``IntegralController`` (torchode's only mode; ``--compile`` adds ``compile_step=True``);
 - ``sde euler`` / ``sde reversible_heun``: ``sdeint`` forward (sde_solve.py's problem: d=32,
   B=256, dt=0.01) against ``torchsde.sdeint`` with ``BrownianInterval(dt=0.01)``.
 
@@ -99,7 +102,9 @@ def main() -> None:
     p.add_argument("--rows", default="all", help="comma-separated row prefixes, or all")
     p.add_argument("--target-s", type=float, default=0.6)
     p.add_argument("--min-rounds", type=int, default=7)
-    p.add_argument("--compile", action="store_true", help="add compile_step=True to rk4 rows")
+    p.add_argument(
+        "--compile", action="store_true", help="add compile_step=True rows (rk4, per-sample)"
+    )
     a = p.parse_args()
     set_threads(a.threads)
     import torchdiffeq
@@ -119,9 +124,10 @@ def main() -> None:
             f = lambda s, y: net64(y)
             return torchdiffeq.odeint(f, y0.double(), t.double(), rtol=1e-10, atol=1e-10)[-1]
 
-    def record(name: str, fns: dict, nfe: dict, outs: dict, ref: torch.Tensor, floor=None):
+    def record(name: str, fns: dict, nfe: dict, outs: dict, ref: torch.Tensor, floor=None,
+               peer: str = "torchdiffeq"):  # fmt: skip
         res = time_abba(fns, min_rounds=a.min_rounds, target_s=a.target_s)
-        base = res["torchdiffeq"]
+        base = res[peer]
         for k in fns:
             if k == "floor":
                 continue
@@ -137,7 +143,7 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{name:28s} {k:12s} {r['median'] * 1e3:9.2f} ms  cpu {r['cpu_median'] * 1e3:9.2f}"
-                f"  /tdq {row['ratio']:.3f} (cpu {row['ratio_cpu']:.3f})  nfe {nfe[k]}"
+                f"  /{peer} {row['ratio']:.3f} (cpu {row['ratio_cpu']:.3f})  nfe {nfe[k]}"
                 + (f"  ovh {row['ovh']:.2f}" if "ovh" in row else "")
                 + f"  err {row['err']:.1e}",
                 flush=True,
@@ -271,6 +277,71 @@ def main() -> None:
     for tol in (1e-6, 1e-3):
         for d, B in ((2, 1), (32, 256)):
             dopri5_row(tol, d, B)
+
+    # --- adaptive Dopri5, each sample its own step (torchode's mode)
+    def per_sample_row(B: int) -> None:
+        name = f"dopri5 per-sample 1e-06 d=32 B={B}"
+        if not want(name):
+            return
+        import torchode as to
+
+        torch.manual_seed(0)
+        w = make_mlp_weights(32, 128, gain=8.0)
+        net = torch_mlp(w)
+        f = make_counting(net)
+        y0 = torch.randn(B, 32)
+        t = torch.linspace(0, 1, 10)
+        ref = reference(torch_mlp(w).double(), y0, t)
+        ts = t.expand(B, -1)
+        fns: dict[str, Any] = {}
+        variants = [(label, lib, lib.Dopri5(), None, False) for label, lib in libs.items()]
+        variants.append(("peer-steps", tn, tn.Dopri5(error_estimate="shampine"), (0.2, 1.0), False))
+        if a.compile:
+            variants.append(("compile_step", tn, tn.Dopri5(), None, True))
+        for label, lib, solver, hold, compiled in variants:
+            # (compile_step: an uncounted field, as the rk4 rows; NFE from the solve's stats)
+            term = lib.ODETerm(
+                (lambda s, y, args: net(y)) if compiled else (lambda s, y, args: f(s, y))
+            )
+            ctrl = lib.PIDController(rtol=1e-6, atol=1e-6, hold=hold, per_sample=True)
+
+            def run(lib=lib, term=term, solver=solver, ctrl=ctrl, compiled=compiled) -> Any:
+                with torch.no_grad():
+                    sol = lib.solve(term, solver, 0.0, 1.0, y0, controller=ctrl,
+                                    saveat=lib.SaveAt(ts=ts), compile_step=compiled)  # fmt: skip
+                if compiled:
+                    f.nfe = int(sol.stats["num_fevals"])
+                return sol.ys[-1]
+
+            fns[f"torchnde {label}"] = run
+        oterm = to.ODETerm(lambda s, y: f(s, y))
+        osolver = to.AutoDiffAdjoint(
+            to.Dopri5(term=oterm), to.IntegralController(atol=1e-6, rtol=1e-6, term=oterm)
+        )
+        problem = to.InitialValueProblem(y0=y0, t_eval=ts)
+
+        def run_to() -> Any:
+            with torch.no_grad():
+                return osolver.solve(problem).ys[:, -1]
+
+        fns["torchode"] = run_to
+        nfe, outs = {}, {}
+        for k, fn in fns.items():
+            f.reset()
+            outs[k] = fn()  # (compile_step: the compiling call, untimed)
+            nfe[k] = f.nfe
+        calls = 20
+
+        def floor() -> None:
+            with torch.no_grad():
+                for _ in range(calls):
+                    net(y0)
+
+        fns["floor"] = floor
+        record(name, fns, nfe, outs, ref, floor=calls, peer="torchode")
+
+    for B in (16, 256):
+        per_sample_row(B)
 
     # --- SDE forward, diagonal noise (sde_solve.py's problem: d=32, B=256, dt=0.01)
     def sde_row(method: str, sde_method: str, calculus: str) -> None:
