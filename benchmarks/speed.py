@@ -149,6 +149,26 @@ def main() -> None:
                 flush=True,
             )
 
+    def record_adaptive(name: str, fns: dict, f: Any, net: Any, y0: torch.Tensor,
+                        ref: torch.Tensor, peer: str = "torchdiffeq") -> None:  # fmt: skip
+        """An adaptive row: each contender's NFE (counted by ``f``) and output from one
+        untimed call (a compile_step row's compiling call), then timed beside ``floor``,
+        20 bare calls of the field (the ``ovh`` column's unit)."""
+        nfe, outs = {}, {}
+        for k, fn in fns.items():
+            f.reset()
+            outs[k] = fn()
+            nfe[k] = f.nfe
+        calls = 20
+
+        def floor() -> None:
+            with torch.no_grad():
+                for _ in range(calls):
+                    net(y0)
+
+        fns["floor"] = floor
+        record(name, fns, nfe, outs, ref, floor=calls, peer=peer)
+
     # --- fixed-step RK4
     def rk4_row(d: int, B: int, train: bool) -> None:
         name = f"rk4 {'train' if train else 'solve'} d={d} B={B}"
@@ -259,20 +279,7 @@ def main() -> None:
                 return torchdiffeq.odeint(f, y0, t, rtol=tol, atol=tol, method="dopri5")[-1]
 
         fns["torchdiffeq"] = run_tdq
-        nfe, outs = {}, {}
-        for k, fn in fns.items():
-            f.reset()
-            outs[k] = fn()
-            nfe[k] = f.nfe
-        calls = 20
-
-        def floor() -> None:
-            with torch.no_grad():
-                for _ in range(calls):
-                    net(y0)
-
-        fns["floor"] = floor
-        record(name, fns, nfe, outs, ref, floor=calls)
+        record_adaptive(name, fns, f, net, y0, ref)
 
     for tol in (1e-6, 1e-3):
         for d, B in ((2, 1), (32, 256)):
@@ -325,20 +332,7 @@ def main() -> None:
                 return osolver.solve(problem).ys[:, -1]
 
         fns["torchode"] = run_to
-        nfe, outs = {}, {}
-        for k, fn in fns.items():
-            f.reset()
-            outs[k] = fn()  # (compile_step: the compiling call, untimed)
-            nfe[k] = f.nfe
-        calls = 20
-
-        def floor() -> None:
-            with torch.no_grad():
-                for _ in range(calls):
-                    net(y0)
-
-        fns["floor"] = floor
-        record(name, fns, nfe, outs, ref, floor=calls, peer="torchode")
+        record_adaptive(name, fns, f, net, y0, ref, peer="torchode")
 
     for B in (16, 256):
         per_sample_row(B)
