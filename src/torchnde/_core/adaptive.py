@@ -168,7 +168,9 @@ def run_adaptive(loop: Loop, y0: torch.Tensor) -> tuple[LoopResult, list[Host]]:
 
     while t_host < t1_host:
         if num_steps >= max_steps:
-            return run_general(loop, y0)
+            # Reported from here (`JointStepping.status`: t1 not reached), as the general
+            # loop would, without solving again there: a failing solve costs one solve.
+            break
         h_host[0] = tnext_host - t_host
         try:
             if compiled is None:
