@@ -14,7 +14,9 @@ Why a module of its own (measured on the 2-core CPU machine of issue 20, torch 2
   elementwise ``tanh`` costs about 5x ATen's per element on this CPU (66 vs 10 us on a
   256 x 128 tensor, one thread), and every compiled call pays about 18 us of guard and wrapper
   overhead; at d=2, B=1 the fused step wins. Which side wins is a property of the machine and
-  the problem, so it is measured.
+  the problem, so it is measured: on another 2-core machine (the eleventh round's) ATen's
+  float32 ``tanh`` was the slower one (336 against inductor's 225 us on 1024 x 128), and the
+  compiled fixed-step blocks won at d=32, B=1024.
 
 What this module does:
 
