@@ -828,7 +828,8 @@ class Loop:
             new.y = torch.where(broadcast_time(accept, step.y1), step.y1, y)
             new.fstate = tree_where(accept, fnew, self.solver.rejected_state(st.fstate, fnew))
         new.t = step.t_after
-        new.tnext = self._clip_end(next_t1, t, tnext, accept)
+        # (Only an adaptive solve rejects steps to retry them: a fixed-step one stops.)
+        new.tnext = self._clip_end(next_t1, t, tnext, accept if self.adaptive else None)
         new.y1 = step.y1
         host, emit = self.mode.advance(self, st, new, prev, replay, step, cut)
         if cut is not None:
