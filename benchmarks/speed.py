@@ -15,7 +15,8 @@ Rows (float32, one thread, fixed seeds):
 - ``dopri5 1e-3 ...``: the same at rtol = atol = 1e-3, for the NFE comparison;
 - ``dopri5 per-sample ...``: the d=32 problem at B=16 and B=256 with each sample its own step
   (``PIDController(per_sample=True)``), against torchode's Dopri5 with its per-sample
-  ``IntegralController`` (torchode's only mode; ``--compile`` adds ``compile_step=True``);
+  ``IntegralController`` (torchode's only mode; ``--compile`` adds ``compile_step=True``,
+  with its float32 ``tanh`` formula and with inductor's own: ``compile_step inductor-tanh``);
 - ``sde euler`` / ``sde reversible_heun``: ``sdeint`` forward (sde_solve.py's problem: d=32,
   B=256, dt=0.01) against ``torchsde.sdeint`` with ``BrownianInterval(dt=0.01)``.
 
@@ -30,6 +31,7 @@ and "now" are timed in the same rounds too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,6 +53,19 @@ from _common import (
 
 # isort: split
 import torch
+
+
+@contextlib.contextmanager
+def tanh_setting(fast: bool) -> Any:
+    """``compile_step``'s ``settings.fast_tanh`` for the calls inside (a compile_step row
+    with inductor's own ``tanh`` beside the default; the setting is part of the signature)."""
+    from torchnde._core.compiled import settings
+
+    old, settings.fast_tanh = settings.fast_tanh, fast
+    try:
+        yield
+    finally:
+        settings.fast_tanh = old
 
 
 def time_abba(fns: dict[str, Any], min_rounds: int, target_s: float) -> dict[str, dict]:
@@ -198,25 +213,27 @@ def main() -> None:
         if a.compile:
             # An uncounted field: dynamo would guard on the counter and recompile each call.
             cterm = tn.ODETerm(lambda s, y, args: net(y))
-
-            def run_c() -> Any:
-                with torch.set_grad_enabled(train):
-                    sol = tn.solve(cterm, tn.RK4(), 0.0, 1.0, y0, dt0=0.01, saveat=tn.SaveAt(ts=t),
-                                   controller=tn.ConstantStepSize(), compile_step=True)  # fmt: skip
-                    if train:
-                        sol.ys.pow(2).mean().backward()
-                stats.update(sol.stats)
-                return sol.ys[-1].detach()
-
             import time
 
             from torchnde._core.compiled import clear_cache
 
             clear_cache()  # this row's signatures only, in the report below
-            start = time.perf_counter()
-            run_c()
-            print(f"{name}: compile_step first call {time.perf_counter() - start:.1f} s")
-            fns["torchnde compile_step"] = run_c
+            for label, fast in (("compile_step", True), ("compile_step inductor-tanh", False)):
+
+                def run_c(fast=fast) -> Any:
+                    with torch.set_grad_enabled(train), tanh_setting(fast):
+                        sol = tn.solve(cterm, tn.RK4(), 0.0, 1.0, y0, dt0=0.01,
+                                       saveat=tn.SaveAt(ts=t), controller=tn.ConstantStepSize(),
+                                       compile_step=True)  # fmt: skip
+                        if train:
+                            sol.ys.pow(2).mean().backward()
+                    stats.update(sol.stats)
+                    return sol.ys[-1].detach()
+
+                start = time.perf_counter()
+                run_c()
+                print(f"{name}: {label} first call {time.perf_counter() - start:.1f} s")
+                fns[f"torchnde {label}"] = run_c
 
         def run_tdq() -> Any:
             with torch.set_grad_enabled(train):
@@ -230,15 +247,16 @@ def main() -> None:
         for k, fn in fns.items():
             f.reset()
             outs[k] = fn()
-            nfe[k] = f.nfe if k != "torchnde compile_step" else stats["num_fevals"]
+            nfe[k] = stats["num_fevals"] if "compile_step" in k else f.nfe
         record(name, fns, nfe, outs, ref)
         if a.compile:
             from torchnde._core.compiled import cache_info
 
             for e in cache_info():
                 if e["key"] is not None and e["key"][0] == "block":
-                    print(f"{name}: blocks {e['decision']}, {e['num_compilations']} graph(s), "
-                          f"eager {e['eager_s']}, compiled {e['compiled_s']}")  # fmt: skip
+                    print(f"{name}: blocks (fast_tanh {e['key'][1][-1]}) {e['decision']}, "
+                          f"{e['num_compilations']} graph(s), eager {e['eager_s']}, "
+                          f"compiled {e['compiled_s']}")  # fmt: skip
 
     for d, B in ((2, 1), (32, 1024)):
         for train in (False, True):
@@ -305,15 +323,18 @@ def main() -> None:
         variants.append(("peer-steps", tn, tn.Dopri5(error_estimate="shampine"), (0.2, 1.0), False))
         if a.compile:
             variants.append(("compile_step", tn, tn.Dopri5(), None, True))
+            variants.append(("compile_step inductor-tanh", tn, tn.Dopri5(), None, True))
         for label, lib, solver, hold, compiled in variants:
+            fast = label == "compile_step"
             # (compile_step: an uncounted field, as the rk4 rows; NFE from the solve's stats)
             term = lib.ODETerm(
                 (lambda s, y, args: net(y)) if compiled else (lambda s, y, args: f(s, y))
             )
             ctrl = lib.PIDController(rtol=1e-6, atol=1e-6, hold=hold, per_sample=True)
 
-            def run(lib=lib, term=term, solver=solver, ctrl=ctrl, compiled=compiled) -> Any:
-                with torch.no_grad():
+            def run(lib=lib, term=term, solver=solver, ctrl=ctrl, compiled=compiled,
+                    fast=fast) -> Any:  # fmt: skip
+                with torch.no_grad(), tanh_setting(fast):
                     sol = lib.solve(term, solver, 0.0, 1.0, y0, controller=ctrl,
                                     saveat=lib.SaveAt(ts=ts), compile_step=compiled)  # fmt: skip
                 if compiled:
