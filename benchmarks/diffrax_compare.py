@@ -18,8 +18,10 @@ atol)``, ``SaveAt(ts)``, the whole solve under ``jax.jit``, ``block_until_ready`
 ``Dopri5(error_estimate="shampine")``, the embedded error estimate diffrax's and torchdiffeq's
 ``dopri5`` use, 2/3 of torchnde's default one, with ``PIDController(hold=(0.2, 1.0))``, their
 rule that a step never shrinks after an accepted one: their steps, so equal NFE),
-``torchnde compile_step`` and ``torchnde_compiled_itanh`` (the same with inductor's own
-``tanh`` instead of ``compile_step``'s float32 formula, ``_core/fast_tanh.py``)
+``torchnde compile_step``, ``torchnde_compiled_mkl`` (the same with MKL's products instead
+of oneDNN's for the large linear layers, ``settings.onednn_linear = False``) and
+``torchnde_compiled_plain`` (plain inductor: its own ``tanh`` too, ``settings.fast_tanh =
+False``)
 (``solve(..., compile_step=True)``: the
 attempted step compiled with ``torch.compile`` and kept only where it measures faster,
 ``_core/compiled.py``; the choice it made is printed), ``torchdiffeq.odeint`` (Dopri5 only:
@@ -165,18 +167,22 @@ def jax_floor(mlp: Any, y0: Any, calls: int) -> Any:
     return lambda: loop(y0).block_until_ready()
 
 
-def _fast_tanh_of(key: Any) -> Any:
-    """A compile_step signature's ``settings.fast_tanh`` (its last item; host-control steps
-    and fixed-step blocks wrap the signature as ``(kind, signature)``)."""
+# compile_step variants beside the default: (settings.fast_tanh, settings.onednn_linear)
+_VARIANTS = {"torchnde_compiled_mkl": (True, False), "torchnde_compiled_plain": (False, False)}
+
+
+def _flags_of(key: Any) -> Any:
+    """A compile_step signature's ``(settings.fast_tanh, settings.onednn_linear)`` (its last
+    item; host-control steps and fixed-step blocks wrap it as ``(kind, signature)``)."""
     if not key:
         return None
     return key[1][-1] if key[0] in ("host", "block") else key[-1]
 
 
-def _with_tanh(fast: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from speed import tanh_setting
+def _with_settings(flags: tuple, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from speed import compile_settings
 
-    with tanh_setting(fast):
+    with compile_settings(*flags):
         return fn(*args, **kwargs)
 
 
@@ -229,20 +235,20 @@ def workload(d: int, B: int, method: str, libs: set[str], a: Any, rows: list, no
         return (int(s["num_fevals"]), int(torch.as_tensor(s["num_accepted_steps"]).max()),
                 int(torch.as_tensor(s["num_rejected_steps"]).max()))  # fmt: skip
 
-    contenders = (("torchnde", False), ("torchnde_compiled", True),
-                  ("torchnde_compiled_itanh", True), ("torchnde_peersteps", False))  # fmt: skip
+    contenders = (("torchnde", False), ("torchnde_compiled", True), ("torchnde_compiled_mkl", True),
+                  ("torchnde_compiled_plain", True), ("torchnde_peersteps", False))  # fmt: skip
     cleared = False
     for key, cs in contenders:
         if key not in libs or (key == "torchnde_peersteps" and method != "Dopri5"):
             continue
         run = tn_run
-        if key == "torchnde_compiled_itanh":  # inductor's own tanh (`settings.fast_tanh`)
-            run = functools.partial(_with_tanh, False, tn_run)
+        if key in _VARIANTS:  # `settings.fast_tanh`, `settings.onednn_linear`
+            run = functools.partial(_with_settings, _VARIANTS[key], tn_run)
         if key == "torchnde_peersteps":  # the peers' error estimate and step rule: their steps
             peer_ctrl = tn.PIDController(rtol=TOL, atol=TOL, hold=(0.2, 1.0))
             peer_solver = tn.Dopri5(error_estimate="shampine")
             run = functools.partial(tn_run, solver=peer_solver, ctrl=peer_ctrl)
-        if cs and not cleared:  # (once: the itanh contender's signature is its own)
+        if cs and not cleared:  # (once: each variant has a signature of its own)
             tn_compiled.clear_cache()
             torch._dynamo.reset()
             cleared = True
@@ -257,7 +263,7 @@ def workload(d: int, B: int, method: str, libs: set[str], a: Any, rows: list, no
                 run(True)
             info = tn_compiled.cache_info()
             dec = [
-                f"{e['decision']} (fast_tanh {_fast_tanh_of(e['key'])}, "
+                f"{e['decision']} (tanh, onednn {_flags_of(e['key'])}, "
                 f"compiles {e['num_compilations']}, probe eager "
                 f"{(e['eager_s'] or 0) * 1e6:.0f} us / compiled "
                 f"{(e['compiled_s'] or 0) * 1e6:.0f} us per attempt)"
@@ -345,8 +351,8 @@ def workload(d: int, B: int, method: str, libs: set[str], a: Any, rows: list, no
 def main() -> None:
     p = base_parser(
         "torchnde vs diffrax (jit) and torch peers",
-        "diffrax,torchnde,torchnde_compiled,torchnde_compiled_itanh,torchnde_peersteps,"
-        "torchdiffeq,torchode",
+        "diffrax,torchnde,torchnde_compiled,torchnde_compiled_mkl,torchnde_compiled_plain,"
+        "torchnde_peersteps,torchdiffeq,torchode",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: d=2 rows, few rounds")
     p.add_argument(

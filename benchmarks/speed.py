@@ -16,7 +16,8 @@ Rows (float32, one thread, fixed seeds):
 - ``dopri5 per-sample ...``: the d=32 problem at B=16 and B=256 with each sample its own step
   (``PIDController(per_sample=True)``), against torchode's Dopri5 with its per-sample
   ``IntegralController`` (torchode's only mode; ``--compile`` adds ``compile_step=True``,
-  with its float32 ``tanh`` formula and with inductor's own: ``compile_step inductor-tanh``);
+  as it is, with MKL's products (``compile_step mkl``) and with inductor's own ``tanh`` too
+  (``compile_step inductor-tanh mkl``: plain inductor));
 - ``sde euler`` / ``sde reversible_heun``: ``sdeint`` forward (sde_solve.py's problem: d=32,
   B=256, dt=0.01) against ``torchsde.sdeint`` with ``BrownianInterval(dt=0.01)``.
 
@@ -54,18 +55,27 @@ from _common import (
 # isort: split
 import torch
 
+# compile_step variants: (label, settings.fast_tanh, settings.onednn_linear); the settings are
+# part of the signature, so each variant compiles and keeps its own graphs.
+COMPILE_VARIANTS = (
+    ("compile_step", True, True),
+    ("compile_step mkl", True, False),
+    ("compile_step inductor-tanh mkl", False, False),
+)
+
 
 @contextlib.contextmanager
-def tanh_setting(fast: bool) -> Any:
-    """``compile_step``'s ``settings.fast_tanh`` for the calls inside (a compile_step row
-    with inductor's own ``tanh`` beside the default; the setting is part of the signature)."""
+def compile_settings(fast_tanh: bool, onednn_linear: bool) -> Any:
+    """``compile_step``'s ``settings.fast_tanh`` / ``settings.onednn_linear`` for the calls
+    inside (the default beside inductor's own ``tanh`` and MKL's products)."""
     from torchnde._core.compiled import settings
 
-    old, settings.fast_tanh = settings.fast_tanh, fast
+    old = settings.fast_tanh, settings.onednn_linear
+    settings.fast_tanh, settings.onednn_linear = fast_tanh, onednn_linear
     try:
         yield
     finally:
-        settings.fast_tanh = old
+        settings.fast_tanh, settings.onednn_linear = old
 
 
 def time_abba(fns: dict[str, Any], min_rounds: int, target_s: float) -> dict[str, dict]:
@@ -218,10 +228,10 @@ def main() -> None:
             from torchnde._core.compiled import clear_cache
 
             clear_cache()  # this row's signatures only, in the report below
-            for label, fast in (("compile_step", True), ("compile_step inductor-tanh", False)):
+            for label, *flags in COMPILE_VARIANTS:
 
-                def run_c(fast=fast) -> Any:
-                    with torch.set_grad_enabled(train), tanh_setting(fast):
+                def run_c(flags=flags) -> Any:
+                    with torch.set_grad_enabled(train), compile_settings(*flags):
                         sol = tn.solve(cterm, tn.RK4(), 0.0, 1.0, y0, dt0=0.01,
                                        saveat=tn.SaveAt(ts=t), controller=tn.ConstantStepSize(),
                                        compile_step=True)  # fmt: skip
@@ -254,7 +264,7 @@ def main() -> None:
 
             for e in cache_info():
                 if e["key"] is not None and e["key"][0] == "block":
-                    print(f"{name}: blocks (fast_tanh {e['key'][1][-1]}) {e['decision']}, "
+                    print(f"{name}: blocks (tanh, onednn {e['key'][1][-1]}) {e['decision']}, "
                           f"{e['num_compilations']} graph(s), eager {e['eager_s']}, "
                           f"compiled {e['compiled_s']}")  # fmt: skip
 
@@ -322,10 +332,10 @@ def main() -> None:
         variants = [(label, lib, lib.Dopri5(), None, False) for label, lib in libs.items()]
         variants.append(("peer-steps", tn, tn.Dopri5(error_estimate="shampine"), (0.2, 1.0), False))
         if a.compile:
-            variants.append(("compile_step", tn, tn.Dopri5(), None, True))
-            variants.append(("compile_step inductor-tanh", tn, tn.Dopri5(), None, True))
+            variants += [(label, tn, tn.Dopri5(), None, True) for label, *_ in COMPILE_VARIANTS]
+        flags_of = {label: flags for label, *flags in COMPILE_VARIANTS}
         for label, lib, solver, hold, compiled in variants:
-            fast = label == "compile_step"
+            flags = flags_of.get(label, (True, True))
             # (compile_step: an uncounted field, as the rk4 rows; NFE from the solve's stats)
             term = lib.ODETerm(
                 (lambda s, y, args: net(y)) if compiled else (lambda s, y, args: f(s, y))
@@ -333,8 +343,8 @@ def main() -> None:
             ctrl = lib.PIDController(rtol=1e-6, atol=1e-6, hold=hold, per_sample=True)
 
             def run(lib=lib, term=term, solver=solver, ctrl=ctrl, compiled=compiled,
-                    fast=fast) -> Any:  # fmt: skip
-                with torch.no_grad(), tanh_setting(fast):
+                    flags=flags) -> Any:  # fmt: skip
+                with torch.no_grad(), compile_settings(*flags):
                     sol = lib.solve(term, solver, 0.0, 1.0, y0, controller=ctrl,
                                     saveat=lib.SaveAt(ts=ts), compile_step=compiled)  # fmt: skip
                 if compiled:

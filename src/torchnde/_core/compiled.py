@@ -55,6 +55,7 @@ parameters' gradients are not part of the probe's backward pass.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -94,6 +95,10 @@ class Settings:
             formula of ``_core/fast_tanh.py`` (within 1.04 ulp, its gradient ``tanh``'s; 2-5x
             faster than inductor's own kernel and ATen's on the 2-core machine); ``False``:
             inductor's lowering. Read when a signature is first compiled.
+        onednn_linear: in a graph compiled without gradients, on the CPU, float32 linear
+            layers of at least ``onednn_linear.MIN_MACS`` multiply-adds by oneDNN's product
+            (``_core/onednn_linear.py``: about twice MKL's throughput on the twelfth round's
+            machine); ``False``: every product as inductor makes it (MKL's).
     """
 
     probes: int = 5
@@ -102,6 +107,7 @@ class Settings:
     max_entries: int = 64
     block_steps: int = 4
     fast_tanh: bool = True
+    onednn_linear: bool = True
 
 
 settings = Settings()
@@ -141,6 +147,22 @@ def _call_block(solver, terms, args, times, hs, y, fstate, persists):
     return tuple(ys), fstate, y.sum() if persists else torch.stack(sums).sum()
 
 
+def _backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+    """``compile_step``'s ``torch.compile`` backend: inductor, with the float32 CPU ``tanh``
+    of ``_core/fast_tanh.py`` (``settings.fast_tanh``) and oneDNN's product for the large
+    linear layers of a graph without gradients (``settings.onednn_linear``)."""
+    from . import fast_tanh, onednn_linear
+
+    with contextlib.ExitStack() as stack:
+        if settings.onednn_linear and onednn_linear.rewrite(gm):
+            stack.enter_context(onednn_linear.lowered_as_calls())
+        if settings.fast_tanh:
+            return fast_tanh.backend(gm, example_inputs)
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, list(example_inputs))
+
+
 @dataclasses.dataclass(eq=False)
 class _Entry:
     """One signature: its compiled function, the probe timings and the choice."""
@@ -166,10 +188,7 @@ class _Entry:
             code = self.source.__code__
             self.code = code.replace(co_name=f"{code.co_name}_{self.number}")
             fn = types.FunctionType(self.code, self.source.__globals__, self.code.co_name)
-            backend: Any = "inductor"
-            if settings.fast_tanh:
-                from .fast_tanh import backend
-            self.fn = torch.compile(fn, dynamic=False, backend=backend)
+            self.fn = torch.compile(fn, dynamic=False, backend=_backend)
         return self.fn
 
     @property
@@ -285,7 +304,8 @@ def _tree_sig(x: Any) -> Any:
 def signature(loop: Any, arguments: tuple) -> Any:
     """The problem signature of one loop's attempts with these arguments ``(t, tnext, y,
     fstate, cstate, running)``: hashable, equal for two solves of the same problem (and the
-    same ``settings.fast_tanh``, which decides what is compiled)."""
+    same ``settings.fast_tanh`` and ``settings.onednn_linear``, which decide what is
+    compiled)."""
     return (
         _object_sig(loop.solver),
         _object_sig(loop.controller),
@@ -297,7 +317,7 @@ def signature(loop: Any, arguments: tuple) -> Any:
         loop.adaptive,
         _tree_sig(arguments),
         torch.is_grad_enabled(),
-        settings.fast_tanh,
+        (settings.fast_tanh, settings.onednn_linear),
     )
 
 
