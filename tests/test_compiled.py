@@ -504,3 +504,8 @@ def test_compiled_float32_round_off_is_one_rounding_a_step(fresh, monkeypatch, s
     err = float((sol.ys[-1].double() - (3.2 + 0.2 * 1.56)).abs().max())
     eps = float(torch.finfo(torch.float32).eps)
     assert err <= steps * (4 * eps / 2 + 8 * eps * 0.002), err
+
+
+def test_compile_settings_are_public_and_on_by_default():
+    assert tn.compile_settings is C.settings
+    assert C.Settings().fast_tanh and C.Settings().onednn_linear

@@ -34,6 +34,7 @@ from ._cde import signature_channels as signature_channels
 from ._cde import signature_to_logsignature as signature_to_logsignature
 from ._convenience import METHODS as METHODS
 from ._convenience import odeint as odeint
+from ._core.compiled import compile_settings as compile_settings
 from ._core.controllers import AbstractAdaptiveController as AbstractAdaptiveController
 from ._core.controllers import AbstractStepSizeController as AbstractStepSizeController
 from ._core.controllers import ConstantStepSize as ConstantStepSize

@@ -71,6 +71,7 @@ __all__ = [
     "CompiledBlocks",
     "cache_info",
     "clear_cache",
+    "compile_settings",
     "settings",
     "signature",
 ]
@@ -111,6 +112,7 @@ class Settings:
 
 
 settings = Settings()
+compile_settings = settings  # the public name: ``torchnde.compile_settings``
 
 
 def _default_timer(device: torch.device) -> float:
