@@ -31,7 +31,8 @@ inductor calls libdevice's ``tanh``), so it applies to whatever the compiled gra
 (``nn.Tanh``, ``torch.tanh``, ``Tensor.tanh``). AOTAutograd's cache is keyed on the graph
 before decompositions (not on the table), so it is off for these compilations: a graph that
 inductor compiled with its own ``tanh`` (the user's ``torch.compile``) is not served for
-ours, nor ours for theirs. Inductor's FX graph cache sees the decomposed graph and stays.
+ours, nor ours for theirs. Inductor's FX graph cache bypasses these compilations anyway (it
+cannot hash a decomposition table given to it): they are compiled in full in each process.
 ``compiled.settings.fast_tanh = False`` compiles with inductor's own lowering.
 """
 
