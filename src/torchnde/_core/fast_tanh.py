@@ -31,8 +31,9 @@ inductor calls libdevice's ``tanh``), so it applies to whatever the compiled gra
 (``nn.Tanh``, ``torch.tanh``, ``Tensor.tanh``). AOTAutograd's cache is keyed on the graph
 before decompositions (not on the table), so it is off for these compilations: a graph that
 inductor compiled with its own ``tanh`` (the user's ``torch.compile``) is not served for
-ours, nor ours for theirs. Inductor's FX graph cache bypasses these compilations anyway (it
-cannot hash a decomposition table given to it): they are compiled in full in each process.
+ours, nor ours for theirs. Inductor's FX graph cache, keyed on the decomposed graph, stays:
+the table pickles as a call that rebuilds it (:class:`_Table`; inductor's own table holds
+functions that do not pickle, which made the cache bypass these compilations).
 ``compiled.settings.fast_tanh = False`` compiles with inductor's own lowering.
 """
 
@@ -77,15 +78,38 @@ def _tanh_decomposition(x: torch.Tensor) -> Any:
     return tanh_float32(x)
 
 
+# What the compiled graphs depend on besides the graph itself: a change of the formula or of
+# its coefficients is a new key of the compile caches (:class:`_Table`).
+_KEY = (_SPLIT, _R, "a + a s R(s) | 1 - 2 / (exp(2a) + 1)")
+
+
+class _Table(dict):
+    """The decomposition table: inductor's with ``aten.tanh`` by :func:`tanh_float32`.
+
+    Inductor's FX graph cache pickles the table into its key, and inductor's own table holds
+    functions that do not pickle (the cache would be bypassed: every process would compile
+    these graphs in full, ~3 s more for RK4 blocks at d=32); this one pickles as a call that
+    rebuilds it, with :data:`_KEY`, which changes with the formula."""
+
+    def __reduce__(self) -> Any:
+        return (_decomposition_table, (_KEY,))
+
+
+def _decomposition_table(key: Any = _KEY) -> _Table:
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = _Table(select_decomp_table())
+    table[torch.ops.aten.tanh.default] = _tanh_decomposition
+    return table
+
+
 def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
     """``torch.compile`` backend: inductor, float32 CPU ``tanh`` by :func:`tanh_float32`."""
     from torch._functorch import config as functorch_config
     from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.decomposition import select_decomp_table
 
-    table = dict(select_decomp_table())
-    table[torch.ops.aten.tanh.default] = _tanh_decomposition
-    # (The cache's lookup and its save are both decided here: no entry is made later, when
-    # a training graph's backward is compiled on its first use.)
+    # AOTAutograd's cache keys the graph before decompositions and not by the table: off
+    # (its lookup and its save are both decided here, none later when a training graph's
+    # backward is compiled on first use). Inductor's, on the decomposed graph, stays.
     with functorch_config.patch(enable_autograd_cache=False):
-        return compile_fx(gm, list(example_inputs), decompositions=table)
+        return compile_fx(gm, list(example_inputs), decompositions=_decomposition_table())
