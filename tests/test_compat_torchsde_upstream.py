@@ -47,12 +47,23 @@ EXPECTED_PASSED = 50
 # TORCHNDE_UPSTREAM_ALL=1 runs every CPU case (73, ~3 min): only the CUDA ones are deselected.
 RUN_ALL = os.environ.get("TORCHNDE_UPSTREAM_ALL") == "1"
 
+# The upstream tests seed torch but not NumPy or Python's `random`, from which they draw
+# query times and values; their Kolmogorov-Smirnov tests at ALPHA = 1e-5 then fail now and then
+# with torchsde itself (p = 2.5e-6 in 20 draws of test_normality_simple's W at t = 0.9999,
+# float32; a CI run against the compat module failed so, at p = 7.9e-6). Seeded here: the
+# same draws every run.
 CONFTEST = """
+import random
 import sys
+
+import numpy
+
 import torchnde.compat.torchsde as _compat
 
 sys.modules["torchsde"] = _compat
 sys.modules["torchsde.settings"] = _compat.settings
+random.seed(0)
+numpy.random.seed(0)
 """
 
 
