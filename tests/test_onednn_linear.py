@@ -124,3 +124,20 @@ def test_compiled_solve_through_onednn_matches_eager(monkeypatch):
     torch.testing.assert_close(solve(True), solve(False), rtol=1e-5, atol=1e-5)
     assert counts == []
     C.clear_cache()
+
+
+def test_functional_calls_without_bias_and_with_keywords_are_rewritten():
+    torch.manual_seed(1)
+    w1, w2, b2 = torch.randn(128, 128), torch.randn(128, 128), torch.randn(128)
+    x = torch.randn(256, 128)
+
+    def field(y):
+        h = torch.nn.functional.linear(y, w1)  # no bias
+        h = torch.nn.functional.linear(input=h.tanh(), weight=w2, bias=b2)
+        return torch.nn.functional.linear(h.reshape(2, 128, 128), w2)  # 3-d input: left alone
+
+    with torch.no_grad():
+        gm, count, out = _rewritten(field, x)
+        exact = field(x)
+    assert count == 2
+    torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-4)
