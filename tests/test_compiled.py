@@ -509,3 +509,20 @@ def test_compiled_float32_round_off_is_one_rounding_a_step(fresh, monkeypatch, s
 def test_compile_settings_are_public_and_on_by_default():
     assert tn.compile_settings is C.settings
     assert C.Settings().fast_tanh and C.Settings().onednn_linear
+
+
+def test_the_probe_differentiates_the_leaves_a_step_reaches():
+    """A probe under autograd times the backward pass a training step makes: to the state
+    and to the leaves its graph reaches (the field's parameters), not to the state alone
+    (an eager backward then skipped the parameters' products and the probe leaned to eager)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    unused = torch.nn.Parameter(torch.ones(2))
+    y = torch.randn(5, 3, requires_grad=True)
+    out = net(y).sum() + net(y.detach()).mean()
+    found = C._leaves(out)
+    ids = {id(v) for v in found}
+    assert ids == {id(p) for p in net.parameters()} | {id(y)}
+    assert id(unused) not in ids
+    assert len(found) == len(ids)  # each leaf once
+    assert C._leaves(torch.ones(2) * 2) == []
