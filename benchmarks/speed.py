@@ -18,6 +18,11 @@ Rows (float32, one thread, fixed seeds):
   ``IntegralController`` (torchode's only mode; ``--compile`` adds ``compile_step=True``,
   as it is, with MKL's products (``compile_step mkl``) and with inductor's own ``tanh`` too
   (``compile_step inductor-tanh mkl``: plain inductor));
+- ``direct train 1e-03 d=2 B=256``: a training step (solve + ``ys.pow(2).mean().backward()``)
+  of the gain-8 MLP, Dopri5 at rtol = atol = 1e-3, 10 save times, torchnde with
+  ``DirectAdjoint`` and the steps chosen as constants (``differentiate_steps=False``) on
+  torchdiffeq's steps (peer steps), against torchdiffeq's backprop (issue 20's Direct row;
+  ``--compile`` adds the compile_step variants);
 - ``sde euler`` / ``sde reversible_heun``: ``sdeint`` forward (sde_solve.py's problem: d=32,
   B=256, dt=0.01) against ``torchsde.sdeint`` with ``BrownianInterval(dt=0.01)``.
 
@@ -312,6 +317,63 @@ def main() -> None:
     for tol in (1e-6, 1e-3):
         for d, B in ((2, 1), (32, 256)):
             dopri5_row(tol, d, B)
+
+    # --- a Direct training step, the steps chosen as constants (issue 20's Direct row)
+    def direct_train_row(d: int, B: int) -> None:
+        name = f"direct train 1e-03 d={d} B={B}"
+        if not want(name):
+            return
+        torch.manual_seed(0)
+        w = make_mlp_weights(d, 64 if d == 2 else 128, gain=8.0)
+        # torchnde's fields are uncounted (compile_step would guard on a counter): NFE from
+        # the solve's stats; each contender trains its own copy of the MLP.
+        y0 = torch.randn(B, d)
+        t = torch.linspace(0, 1, 10)
+        ref = reference(torch_mlp(w).double(), y0, t)
+        nets = {}
+
+        def tn_run(label: str, compiled: bool, flags=(True, True)) -> Any:
+            # torchdiffeq's steps (peer steps) and its backprop convention (steps constants).
+            model = nets.setdefault(label, torch_mlp(w))
+            term = tn.ODETerm(lambda s, y, args: model(y))
+            ctrl = tn.PIDController(rtol=1e-3, atol=1e-3, hold=(0.2, 1.0),
+                                    differentiate_steps=False)  # fmt: skip
+            solver = tn.Dopri5(error_estimate="shampine")
+            with compile_settings(*flags):
+                sol = tn.solve(term, solver, 0.0, 1.0, y0, controller=ctrl,
+                               saveat=tn.SaveAt(ts=t), compile_step=compiled)  # fmt: skip
+            for q in model.parameters():
+                q.grad = None
+            sol.ys.pow(2).mean().backward()
+            stats[label] = int(sol.stats["num_fevals"])
+            return sol.ys[-1].detach()
+
+        def tdq_run() -> Any:  # through the counting wrapper (its own copy of the MLP)
+            ys = torchdiffeq.odeint(f, y0, t, rtol=1e-3, atol=1e-3, method="dopri5")
+            for q in f.parameters():
+                q.grad = None
+            ys.pow(2).mean().backward()
+            return ys[-1].detach()
+
+        f = make_counting(torch_mlp(w))
+        stats: dict[str, int] = {}
+        fns: dict[str, Any] = {"torchnde peer-steps": lambda: tn_run("torchnde peer-steps", False)}
+        if a.compile:
+            for label, *flags in COMPILE_VARIANTS:
+                fns[f"torchnde {label}"] = lambda label=label, flags=flags: tn_run(
+                    f"torchnde {label}", True, tuple(flags)
+                )
+        fns["torchdiffeq"] = tdq_run
+        nfe, outs = {}, {}
+        for k, fn in fns.items():
+            f.reset()
+            outs[k] = fn()
+            for _ in range(12 if "compile_step" in k else 0):  # finish the probe
+                fn()
+            nfe[k] = f.nfe if k == "torchdiffeq" else stats[k]
+        record(name, fns, nfe, outs, ref)
+
+    direct_train_row(2, 256)
 
     # --- adaptive Dopri5, each sample its own step (torchode's mode)
     def per_sample_row(B: int) -> None:
