@@ -384,13 +384,13 @@ def _run(
     compiling call waits). ``arguments[2]`` is the state; ``state_of(out)`` the new state.
 
     With gradients recorded (and a state that carries one), a probe times a replica of the
-    call on a detached copy of the state followed by its backward pass to that copy (a
-    training step pays for the compiled backward too), then makes the call itself untimed;
-    the compiling call runs the replica once too (which compiles the backward). The backward
-    pass asks for the gradients of the leaves the replica's graph reaches too (the field's
-    parameters, :func:`_leaves`), as a training step does: asked for the state's only, an
-    eager backward skipped the parameters' products and a compiled one did not, and the probe
-    kept eager where the compiled training step was faster (RK4 d=32 B=1024: 0.79 of eager)."""
+    call, its inputs with gradients made fresh leaves (:func:`_fresh_leaves`), followed by its
+    backward pass to those and to every leaf its graph reaches (the field's parameters,
+    :func:`_leaves`), as a training step's backward (a training step pays for the compiled
+    backward too), then makes the call itself untimed; the compiling call runs the replica
+    once too (which compiles the backward). Asked for the state's gradient only, an eager
+    backward skipped the parameters' products and a compiled one did not, and the probe kept
+    eager where the compiled training step was faster (RK4 d=32 B=1024: 0.79 of eager)."""
     entry.attempts += 1
     if first or entry.decision == "eager":
         return eager(arguments)
@@ -464,11 +464,15 @@ def _run(
 def _fresh_leaves(a: Any) -> Any:
     """``a`` with each tensor that requires a gradient (one level of tuples deep, as
     :func:`_pattern` sees them) replaced by a detached copy that requires one."""
-    if isinstance(a, torch.Tensor):
-        return a.detach().requires_grad_() if a.requires_grad else a
+    if _needs_grad(a):
+        return a.detach().requires_grad_()
     if isinstance(a, tuple):
-        return tuple(_fresh_leaves(b) if isinstance(b, torch.Tensor) else b for b in a)
+        return tuple(b.detach().requires_grad_() if _needs_grad(b) else b for b in a)
     return a
+
+
+def _needs_grad(b: Any) -> bool:
+    return isinstance(b, torch.Tensor) and b.requires_grad
 
 
 def _leaves(t: torch.Tensor) -> list[torch.Tensor]:
